@@ -1,0 +1,1 @@
+"""hwnas.export (see ../shared/DESIGN.md)."""

@@ -1,0 +1,93 @@
+"""The experiment config: one YAML file validated into typed, frozen objects.
+
+Every stage reads the same file. A wrong field, type or value raises `ConfigError` with one line
+naming the field, the bad value and what is allowed; unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from hwnas.search_space import ConfigError, SearchSpaceConfig
+from hwnas.search_space.config import Section
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class ExperimentConfig(Section):
+    """Top level of an experiment YAML."""
+
+    name: str = Field(description="run name; the run directory defaults to runs/<name>")
+    run_dir: str | None = None
+    seed: int = 0
+    search_space: SearchSpaceConfig = SearchSpaceConfig()
+
+    @field_validator("name")
+    @classmethod
+    def check_name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(f"must be letters, digits, '.', '_' or '-' (not starting with a symbol), got {v!r}")
+        return v
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after", "function-before", "function-plain") or str(part).startswith(("function-", "literal[", "list[")):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "config"
+
+
+def _one_line(err: dict[str, Any]) -> str:
+    loc = tuple(err["loc"]) + ((err["ctx"]["field"],) if "field" in err.get("ctx", {}) else ())
+    field = _loc(loc)
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] in ("missing",):
+        return f"{field}: required field is missing"
+    bad = err.get("input")
+    if err["type"].endswith("_type") or err["type"] in ("literal_error", "int_parsing", "greater_than"):
+        return f"{field}: {msg.rstrip('.')} (got {bad!r})"
+    return f"{field}: {msg}"
+
+
+def format_validation_error(e: ValidationError, source: str = "config") -> str:
+    first = _one_line(e.errors()[0])
+    more = len(e.errors()) - 1
+    return f"{source}: {first}" + (f" (and {more} more error{'s' * (more > 1)})" if more else "")
+
+
+def parse_config(data: Any, source: str = "config") -> ExperimentConfig:
+    """Validate a loaded YAML document into an `ExperimentConfig` (raises `ConfigError`)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate an experiment YAML file (raises `ConfigError`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    return parse_config(data, str(path))

@@ -1,0 +1,57 @@
+"""Human-readable summaries printed by the CLI (rich tables)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from hwnas.config import ExperimentConfig
+from hwnas.search_space import ArchConfig, SearchSpace, as_rng
+
+
+def _fmt_count(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def arch_row(space: SearchSpace, arch: ArchConfig) -> list[str]:
+    p = space.params(arch)
+    t = space.config.block_size
+    return [
+        str(arch.depth),
+        str(arch.embed_dim),
+        _fmt_count(p["total"]),
+        _fmt_count(p["non_embedding"]),
+        _fmt_count(space.flops(arch) / t),
+        f"{space.memory(arch)['total'] / 2**20:.2f}",
+        arch.key(),
+    ]
+
+
+def print_space_summary(cfg: ExperimentConfig, samples: int, seed: int, console: Console | None = None) -> None:
+    console = console or Console(width=200)
+    space = SearchSpace(cfg.search_space)
+    c = cfg.search_space
+    console.print(f"[bold]hwnas search space[/bold] of experiment [cyan]{cfg.name}[/cyan]")
+    console.print(f"  archs: {space.size():,} (~{float(space.size()):.3e})   genes: {space.n_genes}")
+    console.print(f"  vocab {c.vocab_size}, context {c.block_size}, head dim {c.head_dim}")
+    dims = Table(title="dimensions", show_lines=False)
+    for col in ("dimension", "choices", "scope"):
+        dims.add_column(col)
+    dims.add_row("depth", str(list(c.depth)), "global")
+    dims.add_row("embed_dim", str(list(c.embed_dim)), "global")
+    for dim, choices in space.choices.items():
+        dims.add_row(dim, ", ".join(map(str, choices)), "per layer" if space.per_layer[dim] else "shared")
+    console.print(dims)
+
+    table = Table(title=f"archs (FLOPs per token at sequence length {c.block_size}; memory at deploy precision)")
+    for col in ("", "depth", "width", "params", "non-emb", "FLOPs/tok", "mem MiB", "key"):
+        table.add_column(col, overflow="fold")
+    table.add_row("smallest", *arch_row(space, space.smallest()))
+    table.add_row("largest", *arch_row(space, space.largest()))
+    rng = as_rng(seed)
+    for i in range(samples):
+        table.add_row(f"sample {i}", *arch_row(space, space.sample(rng)))
+    console.print(table)

@@ -1,0 +1,1 @@
+"""hwnas.kernels (see ../shared/DESIGN.md)."""

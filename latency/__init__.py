@@ -1,0 +1,1 @@
+"""hwnas.latency (see ../shared/DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""hwnas.predictors (see ../shared/DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""hwnas.search (see ../shared/DESIGN.md)."""

@@ -1,0 +1,12 @@
+"""The search space: `ArchConfig` values, the `SearchSpace` over them, and their analytic cost."""
+
+from .arch import ArchConfig, LayerConfig
+from .config import SearchSpaceConfig
+from .errors import ArchError, ConfigError, HwnasError
+from .metrics import LINEAR_CHUNK, ModelDims
+from .space import Gene, SearchSpace, as_rng
+
+__all__ = [
+    "ArchConfig", "ArchError", "ConfigError", "Gene", "HwnasError", "LINEAR_CHUNK", "LayerConfig",
+    "ModelDims", "SearchSpace", "SearchSpaceConfig", "as_rng",
+]

@@ -1,0 +1,221 @@
+"""The search-space section of an experiment config: which choices each dimension offers.
+
+Every dimension is a list of choices. Per-layer dimensions (heads, MLP ratio, norm, placement,
+attention, FFN, weight bits) also say whether each layer chooses on its own (`per_layer: true`) or
+all layers share one choice. Window sizes belong to the `window` attention kind, expert counts and
+top-k to the `moe` FFN kind.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+NormKind = Literal["layernorm", "rmsnorm", "dyt"]
+Placement = Literal["pre", "post", "peri"]
+AttentionKind = Literal["softmax", "linear", "window"]
+FfnKind = Literal["mlp", "swiglu", "moe"]
+WeightBits = Literal[16, 8, 4]
+
+NORM_KINDS: tuple[str, ...] = ("layernorm", "rmsnorm", "dyt")
+PLACEMENTS: tuple[str, ...] = ("pre", "post", "peri")
+ATTENTION_KINDS: tuple[str, ...] = ("softmax", "linear", "window")
+FFN_KINDS: tuple[str, ...] = ("mlp", "swiglu", "moe")
+WEIGHT_BITS: tuple[int, ...] = (16, 8, 4)
+
+
+class Section(BaseModel):
+    """A config section: strict types, unknown keys rejected with the list of allowed keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = [k for k in data if k not in cls.model_fields]
+            if unknown:
+                allowed = ", ".join(cls.model_fields)
+                raise field_error(str(unknown[0]), f"unknown key; allowed keys: {allowed}")
+        return data
+
+
+def field_error(field: str, message: str) -> PydanticCustomError:
+    """A validation error about the sub-field `field` of the model being validated."""
+    return PydanticCustomError("field_error", message, {"field": field})
+
+
+def _choices_ok(values: list, what: str) -> list:
+    if not values:
+        raise ValueError(f"needs at least one {what}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"has duplicate choices {values}")
+    return values
+
+
+def _positive_ints(values: list[int]) -> list[int]:
+    _choices_ok(values, "choice")
+    bad = [v for v in values if v <= 0]
+    if bad:
+        raise ValueError(f"must be positive integers, got {bad[0]}")
+    return sorted(values)
+
+
+class PositiveIntDim(Section):
+    choices: list[int]
+    per_layer: bool = True
+    @field_validator("choices")
+    @classmethod
+    def check_choices(cls, v):
+        return _positive_ints(v)
+
+
+
+class RatioDim(Section):
+    choices: list[float]
+    per_layer: bool = True
+
+    @field_validator("choices", mode="before")
+    @classmethod
+    def _as_float(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [float(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in v]
+        return v
+
+    @field_validator("choices")
+    @classmethod
+    def _check(cls, v: list[float]) -> list[float]:
+        _choices_ok(v, "choice")
+        bad = [x for x in v if x <= 0]
+        if bad:
+            raise ValueError(f"must be positive numbers, got {bad[0]}")
+        return sorted(v)
+
+
+class NormDim(Section):
+    choices: list[NormKind]
+    per_layer: bool = True
+    @field_validator("choices")
+    @classmethod
+    def check_choices(cls, v):
+        return _choices_ok(v, "norm kind")
+
+
+
+class PlacementDim(Section):
+    choices: list[Placement]
+    per_layer: bool = False
+    @field_validator("choices")
+    @classmethod
+    def check_choices(cls, v):
+        return _choices_ok(v, "placement")
+
+
+
+class AttentionDim(Section):
+    choices: list[AttentionKind]
+    per_layer: bool = True
+    windows: list[int] = Field(default_factory=lambda: [32])
+    @field_validator("choices")
+    @classmethod
+    def check_choices(cls, v):
+        return _choices_ok(v, "attention kind")
+
+    @field_validator("windows")
+    @classmethod
+    def check_windows(cls, v):
+        return _positive_ints(v)
+
+
+
+class FfnDim(Section):
+    choices: list[FfnKind]
+    per_layer: bool = True
+    experts: list[int] = Field(default_factory=lambda: [4])
+    top_k: list[int] = Field(default_factory=lambda: [1, 2])
+    @field_validator("choices")
+    @classmethod
+    def check_choices(cls, v):
+        return _choices_ok(v, "FFN kind")
+
+    @field_validator("experts")
+    @classmethod
+    def check_experts(cls, v):
+        return _positive_ints(v)
+
+    @field_validator("top_k")
+    @classmethod
+    def check_k(cls, v):
+        return _positive_ints(v)
+
+
+    @model_validator(mode="after")
+    def _k_fits(self) -> FfnDim:
+        if "moe" in self.choices and min(self.top_k) > max(self.experts):
+            raise field_error("top_k", f"{min(self.top_k)} exceeds every expert count {self.experts}")
+        if "moe" in self.choices and min(self.experts) < 2:
+            raise field_error("experts", f"must be >= 2 for moe, got {min(self.experts)}")
+        return self
+
+
+class BitsDim(Section):
+    choices: list[WeightBits]
+    per_layer: bool = True
+    @field_validator("choices")
+    @classmethod
+    def check_choices(cls, v):
+        return _choices_ok(v, "bit width")
+
+
+
+class SearchSpaceConfig(Section):
+    """Choices of every searchable dimension, plus the fixed model hyperparameters they live in."""
+
+    vocab_size: int = Field(default=256, gt=0)
+    block_size: int = Field(default=128, gt=0)
+    head_dim: int = Field(default=16, gt=0)
+    depth: list[int] = Field(default_factory=lambda: [2, 3, 4])
+    embed_dim: list[int] = Field(default_factory=lambda: [64, 96, 128])
+    n_heads: PositiveIntDim = PositiveIntDim(choices=[2, 4])
+    mlp_ratio: RatioDim = RatioDim(choices=[2.0, 3.0, 4.0])
+    norm: NormDim = NormDim(choices=["layernorm", "rmsnorm", "dyt"])
+    norm_placement: PlacementDim = PlacementDim(choices=["pre", "post", "peri"])
+    attention: AttentionDim = AttentionDim(choices=["softmax", "linear", "window"])
+    ffn: FfnDim = FfnDim(choices=["mlp", "swiglu", "moe"])
+    weight_bits: BitsDim = BitsDim(choices=[16, 8, 4])
+
+    @field_validator("depth")
+    @classmethod
+    def check_depth(cls, v):
+        return _positive_ints(v)
+
+    @field_validator("embed_dim")
+    @classmethod
+    def check_embed_dim(cls, v):
+        return _positive_ints(v)
+
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SearchSpaceConfig:
+        for d in self.embed_dim:
+            for r in self.mlp_ratio.choices:
+                hidden = d * r
+                if hidden != int(hidden):
+                    raise field_error(
+                        "mlp_ratio.choices",
+                        f"{r:g} x embed_dim {d} = {hidden:g} is not a whole number of hidden units",
+                    )
+                if "moe" in self.ffn.choices:
+                    for e in self.ffn.experts:
+                        if int(hidden) % e:
+                            raise field_error(
+                                "ffn.experts",
+                                f"{e} does not divide the hidden size {int(hidden)} "
+                                f"(embed_dim {d} x mlp_ratio {r:g}); use expert counts dividing every hidden size",
+                            )
+        too_wide = [w for w in self.attention.windows if w > self.block_size]
+        if "window" in self.attention.choices and too_wide:
+            raise field_error("attention.windows", f"{too_wide[0]} exceeds block_size {self.block_size}")
+        return self

@@ -1,0 +1,1 @@
+"""hwnas.supernet (see ../shared/DESIGN.md)."""

@@ -1,0 +1,181 @@
+"""The weight-sharing supernet: one decoder-only byte-level LM holding the largest weights.
+
+`supernet(tokens, arch)` runs exactly the subnet `arch` by slicing: the first `embed_dim` columns,
+the first `n_heads` heads, the first `mlp_ratio * embed_dim` hidden units, the first `depth`
+layers (nested like MatFormer). The arch is passed down the call; nothing is stored on the modules
+between calls, so a forward never depends on an earlier one.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from hwnas.search_space import ArchConfig, HwnasError, LayerConfig, SearchSpace, SearchSpaceConfig
+from hwnas.search_space.config import NORM_KINDS
+
+from . import ops
+
+
+class InputError(HwnasError, ValueError):
+    """Tokens the supernet cannot take (wrong dtype or shape, outside the vocabulary, too long)."""
+
+
+def first(p: Tensor, n: int) -> Tensor:
+    """The first n entries of a 1-d weight (the weight itself when n covers it)."""
+    return p if n == p.shape[0] else p[:n]
+
+
+class ElasticNorms(nn.Module):
+    """The parameters of every norm kind at the largest width; `forward` uses the first d."""
+
+    def __init__(self, d_max: int):
+        super().__init__()
+        self.ln_weight, self.ln_bias = nn.Parameter(torch.ones(d_max)), nn.Parameter(torch.zeros(d_max))
+        self.rms_weight = nn.Parameter(torch.ones(d_max))
+        self.dyt_alpha = nn.Parameter(torch.full((), 0.5))
+        self.dyt_weight, self.dyt_bias = nn.Parameter(torch.ones(d_max)), nn.Parameter(torch.zeros(d_max))
+
+    def params(self, kind: str, d: int) -> dict[str, Tensor]:
+        """The weights of norm `kind` at width d, by name (weight, bias, alpha)."""
+        if kind == "layernorm":
+            return {"weight": first(self.ln_weight, d), "bias": first(self.ln_bias, d)}
+        if kind == "rmsnorm":
+            return {"weight": first(self.rms_weight, d)}
+        return {"weight": first(self.dyt_weight, d), "bias": first(self.dyt_bias, d), "alpha": self.dyt_alpha}
+
+    def forward(self, x: Tensor, kind: str) -> Tensor:
+        return ops.norm(kind, x, **self.params(kind, x.shape[-1]))
+
+
+class ElasticAttention(nn.Module):
+    """Q/K/V/O projections shared by softmax, linear and sliding-window attention."""
+
+    def __init__(self, d_max: int, heads_max: int, head_dim: int):
+        super().__init__()
+        self.head_dim = head_dim
+        a = heads_max * head_dim
+        self.qkv = nn.Parameter(torch.randn(3, a, d_max) * 0.02)  # (3, nh*hs, d): q, k, v
+        self.proj = nn.Parameter(torch.randn(d_max, a) * 0.02)
+
+    def weights(self, layer: LayerConfig, d: int) -> tuple[Tensor, Tensor]:
+        a = layer.n_heads * self.head_dim
+        bits = layer.weight_bits
+        return ops.fake_quant(self.qkv[:, :a, :d], bits), ops.fake_quant(self.proj[:d, :a], bits)
+
+    def forward(self, x: Tensor, layer: LayerConfig) -> Tensor:
+        B, T, d = x.shape
+        w_qkv, w_proj = self.weights(layer, d)
+        q, k, v = ops.qkv_project(x, w_qkv, layer.n_heads)  # each (B, nh, T, hs)
+        y = ops.attention(layer.attention, q, k, v, layer.window)
+        y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, nh*hs)
+        return torch.nn.functional.linear(y, w_proj)
+
+
+class ElasticFFN(nn.Module):
+    """GELU MLP, SwiGLU and mixture-of-experts over one set of hidden units. MoE experts are equal
+    contiguous groups of the arch's hidden units; each expert count has its own router."""
+
+    def __init__(self, d_max: int, hidden_max: int, expert_counts: list[int]):
+        super().__init__()
+        self.up = nn.Parameter(torch.randn(hidden_max, d_max) * 0.02)
+        self.gate = nn.Parameter(torch.randn(hidden_max, d_max) * 0.02)
+        self.down = nn.Parameter(torch.randn(d_max, hidden_max) * 0.02)
+        self.routers = nn.ParameterDict({str(e): nn.Parameter(torch.randn(e, d_max) * 0.02) for e in expert_counts})
+
+    def expert_weights(self, layer: LayerConfig, d: int) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """Router and per-expert (up, down) weights; each expert is quantized on its own."""
+        h, bits, E = layer.hidden(d), layer.weight_bits, layer.n_experts
+        size = h // E
+        ups = ops.fake_quant(self.up[:h, :d].reshape(E, size, d), bits)  # (E, size, d)
+        downs = ops.fake_quant(self.down[:d, :h].reshape(d, E, size), bits)  # (d, E, size)
+        return self.routers[str(E)][:, :d], list(ups), list(downs.unbind(1))
+
+    def forward(self, x: Tensor, layer: LayerConfig) -> tuple[Tensor, Tensor | None]:
+        d = x.shape[-1]
+        h, bits = layer.hidden(d), layer.weight_bits
+        if layer.ffn == "moe":
+            router, ups, downs = self.expert_weights(layer, d)
+            return ops.moe(x, router, layer.top_k, ups, downs)
+        w_up, w_down = ops.fake_quant(self.up[:h, :d], bits), ops.fake_quant(self.down[:d, :h], bits)
+        if layer.ffn == "swiglu":
+            return ops.swiglu(x, ops.fake_quant(self.gate[:h, :d], bits), w_up, w_down), None
+        return ops.mlp(x, w_up, w_down), None
+
+
+class Block(nn.Module):
+    """One transformer layer that builds every norm / placement / attention / FFN variant from the
+    arch. Each sublayer has an input norm and an output norm (the latter used by peri-LN only)."""
+
+    def __init__(self, d_max: int, heads_max: int, head_dim: int, hidden_max: int, expert_counts: list[int]):
+        super().__init__()
+        self.attn = ElasticAttention(d_max, heads_max, head_dim)
+        self.ffn = ElasticFFN(d_max, hidden_max, expert_counts)
+        self.norm_attn, self.norm_attn_out = ElasticNorms(d_max), ElasticNorms(d_max)
+        self.norm_ffn, self.norm_ffn_out = ElasticNorms(d_max), ElasticNorms(d_max)
+
+    def forward(self, x: Tensor, layer: LayerConfig) -> tuple[Tensor, Tensor | None]:
+        kind = layer.norm
+        if layer.placement == "pre":
+            x = x + self.attn(self.norm_attn(x, kind), layer)
+            y, aux = self.ffn(self.norm_ffn(x, kind), layer)
+            return x + y, aux
+        if layer.placement == "post":
+            x = self.norm_attn(x + self.attn(x, layer), kind)
+            y, aux = self.ffn(x, layer)
+            return self.norm_ffn(x + y, kind), aux
+        # peri: normalize the sublayer's input and its output
+        x = x + self.norm_attn_out(self.attn(self.norm_attn(x, kind), layer), kind)
+        y, aux = self.ffn(self.norm_ffn(x, kind), layer)
+        return x + self.norm_ffn_out(y, kind), aux
+
+
+class Supernet(nn.Module):
+    """A byte-level decoder-only LM over every arch of `SearchSpace(config)`."""
+
+    def __init__(self, config: SearchSpaceConfig | None = None):
+        super().__init__()
+        self.space = SearchSpace(config)
+        c = self.space.config
+        self.config = c
+        d_max, heads_max = max(c.embed_dim), max(c.n_heads.choices)
+        hidden_max = int(round(max(c.mlp_ratio.choices) * d_max))
+        self.tok_emb = nn.Parameter(torch.randn(c.vocab_size, d_max) * 0.02)  # tied with the LM head
+        self.pos_emb = nn.Parameter(torch.randn(c.block_size, d_max) * 0.02)
+        self.blocks = nn.ModuleList(
+            Block(d_max, heads_max, c.head_dim, hidden_max, list(c.ffn.experts)) for _ in range(self.space.max_depth)
+        )
+        self.norm_final = ElasticNorms(d_max)
+        self._checked: set[ArchConfig] = set()  # archs already validated (a cache; no effect on outputs)
+        assert set(NORM_KINDS) >= set(c.norm.choices)
+
+    def check(self, tokens: Tensor, arch: ArchConfig) -> None:
+        """Raise `ArchError` for an arch outside the space, `InputError` for bad tokens."""
+        if arch not in self._checked:
+            self.space.validate(arch)
+            self._checked.add(arch)
+        if not isinstance(tokens, Tensor) or tokens.dtype not in (torch.int64, torch.int32) or tokens.ndim != 2:
+            got = f"{tokens.dtype} tensor of shape {tuple(tokens.shape)}" if isinstance(tokens, Tensor) else type(tokens).__name__
+            raise InputError(f"tokens: expected an integer tensor of shape (batch, seq_len), got {got}")
+        T, V = tokens.shape[1], self.config.vocab_size
+        if not 0 < T <= self.config.block_size:
+            raise InputError(f"tokens: sequence length {T} is outside 1..{self.config.block_size} (block_size)")
+        lo, hi = torch.aminmax(tokens)
+        if lo < 0 or hi >= V:
+            raise InputError(f"tokens: ids must be in [0, {V - 1}] (vocab_size {V}), got range [{int(lo)}, {int(hi)}]")
+
+    def forward(self, tokens: Tensor, arch: ArchConfig, return_aux: bool = False):
+        """tokens (B, T) int -> logits (B, T, vocab); with `return_aux`, also the summed MoE
+        load-balancing loss (0 when the arch has no MoE layer)."""
+        self.check(tokens, arch)
+        d, T = arch.embed_dim, tokens.shape[1]
+        x = nn.functional.embedding(tokens, self.tok_emb[:, :d]) + self.pos_emb[:T, :d]  # (B, T, d)
+        aux = x.new_zeros(())
+        for block, layer in zip(self.blocks, arch.layers, strict=False):
+            x, a = block(x, layer)
+            if a is not None:
+                aux = aux + a
+        x = self.norm_final(x, arch.layers[-1].norm)
+        logits = nn.functional.linear(x, self.tok_emb[:, :d])  # (B, T, vocab)
+        return (logits, aux) if return_aux else logits

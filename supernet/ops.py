@@ -1,0 +1,154 @@
+"""Functional building blocks shared by the supernet and its extracted subnets.
+
+Both call these with weight tensors: the supernet with slices of its largest weights, a subnet with
+its own. One code path for the math keeps `extract_subnet(...)(x) == supernet(x, arch)` exact.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hwnas.search_space import LINEAR_CHUNK
+
+EPS = 1e-5
+
+
+# --- quantization ---------------------------------------------------------------------------------
+def fake_quant(w: Tensor, bits: int) -> Tensor:
+    """Symmetric per-output-channel (last dim reduced) fake quantization with a straight-through
+    estimator: forward sees the int grid, backward passes the gradient unchanged. 16 = none."""
+    if bits >= 16:
+        return w
+    qmax = 2 ** (bits - 1) - 1
+    scale = w.detach().abs().amax(dim=-1, keepdim=True).clamp_min(1e-8) / qmax
+    wq = torch.clamp(torch.round(w / scale), -qmax, qmax) * scale
+    return w + (wq - w).detach()
+
+
+# --- norms ----------------------------------------------------------------------------------------
+def norm(kind: str, x: Tensor, weight: Tensor, bias: Tensor | None = None, alpha: Tensor | None = None) -> Tensor:
+    """LayerNorm, RMSNorm or Dynamic Tanh (`weight * tanh(alpha * x) + bias`) over the last dim,
+    with weights already at that width."""
+    if kind == "layernorm":
+        return F.layer_norm(x, (x.shape[-1],), weight, bias, EPS)
+    if kind == "rmsnorm":
+        return F.rms_norm(x, (x.shape[-1],), weight, EPS)
+    if kind == "dyt":
+        return torch.addcmul(bias, weight, torch.tanh(alpha * x))
+    raise ValueError(f"norm kind {kind!r} is not one of layernorm, rmsnorm, dyt")
+
+
+# --- attention ------------------------------------------------------------------------------------
+def qkv_project(x: Tensor, w_qkv: Tensor, n_heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """x (B, T, d), w_qkv (3, nh*hs, d) -> q, k, v each (B, nh, T, hs), in one batched matmul."""
+    B, T, d = x.shape
+    qkv = torch.matmul(x.reshape(1, B * T, d), w_qkv.transpose(1, 2))  # (3, B*T, nh*hs)
+    qkv = qkv.view(3, B, T, n_heads, -1).transpose(2, 3)  # (3, B, nh, T, hs)
+    return qkv[0], qkv[1], qkv[2]
+
+
+def softmax_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def _window_mask(n_blocks: int, w: int, device) -> Tensor:
+    """(n, w, 2w) bool: query i of block j sees key m of the (previous, current) block pair iff the
+    key is causal, within the window and not before position 0."""
+    i = torch.arange(w, device=device).view(1, w, 1)
+    m = torch.arange(2 * w, device=device).view(1, 1, 2 * w)
+    j = torch.arange(n_blocks, device=device).view(n_blocks, 1, 1)
+    return (m > i) & (m <= i + w) & (j * w - w + m >= 0)
+
+
+def window_attention(q: Tensor, k: Tensor, v: Tensor, window: int) -> Tensor:
+    """Causal sliding-window softmax attention: token t sees tokens t-window+1 .. t.
+
+    Blocked: queries in blocks of `window` attend to their block and the one before, so the work
+    is O(T * window) rather than O(T^2)."""
+    B, nh, T, hs = q.shape
+    w = window
+    if T <= w:
+        return softmax_attention(q, k, v)
+    n = math.ceil(T / w)
+    pad = n * w - T
+    qb = F.pad(q, (0, 0, 0, pad)).reshape(B * nh, n, w, hs)  # (B*nh, n, w, hs)
+    kp = F.pad(k, (0, 0, w, pad))  # one empty block in front: (B, nh, (n+1)*w, hs)
+    vp = F.pad(v, (0, 0, w, pad))
+    kb = kp.unfold(2, 2 * w, w).transpose(-1, -2).reshape(B * nh, n, 2 * w, hs)  # (B*nh, n, 2w, hs)
+    vb = vp.unfold(2, 2 * w, w).transpose(-1, -2).reshape(B * nh, n, 2 * w, hs)
+    y = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=_window_mask(n, w, q.device))
+    return y.reshape(B, nh, n * w, hs)[:, :, :T]
+
+
+def linear_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Causal linear attention with feature map elu+1, in chunks of LINEAR_CHUNK tokens: exact
+    softmax-free attention within a chunk, a running (hs x hs+1) state across chunks; O(T).
+
+    The values carry a ones column, so the same products give the normalizer."""
+    B, nh, T, hs = q.shape
+    c = min(LINEAR_CHUNK, T)
+    n = math.ceil(T / c)
+    pad = n * c - T
+    q, k = F.elu(q) + 1, F.elu(k) + 1
+    v1 = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # (B, nh, T, hs+1)
+    qc = F.pad(q, (0, 0, 0, pad)).view(B, nh, n, c, hs)
+    kc = F.pad(k, (0, 0, 0, pad)).view(B, nh, n, c, hs)  # padded keys are 0: they add nothing
+    vc = F.pad(v1, (0, 0, 0, pad)).view(B, nh, n, c, hs + 1)
+    scores = torch.matmul(qc, kc.transpose(-1, -2))  # (B, nh, n, c, c)
+    causal = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
+    intra = torch.matmul(scores.masked_fill(~causal, 0.0), vc)  # (B, nh, n, c, hs+1)
+    kv = torch.matmul(kc.transpose(-1, -2), vc)  # (B, nh, n, hs, hs+1)
+    state = torch.cumsum(kv, dim=2) - kv  # sum over earlier chunks only
+    out = intra + torch.matmul(qc, state)  # (B, nh, n, c, hs+1)
+    out = out.reshape(B, nh, n * c, hs + 1)[:, :, :T]
+    return out[..., :hs] / out[..., hs:].clamp_min(EPS)
+
+
+def attention(kind: str, q: Tensor, k: Tensor, v: Tensor, window: int | None) -> Tensor:
+    if kind == "softmax":
+        return softmax_attention(q, k, v)
+    if kind == "window":
+        return window_attention(q, k, v, window)
+    if kind == "linear":
+        return linear_attention(q, k, v)
+    raise ValueError(f"attention kind {kind!r} is not one of softmax, linear, window")
+
+
+# --- feed-forward ---------------------------------------------------------------------------------
+def mlp(x: Tensor, w_up: Tensor, w_down: Tensor) -> Tensor:
+    return F.linear(F.gelu(F.linear(x, w_up)), w_down)
+
+
+def swiglu(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor) -> Tensor:
+    return F.linear(F.silu(F.linear(x, w_gate)) * F.linear(x, w_up), w_down)
+
+
+def route(x: Tensor, w_router: Tensor, top_k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Top-k routing. x (N, d) -> gates (N, k) (the softmax probabilities of the chosen experts),
+    expert ids (N, k), and the Switch-Transformer load-balancing loss."""
+    probs = F.softmax(F.linear(x, w_router), dim=-1)  # (N, E)
+    gates, idx = probs.topk(top_k, dim=-1)
+    n_experts = probs.shape[-1]
+    load = F.one_hot(idx, n_experts).sum(dim=(0, 1)).float() / idx.numel()  # share of assignments
+    balance = n_experts * torch.sum(load * probs.mean(dim=0))
+    return gates, idx, balance
+
+
+def moe(x: Tensor, w_router: Tensor, top_k: int, experts_up: list[Tensor], experts_down: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Mixture of GELU-MLP experts: each token runs its top-k experts, weighted by their gates.
+    x (B, T, d) -> (y (B, T, d), load-balancing loss)."""
+    B, T, d = x.shape
+    flat = x.reshape(B * T, d)
+    gates, idx, balance = route(flat, w_router, top_k)
+    out = torch.zeros_like(flat)
+    for e, (w_up, w_down) in enumerate(zip(experts_up, experts_down, strict=True)):
+        token, slot = torch.where(idx == e)
+        if token.numel() == 0:
+            continue
+        y = mlp(flat[token], w_up, w_down) * gates[token, slot].unsqueeze(-1)
+        out.index_add_(0, token, y)
+    return out.view(B, T, d), balance

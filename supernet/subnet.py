@@ -1,0 +1,184 @@
+"""Standalone subnets: `extract_subnet(supernet, arch)` copies an arch's weights into a plain
+module with no supernet and no slicing, which saves to and loads from safetensors with its arch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from hwnas.search_space import ArchConfig, LayerConfig, ModelDims
+from hwnas.search_space.io import atomic_path
+
+from . import ops
+from .model import ElasticNorms, Supernet
+
+_NORM_SHAPES = {"layernorm": ("weight", "bias"), "rmsnorm": ("weight",), "dyt": ("alpha", "weight", "bias")}
+
+
+class Norm(nn.Module):
+    def __init__(self, kind: str, d: int):
+        super().__init__()
+        self.kind = kind
+        self.p = nn.ParameterDict({
+            name: nn.Parameter(torch.full((), 0.5) if name == "alpha" else (torch.zeros(d) if name == "bias" else torch.ones(d)))
+            for name in _NORM_SHAPES[kind]
+        })
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.norm(self.kind, x, **self.p)
+
+
+class Attention(nn.Module):
+    def __init__(self, layer: LayerConfig, d: int, head_dim: int):
+        super().__init__()
+        self.layer = layer
+        a = layer.n_heads * head_dim
+        self.qkv = nn.Parameter(torch.zeros(3, a, d))
+        self.proj = nn.Parameter(torch.zeros(d, a))
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T, _ = x.shape
+        bits = self.layer.weight_bits
+        q, k, v = ops.qkv_project(x, ops.fake_quant(self.qkv, bits), self.layer.n_heads)
+        y = ops.attention(self.layer.attention, q, k, v, self.layer.window).transpose(1, 2).reshape(B, T, -1)
+        return nn.functional.linear(y, ops.fake_quant(self.proj, bits))
+
+
+class FFN(nn.Module):
+    def __init__(self, layer: LayerConfig, d: int):
+        super().__init__()
+        self.layer = layer
+        h = layer.hidden(d)
+        if layer.ffn == "moe":
+            E = layer.n_experts
+            self.router = nn.Parameter(torch.zeros(E, d))
+            self.up = nn.Parameter(torch.zeros(E, h // E, d))  # expert e: up[e], down[e]
+            self.down = nn.Parameter(torch.zeros(E, d, h // E))
+        else:
+            self.up = nn.Parameter(torch.zeros(h, d))
+            self.down = nn.Parameter(torch.zeros(d, h))
+            if layer.ffn == "swiglu":
+                self.gate = nn.Parameter(torch.zeros(h, d))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        bits, kind = self.layer.weight_bits, self.layer.ffn
+        up, down = ops.fake_quant(self.up, bits), ops.fake_quant(self.down, bits)
+        if kind == "moe":
+            return ops.moe(x, self.router, self.layer.top_k, list(up), list(down))
+        if kind == "swiglu":
+            return ops.swiglu(x, ops.fake_quant(self.gate, bits), up, down), None
+        return ops.mlp(x, up, down), None
+
+
+class SubnetBlock(nn.Module):
+    def __init__(self, layer: LayerConfig, d: int, head_dim: int):
+        super().__init__()
+        self.layer = layer
+        self.attn, self.ffn = Attention(layer, d, head_dim), FFN(layer, d)
+        self.norm_attn, self.norm_ffn = Norm(layer.norm, d), Norm(layer.norm, d)
+        if layer.placement == "peri":
+            self.norm_attn_out, self.norm_ffn_out = Norm(layer.norm, d), Norm(layer.norm, d)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        placement = self.layer.placement
+        if placement == "pre":
+            x = x + self.attn(self.norm_attn(x))
+            y, aux = self.ffn(self.norm_ffn(x))
+            return x + y, aux
+        if placement == "post":
+            x = self.norm_attn(x + self.attn(x))
+            y, aux = self.ffn(x)
+            return self.norm_ffn(x + y), aux
+        x = x + self.norm_attn_out(self.attn(self.norm_attn(x)))
+        y, aux = self.ffn(self.norm_ffn(x))
+        return x + self.norm_ffn_out(y), aux
+
+
+class Subnet(nn.Module):
+    """A plain transformer LM for one arch (the same math as the supernet, no slicing)."""
+
+    def __init__(self, arch: ArchConfig, dims: ModelDims):
+        super().__init__()
+        self.arch, self.dims = arch, dims
+        d = arch.embed_dim
+        self.tok_emb = nn.Parameter(torch.zeros(dims.vocab_size, d))  # tied with the LM head
+        self.pos_emb = nn.Parameter(torch.zeros(dims.block_size, d))
+        self.blocks = nn.ModuleList(SubnetBlock(layer, d, dims.head_dim) for layer in arch.layers)
+        self.norm_final = Norm(arch.layers[-1].norm, d)
+
+    def forward(self, tokens: Tensor, return_aux: bool = False):
+        T = tokens.shape[1]
+        x = nn.functional.embedding(tokens, self.tok_emb) + self.pos_emb[:T]
+        aux = x.new_zeros(())
+        for block in self.blocks:
+            x, a = block(x)
+            if a is not None:
+                aux = aux + a
+        logits = nn.functional.linear(self.norm_final(x), self.tok_emb)
+        return (logits, aux) if return_aux else logits
+
+
+# --- extraction -----------------------------------------------------------------------------------
+def _copy_norm(dst: Norm, src: ElasticNorms, d: int) -> None:
+    for name, value in src.params(dst.kind, d).items():
+        dst.p[name].copy_(value)
+
+
+@torch.no_grad()
+def extract_subnet(supernet: Supernet, arch: ArchConfig) -> Subnet:
+    """A standalone `Subnet` with copies of the weights `supernet(tokens, arch)` uses."""
+    supernet.space.validate(arch)
+    d = arch.embed_dim
+    sub = Subnet(arch, supernet.space.dims).to(supernet.tok_emb.device, supernet.tok_emb.dtype)
+    sub.tok_emb.copy_(supernet.tok_emb[:, :d])
+    sub.pos_emb.copy_(supernet.pos_emb[:, :d])
+    for src, dst, layer in zip(supernet.blocks, sub.blocks, arch.layers, strict=False):
+        a, h = layer.n_heads * supernet.config.head_dim, layer.hidden(d)
+        dst.attn.qkv.copy_(src.attn.qkv[:, :a, :d])
+        dst.attn.proj.copy_(src.attn.proj[:d, :a])
+        if layer.ffn == "moe":
+            E, size = layer.n_experts, h // layer.n_experts
+            dst.ffn.router.copy_(src.ffn.routers[str(E)][:, :d])
+            dst.ffn.up.copy_(src.ffn.up[:h, :d].reshape(E, size, d))
+            dst.ffn.down.copy_(src.ffn.down[:d, :h].reshape(d, E, size).transpose(0, 1))
+        else:
+            dst.ffn.up.copy_(src.ffn.up[:h, :d])
+            dst.ffn.down.copy_(src.ffn.down[:d, :h])
+            if layer.ffn == "swiglu":
+                dst.ffn.gate.copy_(src.ffn.gate[:h, :d])
+        _copy_norm(dst.norm_attn, src.norm_attn, d)
+        _copy_norm(dst.norm_ffn, src.norm_ffn, d)
+        if layer.placement == "peri":
+            _copy_norm(dst.norm_attn_out, src.norm_attn_out, d)
+            _copy_norm(dst.norm_ffn_out, src.norm_ffn_out, d)
+    _copy_norm(sub.norm_final, supernet.norm_final, d)
+    return sub
+
+
+# --- safetensors I/O ------------------------------------------------------------------------------
+def save_subnet(subnet: Subnet, path: str | Path) -> None:
+    """Write the weights, the arch and the model dims into one safetensors file (atomically)."""
+    from safetensors.torch import save_file
+
+    meta = {"arch": subnet.arch.to_json(), "dims": json.dumps(subnet.dims.__dict__), "format": "hwnas-subnet-1"}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in subnet.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def load_subnet(path: str | Path, device: str | torch.device = "cpu") -> Subnet:
+    """Rebuild a `Subnet` from `save_subnet`'s file; no supernet and no pickle involved."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != "hwnas-subnet-1":
+        raise ValueError(f"{path}: not an hwnas subnet file (metadata format {meta.get('format')!r})")
+    sub = Subnet(ArchConfig.from_json(meta["arch"]), ModelDims(**json.loads(meta["dims"])))
+    sub.load_state_dict(load_file(str(path), device=str(device)), strict=True)
+    return sub.to(device)

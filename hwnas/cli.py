@@ -20,6 +20,22 @@ def _cmd_space(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from hwnas.config import load_config
+    from hwnas.supernet.train import train
+
+    cfg = load_config(args.config)
+    train_cfg = cfg.train if args.wandb is None else cfg.train.model_copy(update={"wandb": args.wandb})
+    summary = train(cfg.search_space, train_cfg, cfg.run_path, seed=cfg.seed, progress=not args.no_progress)
+    if summary:  # rank 0
+        print(
+            f"trained {summary['steps']} steps in {summary['train_seconds']:.0f} s -> {cfg.run_path / 'train'}\n"
+            f"validation bits/byte: largest {summary['val_bpb_largest']:.3f}, smallest {summary['val_bpb_smallest']:.3f} "
+            f"(unigram entropy of the validation bytes: {summary['unigram_entropy_bpb']:.3f})"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hwnas",
@@ -39,6 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--samples", type=int, default=5, help="number of random archs to show (default 5)")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default: the config's seed)")
     p.set_defaults(func=_cmd_space)
+
+    p = sub.add_parser(
+        "train",
+        help="train the weight-sharing supernet (resumes an interrupted run)",
+        description="Train the supernet with the sandwich rule and in-place distillation on the config's corpus. "
+        "Checkpoints go to <run_dir>/train; running the command again resumes from the last one. Under "
+        "`torchrun --nproc_per_node=K $(which hwnas) train CONFIG` it trains data-parallel.",
+    )
+    p.add_argument("config", help="experiment YAML, e.g. experiments/quickstart.yaml")
+    p.add_argument("--wandb", choices=["offline", "online", "disabled"], default=None, help="override train.wandb")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
     return parser
 
 

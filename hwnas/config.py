@@ -15,8 +15,20 @@ from pydantic import Field, ValidationError, field_validator
 
 from hwnas.search_space import ConfigError, SearchSpaceConfig
 from hwnas.search_space.config import Section
+from hwnas.supernet.config import TrainConfig
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 class ExperimentConfig(Section):
@@ -26,6 +38,7 @@ class ExperimentConfig(Section):
     run_dir: str | None = None
     seed: int = 0
     search_space: SearchSpaceConfig = SearchSpaceConfig()
+    train: TrainConfig = TrainConfig()
 
     @field_validator("name")
     @classmethod
@@ -85,9 +98,14 @@ def load_config(path: str | Path) -> ExperimentConfig:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:  # unreadable, or not text: still one line, no traceback
+        raise ConfigError(f"{path}: cannot read config file: {e}") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())  # e.g. a ReaderError spans lines
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
     return parse_config(data, str(path))

@@ -18,6 +18,12 @@ _ATTN_TAG = {"softmax": "sm", "linear": "lin", "window": "win"}
 _NORM_TAG = {"layernorm": "ln", "rmsnorm": "rms", "dyt": "dyt"}
 
 
+def _ratio_tag(ratio: float) -> str:
+    """Shortest exact text of a ratio ("2", "2.5"): unlike `:g`, distinct ratios get distinct text."""
+    text = repr(float(ratio))
+    return text.removesuffix(".0")
+
+
 @dataclass(frozen=True)
 class LayerConfig:
     n_heads: int
@@ -57,7 +63,7 @@ class LayerConfig:
     def key(self) -> str:
         attn = _ATTN_TAG[self.attention] + (str(self.window) if self.window else "")
         ffn = f"moe{self.n_experts}k{self.top_k}" if self.ffn == "moe" else self.ffn
-        return f"h{self.n_heads}r{self.mlp_ratio:g}-{_NORM_TAG[self.norm]}-{self.placement}-{attn}-{ffn}-q{self.weight_bits}"
+        return f"h{self.n_heads}r{_ratio_tag(self.mlp_ratio)}-{_NORM_TAG[self.norm]}-{self.placement}-{attn}-{ffn}-q{self.weight_bits}"
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,7 @@ class ArchConfig:
                 raise ArchError(f"layers[{i}].{unknown[0]}", f"unknown field; allowed: {', '.join(sorted(names))}")
             try:
                 layers.append(LayerConfig(**layer))
-            except TypeError as e:  # a missing required field
+            except (TypeError, ValueError) as e:  # a missing required field, or a ratio that is not a number
                 raise ArchError(f"layers[{i}]", str(e)) from None
         return cls(embed_dim=data["embed_dim"], layers=tuple(layers))
 

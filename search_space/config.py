@@ -153,8 +153,8 @@ class FfnDim(Section):
 
     @model_validator(mode="after")
     def _k_fits(self) -> FfnDim:
-        if "moe" in self.choices and min(self.top_k) > max(self.experts):
-            raise field_error("top_k", f"{min(self.top_k)} exceeds every expert count {self.experts}")
+        if "moe" in self.choices and max(self.top_k) > max(self.experts):  # a top-k no expert count can use
+            raise field_error("top_k", f"{max(self.top_k)} exceeds every expert count {self.experts}")
         if "moe" in self.choices and min(self.experts) < 2:
             raise field_error("experts", f"must be >= 2 for moe, got {min(self.experts)}")
         return self

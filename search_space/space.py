@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from numbers import Integral
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,11 @@ def _layer_fields(dim: str, value: Any) -> dict[str, Any]:
         kind, *rest = value.split(":")
         return {"ffn": kind, "n_experts": int(rest[0]) if rest else None, "top_k": int(rest[1]) if rest else None}
     return {dim: value}
+
+
+def _is_int(value: Any) -> bool:
+    """An integer field's value must be an integer: 2.0 would compare equal to 2 but key differently."""
+    return isinstance(value, Integral) and not isinstance(value, bool)
 
 
 def _gene_value(layer: LayerConfig, dim: str) -> Any:
@@ -118,7 +124,7 @@ class SearchSpace:
         c = self.config
         if arch.depth not in c.depth:
             raise ArchError("depth", f"{arch.depth} is not one of {list(c.depth)}")
-        if arch.embed_dim not in c.embed_dim:
+        if not _is_int(arch.embed_dim) or arch.embed_dim not in c.embed_dim:
             raise ArchError("embed_dim", f"{arch.embed_dim!r} is not one of {list(c.embed_dim)}")
         first = arch.layers[0]
         for i, layer in enumerate(arch.layers):
@@ -138,21 +144,21 @@ class SearchSpace:
         if dim == "attention":
             if layer.attention not in c.attention.choices:
                 raise ArchError(f"{where}.attention", f"{layer.attention!r} is not one of {list(c.attention.choices)}")
-            if layer.attention == "window" and layer.window not in c.attention.windows:
+            if layer.attention == "window" and (not _is_int(layer.window) or layer.window not in c.attention.windows):
                 raise ArchError(f"{where}.window", f"{layer.window!r} is not one of {list(c.attention.windows)}")
             return
         if dim == "ffn":
             if layer.ffn not in c.ffn.choices:
                 raise ArchError(f"{where}.ffn", f"{layer.ffn!r} is not one of {list(c.ffn.choices)}")
             if layer.ffn == "moe":
-                if layer.n_experts not in c.ffn.experts:
+                if not _is_int(layer.n_experts) or layer.n_experts not in c.ffn.experts:
                     raise ArchError(f"{where}.n_experts", f"{layer.n_experts!r} is not one of {list(c.ffn.experts)}")
-                if layer.top_k not in c.ffn.top_k or layer.top_k > layer.n_experts:
+                if not _is_int(layer.top_k) or layer.top_k not in c.ffn.top_k or layer.top_k > layer.n_experts:
                     allowed = [k for k in c.ffn.top_k if k <= layer.n_experts]
                     raise ArchError(f"{where}.top_k", f"{layer.top_k!r} is not one of {allowed}")
             return
         value = getattr(layer, dim)
-        if value not in self.choices[dim] or isinstance(value, bool):
+        if value not in self.choices[dim] or (dim in ("n_heads", "weight_bits") and not _is_int(value)):
             raise ArchError(f"{where}.{dim}", f"{value!r} is not one of {list(self.choices[dim])}")
 
     def contains(self, arch: ArchConfig) -> bool:
@@ -182,7 +188,11 @@ class SearchSpace:
             raise ArchError("vector", f"expected shape ({self.n_genes},), got {vec.shape}")
         idx = []
         for gene, x in zip(self.genes, vec, strict=True):
-            if not np.isfinite(x) or x != int(x) or not 0 <= x < len(gene.choices):
+            try:
+                ok = bool(np.isfinite(x)) and x == int(x) and 0 <= x < len(gene.choices)
+            except (TypeError, ValueError):  # not a number at all, e.g. a string or None
+                ok = False
+            if not ok:
                 raise ArchError(gene.name, f"gene value {x!r} is not an integer in [0, {len(gene.choices) - 1}]")
             idx.append(int(x))
         return self._build(lambda gene: gene.choices[idx[self._index[gene.name]]])
@@ -253,7 +263,7 @@ class SearchSpace:
             if g.dim in ("n_heads", "mlp_ratio", "weight_bits") or len(g.choices) == 1:
                 continue
             scored = [(cost({**base, g.name: v}), i) for i, v in enumerate(g.choices)]
-            best = max(scored) if largest else min(scored, key=lambda s: (s[0], -s[1]))
+            best = max(scored, key=lambda s: (s[0], -s[1])) if largest else min(scored)  # ties: first listed
             base[g.name] = g.choices[best[1]]
         return self._build(lambda g: base[g.name])
 

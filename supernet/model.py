@@ -27,6 +27,14 @@ def first(p: Tensor, n: int) -> Tensor:
     return p if n == p.shape[0] else p[:n]
 
 
+def corner(w: Tensor, rows: int, cols: int) -> Tensor:
+    """w[..., :rows, :cols], the weight itself when that is all of it (a view costs microseconds,
+    which add up at small batch)."""
+    if w.shape[-2] == rows and w.shape[-1] == cols:
+        return w
+    return w[..., :rows, :cols]
+
+
 class ElasticNorms(nn.Module):
     """The parameters of every norm kind at the largest width; `forward` uses the first d."""
 
@@ -62,7 +70,7 @@ class ElasticAttention(nn.Module):
     def weights(self, layer: LayerConfig, d: int) -> tuple[Tensor, Tensor]:
         a = layer.n_heads * self.head_dim
         bits = layer.weight_bits
-        return ops.fake_quant(self.qkv[:, :a, :d], bits), ops.fake_quant(self.proj[:d, :a], bits)
+        return ops.fake_quant(corner(self.qkv, a, d), bits), ops.fake_quant(corner(self.proj, d, a), bits)
 
     def forward(self, x: Tensor, layer: LayerConfig) -> Tensor:
         B, T, d = x.shape
@@ -88,9 +96,9 @@ class ElasticFFN(nn.Module):
         """Router and per-expert (up, down) weights; each expert is quantized on its own."""
         h, bits, E = layer.hidden(d), layer.weight_bits, layer.n_experts
         size = h // E
-        ups = ops.fake_quant(self.up[:h, :d].reshape(E, size, d), bits)  # (E, size, d)
-        downs = ops.fake_quant(self.down[:d, :h].reshape(d, E, size), bits)  # (d, E, size)
-        return self.routers[str(E)][:, :d], list(ups), list(downs.unbind(1))
+        ups = ops.fake_quant(corner(self.up, h, d).reshape(E, size, d), bits)  # (E, size, d)
+        downs = ops.fake_quant(corner(self.down, d, h).reshape(d, E, size), bits)  # (d, E, size)
+        return corner(self.routers[str(E)], E, d), list(ups), list(downs.unbind(1))
 
     def forward(self, x: Tensor, layer: LayerConfig) -> tuple[Tensor, Tensor | None]:
         d = x.shape[-1]
@@ -98,9 +106,9 @@ class ElasticFFN(nn.Module):
         if layer.ffn == "moe":
             router, ups, downs = self.expert_weights(layer, d)
             return ops.moe(x, router, layer.top_k, ups, downs)
-        w_up, w_down = ops.fake_quant(self.up[:h, :d], bits), ops.fake_quant(self.down[:d, :h], bits)
+        w_up, w_down = ops.fake_quant(corner(self.up, h, d), bits), ops.fake_quant(corner(self.down, d, h), bits)
         if layer.ffn == "swiglu":
-            return ops.swiglu(x, ops.fake_quant(self.gate[:h, :d], bits), w_up, w_down), None
+            return ops.swiglu(x, ops.fake_quant(corner(self.gate, h, d), bits), w_up, w_down), None
         return ops.mlp(x, w_up, w_down), None
 
 
@@ -141,8 +149,11 @@ class Supernet(nn.Module):
         self.config = c
         d_max, heads_max = max(c.embed_dim), max(c.n_heads.choices)
         hidden_max = int(round(max(c.mlp_ratio.choices) * d_max))
-        self.tok_emb = nn.Parameter(torch.randn(c.vocab_size, d_max) * 0.02)  # tied with the LM head
-        self.pos_emb = nn.Parameter(torch.randn(c.block_size, d_max) * 0.02)
+        # Embeddings at std 1/sqrt(d_max), scaled by sqrt(d) on input (ops.embed): the residual stream
+        # starts near unit scale, which Dynamic Tanh needs (it does not rescale like LayerNorm), and the
+        # tied head starts with logits of std <= 1.
+        self.tok_emb = nn.Parameter(torch.randn(c.vocab_size, d_max) / d_max**0.5)  # tied with the LM head
+        self.pos_emb = nn.Parameter(torch.randn(c.block_size, d_max) / d_max**0.5)
         self.blocks = nn.ModuleList(
             Block(d_max, heads_max, c.head_dim, hidden_max, list(c.ffn.experts)) for _ in range(self.space.max_depth)
         )
@@ -170,12 +181,13 @@ class Supernet(nn.Module):
         load-balancing loss (0 when the arch has no MoE layer)."""
         self.check(tokens, arch)
         d, T = arch.embed_dim, tokens.shape[1]
-        x = nn.functional.embedding(tokens, self.tok_emb[:, :d]) + self.pos_emb[:T, :d]  # (B, T, d)
+        emb = corner(self.tok_emb, self.config.vocab_size, d)  # tied with the LM head
+        x = ops.embed(tokens, emb, corner(self.pos_emb, T, d))  # (B, T, d)
         aux = x.new_zeros(())
         for block, layer in zip(self.blocks, arch.layers, strict=False):
             x, a = block(x, layer)
             if a is not None:
                 aux = aux + a
         x = self.norm_final(x, arch.layers[-1].norm)
-        logits = nn.functional.linear(x, self.tok_emb[:, :d])  # (B, T, vocab)
+        logits = nn.functional.linear(x, emb)  # (B, T, vocab)
         return (logits, aux) if return_aux else logits

@@ -17,6 +17,12 @@ from hwnas.search_space import LINEAR_CHUNK
 EPS = 1e-5
 
 
+# --- embedding ------------------------------------------------------------------------------------
+def embed(tokens: Tensor, tok_emb: Tensor, pos_emb: Tensor) -> Tensor:
+    """Token plus learned position embeddings, scaled by sqrt(width) (as Gemma does): (B, T, d)."""
+    return (F.embedding(tokens, tok_emb) + pos_emb) * math.sqrt(tok_emb.shape[-1])
+
+
 # --- quantization ---------------------------------------------------------------------------------
 def fake_quant(w: Tensor, bits: int) -> Tensor:
     """Symmetric per-output-channel (last dim reduced) fake quantization with a straight-through

@@ -112,7 +112,7 @@ class Subnet(nn.Module):
 
     def forward(self, tokens: Tensor, return_aux: bool = False):
         T = tokens.shape[1]
-        x = nn.functional.embedding(tokens, self.tok_emb) + self.pos_emb[:T]
+        x = ops.embed(tokens, self.tok_emb, self.pos_emb[:T])
         aux = x.new_zeros(())
         for block in self.blocks:
             x, a = block(x)

@@ -105,8 +105,8 @@ def test_window_attention_forgets_beyond_the_window(net):
     changed = tokens.clone()
     changed[0, 10] = (changed[0, 10] + 7) % 256
     a, b = net(tokens, arch), net(changed, arch)
-    # two layers of window 32 reach 2 * 31 positions ahead: 10..72 see the change, 73.. do not
-    assert (a[:, 10:73] - b[:, 10:73]).abs().amax(-1).min() > 1e-6
+    # two layers of window 32 reach 2 * 31 positions ahead: 10..72 may see the change, 73.. must not
+    assert (a[:, 10:42] - b[:, 10:42]).abs().amax(-1).min() > 1e-5  # within one window: clearly seen
     torch.testing.assert_close(a[:, 73:], b[:, 73:], atol=1e-6, rtol=0)
 
 

@@ -47,7 +47,7 @@ def main() -> None:
             for name, arch in archs.items():
                 sub = extract_subnet(net, arch).eval()
                 t = interleaved_medians(
-                    {"supernet": lambda: net(tokens, arch), "subnet": lambda: sub(tokens)}, repeats=args.repeats
+                    {"supernet": lambda t=tokens, a=arch: net(t, a), "subnet": lambda s=sub, t=tokens: s(t)}, repeats=args.repeats
                 )
                 ratio = t["supernet"] / t["subnet"]
                 rows.append((f"{B}x{T}", name, t["supernet"] * 1e3, t["subnet"] * 1e3, ratio, arch.key()))

@@ -1,0 +1,129 @@
+"""Experiment tracking: a local JSONL metrics file plus Weights & Biases (offline by default).
+
+`Tracker` writes every logged row to `<run_dir>/<name>.jsonl` and, unless W&B is disabled, to a W&B
+run in `<run_dir>/wandb` (mode "offline": nothing leaves the machine; sync later with `wandb sync`).
+`read_wandb_history` decodes an offline run's `.wandb` file (W&B ships no reader for it), so tests
+and users can check what was logged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+class Tracker:
+    """Log rows of scalars locally and to W&B. `mode`: offline (default), online or disabled."""
+
+    def __init__(self, run_dir: str | Path, name: str, mode: str = "offline", project: str = "hwnas",
+                 config: dict[str, Any] | None = None, job_type: str | None = None, resume_step: int | None = None):
+        if mode not in WANDB_MODES:
+            raise ValueError(f"wandb mode {mode!r} is not one of {', '.join(WANDB_MODES)}")
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.run_dir / f"{name}.jsonl"
+        if resume_step is not None:
+            self._truncate_after(resume_step)
+        self._file = self.path.open("a")
+        self.wandb_run = None
+        if mode != "disabled":
+            import wandb
+
+            os.environ.setdefault("WANDB_SILENT", "true")
+            self.wandb_run = wandb.init(
+                project=project, name=f"{self.run_dir.name}-{name}", group=self.run_dir.name, job_type=job_type or name,
+                dir=str(self.run_dir), mode=mode, config=config or {}, reinit="create_new",
+                settings=wandb.Settings(console="off", x_disable_stats=True),
+            )
+
+    def _truncate_after(self, step: int) -> None:
+        """Drop rows logged after `step` by an interrupted run, so a resumed run does not repeat them."""
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line).get("step", -1) <= step]
+        from .io import atomic_write_text
+
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+
+    def log(self, row: dict[str, Any], step: int | None = None) -> None:
+        record = dict(row) if step is None else {"step": step, **row}
+        self._file.write(json.dumps(record, sort_keys=True) + "\n")
+        self._file.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log(row, step=step)
+
+    def log_wandb(self, data: dict[str, Any]) -> None:
+        """W&B-only objects (tables, plots, artifacts' files) that have no JSONL form."""
+        if self.wandb_run is not None:
+            self.wandb_run.log(data)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        if self.wandb_run is not None:
+            self.wandb_run.summary.update(values)
+
+    @property
+    def wandb_dir(self) -> Path | None:
+        return Path(self.wandb_run.dir).parent if self.wandb_run is not None else None
+
+    def finish(self) -> None:
+        self._file.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+            self.wandb_run = None
+
+
+def _wandb_records(path: Path):
+    """Yield the protobuf payloads of a W&B `.wandb` log: a 7-byte file header, then leveldb-style
+    32 KiB blocks of records, each with a 7-byte header (crc32, length, type: full/first/middle/last)."""
+    data = path.read_bytes()
+    pos, block, pending = 7, 32 * 1024, b""
+    while pos + 7 <= len(data):
+        left = block - (pos % block)
+        if left < 7:  # block trailer padding
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        payload = data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind == 0 and length == 0:  # zero padding
+            continue
+        if kind == 1:  # full
+            yield payload
+        elif kind == 2:  # first
+            pending = payload
+        elif kind == 3:  # middle
+            pending += payload
+        elif kind == 4:  # last
+            yield pending + payload
+            pending = b""
+
+
+def read_wandb_records(run_dir: str | Path) -> list[Any]:
+    """All `Record` protobufs of every offline W&B run under `run_dir`, in file order."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    records = []
+    for path in sorted(Path(run_dir).rglob("*.wandb")):
+        for payload in _wandb_records(path):
+            rec = pb.Record()
+            rec.ParseFromString(payload)
+            records.append(rec)
+    return records
+
+
+def read_wandb_history(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The history rows (`wandb.log` calls) of the offline W&B runs under `run_dir`."""
+    rows = []
+    for rec in read_wandb_records(run_dir):
+        if rec.WhichOneof("record_type") == "history":
+            row = {}
+            for item in rec.history.item:
+                key = item.key or "/".join(item.nested_key)
+                row[key] = json.loads(item.value_json) if item.value_json else None
+            rows.append(row)
+    return rows

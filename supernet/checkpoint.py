@@ -1,0 +1,78 @@
+"""Training checkpoints in one safetensors file: weights, AdamW state, RNG state and the loop's
+position as JSON metadata. Written atomically; loading never unpickles anything."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hwnas.search_space.errors import HwnasError
+from hwnas.search_space.io import atomic_path
+
+FORMAT = "hwnas-train-ckpt-1"
+
+
+class CheckpointError(HwnasError, ValueError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    names = {id(p): n for n, p in model.named_parameters()}
+    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                tensors[f"optim/{names[id(p)]}/{key}"] = value.detach().cpu().reshape(value.shape).contiguous()
+    tensors["rng/torch"] = torch.get_rng_state()
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    metadata = {"format": FORMAT, "meta": json.dumps(meta, sort_keys=True), "param_groups": json.dumps(groups)}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from None
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an hwnas training checkpoint (format {metadata.get('format')!r})")
+    return json.loads(metadata["meta"])
+
+
+def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+    """Restore weights in place; with `optimizer`, also its state and the torch RNG (a resume).
+    Returns the metadata."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    meta = read_meta(path)
+    tensors = load_file(str(path))
+    device = next(model.parameters()).device
+    state = {k.removeprefix("model/"): v for k, v in tensors.items() if k.startswith("model/")}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit this model ({str(e).splitlines()[0]})") from None
+    if optimizer is not None:
+        with safe_open(str(path), framework="pt") as f:
+            groups = json.loads(f.metadata()["param_groups"])
+        params = dict(model.named_parameters())
+        index = {id(p): i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
+        opt_state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim/"):
+                name, _, field = key.removeprefix("optim/").rpartition("/")
+                opt_state.setdefault(index[id(params[name])], {})[field] = value.to(device) if field != "step" else value
+        saved_groups = [dict(g, params=[index[id(p)] for p in cur["params"]]) for g, cur in zip(groups, optimizer.param_groups, strict=True)]
+        optimizer.load_state_dict({"state": opt_state, "param_groups": saved_groups})
+        torch.set_rng_state(tensors["rng/torch"])
+    return meta

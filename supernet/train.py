@@ -1,0 +1,323 @@
+"""Supernet training: the sandwich rule with in-place distillation, resumable and data-parallel.
+
+Each step trains the largest subnet on the labels, then the smallest and `n_random` random subnets
+on a mix of the labels and the largest subnet's soft predictions (BigNAS / AttentiveNAS). The
+gradients of all of them are summed into one AdamW step (warmup + cosine, clipping). Everything a
+step draws (its archs, its batch) comes from generators seeded by (seed, step), so a resumed run
+redoes exactly what an uninterrupted one does. Under `torchrun` the global batch is split across
+ranks and gradients are averaged with one all-reduce per step (gloo on CPU, nccl on CUDA).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from hwnas.search_space import ArchConfig, HwnasError, SearchSpaceConfig
+from hwnas.search_space.io import atomic_write_json
+from hwnas.search_space.tracking import Tracker
+
+from .checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint
+from .config import TrainConfig
+from .data import Corpus, build_corpus
+from .evaluate import evaluate
+from .model import Supernet
+
+
+class TrainingError(HwnasError, RuntimeError):
+    """Training cannot go on (e.g. repeated non-finite losses, a checkpoint of another space)."""
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_kind: str) -> Dist:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to `lr`, then cosine decay to `min_lr` at the last step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def step_seed(seed: int, step: int, stream: int) -> int:
+    """A seed for step `step` of random stream `stream` (0: archs, 1: data)."""
+    return int(np.random.SeedSequence([seed, step, stream]).generate_state(1)[0])
+
+
+class SandwichSampler:
+    """The archs of one training step: largest, smallest and `n_random` random subnets.
+
+    With `complexity_aware`, a random subnet's FLOPs stay within `flops_gap` (relative) of the
+    previous random subnet's (ElasticViT), so consecutive steps do not jump across the space."""
+
+    def __init__(self, space, cfg: TrainConfig, seed: int):
+        self.space, self.cfg, self.seed = space, cfg, seed
+        self.largest, self.smallest = space.largest(), space.smallest()
+        self.prev_flops: float | None = None
+
+    def _random(self, rng: np.random.Generator) -> ArchConfig:
+        if not self.cfg.complexity_aware or self.prev_flops is None:
+            arch = self.space.sample(rng)
+        else:
+            candidates = [self.space.sample(rng) for _ in range(32)]
+            gaps = [abs(self.space.flops(a) / self.prev_flops - 1) for a in candidates]
+            ok = [a for a, g in zip(candidates, gaps, strict=True) if g <= self.cfg.flops_gap]
+            arch = ok[0] if ok else candidates[int(np.argmin(gaps))]
+        self.prev_flops = float(self.space.flops(arch))
+        return arch
+
+    def archs(self, step: int) -> list[tuple[str, ArchConfig]]:
+        rng = np.random.default_rng(step_seed(self.seed, step, 0))
+        return [("largest", self.largest), ("smallest", self.smallest)] + [
+            ("random", self._random(rng)) for _ in range(self.cfg.n_random)
+        ]
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _allreduce_grads(model: torch.nn.Module, world: int) -> None:
+    """Average gradients across ranks in one flat all-reduce (every rank runs the same archs, so
+    the same parameters have gradients everywhere)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+class Trainer:
+    """Train the supernet of `space_cfg` in `run_dir` (resuming from its checkpoint if present)."""
+
+    def __init__(self, space_cfg: SearchSpaceConfig, cfg: TrainConfig, run_dir: str | Path, seed: int = 0,
+                 progress: bool = True, on_step_end: Callable[[int], None] | None = None):
+        self.space_cfg, self.cfg, self.seed = space_cfg, cfg, seed
+        self.run_dir = Path(run_dir)
+        self.train_dir = self.run_dir / "train"
+        self.ckpt_path = self.train_dir / "checkpoint.safetensors"
+        self.progress, self.on_step_end = progress, on_step_end
+        kind = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise TrainingError("train.device: 'cuda' was asked for but no CUDA device is available; use cpu or auto")
+        self.dist = init_distributed(kind)
+        self.device = torch.device(f"cuda:{self.dist.local_rank}" if kind == "cuda" else "cpu")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.seq_len = cfg.seq_len or space_cfg.block_size
+        if self.seq_len > space_cfg.block_size:
+            raise TrainingError(f"train.seq_len: {self.seq_len} exceeds search_space.block_size {space_cfg.block_size}")
+        if cfg.batch_size % self.dist.world:
+            raise TrainingError(f"train.batch_size: {cfg.batch_size} is not divisible by the {self.dist.world} ranks")
+
+    # --- setup ------------------------------------------------------------------------------------
+    def _corpus(self) -> Corpus:
+        corpus_dir = self.run_dir / "corpus"
+        if self.dist.is_main:
+            build_corpus(self.cfg.corpus, corpus_dir, val_fraction=self.cfg.val_fraction, max_bytes=self.cfg.max_corpus_bytes)
+        if self.dist.world > 1:
+            dist.barrier()
+        return Corpus.load(corpus_dir)
+
+    def _build(self) -> tuple[Supernet, torch.optim.AdamW, dict[str, Any]]:
+        torch.manual_seed(self.seed)
+        model = Supernet(self.space_cfg).to(self.device)
+        opt = torch.optim.AdamW(_param_groups(model, self.cfg.weight_decay), lr=self.cfg.lr,
+                                betas=(self.cfg.beta1, self.cfg.beta2), foreach=False)
+        state = {"step": 0, "prev_flops": None, "nonfinite_total": 0, "train_seconds": 0.0}
+        if self.ckpt_path.exists():
+            meta = read_meta(self.ckpt_path)
+            if meta.get("space") != self.space_cfg.model_dump(mode="json"):
+                raise TrainingError(f"{self.ckpt_path}: checkpoint of a different search space; use another run_dir")
+            state.update(load_checkpoint(self.ckpt_path, model, opt)["state"])
+        return model, opt, state
+
+    def _save(self, model, opt, state: dict[str, Any]) -> None:
+        if self.dist.is_main:
+            save_checkpoint(self.ckpt_path, model, opt, {"state": state, "space": self.space_cfg.model_dump(mode="json"),
+                                                         "train": self.cfg.model_dump(mode="json")})
+
+    # --- one step ---------------------------------------------------------------------------------
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
+
+    def _step(self, model, opt, corpus: Corpus, sampler: SandwichSampler, step: int) -> dict[str, float] | None:
+        cfg, d = self.cfg, self.dist
+        gen = torch.Generator().manual_seed(step_seed(self.seed, step, 1))
+        x, y = corpus.batch("train", cfg.batch_size, self.seq_len, gen)  # the global batch
+        per_rank = cfg.batch_size // d.world
+        x = x[d.rank * per_rank:(d.rank + 1) * per_rank].to(self.device)
+        y = y[d.rank * per_rank:(d.rank + 1) * per_rank].to(self.device)
+        opt.zero_grad(set_to_none=True)
+        losses: dict[str, list[float]] = {}
+        teacher = None
+        finite = True
+        for role, arch in sampler.archs(step):
+            with self._autocast():
+                logits, aux = model(x, arch, return_aux=True)
+                logits = logits.float()
+                ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+                loss = ce
+                if role != "largest" and cfg.distill and teacher is not None:
+                    kd = F.kl_div(F.log_softmax(logits, -1), teacher, reduction="none").sum(-1).mean()
+                    loss = cfg.distill_weight * kd + (1 - cfg.distill_weight) * ce
+                loss = loss + cfg.balance_weight * aux
+            finite &= bool(torch.isfinite(loss))
+            losses.setdefault(role, []).append(ce.item())
+            loss.backward()
+            if role == "largest":
+                teacher = F.softmax(logits.detach(), -1)
+        if d.world > 1:
+            flag = torch.tensor([0.0 if finite else 1.0], device=self.device)
+            dist.all_reduce(flag)
+            finite = flag.item() == 0
+        if not finite:
+            opt.zero_grad(set_to_none=True)
+            return None
+        if d.world > 1:
+            _allreduce_grads(model, d.world)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        opt.step()
+        return {f"loss_{role}": float(np.mean(v)) for role, v in losses.items()} | {
+            "grad_norm": float(grad_norm), "lr": lr_at(step, cfg)}
+
+    # --- the loop ---------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        corpus = self._corpus()
+        model, opt, state = self._build()
+        self.model = model
+        model.train()
+        sampler = SandwichSampler(model.space, cfg, self.seed)
+        sampler.prev_flops = state["prev_flops"]
+        start = state["step"]
+        tracker = None
+        if self.dist.is_main:
+            tracker = Tracker(self.train_dir, "metrics", mode=cfg.wandb, project=cfg.wandb_project, job_type="train",
+                              config={"train": cfg.model_dump(mode="json"), "search_space": self.space_cfg.model_dump(mode="json")},
+                              resume_step=start - 1 if start else -1)
+        tokens_per_step = cfg.batch_size * self.seq_len
+        consecutive_bad = 0
+        bar = _progress(self.progress and self.dist.is_main)
+        task = bar.add_task("train", total=cfg.steps, completed=start, loss=float("nan"), tps=0.0)
+        last_eval: dict[str, float] = {}
+        with bar:
+            for step in range(start, cfg.steps):
+                t0 = time.perf_counter()
+                row = self._step(model, opt, corpus, sampler, step)
+                dt = time.perf_counter() - t0
+                state["train_seconds"] += dt
+                if row is None:
+                    consecutive_bad += 1
+                    state["nonfinite_total"] += 1
+                    if tracker:
+                        tracker.log({"nonfinite_skipped": state["nonfinite_total"]}, step=step)
+                    if consecutive_bad >= cfg.max_nonfinite:
+                        raise TrainingError(
+                            f"training stopped at step {step}: {consecutive_bad} consecutive non-finite losses "
+                            f"(lower train.lr, now {cfg.lr}, or check the data)")
+                else:
+                    consecutive_bad = 0
+                    row["tokens_per_s"] = tokens_per_step / dt
+                    if tracker and (step % cfg.log_every == 0 or step == cfg.steps - 1):
+                        tracker.log(row, step=step)
+                    bar.update(task, advance=1, loss=row["loss_largest"], tps=row["tokens_per_s"])
+                state["step"], state["prev_flops"] = step + 1, sampler.prev_flops
+                if (step + 1) % cfg.eval_every == 0 and self.dist.is_main:
+                    last_eval = self._evaluate(model, corpus, sampler)
+                    tracker.log(last_eval, step=step)
+                if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
+                    self._save(model, opt, state)
+                if self.on_step_end:
+                    self.on_step_end(step)
+        summary: dict[str, Any] = {}
+        if self.dist.is_main:
+            final = self._evaluate(model, corpus, sampler)
+            tracker.log(final, step=cfg.steps - 1)
+            summary = {
+                "steps": cfg.steps, "train_seconds": state["train_seconds"], "nonfinite_skipped": state["nonfinite_total"],
+                "unigram_entropy_bpb": corpus.unigram_entropy("val"), **final,
+                "largest": sampler.largest.key(), "smallest": sampler.smallest.key(), "world_size": self.dist.world,
+            }
+            tracker.summary(summary)
+            tracker.finish()
+            atomic_write_json(self.train_dir / "summary.json", summary)
+        return summary
+
+    def _evaluate(self, model, corpus, sampler) -> dict[str, float]:
+        out = {}
+        for role, arch in (("largest", sampler.largest), ("smallest", sampler.smallest)):
+            r = evaluate(model, arch, corpus, batch_size=16, seq_len=self.seq_len, max_tokens=self.cfg.eval_tokens)
+            out[f"val_loss_{role}"], out[f"val_bpb_{role}"] = r["loss"], r["bpb"]
+        return out
+
+
+def _progress(enabled: bool):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[tps]:,.0f} tok/s"),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), disable=not enabled,
+    )
+
+
+def train(space_cfg: SearchSpaceConfig, cfg: TrainConfig, run_dir: str | Path, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Train (or resume training) the supernet in `run_dir`; returns the final summary."""
+    return Trainer(space_cfg, cfg, run_dir, seed=seed, progress=progress).run()
+
+
+def load_supernet(run_dir: str | Path, space_cfg: SearchSpaceConfig, device: str = "cpu") -> Supernet:
+    """The trained supernet of a run directory (weights only, no pickle)."""
+    path = Path(run_dir) / "train" / "checkpoint.safetensors"
+    if not path.exists():
+        raise CheckpointError(f"{path}: no trained supernet; run `hwnas train` first")
+    model = Supernet(space_cfg).to(device)
+    load_checkpoint(path, model)
+    return model.eval()
+
+
+__all__ = ["Dist", "SandwichSampler", "Trainer", "TrainingError", "load_supernet", "lr_at", "train"]

@@ -1,0 +1,141 @@
+"""The `hwnas` command line: `hwnas space`, help, and one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+from hwnas.cli import main
+from tests.conftest import QUICKSTART, QUICKSTART_SIZE, REPO, VENV_BIN
+
+HWNAS = str(VENV_BIN / "hwnas")
+SIZE_TEXT = f"{QUICKSTART_SIZE:,}"
+
+
+def run_hwnas(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([HWNAS, *args], capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+def sample_rows(out: str) -> list[int]:
+    return [int(m) for m in re.findall(r"^\S\s*sample (\d+)\s", out, flags=re.M)]
+
+
+def test_space_command_via_console_script():
+    proc = run_hwnas("space", "experiments/quickstart.yaml", "-n", "4")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    out = proc.stdout
+    assert SIZE_TEXT == "1,589,326,982,208"
+    assert f"archs: {SIZE_TEXT} " in out
+    assert "genes: 27" in out
+    assert re.search(r"^\S\s*smallest\s", out, flags=re.M)
+    assert re.search(r"^\S\s*largest\s", out, flags=re.M)
+    assert sample_rows(out) == [0, 1, 2, 3]
+    assert "Traceback" not in out
+
+
+def test_space_command_in_process(capsys, quickstart_space):
+    assert main(["space", str(QUICKSTART), "--samples", "3", "--seed", "5"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert SIZE_TEXT in out
+    assert sample_rows(out) == [0, 1, 2]
+    # the rows show the space's smallest and largest arch
+    assert quickstart_space.smallest().key() in out and quickstart_space.largest().key() in out
+    small = re.search(r"^\S\s*smallest\s*\S\s*(\d+)\s*\S\s*(\d+)\s", out, flags=re.M)
+    assert small and small.groups() == ("2", "64")
+    large = re.search(r"^\S\s*largest\s*\S\s*(\d+)\s*\S\s*(\d+)\s", out, flags=re.M)
+    assert large and large.groups() == ("4", "128")
+    for dim in ("depth", "embed_dim", "n_heads", "mlp_ratio", "norm", "placement", "attention", "ffn", "weight_bits"):
+        assert re.search(rf"^\S\s*{dim}\s", out, flags=re.M), dim
+    assert "moe:4:1, moe:4:2" in out
+
+
+def test_space_samples_follow_the_seed(capsys):
+    outputs = {}
+    for seed in ("1", "1", "2"):
+        assert main(["space", str(QUICKSTART), "-n", "6", "--seed", seed]) == 0
+        outputs.setdefault(seed, []).append(capsys.readouterr().out)
+    assert outputs["1"][0] == outputs["1"][1]
+    assert outputs["1"][0] != outputs["2"][0]
+    # without --seed the config's seed (0) is used
+    assert main(["space", str(QUICKSTART), "-n", "6"]) == 0
+    default = capsys.readouterr().out
+    assert main(["space", str(QUICKSTART), "-n", "6", "--seed", "0"]) == 0
+    assert capsys.readouterr().out == default
+
+
+def test_zero_samples(capsys):
+    assert main(["space", str(QUICKSTART), "-n", "0"]) == 0
+    out = capsys.readouterr().out
+    assert sample_rows(out) == [] and "smallest" in out and "largest" in out
+
+
+def test_bad_config_exits_2_with_one_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: bad\nsearch_space:\n  norm: {choices: [layernorm, batchnorm]}\n")
+    proc = run_hwnas("space", str(path))
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"hwnas: error: {path}: search_space.norm.choices[1]: Input should be 'layernorm', 'rmsnorm' or 'dyt' "
+        "(got 'batchnorm')"
+    ]
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (None, "config file not found"),
+        (b"name: [oops\n", "not valid YAML at line 2: expected ',' or ']', but got '<stream end>'"),
+        (b"name: q\x00\n", "not valid YAML: unacceptable character #x0000"),
+        (b"name: \xff\n", "cannot read config file: 'utf-8' codec can't decode byte 0xff"),
+        (b"- name: q\n", "expected a mapping at the top level, got list"),
+        (b"name: q\nepochs: 3\n", "epochs: unknown key; allowed keys: name, run_dir, seed, search_space"),
+        (b"name: q\nsearch_space: {ffn: {choices: [moe], experts: [4], top_k: [8]}}\n",
+         "search_space.ffn.top_k: 8 exceeds every expert count [4]"),
+    ],
+    ids=["missing", "yaml", "nul", "not-utf8", "not-mapping", "unknown-key", "top-k"],
+)
+def test_user_errors_in_process(tmp_path, capsys, content, expected):
+    path = tmp_path / "exp.yaml"
+    if content is not None:
+        path.write_bytes(content)
+    assert main(["space", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"hwnas: error: {path}: {expected}")
+    assert "Traceback" not in err
+
+
+def test_help():
+    proc = run_hwnas("--help")
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert "usage: hwnas" in proc.stdout
+    assert "Hardware-aware neural architecture search" in proc.stdout
+    assert re.search(r"^\s+space\s+summarize the search space", proc.stdout, flags=re.M)
+
+    proc = run_hwnas("space", "--help")
+    assert proc.returncode == 0 and proc.stderr == ""
+    out = " ".join(proc.stdout.split())  # argparse wraps lines to the terminal width
+    assert out.startswith("usage: hwnas space [-h] [-n SAMPLES] [--seed SEED] config")
+    assert "Print the search space's size, its smallest and largest arch" in out
+    assert "-n SAMPLES, --samples SAMPLES number of random archs to show (default 5)" in out
+    assert "experiment YAML" in out
+
+
+def test_version_and_usage_errors(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == "hwnas 0.1.0"
+    for argv in ([], ["frobnicate"], ["space"], ["space", str(QUICKSTART), "-n", "many"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2, argv
+        err = capsys.readouterr().err
+        assert "usage: hwnas" in err and "Traceback" not in err

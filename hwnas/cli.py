@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from hwnas.search_space import HwnasError
 
@@ -33,6 +34,70 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"validation bits/byte: largest {summary['val_bpb_largest']:.3f}, smallest {summary['val_bpb_smallest']:.3f} "
             f"(unigram entropy of the validation bytes: {summary['unigram_entropy_bpb']:.3f})"
         )
+    return 0
+
+
+def _cmd_latency(args: argparse.Namespace) -> int:
+    from hwnas.config import load_config
+    from hwnas.latency.build import run_latency
+    from hwnas.latency.fidelity import fidelity_report
+    from hwnas.search_space import SearchSpace
+
+    cfg = load_config(args.config)
+    space = SearchSpace(cfg.search_space)
+    devices = [args.device] if args.device else cfg.latency.devices
+    backends = [args.backend] if args.backend else cfg.latency.backends
+    for device in devices:
+        for backend in backends:
+            table = run_latency(space, cfg.latency, cfg.run_path, device, backend, strict=args.strict, progress=not args.no_progress)
+            print(f"latency table {device}/{backend}: {len(table.entries)} pieces -> {cfg.run_path / 'latency'}")
+            if not args.no_fidelity and cfg.latency.n_fidelity:
+                r = fidelity_report(space, cfg.latency, table, cfg.run_path, progress=not args.no_progress)
+                p, x = r["prediction"], r["proxies"]
+                print(f"  fidelity on {r['n']} held-out subnets: {100 * p['within_10pct']:.1f}% within +-10%, "
+                      f"{100 * p['within_5pct']:.1f}% within +-5%, MAPE {p['mape_pct']:.2f}%, Kendall tau {p['kendall_tau']:.3f} "
+                      f"(FLOPs {x['flops_kendall_tau']:.3f}, params {x['params_kendall_tau']:.3f})")
+    return 0
+
+
+def _cmd_predictors(args: argparse.Namespace) -> int:
+    from hwnas.config import load_config
+    from hwnas.predictors.stage import run_predictors
+
+    cfg = load_config(args.config)
+    r = run_predictors(cfg.search_space, cfg.predictors, cfg.run_path, seed=cfg.seed, progress=not args.no_progress)
+    h = r["heldout"]
+    print(f"predictor {r['model']} fitted on {r['n_fit']} subnets -> {cfg.run_path / 'predictors'}")
+    if h:
+        print(f"held-out ({r['n_heldout']}): Kendall tau {h['kendall_tau']:.3f}, Spearman {h['spearman']:.3f}, "
+              f"RMSE {h['rmse']:.4f}, MAPE {100 * h['mape']:.2f}%; eval {r['eval_seconds_per_subnet']:.2f} s/subnet")
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from hwnas.config import load_config
+    from hwnas.report import print_front
+    from hwnas.search.stage import run_search
+
+    cfg = load_config(args.config)
+    summary = run_search(cfg.search_space, cfg.search, cfg.run_path, seed=cfg.seed, latency_cfg=cfg.latency,
+                         workers=args.workers, progress=not args.no_progress)
+    print(f"searched {summary['candidates']} candidates in {summary['seconds']:.1f} s "
+          f"({summary['candidates_per_second']:.0f}/s); hypervolume {summary['hypervolume']:.4g}")
+    print_front(cfg.run_path / "search")
+    return 0
+
+
+def _cmd_pareto(args: argparse.Namespace) -> int:
+    from hwnas.report import print_front
+    from hwnas.search.stage import write_plots
+
+    out = Path(args.run_dir) / "search"
+    if not (out / "front.json").exists():
+        raise HwnasError(f"{out / 'front.json'}: no search results; run `hwnas search CONFIG` first")
+    print_front(out)
+    plots = write_plots(out)
+    print(f"plots: {', '.join(str(p) for p in plots)}")
     return 0
 
 
@@ -67,6 +132,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb", choices=["offline", "online", "disabled"], default=None, help="override train.wandb")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "latency",
+        help="measure latency tables on this machine and report their fidelity",
+        description="Measure every distinct sublayer of the search space once on this device and backend (resumable), "
+        "fit the correction on whole subnets, then check the table on held-out subnets (the fidelity report).",
+    )
+    p.add_argument("config", help="experiment YAML")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: latency.devices from the config")
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default=None, help="default: latency.backends")
+    p.add_argument("--strict", action="store_true", help="fail instead of warning when a table's device fingerprint differs")
+    p.add_argument("--no-fidelity", action="store_true", help="skip the held-out fidelity report")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_latency)
+
+    p = sub.add_parser(
+        "predictors",
+        help="evaluate sampled subnets and fit accuracy predictors",
+        description="Evaluate subnets of the trained supernet (uniform and stratified by size; resumable), fit the "
+        "predictor family, pick one by cross-validated Kendall tau and report its quality on held-out subnets.",
+    )
+    p.add_argument("config", help="experiment YAML")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_predictors)
+
+    p = sub.add_parser(
+        "search",
+        help="multi-objective search for Pareto-optimal subnets",
+        description="Search the space on the fitted predictors and latency tables with Optuna or pymoo (or the "
+        "predictor-in-the-loop driver), save the Pareto front, re-measure its members and log everything to W&B.",
+    )
+    p.add_argument("config", help="experiment YAML")
+    p.add_argument("--workers", type=int, default=None, help="Optuna worker processes sharing the study (default: search.workers)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser(
+        "pareto",
+        help="print the Pareto front of a run and write its plots",
+        description="Print the saved front as a table and write its plots (2-D fronts as PNG and interactive HTML, "
+        "the hypervolume history, predicted vs re-measured values).",
+    )
+    p.add_argument("run_dir", help="run directory, e.g. runs/quickstart")
+    p.set_defaults(func=_cmd_pareto)
     return parser
 
 

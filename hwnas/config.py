@@ -13,6 +13,9 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
+from hwnas.latency.config import LatencyConfig
+from hwnas.predictors.config import PredictorsConfig
+from hwnas.search.config import SearchConfig
 from hwnas.search_space import ConfigError, SearchSpaceConfig
 from hwnas.search_space.config import Section
 from hwnas.supernet.config import TrainConfig
@@ -39,6 +42,9 @@ class ExperimentConfig(Section):
     seed: int = 0
     search_space: SearchSpaceConfig = SearchSpaceConfig()
     train: TrainConfig = TrainConfig()
+    latency: LatencyConfig = LatencyConfig()
+    predictors: PredictorsConfig = PredictorsConfig()
+    search: SearchConfig = SearchConfig()
 
     @field_validator("name")
     @classmethod

@@ -55,3 +55,29 @@ def print_space_summary(cfg: ExperimentConfig, samples: int, seed: int, console:
     for i in range(samples):
         table.add_row(f"sample {i}", *arch_row(space, space.sample(rng)))
     console.print(table)
+
+
+def print_front(search_dir, console: Console | None = None) -> None:
+    """The saved Pareto front as a table, with re-measured values where the search validated them."""
+    import json
+    from pathlib import Path
+
+    console = console or Console(width=200)
+    data = json.loads((Path(search_dir) / "front.json").read_text())
+    vpath = Path(search_dir) / "validation.json"
+    measured = {r["key"]: r for r in json.loads(vpath.read_text())["rows"]} if vpath.exists() else {}
+    names = data["objectives"]
+    table = Table(title=f"Pareto front: {len(data['front'])} of {data['n_candidates']} candidates, hypervolume "
+                        f"{data['hypervolume']:.4g} (reference point {[round(x, 4) for x in data['ref_point']]})")
+    table.add_column("#")
+    for n in names:
+        table.add_column(n)
+        table.add_column(f"{n} (re-measured)")
+    table.add_column("arch key", overflow="fold")
+    for i, m in enumerate(data["front"]):
+        row = [str(i)]
+        for n, v in zip(names, m["objectives"], strict=True):
+            real = measured.get(m["key"], {}).get(f"measured:{n}")
+            row += [f"{v:.4g}", "" if real is None else f"{real:.4g}"]
+        table.add_row(*row, m["key"])
+    console.print(table)

@@ -1,1 +1,40 @@
-"""hwnas.latency (see ../shared/DESIGN.md)."""
+"""Latency tables: predict how long a subnet takes on a device without running it.
+
+    from hwnas.latency import LatencyConfig, run_latency, fidelity_report, LatencyTable
+
+    table = run_latency(space, LatencyConfig(), "runs/quickstart", device="cpu", backend="onnxruntime")
+    table.predict(arch)                      # seconds, batch x seq_len of the table's workload
+    report = fidelity_report(space, cfg, table, "runs/quickstart")
+    LatencyTable.load("runs/quickstart/latency/cpu-onnxruntime.json", strict=False)
+
+Modules: `fingerprint` (device fingerprint), `protocol` (warm-up, repeat until the median is
+stable), `modules` and `keys` (the timed pieces of a subnet), `backends` (torch eager, ONNX Runtime
+with real int8 / int4 kernels), `table` (`LatencyTable`, correction, file format), `build`
+(resumable table build), `fidelity` (the held-out report).
+"""
+
+from .backends import BACKENDS, Backend, OnnxRuntimeBackend, TorchBackend, make_backend
+from .build import (
+    Measurer,
+    build_table,
+    calibration_archs,
+    heldout_archs,
+    load_table,
+    run_latency,
+    table_path,
+)
+from .config import LatencyConfig
+from .errors import FingerprintMismatchError, FingerprintWarning, LatencyError, TableError
+from .fidelity import fidelity_report
+from .fingerprint import device_fingerprint
+from .keys import Piece, arch_keys, arch_pieces, space_pieces
+from .protocol import Measurement, Protocol, measure
+from .table import Correction, LatencyTable
+
+__all__ = [
+    "BACKENDS", "Backend", "Correction", "FingerprintMismatchError", "FingerprintWarning", "LatencyConfig",
+    "LatencyError", "LatencyTable", "Measurement", "Measurer", "OnnxRuntimeBackend", "Piece", "Protocol", "TableError",
+    "TorchBackend", "arch_keys", "arch_pieces", "build_table", "calibration_archs", "device_fingerprint",
+    "fidelity_report", "heldout_archs", "load_table", "make_backend", "measure", "run_latency", "space_pieces",
+    "table_path",
+]

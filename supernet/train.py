@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from hwnas.search_space import ArchConfig, HwnasError, SearchSpaceConfig
 from hwnas.search_space.io import atomic_write_json
+from hwnas.search_space.progress import progress_bar
 from hwnas.search_space.tracking import Tracker
 
 from .checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint
@@ -234,10 +235,9 @@ class Trainer:
                               resume_step=start - 1 if start else -1)
         tokens_per_step = cfg.batch_size * self.seq_len
         consecutive_bad = 0
-        bar = _progress(self.progress and self.dist.is_main)
-        task = bar.add_task("train", total=cfg.steps, completed=start, loss=float("nan"), tps=0.0)
-        last_eval: dict[str, float] = {}
-        with bar:
+        with progress_bar("train", cfg.steps, self.progress and self.dist.is_main, unit="step", completed=start,
+                          fields="loss {task.fields[loss]:.3f}  {task.fields[tps]:,.0f} tok/s") as advance:
+            advance(0, loss=float("nan"), tps=0.0)
             for step in range(start, cfg.steps):
                 t0 = time.perf_counter()
                 row = self._step(model, opt, corpus, sampler, step)
@@ -246,6 +246,7 @@ class Trainer:
                 if row is None:
                     consecutive_bad += 1
                     state["nonfinite_total"] += 1
+                    advance(1)
                     if tracker:
                         tracker.log({"nonfinite_skipped": state["nonfinite_total"]}, step=step)
                     if consecutive_bad >= cfg.max_nonfinite:
@@ -257,11 +258,10 @@ class Trainer:
                     row["tokens_per_s"] = tokens_per_step / dt
                     if tracker and (step % cfg.log_every == 0 or step == cfg.steps - 1):
                         tracker.log(row, step=step)
-                    bar.update(task, advance=1, loss=row["loss_largest"], tps=row["tokens_per_s"])
+                    advance(1, loss=row["loss_largest"], tps=row["tokens_per_s"])
                 state["step"], state["prev_flops"] = step + 1, sampler.prev_flops
-                if (step + 1) % cfg.eval_every == 0 and self.dist.is_main:
-                    last_eval = self._evaluate(model, corpus, sampler)
-                    tracker.log(last_eval, step=step)
+                if (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps and self.dist.is_main:
+                    tracker.log(self._evaluate(model, corpus, sampler), step=step)
                 if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
                     self._save(model, opt, state)
                 if self.on_step_end:
@@ -286,23 +286,6 @@ class Trainer:
             r = evaluate(model, arch, corpus, batch_size=16, seq_len=self.seq_len, max_tokens=self.cfg.eval_tokens)
             out[f"val_loss_{role}"], out[f"val_bpb_{role}"] = r["loss"], r["bpb"]
         return out
-
-
-def _progress(enabled: bool):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[tps]:,.0f} tok/s"),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), disable=not enabled,
-    )
 
 
 def train(space_cfg: SearchSpaceConfig, cfg: TrainConfig, run_dir: str | Path, seed: int = 0, progress: bool = True) -> dict[str, Any]:

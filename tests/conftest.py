@@ -62,3 +62,58 @@ def space_configs(draw) -> SearchSpaceConfig:
 
 spaces = space_configs().map(SearchSpace)
 seeds = st.integers(min_value=0, max_value=2**32 - 1)
+
+
+# --- a real PostgreSQL server on loopback, for the shared-study search test ------------------------
+def _pg_bin(name: str) -> str | None:
+    import glob
+    import shutil
+
+    found = shutil.which(name)
+    if found:
+        return found
+    versions = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return versions[-1] if versions else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """Start a throwaway PostgreSQL server on 127.0.0.1 (initdb into a temp dir, pg_ctl start) and
+    yield its URL; skip with the reason where the server binaries or the driver are missing."""
+    import os
+    import pwd
+    import socket
+    import subprocess
+
+    pytest.importorskip("psycopg2", reason="psycopg2 (the PostgreSQL driver) is not installed")
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if not initdb or not pg_ctl:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed: apt-get install postgresql")
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    root = Path(tempfile.mkdtemp(prefix="hwnas-pg-"))  # not under pytest's 0700 temp dir: the server user must reach it
+    data, sock = root / "data", root / "sock"
+    sock.mkdir()
+    run_as: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root: use the postgres (or nobody) account
+        user = "postgres" if any(p.pw_name == "postgres" for p in pwd.getpwall()) else "nobody"
+        uid = pwd.getpwnam(user).pw_uid
+        for path in (root, sock):
+            os.chown(path, uid, -1)
+        run_as = ["runuser", "-u", user, "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "LC_ALL": "C"}
+    subprocess.run([*run_as, initdb, "-D", str(data), "-U", "hwnas", "--auth=trust", "-E", "UTF8"], check=True,
+                   capture_output=True, env=env)
+    opts = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={sock} -c fsync=off"
+    subprocess.run([*run_as, pg_ctl, "-D", str(data), "-o", opts, "-w", "-t", "60", "-l", str(root / "log"), "start"],
+                   check=True, capture_output=True, env=env)
+    try:
+        yield f"postgresql+psycopg2://hwnas@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*run_as, pg_ctl, "-D", str(data), "-m", "fast", "stop"], capture_output=True, env=env)
+        shutil.rmtree(root, ignore_errors=True)

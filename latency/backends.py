@@ -1,0 +1,230 @@
+"""Backends: turn a module and its inputs into a zero-argument callable that runs one forward.
+
+- `torch`: the module itself, eager, under `torch.inference_mode` (CPU or CUDA). The weights'
+  fake quantization runs in every forward, as it does in the extracted subnet.
+- `onnxruntime`: the module's deployment form (`modules.deploy_copy`) exported to ONNX, its
+  quantized layers converted to real low-bit kernels (8 bits: `quantize_dynamic`, int8 weights
+  per output channel with dynamically quantized activations, i.e. `DynamicQuantizeMatMul` /
+  `MatMulInteger`; 4 bits: `MatMulNBits`, block-wise int4 weights), run by an `InferenceSession`
+  with a fixed intra-op thread count (CPU execution provider; CUDA's on `cuda`).
+
+Each backend times with the protocol's timer for its device (CUDA events on GPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .errors import LatencyError
+from .modules import DeployAttention, DeployFFN, deploy_copy
+from .protocol import (
+    Measurement,
+    Protocol,
+    Timer,
+    cpu_timer,
+    cuda_timer,
+    fixed_threads,
+    measure,
+    measure_many,
+)
+
+BACKENDS = ("torch", "onnxruntime")
+
+
+class Backend:
+    """Runs and times modules on one device with a fixed thread count."""
+
+    name = "base"
+
+    def __init__(self, device: str = "cpu", threads: int = 1):
+        if device not in ("cpu", "cuda"):
+            raise LatencyError(f"device {device!r} is not one of cpu, cuda")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise LatencyError("device cuda: torch sees no CUDA GPU on this machine (use --device cpu)")
+        self.device, self.threads = device, threads
+
+    def prepare(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:
+        raise NotImplementedError
+
+    def timer(self) -> Timer:
+        return cuda_timer() if self.device == "cuda" and self.name == "torch" else cpu_timer()
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """Fixed threads and no autograd for the duration of a build or a report."""
+        with fixed_threads(self.threads), torch.inference_mode():
+            yield
+
+    def measure(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], protocol: Protocol) -> Measurement:
+        """Time one module in a tight loop (a whole subnet's steady state)."""
+        with torch.no_grad():
+            run = self.prepare(module, inputs)
+        with self.session():
+            return measure(run, protocol, self.timer())
+
+    def measure_many(self, modules: dict[str, tuple[nn.Module, tuple[torch.Tensor, ...]]], protocol: Protocol,
+                     seed: int = 0) -> dict[str, Measurement]:
+        """Time several modules in interleaved rounds (table pieces, each in the context of others)."""
+        with torch.no_grad():
+            runs = {k: self.prepare(m, inputs) for k, (m, inputs) in modules.items()}
+        with self.session():
+            return measure_many(runs, protocol, self.timer(), rng=seed)
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def prepare(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:
+        module = module.to(self.device).eval()
+        args = tuple(x.to(self.device) for x in inputs)
+
+        def run() -> object:
+            return module(*args)
+
+        return run
+
+
+# --- ONNX export and quantization -----------------------------------------------------------------
+def quantized_weights(module: nn.Module) -> dict[str, int]:
+    """Names of the deployment form's weights to store in low bits -> bits (the router and
+    everything outside attention and FFN cores stay float)."""
+    out = {}
+    for prefix, m in module.named_modules():
+        bits = getattr(m, "weight_bits", 16)
+        if isinstance(m, DeployAttention | DeployFFN) and bits < 16:
+            for name, _ in m.named_parameters():
+                if name != "router":
+                    out[f"{prefix}.{name}" if prefix else name] = bits
+    return out
+
+
+def export_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], exporter: str = "torchscript"):
+    """Export the deployment form of `module` to an `onnx.ModelProto` (fp32 weights)."""
+    import onnx
+
+    dep = deploy_copy(module)
+    names = [f"in{i}" for i in range(len(inputs))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "dynamo":
+            with contextlib.redirect_stdout(io.StringIO()):
+                prog = torch.onnx.export(dep, inputs, dynamo=True, optimize=True, input_names=names, verbose=False)
+            model = prog.model_proto
+        else:
+            buf = io.BytesIO()
+            torch.onnx.export(dep, inputs, buf, dynamo=False, opset_version=17, input_names=names,
+                              do_constant_folding=True)
+            model = onnx.load_from_string(buf.getvalue())
+    return model, quantized_weights(dep)
+
+
+def quantize_onnx(model, weight_bits: dict[str, int], workdir: str | Path, block_size: int = 32):
+    """Store the MatMul weights named in `weight_bits` in 8 bits (dynamic int8 quantization, per
+    output channel) or 4 bits (`MatMulNBits`, symmetric, `block_size` per block); return the model."""
+    import onnx
+
+    if not weight_bits:
+        return model
+    by_bits: dict[int, list[str]] = {8: [], 4: []}
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in weight_bits:
+            by_bits[weight_bits[node.input[1]]].append(node.name)
+    found = len(by_bits[8]) + len(by_bits[4])
+    if found != len(weight_bits):
+        raise LatencyError(f"ONNX quantization: found {found} MatMul nodes for {len(weight_bits)} low-bit weights")
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        MatMulNBitsQuantizer,  # its import configures logging
+    )
+
+    quiet = [logging.getLogger(n) for n in ("", "onnxruntime.quantization.matmul_nbits_quantizer")]
+    levels = [log.level for log in quiet]
+    for log in quiet:  # the quantizers log every node at INFO, and a pre-processing hint
+        log.setLevel(logging.ERROR)
+    try:
+        if by_bits[4]:
+            keep = [n.name for n in model.graph.node if n.name not in set(by_bits[4])]
+            q = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=True, nodes_to_exclude=keep)
+            q.process()
+            model = q.model.model
+        if by_bits[8]:
+            src, dst = Path(workdir) / "fp32.onnx", Path(workdir) / "int8.onnx"
+            onnx.save(model, src)
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True, nodes_to_quantize=by_bits[8],
+                             op_types_to_quantize=["MatMul"])
+            model = onnx.load(dst)
+    finally:
+        for log, level in zip(quiet, levels, strict=True):
+            log.setLevel(level)
+    ops = {n.op_type for n in model.graph.node}
+    if (by_bits[4] and "MatMulNBits" not in ops) or (by_bits[8] and not ops & {"DynamicQuantizeMatMul", "MatMulInteger"}):
+        raise LatencyError(f"ONNX quantization left no low-bit MatMul in the graph (ops: {sorted(ops)})")
+    return model
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, device: str = "cpu", threads: int = 1, exporter: str = "torchscript", int4_block_size: int = 32):
+        super().__init__(device, threads)
+        import onnxruntime as ort
+
+        self.provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
+        if self.provider not in ort.get_available_providers():
+            raise LatencyError(f"onnxruntime {ort.__version__} has no {self.provider} here "
+                               f"(available: {', '.join(ort.get_available_providers())})")
+        self.exporter, self.block_size = exporter, int4_block_size
+
+    def session_options(self):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        return so
+
+    def to_onnx(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]):
+        """The quantized ONNX model of `module` (an `onnx.ModelProto`)."""
+        model, bits = export_onnx(module, inputs, self.exporter)
+        with tempfile.TemporaryDirectory(prefix="hwnas-onnx-") as tmp:
+            return quantize_onnx(model, bits, tmp, self.block_size)
+
+    def session_for(self, model):
+        import onnxruntime as ort
+
+        return ort.InferenceSession(model.SerializeToString(), self.session_options(), providers=[self.provider])
+
+    def prepare(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:
+        with torch.no_grad():
+            sess = self.session_for(self.to_onnx(module.cpu().eval(), tuple(x.cpu() for x in inputs)))
+        wanted = {i.name for i in sess.get_inputs()}  # an input the graph never reads is dropped by the exporter
+        feeds = {f"in{i}": np.ascontiguousarray(x.cpu().numpy()) for i, x in enumerate(inputs) if f"in{i}" in wanted}
+
+        def run() -> object:
+            return sess.run(None, feeds)
+
+        return run
+
+
+def make_backend(name: str, device: str = "cpu", threads: int | None = None, **onnx_options) -> Backend:
+    from .fingerprint import usable_cores
+
+    threads = threads or usable_cores()
+    if name == "torch":
+        return TorchBackend(device, threads)
+    if name == "onnxruntime":
+        return OnnxRuntimeBackend(device, threads, **onnx_options)
+    raise LatencyError(f"backend {name!r} is not one of {', '.join(BACKENDS)}")

@@ -1,0 +1,229 @@
+"""Build a latency table: measure every distinct piece of a search space once (resumable), then a
+few dozen whole subnets, and fit the correction.
+
+    table = run_latency(space, cfg.latency, run_dir, device="cpu", backend="torch")
+
+The table lives at `<run_dir>/latency/<device>-<backend>.json` and is saved every few seconds
+while it is built, so an interrupted build resumes with the keys already measured.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hwnas.search_space import ArchConfig, SearchSpace
+
+from .backends import Backend, make_backend
+from .config import LatencyConfig
+from .errors import FingerprintMismatchError, LatencyError, TableError
+from .fingerprint import device_fingerprint, fingerprint_diff, usable_cores
+from .keys import Piece, space_pieces
+from .protocol import Measurement, Protocol
+from .table import LatencyTable
+
+SAVE_EVERY_S = 5.0  # a build in progress is saved at least this often
+
+
+def table_path(run_dir: str | Path, device: str, backend: str) -> Path:
+    return Path(run_dir) / "latency" / f"{device}-{backend}.json"
+
+
+def workload(space: SearchSpace, cfg: LatencyConfig) -> dict[str, int]:
+    seq_len = cfg.seq_len or space.config.block_size
+    if seq_len > space.config.block_size:
+        raise LatencyError(f"latency.seq_len: {seq_len} exceeds the search space's block_size {space.config.block_size}")
+    return {"batch_size": cfg.batch_size, "seq_len": seq_len}
+
+
+def calibration_archs(space: SearchSpace, n: int, seed: int, exclude: Iterable[str] = ()) -> list[ArchConfig]:
+    """`n` distinct random archs from the seed stream (seed, 1), skipping keys in `exclude`."""
+    return _distinct_samples(space, n, np.random.default_rng([seed, 1]), set(exclude))
+
+
+def heldout_archs(space: SearchSpace, n: int, seed: int, exclude: Iterable[str] = ()) -> list[ArchConfig]:
+    """`n` distinct random archs from another seed stream (seed, 2), none in `exclude`."""
+    return _distinct_samples(space, n, np.random.default_rng([seed, 2]), set(exclude))
+
+
+def _distinct_samples(space: SearchSpace, n: int, rng: np.random.Generator, exclude: set[str]) -> list[ArchConfig]:
+    out: dict[str, ArchConfig] = {}
+    for _ in range(100 * n + 100):
+        if len(out) >= n:
+            break
+        arch = space.sample(rng)
+        if arch.key() not in exclude:
+            out.setdefault(arch.key(), arch)
+    return list(out.values())
+
+
+class Measurer:
+    """Times pieces and whole subnets of one space with one backend, by one protocol."""
+
+    def __init__(self, space: SearchSpace, backend: Backend, protocol: Protocol, work: dict[str, int], seed: int = 0):
+        self.space, self.backend, self.protocol, self.work, self.seed = space, backend, protocol, work, seed
+        self._supernet = None
+
+    def measure_pieces(self, pieces: list[Piece]) -> dict[str, Measurement]:
+        """Time `pieces` interleaved with each other (see `protocol.measure_many`)."""
+        dims, (B, T) = self.space.dims, (self.work["batch_size"], self.work["seq_len"])
+        modules = {p.key: (p.build(dims), p.inputs(B, T, dims)) for p in pieces}
+        return self.backend.measure_many(modules, self.protocol, seed=self.seed)
+
+    def subnet(self, arch: ArchConfig):
+        """The extracted subnet of `arch` from a randomly initialized supernet (seeded)."""
+        from hwnas.supernet import Supernet, extract_subnet
+
+        if self._supernet is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                self._supernet = Supernet(self.space.config).eval()
+        return extract_subnet(self._supernet, arch).eval()
+
+    def tokens(self) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.seed)
+        return torch.randint(0, self.space.dims.vocab_size, (self.work["batch_size"], self.work["seq_len"]), generator=gen)
+
+    def measure_arch(self, arch: ArchConfig) -> Measurement:
+        return self.backend.measure(self.subnet(arch), (self.tokens(),), self.protocol)
+
+
+def make_measurer(space: SearchSpace, cfg: LatencyConfig, device: str, backend: str) -> Measurer:
+    threads = cfg.threads or usable_cores()
+    be = make_backend(backend, device, threads, **({"exporter": cfg.onnx_exporter, "int4_block_size": cfg.int4_block_size}
+                                                     if backend == "onnxruntime" else {}))
+    return Measurer(space, be, Protocol.from_config(cfg), workload(space, cfg), cfg.seed)
+
+
+@contextmanager
+def progress_bar(enabled: bool, description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar with count, rate and ETA, redrawn only between measurements; yields
+    `advance(n)`."""
+    if not enabled or total == 0:
+        yield lambda n=1: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task) -> Text:
+            return Text(f"{task.speed:.1f}/s" if task.speed else "?/s", style="progress.data.speed")
+
+    # no refresh thread: it would take the GIL (and a core) in the middle of timed runs
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), auto_refresh=False) as bar:
+        task = bar.add_task(description, total=total)
+        bar.refresh()
+
+        def advance(n: int = 1) -> None:
+            bar.advance(task, n)
+            bar.refresh()
+
+        yield advance
+
+
+def _compatible(old: LatencyTable, new: LatencyTable) -> list[str]:
+    """Why measurements of `old` cannot be reused for `new` (empty: they can)."""
+    why = []
+    for name in ("device", "backend", "workload", "dims", "protocol"):
+        if getattr(old, name) != getattr(new, name):
+            why.append(f"{name}: table {getattr(old, name)}, now {getattr(new, name)}")
+    return why + fingerprint_diff(old.fingerprint, new.fingerprint, new.backend)
+
+
+def open_table(path: Path, fresh: LatencyTable, strict: bool) -> LatencyTable:
+    """The table to continue: the one at `path` if its measurements still apply, else `fresh`."""
+    if not path.exists():
+        return fresh
+    old = LatencyTable.load(path, check_device=False)  # TableError if corrupt: never silently overwritten
+    why = _compatible(old, fresh)
+    if not why:
+        return old
+    msg = f"{path}: existing latency table was measured differently ({'; '.join(why)})"
+    if strict:
+        raise FingerprintMismatchError(msg + "; remove it or run without --strict to re-measure")
+    stale = path.with_suffix(".stale.json")
+    path.replace(stale)
+    warnings.warn(f"{msg}; re-measuring (old table kept as {stale.name})", stacklevel=3)
+    return fresh
+
+
+def build_table(space: SearchSpace, cfg: LatencyConfig, path: str | Path, device: str = "cpu", backend: str = "torch",
+                strict: bool = False, progress: bool = True, measurer: Measurer | None = None) -> LatencyTable:
+    """Measure the pieces of `space` not yet in the table at `path` and the calibration subnets
+    not yet measured, fit the correction, save. Returns the finished table."""
+    path = Path(path)
+    measurer = measurer or make_measurer(space, cfg, device, backend)
+    be = measurer.backend
+    fresh = LatencyTable(device=device, backend=backend, fingerprint=device_fingerprint(device, be.threads),
+                         protocol=measurer.protocol, workload=measurer.work, dims=space.dims)
+    table = open_table(path, fresh, strict)
+    pieces = space_pieces(space)
+    todo = [p for p in pieces if p.key not in table.entries]
+    calib = calibration_archs(space, cfg.n_correction, cfg.seed)
+    calib_todo = [a for a in calib if a.key() not in table.calibration]
+    t_start = time.perf_counter()
+    spent = dict(table.meta.get("seconds", {}))
+    last_save = time.perf_counter()
+
+    def checkpoint(force: bool = False) -> None:
+        nonlocal last_save
+        if force or time.perf_counter() - last_save >= SAVE_EVERY_S:
+            table.meta = {**table.meta, "seconds": spent, "pieces_in_space": len(pieces), "complete": False}
+            table.save(path)
+            last_save = time.perf_counter()
+
+    t0 = time.perf_counter()
+    order = np.random.default_rng([cfg.seed, 3]).permutation(len(todo))  # mixed kinds and sizes per group
+    groups = [[todo[i] for i in order[j:j + cfg.interleave]] for j in range(0, len(todo), cfg.interleave)]
+    with progress_bar(progress and bool(todo), f"latency table {device}/{backend}: pieces", len(todo)) as advance:
+        for group in groups:
+            table.entries.update(measurer.measure_pieces(group))
+            advance(len(group))
+            checkpoint()
+    spent["pieces"] = spent.get("pieces", 0.0) + time.perf_counter() - t0
+    checkpoint(force=bool(todo))
+    t0 = time.perf_counter()
+    with progress_bar(progress and bool(calib_todo), f"latency table {device}/{backend}: whole subnets", len(calib_todo)) as advance:
+        for arch in calib_todo:
+            table.calibration[arch.key()] = (arch, measurer.measure_arch(arch))
+            advance(1)
+            checkpoint()
+    spent["calibration"] = spent.get("calibration", 0.0) + time.perf_counter() - t0
+    table.fit_correction()
+    table.meta = {**table.meta, "seconds": spent, "pieces_in_space": len(pieces), "complete": True,
+                  "this_run_seconds": time.perf_counter() - t_start, "measured_this_run": len(todo) + len(calib_todo)}
+    table.save(path)
+    return table
+
+
+def run_latency(space: SearchSpace, cfg: LatencyConfig, run_dir: str | Path, device: str = "cpu", backend: str = "torch",
+                strict: bool = False, progress: bool = True) -> LatencyTable:
+    """The `hwnas latency` stage for one device and backend: build or resume the table in the
+    run directory and return it."""
+    if device not in ("cpu", "cuda"):
+        raise LatencyError(f"device {device!r} is not one of cpu, cuda")
+    return build_table(space, cfg, table_path(run_dir, device, backend), device, backend, strict, progress)
+
+
+def load_table(run_dir: str | Path, device: str = "cpu", backend: str = "torch", strict: bool = False) -> LatencyTable:
+    """The finished table of a run directory (raises `TableError` if absent or unfinished)."""
+    table = LatencyTable.load(table_path(run_dir, device, backend), strict=strict)
+    if not table.meta.get("complete"):
+        raise TableError(f"{table_path(run_dir, device, backend)}: the table build was interrupted; "
+                         "run `hwnas latency` again to finish it")
+    return table

@@ -1,0 +1,68 @@
+"""The `latency:` section of an experiment config: workload, backends and measurement protocol."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from hwnas.search_space.config import Section, field_error
+
+Device = Literal["cpu", "cuda"]
+BackendName = Literal["torch", "onnxruntime"]
+
+
+class LatencyConfig(Section):
+    """How latency tables are measured and checked.
+
+    Workload: `batch_size` sequences of `seq_len` tokens (default: the space's block size), prefill.
+    Protocol: `warmup` untimed runs, then timed runs until the median of all runs so far moves less
+    than `tolerance` (relative) between two checks `check_every` runs apart, after at least
+    `min_repeats` runs; at most `max_repeats` runs or `max_seconds` of timing per measurement.
+    Table pieces are timed `interleave` at a time in rounds of a random order (each in the context
+    of others, as inside a model); whole subnets in a tight loop.
+    `threads`: the fixed CPU thread count (default: the cores this process may use).
+    `n_correction` whole subnets fit the correction model; `n_fidelity` further held-out subnets
+    check the table (the fidelity report), which is logged to W&B in mode `wandb`.
+    """
+
+    batch_size: int = Field(default=1, gt=0)
+    seq_len: int | None = Field(default=None, gt=0)
+    devices: list[Device] = Field(default_factory=lambda: ["cpu"])
+    backends: list[BackendName] = Field(default_factory=lambda: ["torch", "onnxruntime"])
+    threads: int | None = Field(default=None, gt=0)
+    warmup: int = Field(default=10, ge=0)
+    min_repeats: int = Field(default=20, gt=0)
+    max_repeats: int = Field(default=300, gt=0)
+    max_seconds: float = Field(default=2.0, gt=0)
+    check_every: int = Field(default=10, gt=0)
+    tolerance: float = Field(default=0.005, gt=0, lt=1)
+    interleave: int = Field(default=16, gt=0)
+    n_correction: int = Field(default=40, ge=0)
+    n_fidelity: int = Field(default=100, ge=0)
+    seed: int = 0
+    onnx_exporter: Literal["torchscript", "dynamo"] = "torchscript"
+    int4_block_size: int = Field(default=32, ge=16)
+    wandb: Literal["offline", "online", "disabled"] = "offline"
+
+    @field_validator("devices", "backends")
+    @classmethod
+    def _distinct(cls, v: list) -> list:
+        if not v:
+            raise ValueError("needs at least one choice")
+        if len(set(v)) != len(v):
+            raise ValueError(f"has duplicates {v}")
+        return v
+
+    @field_validator("int4_block_size")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v & (v - 1):
+            raise ValueError(f"must be a power of two >= 16, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _repeats(self) -> LatencyConfig:
+        if self.max_repeats < self.min_repeats:
+            raise field_error("max_repeats", f"{self.max_repeats} is below min_repeats {self.min_repeats}")
+        return self

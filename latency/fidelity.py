@@ -1,0 +1,262 @@
+"""The fidelity report: how right a latency table is on subnets it has never seen.
+
+N held-out random subnets (none of them among the table's calibration subnets) are extracted and
+timed end to end with the table's backend and protocol; the table predicts each. Reported: the
+share within +-5% and +-10%, MAPE, RMSE and Kendall tau of prediction vs measurement, the same
+for the plain (uncorrected) table sum, and the Kendall tau of the analytic proxies (FLOPs,
+parameter count) against the same measurements. Written to `<run_dir>/latency/` as JSON,
+Markdown, PNG and HTML; logged to W&B (offline) when asked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hwnas.search_space import ArchConfig, SearchSpace
+from hwnas.search_space.io import atomic_write_json, atomic_write_text
+
+from .build import Measurer, heldout_archs, make_measurer, progress_bar
+from .config import LatencyConfig
+from .protocol import Measurement
+from .table import LatencyTable
+
+
+def error_metrics(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
+    """Share within +-5% / +-10%, MAPE (%), RMSE and Kendall tau of predicted vs measured (in ms)."""
+    from scipy.stats import kendalltau
+
+    rel = np.abs(predicted - measured) / measured
+    return {
+        "within_5pct": float(np.mean(rel <= 0.05)),
+        "within_10pct": float(np.mean(rel <= 0.10)),
+        "mape_pct": float(100 * np.mean(rel)),
+        "max_ape_pct": float(100 * np.max(rel)),
+        "rmse_ms": float(np.sqrt(np.mean((predicted - measured) ** 2))),
+        "kendall_tau": float(kendalltau(predicted, measured).statistic),
+    }
+
+
+def _load() -> tuple[float, float]:
+    """(1-minute load average, runnable tasks now) from /proc/loadavg; NaN if unavailable."""
+    try:
+        fields = Path("/proc/loadavg").read_text().split()
+        return float(fields[0]), float(fields[3].split("/")[0])
+    except (OSError, IndexError, ValueError):
+        return math.nan, math.nan
+
+
+def fidelity_report(space: SearchSpace, cfg: LatencyConfig, table: LatencyTable, run_dir: str | Path,
+                    n: int | None = None, progress: bool = True, wandb: str | bool | None = None,
+                    measurer: Measurer | None = None) -> dict[str, Any]:
+    """Measure `n` (default `cfg.n_fidelity`) held-out subnets with the table's backend, compare
+    with `table.predict`, write the report files and return the report (a JSON-able dict).
+    `wandb`: a W&B mode (offline, online, disabled), True (offline), False (disabled) or None
+    (the config's)."""
+    n = cfg.n_fidelity if n is None else n
+    run_dir = Path(run_dir)
+    out_dir = run_dir / "latency"
+    stem = f"fidelity-{table.device}-{table.backend}"
+    measurer = measurer or make_measurer(space, cfg, table.device, table.backend)
+    archs = heldout_archs(space, n, cfg.seed, exclude=table.calibration)
+    cache_path = out_dir / f"{stem}-measured.json"
+    cache = _read_cache(cache_path, table)
+    rows, loads = [], []
+    t0 = time.perf_counter()
+    with progress_bar(progress, f"fidelity {table.device}/{table.backend}: held-out subnets", len(archs)) as advance:
+        for i, arch in enumerate(archs):
+            if arch.key() in cache:
+                measured = cache[arch.key()]
+            else:
+                loads.append(_load())
+                measured = measurer.measure_arch(arch)
+                cache[arch.key()] = measured
+                if i % 10 == 9:
+                    _write_cache(cache_path, table, cache)
+            rows.append(_row(space, table, arch, measured))
+            advance(1)
+    _write_cache(cache_path, table, cache)
+    seconds = time.perf_counter() - t0
+    report = summarize(rows, table, seconds, loads)
+    write_report(report, out_dir, stem)
+    mode = cfg.wandb if wandb is None else {True: "offline", False: "disabled"}.get(wandb, wandb)
+    if mode != "disabled":
+        log_wandb(report, run_dir, stem, out_dir, mode)
+    return report
+
+
+def _row(space: SearchSpace, table: LatencyTable, arch: ArchConfig, measured: Measurement) -> dict[str, Any]:
+    seq = table.workload["seq_len"]
+    return {
+        "arch": arch.key(),
+        "measured_ms": measured.median * 1e3,
+        "measured_p90_ms": measured.p90 * 1e3,
+        "stable": measured.stable,
+        "predicted_ms": table.predict(arch) * 1e3,
+        "table_sum_ms": table.table_sum(arch) * 1e3,
+        "flops": table.workload["batch_size"] * space.flops(arch, seq),
+        "params": space.params(arch)["total"],
+        "arch_config": arch.to_dict(),
+    }
+
+
+def summarize(rows: list[dict[str, Any]], table: LatencyTable, seconds: float = 0.0,
+              loads: list[tuple[float, float]] = ()) -> dict[str, Any]:
+    from scipy.stats import kendalltau
+
+    measured = np.array([r["measured_ms"] for r in rows])
+    predicted = np.array([r["predicted_ms"] for r in rows])
+    plain = np.array([r["table_sum_ms"] for r in rows])
+    load = np.array(loads, dtype=float).reshape(-1, 2)
+    return {
+        "device": table.device,
+        "backend": table.backend,
+        "fingerprint": table.fingerprint,
+        "workload": table.workload,
+        "n": len(rows),
+        "prediction": error_metrics(predicted, measured),
+        "table_sum": error_metrics(plain, measured),
+        "proxies": {
+            "flops_kendall_tau": float(kendalltau([r["flops"] for r in rows], measured).statistic),
+            "params_kendall_tau": float(kendalltau([r["params"] for r in rows], measured).statistic),
+        },
+        "correction": table.correction.to_dict() if table.correction else None,
+        "stable_share": float(np.mean([r["stable"] for r in rows])),
+        "measured_ms_range": [float(measured.min()), float(measured.max())],
+        "table_build_seconds": table.meta.get("seconds", {}),
+        "report_seconds": seconds,
+        "load_1min_mean": float(np.nanmean(load[:, 0])) if len(load) else None,
+        "runnable_tasks_mean": float(np.nanmean(load[:, 1])) if len(load) else None,
+        "cores": os.cpu_count(),
+        "rows": rows,
+    }
+
+
+def _read_cache(path: Path, table: LatencyTable) -> dict[str, Measurement]:
+    """Held-out measurements of an earlier (interrupted) report with the same device and protocol."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    if doc.get("fingerprint") != table.fingerprint or doc.get("protocol") != table.protocol.to_dict() \
+            or doc.get("workload") != table.workload:
+        return {}
+    return {k: Measurement.from_dict(v) for k, v in doc.get("measured", {}).items()}
+
+
+def _write_cache(path: Path, table: LatencyTable, cache: dict[str, Measurement]) -> None:
+    atomic_write_json(path, {"fingerprint": table.fingerprint, "protocol": table.protocol.to_dict(),
+                             "workload": table.workload, "measured": {k: m.to_dict() for k, m in cache.items()}})
+
+
+# --- outputs --------------------------------------------------------------------------------------
+def markdown(report: dict[str, Any]) -> str:
+    p, s, x = report["prediction"], report["table_sum"], report["proxies"]
+    lines = [
+        f"# Latency fidelity: {report['device']} / {report['backend']}",
+        "",
+        f"{report['n']} held-out subnets, batch {report['workload']['batch_size']} x {report['workload']['seq_len']} tokens, "
+        f"measured {report['measured_ms_range'][0]:.3f}-{report['measured_ms_range'][1]:.3f} ms; "
+        f"threads {report['fingerprint'].get('threads')}, {report['fingerprint'].get('cpu')}.",
+        "",
+        "| predictor | within 5% | within 10% | MAPE % | max APE % | RMSE ms | Kendall tau |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, m in (("table + correction", p), ("table sum only", s)):
+        lines.append(f"| {name} | {100 * m['within_5pct']:.1f}% | {100 * m['within_10pct']:.1f}% | {m['mape_pct']:.2f} | "
+                     f"{m['max_ape_pct']:.1f} | {m['rmse_ms']:.4f} | {m['kendall_tau']:.3f} |")
+    lines += ["", f"Kendall tau of proxies vs measured: FLOPs {x['flops_kendall_tau']:.3f}, parameters {x['params_kendall_tau']:.3f}."]
+    if report.get("load_1min_mean") is not None:
+        lines += ["", f"System load during the measurements: 1-min load average {report['load_1min_mean']:.2f} "
+                      f"on {report['cores']} cores."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict[str, Any], out_dir: Path, stem: str) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md", "png": out_dir / f"{stem}.png",
+             "html": out_dir / f"{stem}.html"}
+    atomic_write_json(paths["json"], report)
+    atomic_write_text(paths["md"], markdown(report))
+    plot_png(report, paths["png"])
+    plot_html(report, paths["html"])
+    return paths
+
+
+def _title(report: dict[str, Any]) -> str:
+    p = report["prediction"]
+    return (f"{report['device']}/{report['backend']}: {100 * p['within_10pct']:.0f}% within 10%, "
+            f"MAPE {p['mape_pct']:.1f}%, tau {p['kendall_tau']:.3f} (n={report['n']})")
+
+
+def plot_png(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = np.array([r["measured_ms"] for r in report["rows"]])
+    p = np.array([r["predicted_ms"] for r in report["rows"]])
+    lo, hi = 0.9 * min(m.min(), p.min()), 1.1 * max(m.max(), p.max())
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    line = np.linspace(lo, hi, 50)
+    ax.fill_between(line, 0.9 * line, 1.1 * line, color="tab:green", alpha=0.15, label="+-10%")
+    ax.plot(line, line, color="black", lw=0.8)
+    ax.scatter(m, p, s=12, color="tab:blue", label="held-out subnet")
+    ax.set(xlabel="measured latency (ms)", ylabel="predicted latency (ms)", xlim=(lo, hi), ylim=(lo, hi), title=_title(report))
+    ax.title.set_fontsize(9)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_html(report: dict[str, Any], path: Path) -> None:
+    import plotly.graph_objects as go
+
+    rows = report["rows"]
+    m = [r["measured_ms"] for r in rows]
+    p = [r["predicted_ms"] for r in rows]
+    lo, hi = 0.9 * min(m + p), 1.1 * max(m + p)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[lo, hi, hi, lo], y=[0.9 * lo, 0.9 * hi, 1.1 * hi, 1.1 * lo], fill="toself",
+                             fillcolor="rgba(0,160,0,0.12)", line={"width": 0}, name="+-10%", hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line={"color": "black", "width": 1}, name="y = x"))
+    fig.add_trace(go.Scatter(x=m, y=p, mode="markers", name="held-out subnet", text=[r["arch"] for r in rows],
+                             hovertemplate="measured %{x:.3f} ms<br>predicted %{y:.3f} ms<br>%{text}<extra></extra>"))
+    fig.update_layout(title=_title(report), xaxis_title="measured latency (ms)", yaxis_title="predicted latency (ms)",
+                      width=700, height=650)
+    atomic_write_text(path, fig.to_html(include_plotlyjs="cdn", full_html=True))
+
+
+def log_wandb(report: dict[str, Any], run_dir: Path, stem: str, out_dir: Path, mode: str = "offline") -> None:
+    """Log the metrics (also to `<run_dir>/<stem>.jsonl`), the per-subnet table and the plot to a
+    W&B run in the run dir (offline: sync later with `wandb sync`)."""
+    from hwnas.search_space.tracking import Tracker
+
+    config = {k: report[k] for k in ("device", "backend", "workload", "fingerprint", "correction", "n")}
+    tracker = Tracker(run_dir, stem, mode=mode, config=config, job_type="latency")
+    try:
+        row = {f"latency/{k}": v for k, v in report["prediction"].items()}
+        row |= {f"latency/table_sum_{k}": v for k, v in report["table_sum"].items()}
+        row |= {f"latency/{k}": v for k, v in report["proxies"].items()}
+        tracker.log(row)
+        tracker.summary(row)
+        if tracker.wandb_run is not None:
+            import wandb
+
+            cols = ["arch", "measured_ms", "predicted_ms", "table_sum_ms", "flops", "params"]
+            tracker.log_wandb({
+                "latency/heldout": wandb.Table(columns=cols, data=[[r[c] for c in cols] for r in report["rows"]]),
+                "latency/predicted_vs_measured": wandb.Image(str(out_dir / f"{stem}.png")),
+            })
+    finally:
+        tracker.finish()

@@ -1,0 +1,168 @@
+"""The measurement protocol: warm up, then time single runs until the median is stable (or a cap).
+
+`measure` times one function in a tight loop: the steady state of running one model again and
+again, which is how a whole subnet is measured. `measure_many` times several functions in
+interleaved rounds (a fresh random order each round), which is how table pieces are measured:
+inside a model a piece never runs right after itself, but after other pieces that took the
+caches, and a piece timed in a tight loop is much faster than it is in context (an embedding
+lookup: 8 us alone, 28 us between other pieces, on the 2-core Xeon this was built on). Interleaving
+also spreads drift and background load over all pieces alike.
+
+On CPU a run is timed with `time.perf_counter`; on CUDA with a pair of CUDA events around the run
+and a synchronization after it, so the time is the GPU's, not the launch's. The thread count is
+fixed by the caller (`fixed_threads`).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Protocol:
+    warmup: int = 10
+    min_repeats: int = 20
+    max_repeats: int = 300
+    max_seconds: float = 2.0
+    check_every: int = 10
+    tolerance: float = 0.005
+
+    @classmethod
+    def from_config(cls, cfg) -> Protocol:
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls)})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Protocol:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Seconds per run: median and 90th percentile over `n` timed runs; `stable` is False when the
+    protocol stopped at its cap before the median settled."""
+
+    median: float
+    p90: float
+    n: int
+    stable: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"median_s": self.median, "p90_s": self.p90, "n": self.n, "stable": self.stable}  # exact round trip
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Measurement:
+        return cls(median=float(data["median_s"]), p90=float(data["p90_s"]), n=int(data["n"]), stable=bool(data["stable"]))
+
+    @classmethod
+    def of(cls, times: list[float], stable: bool) -> Measurement:
+        return cls(float(statistics.median(times)), float(np.percentile(times, 90)), len(times), stable)
+
+
+Timer = Callable[[Callable[[], object]], float]
+
+
+def cpu_timer(clock: Callable[[], float] = time.perf_counter) -> Timer:
+    def time_once(fn: Callable[[], object]) -> float:
+        t0 = clock()
+        fn()
+        return clock() - t0
+
+    return time_once
+
+
+def cuda_timer() -> Timer:
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def time_once(fn: Callable[[], object]) -> float:
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) * 1e-3
+
+    return time_once
+
+
+def measure(fn: Callable[[], object], protocol: Protocol, timer: Timer | None = None,
+            clock: Callable[[], float] = time.perf_counter) -> Measurement:
+    """Time `fn()` by the protocol. `timer` times one run (default: `cpu_timer`); `clock` bounds
+    the total timing time (`max_seconds`)."""
+    timer = timer or cpu_timer()
+    for _ in range(protocol.warmup):
+        timer(fn)
+    times: list[float] = []
+    last_median = None
+    start = clock()
+    while True:
+        times.append(timer(fn))
+        n = len(times)
+        if n >= protocol.min_repeats and n % protocol.check_every == 0:
+            median = statistics.median(times)
+            if last_median is not None and abs(median - last_median) <= protocol.tolerance * median:
+                return Measurement.of(times, stable=True)
+            last_median = median
+        if n >= protocol.max_repeats or clock() - start >= protocol.max_seconds:
+            return Measurement.of(times, stable=False)
+
+
+def measure_many(fns: dict[str, Callable[[], object]], protocol: Protocol, timer: Timer | None = None,
+                 rng: np.random.Generator | int | None = 0, clock: Callable[[], float] = time.perf_counter,
+                 ) -> dict[str, Measurement]:
+    """Time every function of `fns` once per round, in a random order each round, until each
+    one's median is stable (checked every `check_every` rounds after `min_repeats`), or
+    `max_repeats` rounds, or `max_seconds` per function in all. Stable functions keep running
+    (as context for the others) but their measurement is final."""
+    timer = timer or cpu_timer()
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    keys = list(fns)
+    for _ in range(protocol.warmup):
+        for k in keys:
+            timer(fns[k])
+    times: dict[str, list[float]] = {k: [] for k in keys}
+    done: dict[str, Measurement] = {}
+    last_median: dict[str, float] = {}
+    start, budget = clock(), protocol.max_seconds * len(keys)
+    rounds = 0
+    while len(done) < len(keys):
+        for i in rng.permutation(len(keys)):
+            k = keys[i]
+            t = timer(fns[k])
+            if k not in done:
+                times[k].append(t)
+        rounds += 1
+        if rounds >= protocol.min_repeats and rounds % protocol.check_every == 0:
+            for k in keys:
+                if k in done:
+                    continue
+                median = statistics.median(times[k])
+                if k in last_median and abs(median - last_median[k]) <= protocol.tolerance * median:
+                    done[k] = Measurement.of(times[k], stable=True)
+                last_median[k] = median
+        if rounds >= protocol.max_repeats or clock() - start >= budget:
+            break
+    return {k: done.get(k) or Measurement.of(times[k], stable=False) for k in keys}
+
+
+@contextmanager
+def fixed_threads(n: int) -> Iterator[None]:
+    """Run torch on exactly `n` intra-op threads inside the block (restored after)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

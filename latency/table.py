@@ -1,0 +1,244 @@
+"""`LatencyTable`: measured piece latencies for one device and backend, a correction for what
+their sum misses, and a tamper-evident JSON file.
+
+    predict(arch) = correction(table_sum(arch), features(arch))
+    table_sum(arch) = call + sum over the arch's other pieces of (piece - call)
+
+Every piece was timed as its own forward call, so each carries the backend's fixed per-call cost
+once; `call` (an empty forward) is that cost, subtracted from every piece and counted once. The
+correction is a linear model fitted on whole subnets measured end to end (`fit_correction`): it
+learns what the sum misses (per-layer glue, fusion across pieces, cache effects), and is stored as
+plain numbers in the file (no pickle).
+
+The file: {"format", "sha256", "payload"}; `sha256` is the hash of the canonical JSON of the
+payload (sorted keys, no spaces), so a truncated or edited file fails to load with `TableError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hwnas.search_space import ArchConfig, ModelDims
+from hwnas.search_space.io import atomic_write_text
+
+from .errors import TableError
+from .fingerprint import check_fingerprint, device_fingerprint
+from .keys import arch_keys
+from .protocol import Measurement, Protocol
+
+FORMAT = "hwnas-latency-table-1"
+CORRECTION_FEATURES = ("table_sum", "depth", "moe_layers")
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def content_hash(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Correction:
+    """predict = intercept + sum(coef * feature), features named in `features` (seconds)."""
+
+    features: tuple[str, ...]
+    coef: tuple[float, ...]
+    intercept: float
+    n_samples: int
+
+    def apply(self, values: dict[str, float]) -> float:
+        return self.intercept + sum(c * values[f] for f, c in zip(self.features, self.coef, strict=True))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"features": list(self.features), "coef": list(self.coef), "intercept": self.intercept,
+                "n_samples": self.n_samples}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Correction:
+        return cls(tuple(data["features"]), tuple(float(c) for c in data["coef"]), float(data["intercept"]),
+                   int(data["n_samples"]))
+
+
+@dataclass
+class LatencyTable:
+    """Measured latencies (seconds) of the pieces of subnets on one device and backend."""
+
+    device: str
+    backend: str
+    fingerprint: dict[str, Any]
+    protocol: Protocol
+    workload: dict[str, int]  # batch_size, seq_len
+    dims: ModelDims
+    entries: dict[str, Measurement] = field(default_factory=dict)
+    calibration: dict[str, tuple[ArchConfig, Measurement]] = field(default_factory=dict)  # arch key -> arch, time
+    correction: Correction | None = None
+    meta: dict[str, Any] = field(default_factory=dict)  # build facts: seconds spent, keys expected, ...
+
+    # --- prediction ------------------------------------------------------------------------------
+    def missing(self, keys) -> list[str]:
+        return sorted({k for k in keys if k not in self.entries})
+
+    def breakdown(self, arch: ArchConfig) -> list[tuple[str, float]]:
+        """(key, seconds) per piece of `arch` in forward order, the call cost netted out of each
+        piece and listed once first; the values sum to `table_sum(arch)`."""
+        keys = arch_keys(arch)
+        missing = self.missing(keys)
+        if missing:
+            raise TableError(
+                f"latency table ({self.device}, {self.backend}) has no entry for {len(missing)} piece(s) of "
+                f"{arch.key()}: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; "
+                "build it for this search space with `hwnas latency`"
+            )
+        call = self.entries["call"].median
+        return [(k, call if k == "call" else self.entries[k].median - call) for k in keys]
+
+    def table_sum(self, arch: ArchConfig) -> float:
+        """Seconds: the plain sum of the arch's pieces (no correction)."""
+        return math.fsum(t for _, t in self.breakdown(arch))
+
+    def features(self, arch: ArchConfig) -> dict[str, float]:
+        return {
+            "table_sum": self.table_sum(arch),
+            "depth": float(arch.depth),
+            "moe_layers": float(sum(layer.ffn == "moe" for layer in arch.layers)),
+        }
+
+    def predict(self, arch: ArchConfig) -> float:
+        """Predicted seconds of one forward of `arch` (batch and sequence of the table's workload)."""
+        values = self.features(arch)
+        if self.correction is None:
+            return values["table_sum"]
+        # never below the cheapest piece sum it was fitted on would allow: a latency is positive
+        return max(self.correction.apply(values), 0.25 * values["table_sum"])
+
+    def predict_ms(self, arch: ArchConfig) -> float:
+        return self.predict(arch) * 1e3
+
+    def key_counts(self, arch: ArchConfig) -> Counter:
+        return Counter(arch_keys(arch))
+
+    # --- correction ------------------------------------------------------------------------------
+    def fit_correction(self) -> Correction | None:
+        """Fit the correction on the calibration subnets and keep it only if it predicts them
+        better than the plain sum does, by leave-one-out relative error (so a few noisy
+        calibration timings cannot make the table worse). Candidates: a single ratio
+        (y = a * sum) and the linear model on `CORRECTION_FEATURES` with an intercept, both
+        fitted by relative-error weighted least squares (scikit-learn `LinearRegression`)."""
+        self.correction = None
+        if len(self.calibration) < 3 * (len(CORRECTION_FEATURES) + 1):
+            return None
+        from sklearn.linear_model import LinearRegression
+
+        archs = [a for a, _ in self.calibration.values()]
+        y = np.array([m.median for _, m in self.calibration.values()])
+        X = np.array([[self.features(a)[f] for f in CORRECTION_FEATURES] for a in archs])
+        w = 1.0 / y**2  # squared relative error
+        candidates = {"ratio": ([0], False), "linear": (list(range(len(CORRECTION_FEATURES))), True)}
+
+        def loo_mape(cols: list[int], intercept: bool) -> float:
+            errs = []
+            for i in range(len(y)):
+                keep = np.arange(len(y)) != i
+                m = LinearRegression(fit_intercept=intercept).fit(X[keep][:, cols], y[keep], sample_weight=w[keep])
+                errs.append(abs(m.predict(X[i:i + 1, cols])[0] - y[i]) / y[i])
+            return float(np.mean(errs))
+
+        scores = {"sum": float(np.mean(np.abs(X[:, 0] - y) / y))}
+        scores |= {name: loo_mape(cols, ic) for name, (cols, ic) in candidates.items()}
+        best = min(scores, key=scores.get)
+        self.meta = {**self.meta, "correction_loo_mape_pct": {k: round(100 * v, 3) for k, v in scores.items()},
+                     "correction_choice": best}
+        if best == "sum":
+            return None
+        cols, intercept = candidates[best]
+        model = LinearRegression(fit_intercept=intercept).fit(X[:, cols], y, sample_weight=w)
+        coef = np.zeros(len(CORRECTION_FEATURES))
+        coef[cols] = model.coef_
+        self.correction = Correction(CORRECTION_FEATURES, tuple(float(c) for c in coef),
+                                     float(model.intercept_) if intercept else 0.0, len(y))
+        return self.correction
+
+    # --- file ------------------------------------------------------------------------------------
+    def payload(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "backend": self.backend,
+            "fingerprint": self.fingerprint,
+            "protocol": self.protocol.to_dict(),
+            "workload": dict(self.workload),
+            "dims": {"vocab_size": self.dims.vocab_size, "block_size": self.dims.block_size, "head_dim": self.dims.head_dim},
+            "entries": {k: m.to_dict() for k, m in sorted(self.entries.items())},
+            "calibration": [{"arch": a.to_dict(), "measured": m.to_dict()} for a, m in self.calibration.values()],
+            "correction": self.correction.to_dict() if self.correction else None,
+            "meta": self.meta,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the table atomically (a crash never leaves half a file)."""
+        payload = self.payload()
+        doc = {"format": FORMAT, "sha256": content_hash(payload), "payload": payload}
+        atomic_write_text(path, json.dumps(doc, indent=1, sort_keys=True, allow_nan=False) + "\n")
+        return Path(path)
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], source: str = "table") -> LatencyTable:
+        try:
+            calibration = {}
+            for row in payload["calibration"]:
+                arch = ArchConfig.from_dict(row["arch"])
+                calibration[arch.key()] = (arch, Measurement.from_dict(row["measured"]))
+            return cls(
+                device=payload["device"],
+                backend=payload["backend"],
+                fingerprint=dict(payload["fingerprint"]),
+                protocol=Protocol.from_dict(payload["protocol"]),
+                workload={k: int(v) for k, v in payload["workload"].items()},
+                dims=ModelDims(**payload["dims"]),
+                entries={k: Measurement.from_dict(v) for k, v in payload["entries"].items()},
+                calibration=calibration,
+                correction=Correction.from_dict(payload["correction"]) if payload["correction"] else None,
+                meta=dict(payload.get("meta", {})),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise TableError(f"{source}: malformed latency table payload ({type(e).__name__}: {e})") from None
+
+    @classmethod
+    def load(cls, path: str | Path, strict: bool = False, check_device: bool = True) -> LatencyTable:
+        """Read a table file. Raises `TableError` if it is missing, truncated, altered or of
+        another format; warns (`FingerprintWarning`) or, strict, raises
+        (`FingerprintMismatchError`) if it was measured on a device with another fingerprint."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise TableError(f"{path}: latency table not found; build it with `hwnas latency`") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise TableError(f"{path}: cannot read latency table: {e}") from None
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise TableError(f"{path}: not a complete JSON document (truncated or corrupt at line {e.lineno}, "
+                             f"column {e.colno}); rebuild it with `hwnas latency`") from None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+            raise TableError(f"{path}: not an hwnas latency table (format {got!r}, expected {FORMAT!r})")
+        if not isinstance(doc.get("payload"), dict) or not isinstance(doc.get("sha256"), str):
+            raise TableError(f"{path}: latency table lacks its payload or content hash")
+        actual = content_hash(doc["payload"])
+        if actual != doc["sha256"]:
+            raise TableError(f"{path}: content hash mismatch (recorded {doc['sha256'][:12]}..., actual {actual[:12]}...): "
+                             "the file was altered or damaged after it was written; rebuild it with `hwnas latency`")
+        table = cls.from_payload(doc["payload"], str(path))
+        if check_device:
+            here = device_fingerprint(table.device, table.fingerprint.get("threads", 1), table.fingerprint.get("dtype", "float32"))
+            check_fingerprint(table.fingerprint, here, table.backend, strict, f"latency table {path}")
+        return table

@@ -1,0 +1,58 @@
+"""The `predictors:` section of the experiment config: how many subnets to evaluate, how, and which
+accuracy predictors to compare."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from hwnas.search_space.config import Section, field_error
+
+ModelName = Literal["ridge", "svr", "rf", "gbr", "mlp", "gp", "ensemble"]
+MODEL_NAMES: tuple[str, ...] = ("ridge", "svr", "rf", "gbr", "mlp", "gp", "ensemble")
+FeatureGroup = Literal["onehot", "counts", "cost"]
+
+
+class PredictorsConfig(Section):
+    # which subnets are evaluated
+    n_fit: int = Field(default=150, gt=1, description="subnets evaluated to fit the predictors")
+    n_heldout: int = Field(default=60, ge=0, description="held-out subnets (own seed, never fitted) for the quality report")
+    stratify: bool = Field(default=True, description="draw part of the fit set stratified by FLOPs, so small and large nets are covered")
+    stratify_fraction: float = Field(default=0.5, ge=0, le=1, description="share of the fit set drawn stratified")
+    strata: int = Field(default=6, ge=2, description="equal-width bins of log FLOPs for the stratified draw")
+    pool_size: int = Field(default=5000, ge=100, description="uniform samples the strata are drawn from")
+    # how one subnet is evaluated
+    eval_tokens: int = Field(default=65536, gt=0, description="validation tokens per subnet")
+    eval_batch_size: int = Field(default=16, gt=0)
+    seq_len: int | None = Field(default=None, gt=0, description="default: the space's block_size")
+    target: Literal["loss", "bpb"] = "loss"
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
+    threads: int | None = Field(default=None, gt=0, description="CPU threads (default: torch's choice)")
+    # which predictors, and how they are chosen
+    features: list[FeatureGroup] = Field(default_factory=lambda: ["onehot", "counts", "cost"])
+    models: list[ModelName] = Field(default_factory=lambda: list(MODEL_NAMES))
+    ensemble_members: list[ModelName] = Field(default_factory=lambda: ["ridge", "svr", "gp", "gbr", "mlp"])
+    cv_folds: int = Field(default=5, ge=2, description="cross-validation folds for model selection (by Kendall tau)")
+    interval: float = Field(default=0.9, gt=0, lt=1, description="predicted interval whose held-out coverage is reported")
+    seed: int | None = Field(default=None, description="default: the experiment's seed")
+    wandb: Literal["offline", "online", "disabled"] = "offline"
+    wandb_project: str = "hwnas"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PredictorsConfig:
+        for name in ("features", "models", "ensemble_members"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise field_error(name, f"has duplicate entries {values}")
+        if not self.features:
+            raise field_error("features", "needs at least one feature group")
+        if not self.models:
+            raise field_error("models", "needs at least one model")
+        if "ensemble" in self.ensemble_members:
+            raise field_error("ensemble_members", "an ensemble cannot contain itself")
+        if "ensemble" in self.models and len(self.ensemble_members) < 2:
+            raise field_error("ensemble_members", f"needs at least two members, got {self.ensemble_members}")
+        if self.cv_folds > self.n_fit:
+            raise field_error("cv_folds", f"{self.cv_folds} exceeds n_fit {self.n_fit}")
+        return self

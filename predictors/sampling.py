@@ -1,0 +1,79 @@
+"""Which subnets to evaluate: a held-out set drawn uniformly with its own seed, and a fit set drawn
+partly uniformly and partly stratified by size (equal-width bins of log FLOPs over a large uniform
+pool), so that the small and large ends of the space, rare under uniform sampling, are covered.
+The two sets never share an arch, and each holds distinct archs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from hwnas.search_space import ArchConfig, HwnasError, SearchSpace
+
+
+class SamplingError(HwnasError, ValueError):
+    """The space holds too few distinct archs for the requested sets."""
+
+
+def _seeded(seed: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, 7, stream]))
+
+
+def _uniform(space: SearchSpace, n: int, rng: np.random.Generator, taken: set[str], what: str) -> list[ArchConfig]:
+    out: list[ArchConfig] = []
+    tries = 0
+    while len(out) < n:
+        tries += 1
+        if tries > 200 * n + 1000:
+            raise SamplingError(f"could not draw {n} distinct {what} archs (got {len(out)}); the space is too small, "
+                                f"lower predictors.n_fit / n_heldout")
+        arch = space.sample(rng)
+        if arch.key() not in taken:
+            taken.add(arch.key())
+            out.append(arch)
+    return out
+
+
+def stratified(space: SearchSpace, n: int, rng: np.random.Generator, taken: set[str], strata: int = 6,
+               pool_size: int = 5000) -> list[ArchConfig]:
+    """`n` distinct archs, as equal a number as possible from each of `strata` equal-width bins of
+    log FLOPs spanning a uniform pool of `pool_size` samples; a bin with too few archs passes its
+    share on to the others."""
+    pool: dict[str, ArchConfig] = {}
+    for _ in range(pool_size):
+        arch = space.sample(rng)
+        if arch.key() not in taken:
+            pool.setdefault(arch.key(), arch)
+    archs = list(pool.values())
+    if len(archs) < n:
+        raise SamplingError(f"only {len(archs)} distinct archs in a pool of {pool_size} for {n} stratified picks; "
+                            f"raise predictors.pool_size or lower n_fit")
+    logf = np.array([math.log(space.flops(a)) for a in archs])
+    edges = np.linspace(logf.min(), logf.max(), strata + 1)
+    bins = np.clip(np.searchsorted(edges, logf, side="right") - 1, 0, strata - 1)
+    members = [list(rng.permutation(np.flatnonzero(bins == b))) for b in range(strata)]
+    quota = [0] * strata
+    left = n
+    while left:  # hand out picks one round at a time to the bins that still have archs
+        open_bins = [b for b in range(strata) if quota[b] < len(members[b])]
+        for b in rng.permutation(open_bins)[:left]:  # a last partial round goes to random bins
+            quota[b] += 1
+            left -= 1
+    picks = [archs[i] for b in range(strata) for i in members[b][:quota[b]]]
+    for arch in picks:
+        taken.add(arch.key())
+    return [picks[i] for i in rng.permutation(len(picks))]
+
+
+def plan(space: SearchSpace, n_fit: int, n_heldout: int, seed: int, stratify: bool = True, stratify_fraction: float = 0.5,
+         strata: int = 6, pool_size: int = 5000) -> tuple[list[ArchConfig], list[ArchConfig]]:
+    """(fit archs, held-out archs). The held-out set depends only on (seed, n_heldout), never on the
+    fit settings; the fit set avoids every held-out arch."""
+    taken: set[str] = set()
+    heldout = _uniform(space, n_heldout, _seeded(seed, 2), taken, "held-out")
+    rng = _seeded(seed, 1)
+    n_strat = round(n_fit * stratify_fraction) if stratify else 0
+    fit = stratified(space, n_strat, rng, taken, strata, pool_size) if n_strat else []
+    fit += _uniform(space, n_fit - n_strat, rng, taken, "fit")
+    return fit, heldout

@@ -1,0 +1,218 @@
+"""Search engines behind one interface: `engine.run(objectives, budget) -> ParetoFront`.
+
+- `OptunaEngine`: NSGA-II, NSGA-III, multi-objective TPE or random sampling over `SearchSpace.suggest`
+  (a dynamic space: per-layer parameters only for active layers). The study lives in an Optuna
+  storage (SQLite or a journal file in the run dir, or any URL such as PostgreSQL), so several
+  processes share one study and an interrupted search resumes it.
+- `PymooEngine`: NSGA-II, NSGA-III or SMS-EMOA (hypervolume-based; AGE-MOEA needs numba) over the integer gene vector, with sampling,
+  crossover and mutation done by `SearchSpace` itself, so every candidate is a valid arch; the
+  whole population is evaluated in one batch.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from hwnas.search_space import ArchConfig, HwnasError, SearchSpace, as_rng
+
+from .objectives import ObjectiveSet
+from .pareto import Candidate, ParetoFront
+
+OPTUNA_ALGORITHMS = ("nsga2", "nsga3", "tpe", "random")
+PYMOO_ALGORITHMS = ("nsga2", "nsga3", "smsemoa")
+
+
+class SearchError(HwnasError, RuntimeError):
+    """A search that cannot run as configured."""
+
+
+def candidates_of(archs: list[ArchConfig], objectives: ObjectiveSet) -> list[Candidate]:
+    F, G, stds = objectives.evaluate(archs)
+    return [
+        Candidate(a, tuple(map(float, F[i])), tuple(map(float, G[i])), {f"std:{k}": float(v[i]) for k, v in stds.items()})
+        for i, a in enumerate(archs)
+    ]
+
+
+class SearchEngine(ABC):
+    """Finds the Pareto front of `objectives` over `space` within `budget` candidate evaluations."""
+
+    def __init__(self, space: SearchSpace, seed: int = 0):
+        self.space, self.seed = space, seed
+
+    @abstractmethod
+    def run(self, objectives: ObjectiveSet, budget: int, front: ParetoFront,
+            progress: Callable[[int], None] | None = None) -> ParetoFront:
+        ...
+
+
+# --- Optuna -----------------------------------------------------------------------------------
+def default_storage(run_dir: str | Path) -> str:
+    return f"sqlite:///{Path(run_dir).resolve() / 'study.db'}"
+
+
+def open_storage(url: str):
+    """An Optuna storage from a URL: `journal:<path>` for a journal file, else an RDB URL."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    if url.startswith("journal:"):
+        path = Path(url.removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=120)
+
+
+def make_sampler(algorithm: str, seed: int, population: int):
+    """An Optuna sampler; constraints reach it through `trial.set_constraint` (Optuna >= 5)."""
+    import optuna
+
+    if algorithm == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
+    if algorithm == "nsga3":
+        return optuna.samplers.NSGAIIISampler(population_size=population, seed=seed)
+    if algorithm == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+    if algorithm == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise SearchError(f"search.algorithm: {algorithm!r} is not one of {', '.join(OPTUNA_ALGORITHMS)} for the optuna engine")
+
+
+class OptunaEngine(SearchEngine):
+    def __init__(self, space: SearchSpace, algorithm: str = "nsga2", storage: str | None = None,
+                 study_name: str = "hwnas", population: int = 50, seed: int = 0):
+        super().__init__(space, seed)
+        if algorithm not in OPTUNA_ALGORITHMS:
+            raise SearchError(f"search.algorithm: {algorithm!r} is not one of {', '.join(OPTUNA_ALGORITHMS)} for the optuna engine")
+        self.algorithm, self.storage_url, self.study_name, self.population = algorithm, storage, study_name, population
+
+    def study(self, objectives: ObjectiveSet, worker: int = 0):
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = open_storage(self.storage_url) if self.storage_url else None
+        sampler = make_sampler(self.algorithm, self.seed + worker, self.population)
+        study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=sampler, load_if_exists=True,
+                                    directions=["minimize"] * len(objectives.names))
+        study.set_metric_names(objectives.names)
+        return study
+
+    def objective(self, objectives: ObjectiveSet):
+        def fn(trial) -> tuple[float, ...]:
+            arch = self.space.suggest(trial)
+            (cand,) = candidates_of([arch], objectives)
+            trial.set_user_attr("key", arch.key())
+            trial.set_user_attr("constraints", list(cand.constraints))
+            for name, value in zip(objectives.constraint_names, cand.constraints, strict=True):
+                trial.set_constraint(name, value)
+            for k, v in cand.extra.items():
+                trial.set_user_attr(k, v)
+            return cand.objectives
+        return fn
+
+    def complete_trials(self, study) -> int:
+        import optuna
+
+        return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+
+    def optimize(self, objectives: ObjectiveSet, n_trials: int, worker: int = 0, progress: Callable[[int], None] | None = None,
+                 study=None) -> None:
+        """Run `n_trials` more trials of the shared study in this process."""
+        study = study or self.study(objectives, worker)
+        callbacks = [lambda s, t: progress(1)] if progress else []
+        study.optimize(self.objective(objectives), n_trials=n_trials, callbacks=callbacks, catch=())
+
+    def front_of(self, study, objectives: ObjectiveSet, front: ParetoFront) -> ParetoFront:
+        import optuna
+
+        trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        for t in sorted(trials, key=lambda t: t.number):
+            arch = self.space.from_params(t.params)
+            extra = {k: v for k, v in t.user_attrs.items() if k.startswith("std:")} | {"trial": t.number}
+            front.add([Candidate(arch, tuple(t.values), tuple(t.user_attrs.get("constraints", [])), extra)], record=False)
+            if (t.number + 1) % max(1, self.population) == 0:
+                front.history.append((len(front.candidates), front.hypervolume()))
+        front.history.append((len(front.candidates), front.hypervolume()))
+        return front
+
+    def run(self, objectives: ObjectiveSet, budget: int, front: ParetoFront, progress=None) -> ParetoFront:
+        """Run the study until it holds `budget` complete trials (resuming an existing one)."""
+        study = self.study(objectives)
+        remaining = budget - self.complete_trials(study)
+        if remaining > 0:
+            self.optimize(objectives, remaining, progress=progress, study=study)
+        return self.front_of(study, objectives, front)
+
+
+# --- pymoo ------------------------------------------------------------------------------------
+class PymooEngine(SearchEngine):
+    def __init__(self, space: SearchSpace, algorithm: str = "nsga2", population: int = 100, seed: int = 0,
+                 mutation_p: float = 0.15):
+        super().__init__(space, seed)
+        if algorithm not in PYMOO_ALGORITHMS:
+            raise SearchError(f"search.algorithm: {algorithm!r} is not one of {', '.join(PYMOO_ALGORITHMS)} for the pymoo engine")
+        self.algorithm, self.population, self.mutation_p = algorithm, population, mutation_p
+
+    def _algorithm(self, n_objectives: int):
+        from pymoo.algorithms.moo.nsga2 import NSGA2
+        from pymoo.algorithms.moo.nsga3 import NSGA3
+        from pymoo.algorithms.moo.sms import SMSEMOA
+        from pymoo.util.ref_dirs import get_reference_directions
+
+        from .operators import ArchCrossover, ArchDuplicates, ArchMutation, ArchSampling
+
+        ops = dict(sampling=ArchSampling(self.space), crossover=ArchCrossover(self.space), mutation=ArchMutation(self.space, self.mutation_p),
+                   eliminate_duplicates=ArchDuplicates())
+        if self.algorithm == "nsga3":
+            ref_dirs = get_reference_directions("energy", n_objectives, self.population, seed=self.seed) if n_objectives > 1 else np.array([[1.0]])
+            return NSGA3(ref_dirs=ref_dirs, pop_size=self.population, **ops)
+        if self.algorithm == "smsemoa":
+            return SMSEMOA(pop_size=self.population, **ops)
+        return NSGA2(pop_size=self.population, **ops)
+
+    def run(self, objectives: ObjectiveSet, budget: int, front: ParetoFront, progress=None) -> ParetoFront:
+        from pymoo.core.problem import Problem
+        from pymoo.optimize import minimize
+        from pymoo.termination import get_termination
+
+        space, engine = self.space, self
+        xl, xu = space.pymoo_bounds()
+
+        class ArchProblem(Problem):
+            def __init__(self):
+                super().__init__(n_var=space.n_genes, n_obj=len(objectives.names), n_ieq_constr=len(objectives.constraints),
+                                 xl=xl, xu=xu, vtype=int)
+
+            def _evaluate(self, X, out, *args, **kwargs):
+                archs = [space.decode(np.asarray(x, dtype=np.int64)) for x in X]
+                cands = candidates_of(archs, objectives)
+                front.add(cands)
+                out["F"] = np.array([c.objectives for c in cands])
+                if objectives.constraints:
+                    out["G"] = np.array([c.constraints for c in cands])
+                if progress:
+                    progress(len(archs))
+
+        minimize(ArchProblem(), engine._algorithm(len(objectives.names)), get_termination("n_eval", budget),
+                 seed=self.seed, verbose=False)
+        return front
+
+
+def random_search(space: SearchSpace, objectives: ObjectiveSet, budget: int, front: ParetoFront, seed: int = 0,
+                  batch: int = 50, progress=None) -> ParetoFront:
+    """Uniform random sampling of `budget` archs (a baseline), in batches."""
+    rng = as_rng(seed)
+    done = 0
+    while done < budget:
+        n = min(batch, budget - done)
+        front.add(candidates_of([space.sample(rng) for _ in range(n)], objectives))
+        done += n
+        if progress:
+            progress(n)
+    return front

@@ -1,0 +1,176 @@
+"""Objectives and constraints of a search, evaluated in batches of archs.
+
+An objective maps archs to numbers to minimize: predicted validation loss (from an accuracy
+predictor), latency on a device (from a latency table), parameter count, FLOPs or memory.
+Constraints are written like `latency@cpu <= 5ms` or `params <= 2e6` and evaluated as values
+<= 0 (the Optuna / pymoo convention). With `risk` (e.g. 0.9), objectives that know their
+uncertainty report their upper `risk` bound to constraints, so a constraint must hold with that
+probability.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import norm as normal
+
+from hwnas.search_space import ArchConfig, HwnasError, SearchSpace
+
+
+class ObjectiveError(HwnasError, ValueError):
+    """An objective or constraint that cannot be built (unknown name, bad expression, missing input)."""
+
+
+# (mean, std or None) for a batch of archs
+BatchFn = Callable[[Sequence[ArchConfig]], tuple[np.ndarray, np.ndarray | None]]
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str  # "loss", "latency@cpu", "params", "flops", "memory"
+    unit: str
+    fn: BatchFn
+
+    def __call__(self, archs: Sequence[ArchConfig]) -> tuple[np.ndarray, np.ndarray | None]:
+        mean, std = self.fn(archs)
+        return np.asarray(mean, dtype=float), (None if std is None else np.asarray(std, dtype=float))
+
+
+_UNITS = {
+    "ms": 1.0, "us": 1e-3, "s": 1e3,  # latency in ms
+    "k": 1e3, "m": 1e6, "g": 1e9,  # counts
+    "b": 1.0, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20, "gib": 2**30,  # bytes
+}
+_CONSTRAINT = re.compile(r"^\s*([A-Za-z_][\w@.-]*)\s*(<=|>=|<|>)\s*([-+]?[0-9.]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """`objective op bound`; `value(x)` is <= 0 exactly when the constraint holds."""
+
+    objective: str
+    op: str
+    bound: float
+    text: str
+
+    @classmethod
+    def parse(cls, text: str) -> Constraint:
+        m = _CONSTRAINT.match(text)
+        if not m:
+            raise ObjectiveError(f"constraint {text!r}: expected '<objective> <=|<|>=|> <number>[unit]', e.g. 'latency@cpu <= 5ms'")
+        name, op, number, unit = m.groups()
+        scale = 1.0
+        if unit:
+            if unit.lower() not in _UNITS:
+                raise ObjectiveError(f"constraint {text!r}: unknown unit {unit!r}; allowed: {', '.join(sorted(_UNITS))}")
+            scale = _UNITS[unit.lower()]
+        return cls(objective=name, op=op, bound=float(number) * scale, text=text.strip())
+
+    def value(self, x: np.ndarray) -> np.ndarray:
+        return x - self.bound if self.op in ("<=", "<") else self.bound - x
+
+
+class ObjectiveSet:
+    """The objectives to minimize and the constraints to meet, evaluated together in batches."""
+
+    def __init__(self, objectives: list[Objective], constraints: list[Constraint] | None = None,
+                 extra: dict[str, Objective] | None = None, risk: float | None = None):
+        self.objectives = objectives
+        self.constraints = constraints or []
+        self.extra = extra or {}  # constrained quantities that are not objectives
+        self.risk = risk
+        known = {o.name for o in objectives} | set(self.extra)
+        for c in self.constraints:
+            if c.objective not in known:
+                raise ObjectiveError(f"constraint {c.text!r}: unknown quantity {c.objective!r}; known: {', '.join(sorted(known))}")
+
+    @property
+    def names(self) -> list[str]:
+        return [o.name for o in self.objectives]
+
+    @property
+    def constraint_names(self) -> list[str]:
+        return [c.text for c in self.constraints]
+
+    def evaluate(self, archs: Sequence[ArchConfig]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """F (n, n_objectives), G (n, n_constraints), and the std of each objective that has one."""
+        values, stds = {}, {}
+        for o in [*self.objectives, *self.extra.values()]:
+            values[o.name], std = o(archs)
+            if std is not None:
+                stds[o.name] = std
+        F = np.stack([values[o.name] for o in self.objectives], axis=1) if self.objectives else np.zeros((len(archs), 0))
+        z = normal.ppf(self.risk) if self.risk else 0.0
+        G = np.zeros((len(archs), len(self.constraints)))
+        for j, c in enumerate(self.constraints):
+            x = values[c.objective]
+            if self.risk and c.objective in stds:  # the upper risk bound must meet the budget
+                x = x + z * stds[c.objective] if c.op in ("<=", "<") else x - z * stds[c.objective]
+            G[:, j] = c.value(x)
+        return F, G, stds
+
+
+# --- the standard objectives ----------------------------------------------------------------------
+def analytic_objective(name: str, space: SearchSpace) -> Objective:
+    """params, flops (per sequence at the block size) or memory (bytes at deploy precision)."""
+    fns = {
+        "params": (lambda a: space.params(a)["total"], "count"),
+        "flops": (lambda a: space.flops(a), "FLOPs"),
+        "memory": (lambda a: space.memory(a)["total"], "bytes"),
+    }
+    if name not in fns:
+        raise ObjectiveError(f"objective {name!r}: not one of {', '.join(fns)}")
+    f, unit = fns[name]
+    return Objective(name, unit, lambda archs: (np.array([f(a) for a in archs], dtype=float), None))
+
+
+def predictor_objective(predictor, name: str = "loss") -> Objective:
+    """Predicted validation loss (nats/byte); with its std when the predictor gives one."""
+
+    def fn(archs):
+        try:
+            mean, std = predictor.predict(list(archs), return_std=True)
+        except TypeError:
+            mean, std = predictor.predict(list(archs)), None
+        return mean, std
+
+    return Objective(name, "nats/byte", fn)
+
+
+def latency_objective(table, device: str, rel_error: float | None = None) -> Objective:
+    """Predicted latency in ms from a latency table; its std is `rel_error` x the prediction (the
+    table's measured relative error on held-out subnets), when known."""
+
+    def fn(archs):
+        ms = np.array([1e3 * table.predict(a) for a in archs], dtype=float)
+        return ms, (None if rel_error is None else ms * rel_error)
+
+    return Objective(f"latency@{device}", "ms", fn)
+
+
+def build_objectives(names: list[str], constraints: list[str], space: SearchSpace, predictor=None,
+                     latency_tables: dict | None = None, latency_errors: dict | None = None,
+                     risk: float | None = None) -> ObjectiveSet:
+    """Objectives and constraints by name: 'loss', 'latency@<device>', 'params', 'flops', 'memory'."""
+    latency_tables, latency_errors = latency_tables or {}, latency_errors or {}
+
+    def make(name: str) -> Objective:
+        if name == "loss":
+            if predictor is None:
+                raise ObjectiveError("objective 'loss': needs a fitted accuracy predictor (run `hwnas predictors` first)")
+            return predictor_objective(predictor)
+        if name.startswith("latency@"):
+            device = name.removeprefix("latency@")
+            if device not in latency_tables:
+                raise ObjectiveError(f"objective {name!r}: no latency table for device {device!r} (run `hwnas latency --device {device}`); "
+                                     f"have: {', '.join(latency_tables) or 'none'}")
+            return latency_objective(latency_tables[device], device, latency_errors.get(device))
+        return analytic_objective(name, space)
+
+    objectives = [make(n) for n in names]
+    parsed = [Constraint.parse(c) for c in constraints]
+    extra = {c.objective: make(c.objective) for c in parsed if c.objective not in names}
+    return ObjectiveSet(objectives, parsed, extra, risk)

@@ -1,0 +1,271 @@
+"""The search stage (`hwnas search`): build the objectives from the run's predictor and latency
+tables, run the configured engine, save the front, validate its members for real, plot and log.
+
+Outputs in `<run_dir>/search/`: front.csv / front.json (members, reference point, hypervolume
+history), candidates.csv, validation.json (predicted vs re-measured values of front members),
+plots (PNG + HTML), and the W&B offline run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import multiprocessing as mp
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hwnas.search_space import ArchConfig, SearchSpace, SearchSpaceConfig
+from hwnas.search_space.io import atomic_write_json
+from hwnas.search_space.progress import progress_bar
+
+from .config import SearchConfig
+from .engines import OptunaEngine, PymooEngine, SearchError, default_storage, random_search
+from .linas import LinasSettings, linas_search
+from .objectives import ObjectiveSet, build_objectives
+from .pareto import ParetoFront
+from .plots import front_plots, hypervolume_plot, validation_plots
+
+
+def _needs(cfg: SearchConfig) -> set[str]:
+    from .objectives import Constraint
+
+    return set(cfg.objectives) | {Constraint.parse(c).objective for c in cfg.constraints}
+
+
+def latency_error(run_dir: Path, device: str, backend: str) -> float | None:
+    """The table's relative RMSE on held-out subnets, from its fidelity report (None if absent)."""
+    path = run_dir / "latency" / f"fidelity-{device}-{backend}.json"
+    if not path.exists():
+        return None
+    rows = json.loads(path.read_text()).get("rows") or []
+    if not rows:
+        return None
+    rel = np.array([r["predicted_ms"] / r["measured_ms"] - 1 for r in rows])
+    return float(np.sqrt(np.mean(rel**2)))
+
+
+def load_objectives(space: SearchSpace, cfg: SearchConfig, run_dir: Path) -> ObjectiveSet:
+    """The search's objectives, from the run's fitted predictor and latency tables."""
+    from hwnas.latency.build import load_table
+
+    needs = _needs(cfg)
+    predictor = None
+    if "loss" in needs and cfg.engine != "linas":
+        from hwnas.predictors.persist import load_predictor
+
+        predictor = load_predictor(run_dir / "predictors")
+    devices = sorted(n.removeprefix("latency@") for n in needs if n.startswith("latency@"))
+    tables = {d: load_table(run_dir, d, cfg.latency_backend) for d in devices}
+    errors = {d: latency_error(run_dir, d, cfg.latency_backend) for d in devices}
+    if "loss" in needs and cfg.engine == "linas":
+        predictor = RealLoss(space, run_dir)
+    return build_objectives(cfg.objectives, cfg.constraints, space, predictor, tables, errors, cfg.risk)
+
+
+class RealLoss:
+    """Validation loss measured on the trained supernet (cached per arch): the expensive objective."""
+
+    def __init__(self, space: SearchSpace, run_dir: Path, eval_tokens: int | None = None):
+        from hwnas.supernet.data import Corpus
+        from hwnas.supernet.train import load_supernet
+
+        self.space, self.run_dir = space, run_dir
+        self.net = load_supernet(run_dir, space.config)
+        self.corpus = Corpus.load(run_dir / "corpus")
+        self.eval_tokens = eval_tokens or _predictor_eval_tokens(run_dir)
+        self.cache: dict[str, float] = {}
+        self.seconds = 0.0
+
+    def predict(self, archs: list[ArchConfig], return_std: bool = False):
+        from hwnas.supernet.evaluate import evaluate
+
+        out = []
+        for a in archs:
+            if a.key() not in self.cache:
+                t0 = time.perf_counter()
+                self.cache[a.key()] = evaluate(self.net, a, self.corpus, max_tokens=self.eval_tokens)["loss"]
+                self.seconds += time.perf_counter() - t0
+            out.append(self.cache[a.key()])
+        mean = np.array(out)
+        return (mean, None) if return_std else mean
+
+
+def _predictor_eval_tokens(run_dir: Path) -> int:
+    path = run_dir / "predictors" / "report.json"
+    return json.loads(path.read_text()).get("eval_tokens", 65536) if path.exists() else 65536
+
+
+def reference_point(space: SearchSpace, objectives: ObjectiveSet, cfg: SearchConfig, seed: int) -> np.ndarray:
+    """cfg.ref_point, else 1.1 x the worst value of each objective over the smallest and largest
+    arch and 200 random ones (a fixed, stated point)."""
+    if cfg.ref_point is not None:
+        return np.array(cfg.ref_point, dtype=float)
+    rng = np.random.default_rng([seed, 7])
+    probe = [space.smallest(), space.largest()] + [space.sample(rng) for _ in range(200)]
+    F, _, _ = objectives.evaluate(probe)
+    return 1.1 * F.max(axis=0)
+
+
+def fit_predictor_factory(space: SearchSpace):
+    """LINAS refits: the predictor stage's model family (ridge on the arch features by default)."""
+    from hwnas.predictors.features import ArchFeaturizer
+    from hwnas.predictors.models import AccuracyPredictor, make_model
+
+    def fit(archs, y):
+        return AccuracyPredictor(ArchFeaturizer(space.config.model_dump(mode="json")), make_model("ridge")).fit(list(archs), y)
+
+    return fit
+
+
+def _optuna_worker(args: tuple) -> None:
+    space_json, cfg_json, run_dir, seed, n_trials, worker, storage = args
+    space = SearchSpace(SearchSpaceConfig.model_validate_json(space_json))
+    cfg = SearchConfig.model_validate_json(cfg_json)
+    objectives = load_objectives(space, cfg, Path(run_dir))
+    OptunaEngine(space, cfg.algorithm, storage, population=cfg.population, seed=seed).optimize(objectives, n_trials, worker=worker)
+
+
+def run_optuna(space: SearchSpace, cfg: SearchConfig, objectives: ObjectiveSet, run_dir: Path, front: ParetoFront, seed: int,
+               workers: int, progress=None) -> ParetoFront:
+    """The Optuna engine; with `workers` > 1, that many processes share the study's storage, each
+    running its share of the missing trials."""
+    storage = cfg.storage or default_storage(run_dir / "search")
+    engine = OptunaEngine(space, cfg.algorithm, storage, population=cfg.population, seed=seed)
+    study = engine.study(objectives)
+    remaining = cfg.budget - engine.complete_trials(study)
+    if remaining > 0 and workers > 1:
+        shares = [remaining // workers + (i < remaining % workers) for i in range(workers)]
+        args = [(space.config.model_dump_json(), cfg.model_dump_json(), str(run_dir), seed, n, i, storage)
+                for i, n in enumerate(shares) if n]
+        with mp.get_context("spawn").Pool(len(args)) as pool:
+            pool.map(_optuna_worker, args)
+    elif remaining > 0:
+        engine.optimize(objectives, remaining, progress=progress, study=study)
+    return engine.front_of(study, objectives, front)
+
+
+def validate_front(space: SearchSpace, front: ParetoFront, cfg: SearchConfig, run_dir: Path, latency_cfg=None) -> list[dict[str, Any]]:
+    """Evaluate up to `validate_top` front members (spread along it) for real: validation loss on
+    the supernet, latency measured on the extracted subnet."""
+    from .linas import _pick_spread
+
+    members = _pick_spread(front.members(), cfg.validate_top, set())
+    if not members:
+        return []
+    real_loss = RealLoss(space, run_dir) if "loss" in front.objective_names else None
+    measurers = {}
+    rows = []
+    for c in members:
+        row: dict[str, Any] = {"key": c.key}
+        for name, value in zip(front.objective_names, c.objectives, strict=True):
+            row[f"predicted:{name}"] = value
+            if name == "loss" and real_loss is not None:
+                row[f"measured:{name}"] = float(real_loss.predict([c.arch])[0])
+            elif name.startswith("latency@") and latency_cfg is not None:
+                device = name.removeprefix("latency@")
+                if device not in measurers:
+                    from hwnas.latency.build import make_measurer
+
+                    measurers[device] = make_measurer(space, latency_cfg, device, cfg.latency_backend)
+                row[f"measured:{name}"] = 1e3 * measurers[device].measure_arch(c.arch).median
+            elif name in ("params", "flops", "memory"):
+                row[f"measured:{name}"] = value  # analytic: exact
+        rows.append(row)
+    return rows
+
+
+def run_search(space_cfg: SearchSpaceConfig, cfg: SearchConfig, run_dir: str | Path, seed: int = 0, latency_cfg=None,
+               workers: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run the search stage in `run_dir`; returns a summary."""
+    from hwnas.search_space.tracking import Tracker
+
+    run_dir = Path(run_dir)
+    out = run_dir / "search"
+    space = SearchSpace(space_cfg)
+    objectives = load_objectives(space, cfg, run_dir)
+    ref = reference_point(space, objectives, cfg, seed)
+    front = ParetoFront(objectives.names, ref, objectives.constraint_names)
+    t0 = time.perf_counter()
+    with progress_bar(f"search ({cfg.engine}/{cfg.algorithm})", cfg.budget, progress, unit="arch") as advance:
+        if cfg.engine == "optuna":
+            run_optuna(space, cfg, objectives, run_dir, front, seed, workers or cfg.workers, advance)
+        elif cfg.engine == "pymoo":
+            PymooEngine(space, cfg.algorithm, cfg.population, seed).run(objectives, cfg.budget, front, advance)
+        elif cfg.engine == "random":
+            random_search(space, objectives, cfg.budget, front, seed, progress=advance)
+        elif cfg.engine == "linas":
+            learned = [n for n in objectives.names if n == "loss"]
+            settings = LinasSettings(cfg.linas.initial, cfg.linas.per_iteration, cfg.linas.inner_budget, min(cfg.population, 50))
+            linas_search(space, objectives, learned, fit_predictor_factory(space), cfg.budget, front, settings, seed, advance)
+        else:  # pragma: no cover (the config rejects it)
+            raise SearchError(f"search.engine: {cfg.engine!r} unknown")
+    seconds = time.perf_counter() - t0
+    if not front.members():
+        raise SearchError(f"no feasible candidate among {len(front.candidates)}: the constraints {cfg.constraints} exclude "
+                          "everything evaluated; relax them or raise search.budget")
+    paths = front.save(out)
+    validation = validate_front(space, front, cfg, run_dir, latency_cfg)
+    atomic_write_json(out / "validation.json", {"rows": validation})
+    summary = {
+        "engine": cfg.engine, "algorithm": cfg.algorithm, "candidates": len(front.candidates), "front_size": len(front.members()),
+        "hypervolume": front.hypervolume(), "ref_point": ref.tolist(), "objectives": objectives.names,
+        "constraints": objectives.constraint_names, "seconds": seconds, "candidates_per_second": len(front.candidates) / max(seconds, 1e-9),
+        "validated": len(validation),
+    }
+    atomic_write_json(out / "summary.json", summary)
+    plots = write_plots(out)
+    tracker = Tracker(out, "metrics", mode=cfg.wandb, job_type="search", config={"search": cfg.model_dump(mode="json")})
+    log_search(tracker, front, validation, paths, plots)
+    tracker.summary(summary)
+    tracker.finish()
+    return summary
+
+
+def write_plots(out: Path) -> list[Path]:
+    """All plots of a saved search (front pairs, hypervolume history, validation)."""
+    data = json.loads((out / "front.json").read_text())
+    names = data["objectives"]
+    with (out / "candidates.csv").open() as f:
+        cands = [{**r, **{n: float(r[n]) for n in names}} for r in csv.DictReader(f)]
+    front = [{"key": m["key"], **dict(zip(names, m["objectives"], strict=True))} for m in data["front"]]
+    paths = front_plots(cands, front, names, out) + hypervolume_plot(data["hypervolume_history"], out)
+    vpath = out / "validation.json"
+    if vpath.exists():
+        paths += validation_plots(json.loads(vpath.read_text())["rows"], names, out)
+    return paths
+
+
+def log_search(tracker, front: ParetoFront, validation: list[dict[str, Any]], files: dict[str, Path], plots: list[Path]) -> None:
+    """W&B: tables of all candidates and of the front, front scatter plots, the hypervolume curve,
+    validation rows, and the front files as an artifact."""
+    if tracker.wandb_run is None:
+        return
+    import wandb
+
+    names = front.objective_names
+    cols = ["key", *names, *[f"g:{c}" for c in front.constraint_names], "on_front"]
+    on_front = {c.key for c in front.members()}
+    rows = [[c.key, *c.objectives, *c.constraints, c.key in on_front] for c in front.candidates]
+    table = wandb.Table(columns=cols, data=rows)
+    front_table = wandb.Table(columns=cols, data=[r for r in rows if r[-1]])
+    logs: dict[str, Any] = {"search/candidates": table, "search/front": front_table}
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            logs[f"search/front_{names[i]}_vs_{names[j]}"] = wandb.plot.scatter(front_table, names[i], names[j],
+                                                                                 title=f"front: {names[j]} vs {names[i]}")
+    if validation:
+        vcols = list(validation[0])
+        logs["search/validation"] = wandb.Table(columns=vcols, data=[[r.get(c) for c in vcols] for r in validation])
+    for p in plots:
+        if p.suffix == ".png":
+            logs[f"search/plot/{p.stem}"] = wandb.Image(str(p))
+    tracker.log_wandb(logs)
+    for n, hv in front.history:
+        tracker.log({"hypervolume": hv, "candidates": n})
+    art = wandb.Artifact(f"{tracker.run_dir.parent.name}-front", type="pareto-front")
+    for p in files.values():
+        art.add_file(str(p))
+    tracker.wandb_run.log_artifact(art)

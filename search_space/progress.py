@@ -1,0 +1,49 @@
+"""One progress bar for every long stage: count, rate, elapsed time and ETA (rich)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+class RateColumn(TextColumn):
+    """Items per second of the task."""
+
+    def __init__(self, unit: str = "it"):
+        super().__init__("")
+        self.unit = unit
+
+    def render(self, task):
+        from rich.text import Text
+
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.1f} {self.unit}/s" if speed else f"- {self.unit}/s")
+
+
+@contextmanager
+def progress_bar(description: str, total: int, enabled: bool = True, unit: str = "it", completed: int = 0,
+                 fields: str = "") -> Iterator[Callable[..., None]]:
+    """Yield `advance(n=1, **fields)`; `fields` is a rich format string for extra live values,
+    e.g. "loss {task.fields[loss]:.3f}" (pass their initial values through `advance(0, loss=...)`)."""
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+               RateColumn(unit)]
+    if fields:
+        columns.append(TextColumn(fields))
+    columns += [TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+    with Progress(*columns, disable=not enabled) as bar:
+        task = bar.add_task(description, total=total, completed=completed)
+
+        def advance(n: int = 1, **values) -> None:
+            bar.update(task, advance=n, **values)
+
+        yield advance

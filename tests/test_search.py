@@ -1,0 +1,231 @@
+"""Search: Pareto utilities, objectives and constraints, the pymoo / Optuna / random / LINAS engines,
+resume, concurrent workers on one study, and the W&B log of a search."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+
+import numpy as np
+import pytest
+
+from hwnas.search.config import SearchConfig
+from hwnas.search.engines import OptunaEngine, PymooEngine, random_search
+from hwnas.search.linas import LinasSettings, linas_search
+from hwnas.search.objectives import Constraint, Objective, ObjectiveError, ObjectiveSet, build_objectives
+from hwnas.search.pareto import Candidate, ParetoFront, hypervolume, non_dominated
+from hwnas.search_space import SearchSpace, SearchSpaceConfig
+
+SPACE = SearchSpace(SearchSpaceConfig())
+
+
+def brute_non_dominated(F):
+    return [i for i, f in enumerate(F) if not any(np.all(g <= f) and np.any(g < f) for g in F)]
+
+
+def test_non_dominated_matches_brute_force():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        F = rng.integers(0, 6, size=(40, 3)).astype(float)
+        assert non_dominated(F).tolist() == brute_non_dominated(F)
+
+
+def test_hypervolume_of_known_fronts():
+    ref = np.array([4.0, 4.0])
+    assert hypervolume(np.array([[1.0, 1.0]]), ref) == pytest.approx(9.0)
+    assert hypervolume(np.array([[1.0, 3.0], [3.0, 1.0]]), ref) == pytest.approx(3 + 3 - 1)
+    assert hypervolume(np.array([[5.0, 1.0]]), ref) == 0.0  # outside the reference box
+
+
+@pytest.mark.parametrize(
+    "text,objective,op,bound",
+    [("latency@cpu <= 5ms", "latency@cpu", "<=", 5.0), ("latency@cuda<0.5s", "latency@cuda", "<", 500.0),
+     ("params <= 2e6", "params", "<=", 2e6), ("params <= 1.5M", "params", "<=", 1.5e6), ("memory >= 1MiB", "memory", ">=", 2**20)],
+)
+def test_constraint_parse(text, objective, op, bound):
+    c = Constraint.parse(text)
+    assert (c.objective, c.op, c.bound) == (objective, op, pytest.approx(bound))
+    x = np.array([bound * 0.5, bound * 2])
+    held = c.value(x) <= 0
+    assert held.tolist() == ([True, False] if op in ("<=", "<") else [False, True])
+
+
+@pytest.mark.parametrize("text,message", [
+    ("latency@cpu << 5", "expected '<objective> <=|<|>=|> <number>\\[unit\\]'"),
+    ("params <= five", "expected"),
+    ("params <= 5 furlongs", "unknown unit 'furlongs'"),
+])
+def test_bad_constraints_raise(text, message):
+    with pytest.raises(ObjectiveError, match=message):
+        Constraint.parse(text)
+
+
+def test_objective_set_risk_uses_upper_bound():
+    mean, std = np.array([4.0, 4.0]), np.array([0.0, 1.0])
+    obj = Objective("latency@cpu", "ms", lambda archs: (mean, std))
+    archs = [SPACE.sample(0), SPACE.sample(1)]
+    plain = ObjectiveSet([obj], [Constraint.parse("latency@cpu <= 5ms")])
+    risky = ObjectiveSet([obj], [Constraint.parse("latency@cpu <= 5ms")], risk=0.9)
+    assert (plain.evaluate(archs)[1][:, 0] <= 0).tolist() == [True, True]
+    assert (risky.evaluate(archs)[1][:, 0] <= 0).tolist() == [True, False]  # 4 + 1.28 * 1 > 5
+
+
+def test_unknown_objective_and_missing_inputs_are_clear():
+    with pytest.raises(ObjectiveError, match="needs a fitted accuracy predictor"):
+        build_objectives(["loss"], [], SPACE)
+    with pytest.raises(ObjectiveError, match="no latency table for device 'cpu'"):
+        build_objectives(["latency@cpu"], [], SPACE)
+    with pytest.raises(ObjectiveError, match="unknown quantity 'speed'"):
+        ObjectiveSet([], [Constraint.parse("speed <= 3")])
+
+
+def analytic(constraints=()):
+    return build_objectives(["flops", "params"], list(constraints), SPACE)
+
+
+@pytest.mark.parametrize("algorithm", ["nsga2", "nsga3", "smsemoa"])
+def test_pymoo_engines_yield_valid_archs_and_a_true_front(algorithm):
+    objectives = analytic(["memory <= 1MiB"])
+    front = ParetoFront(objectives.names, [3e8, 1.2e6], objectives.constraint_names)
+    PymooEngine(SPACE, algorithm, population=20, seed=1).run(objectives, 200, front)
+    assert 150 <= len(front.candidates) <= 200
+    for c in front.candidates:
+        SPACE.validate(c.arch)
+    members = front.members()
+    assert members and all(c.feasible for c in members)
+    F = np.array([c.objectives for c in front.candidates if c.feasible])
+    best = F[non_dominated(F)]
+    assert sorted(map(tuple, best)) == sorted(c.objectives for c in members)
+    assert front.history[-1][1] == pytest.approx(front.hypervolume()) and front.hypervolume() > 0
+
+
+def test_pymoo_beats_random_at_equal_budget():
+    objectives = analytic()
+    ref = [3e8, 1.2e6]
+    evo, rnd = ParetoFront(objectives.names, ref), ParetoFront(objectives.names, ref)
+    PymooEngine(SPACE, "nsga2", population=40, seed=0).run(objectives, 1200, evo)
+    random_search(SPACE, objectives, 1200, rnd, seed=0)
+    assert evo.hypervolume() > rnd.hypervolume()
+
+
+def test_optuna_resume_continues_the_same_study(tmp_path):
+    objectives = analytic()
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    first = OptunaEngine(SPACE, "nsga2", storage, population=10, seed=0)
+    f1 = first.run(objectives, 15, ParetoFront(objectives.names, [3e8, 1.2e6]))
+    f2 = OptunaEngine(SPACE, "nsga2", storage, population=10, seed=0).run(objectives, 25, ParetoFront(objectives.names, [3e8, 1.2e6]))
+    import optuna
+
+    study = optuna.load_study(study_name="hwnas", storage=storage)
+    assert [t.number for t in study.trials] == list(range(25))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert [c.key for c in f1.candidates] == [c.key for c in f2.candidates][: len(f1.candidates)]
+    for t in study.trials:  # per-layer params only for active layers
+        depth = t.params["depth"]
+        assert all(int(k.split("[")[1].rstrip("]")) < depth for k in t.params if "[" in k)
+
+
+@pytest.mark.parametrize("algorithm", ["nsga3", "tpe", "random"])
+def test_optuna_samplers_give_valid_archs(algorithm):
+    objectives = analytic(["params <= 600k"])
+    front = OptunaEngine(SPACE, algorithm, None, population=8, seed=0).run(objectives, 16, ParetoFront(objectives.names, [3e8, 1.2e6], objectives.constraint_names))
+    assert len(front.candidates) >= 10
+    for c in front.candidates:
+        SPACE.validate(c.arch)
+    assert all(c.objectives[1] <= 600_000 for c in front.members())
+
+
+def _worker(args):
+    storage, n, worker = args
+    OptunaEngine(SPACE, "nsga2", storage, population=10, seed=0).optimize(analytic(), n, worker=worker)
+
+
+def _concurrent(storage: str, n_each: int = 15):
+    OptunaEngine(SPACE, "nsga2", storage, population=10, seed=0).study(analytic())  # the schema and study, once (as run_optuna does)
+    with mp.get_context("spawn").Pool(2) as pool:
+        pool.map(_worker, [(storage, n_each, 0), (storage, n_each, 1)])
+    import optuna
+
+    from hwnas.search.engines import open_storage
+
+    study = optuna.load_study(study_name="hwnas", storage=open_storage(storage))
+    numbers = [t.number for t in study.trials]
+    assert sorted(numbers) == list(range(2 * n_each))  # none lost, none doubled
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
+def test_two_workers_share_a_journal_study(tmp_path):
+    _concurrent(f"journal:{tmp_path / 'study.journal'}")
+
+
+def test_two_workers_share_a_postgresql_study(postgres_url):
+    _concurrent(postgres_url)
+
+
+def test_linas_spends_exactly_its_budget_and_beats_random():
+    """A synthetic expensive objective (an arch-dependent 'loss') learned by the loop's predictor."""
+    w = np.random.default_rng(3).normal(size=SPACE.n_genes)
+
+    def fake_loss(archs):
+        return np.array([3.0 - 0.4 * np.log(SPACE.params(a)["total"]) / 10 + 0.05 * np.tanh(SPACE.encode(a) @ w) for a in archs]), None
+
+    calls = {"n": 0}
+
+    def counted(archs):
+        calls["n"] += len(archs)
+        return fake_loss(archs)
+
+    objectives = ObjectiveSet([Objective("loss", "nats", counted), build_objectives(["flops"], [], SPACE).objectives[0]])
+    from sklearn.linear_model import Ridge
+
+    def fit(archs, y):
+        X = np.array([np.r_[SPACE.encode(a), np.log(SPACE.params(a)["total"])] for a in archs])
+        model = Ridge(alpha=1e-3).fit(X, y)
+
+        class P:
+            def predict(self, archs, return_std=False):
+                Z = np.array([np.r_[SPACE.encode(a), np.log(SPACE.params(a)["total"])] for a in archs])
+                return (model.predict(Z), None) if return_std else model.predict(Z)
+        return P()
+
+    ref = [3.0, 3e8]
+    front = ParetoFront(objectives.names, ref)
+    linas_search(SPACE, objectives, ["loss"], fit, 60, front, LinasSettings(20, 10, 1000, 40), seed=0)
+    assert calls["n"] == 60 and len(front.candidates) == 60
+    assert [n for n, _ in front.history] == list(range(1, 61))
+    rnd = ParetoFront(objectives.names, ref)
+    random_search(SPACE, ObjectiveSet([Objective("loss", "nats", fake_loss), objectives.objectives[1]]), 60, rnd, seed=0)
+    assert front.hypervolume() > rnd.hypervolume()
+
+
+def test_front_save_and_load_round_trip(tmp_path):
+    objectives = analytic()
+    front = ParetoFront(objectives.names, [3e8, 1.2e6])
+    random_search(SPACE, objectives, 100, front, seed=0)
+    front.save(tmp_path)
+    loaded = ParetoFront.load(tmp_path)
+    assert [c.key for c in loaded.members()] == [c.key for c in front.members()]
+    assert loaded.hypervolume() == pytest.approx(front.hypervolume())
+    data = json.loads((tmp_path / "front.json").read_text())
+    assert data["ref_point"] == [3e8, 1.2e6] and len(data["hypervolume_history"]) == len(front.history)
+    assert (tmp_path / "candidates.csv").read_text().count("\n") == 101
+
+
+def test_repeated_archs_count_once():
+    objectives = analytic()
+    front = ParetoFront(objectives.names, [3e8, 1.2e6])
+    a = SPACE.sample(0)
+    F = tuple(objectives.evaluate([a])[0][0])
+    front.add([Candidate(a, F), Candidate(a, F)])
+    assert len(front.candidates) == 1
+
+
+def test_search_config_errors_name_the_field():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="algorithm"):
+        SearchConfig(engine="pymoo", algorithm="tpe")
+    with pytest.raises(ValidationError, match="'speed' is not one of loss, latency@<device>, params, flops, memory"):
+        SearchConfig(objectives=["speed"])
+    with pytest.raises(ValidationError, match="workers"):
+        SearchConfig(engine="pymoo", workers=2)

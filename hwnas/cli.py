@@ -101,6 +101,47 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_summary(report: dict) -> None:
+    print(f"exported {report.get('arch', '')} -> {report.get('out_dir', '')}")
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from hwnas.export import ExportConfig, run_export
+
+    cfg = ExportConfig()
+    if args.config:
+        from hwnas.config import load_config
+
+        cfg = load_config(args.config).export
+    report = run_export(args.run_dir, args.pick if args.pick is not None else cfg.pick, out_dir=args.out, force=args.force,
+                        finetune_steps=cfg.finetune_steps if args.finetune_steps is None else args.finetune_steps, cfg=cfg,
+                        progress=not args.no_progress)
+    _export_summary(report)
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from hwnas.config import load_config
+    from hwnas.pipeline import Pipeline
+    from hwnas.report import print_front
+
+    cfg = load_config(args.config)
+    Pipeline(cfg, progress=not args.no_progress).run()
+    rd = cfg.run_path
+    print_front(rd / "search")
+    plots = sorted(str(p) for p in (rd / "search").glob("*.png"))
+    print(f"plots: {', '.join(plots)} (and .html)")
+    wandb_runs = sorted(str(p) for p in rd.rglob("offline-run-*") if p.is_dir())
+    print(f"W&B offline runs ({len(wandb_runs)}): {rd}/**/wandb (sync with `wandb sync <dir>`)")
+    from hwnas.export import load
+
+    model = load(rd / "export")
+    sample = model.generate(cfg.export.sample_prompt, max_new_tokens=max(cfg.export.sample_tokens, 1), seed=cfg.seed)
+    print(f"exported model: {rd / 'export'} ({model.arch.key()})")
+    print("sample: " + repr(sample.replace(chr(10), " ")[:160]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hwnas",
@@ -176,6 +217,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run_dir", help="run directory, e.g. runs/quickstart")
     p.set_defaults(func=_cmd_pareto)
+
+    p = sub.add_parser(
+        "export",
+        help="export a Pareto-front member as a standalone, verified model",
+        description="Pick a front member (index, arch key, or a rule like \"min loss where latency@cpu <= 5ms\") and write "
+        "config.json, model.safetensors, model.onnx, model.int8.onnx and report.md, checking ONNX Runtime against torch.",
+    )
+    p.add_argument("run_dir", help="run directory, e.g. runs/quickstart")
+    p.add_argument("--pick", default=None, help="front index, arch key or rule (default: export.pick, 'min loss')")
+    p.add_argument("--out", default=None, help="export directory (default: <run_dir>/export)")
+    p.add_argument("--force", action="store_true", help="replace an existing export directory")
+    p.add_argument("--finetune-steps", type=int, default=None, help="fine-tune the subnet for N steps before exporting")
+    p.add_argument("--config", default=None, help="experiment YAML whose export: section gives the defaults")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser(
+        "run",
+        help="run the whole pipeline: train, latency, predictors, search, export",
+        description="Run train -> latency -> predictors -> search -> export in the config's run directory. Finished "
+        "stages (same config) are skipped and an interrupted one resumes, so running it again after Ctrl-C or a kill "
+        "finishes the job.",
+    )
+    p.add_argument("config", help="experiment YAML")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_run)
     return parser
 
 

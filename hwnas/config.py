@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
+from hwnas.export.config import ExportConfig
 from hwnas.latency.config import LatencyConfig
 from hwnas.predictors.config import PredictorsConfig
 from hwnas.search.config import SearchConfig
@@ -45,6 +46,7 @@ class ExperimentConfig(Section):
     latency: LatencyConfig = LatencyConfig()
     predictors: PredictorsConfig = PredictorsConfig()
     search: SearchConfig = SearchConfig()
+    export: ExportConfig = ExportConfig()
 
     @field_validator("name")
     @classmethod

@@ -1,1 +1,33 @@
-"""hwnas.kernels (see ../shared/DESIGN.md)."""
+"""hwnas.kernels: Triton kernels for the supernet's hot elastic operations, each with a plain-torch
+reference twin and one dispatcher (Triton on CUDA, the reference elsewhere; see `dispatch`).
+
+| function | what | backward |
+| --- | --- | --- |
+| `elastic_norm` | LayerNorm / RMSNorm / DyT over the first d of a wider weight, optional fused residual add | reference (autograd) |
+| `elastic_linear` | x @ W[:out, :in].T with the slice read in place; (G, O, I) weights for q/k/v | Triton |
+| `quant_matmul` | weight-only int8 / int4 matmul with per-channel scales (`quantize_weight`) | none (inference) |
+| `linear_attention` | chunked causal linear attention, elu+1 features | none (auto: reference) |
+
+Every function takes `backend="auto" | "triton" | "reference"`. Importing this package never
+imports Triton (the kernels load on first use), so it works where Triton is not installed.
+"""
+
+from .dispatch import BACKENDS, KernelUnavailable, interpreting, triton_available, use_triton
+from .linear import elastic_linear, linear_reference
+from .linear_attention import linear_attention, linear_attention_reference
+from .norm import EPS, NORM_KINDS, elastic_norm, norm_reference
+from .quant_matmul import (
+    QuantizedWeight,
+    pack_int4,
+    quant_matmul,
+    quant_matmul_reference,
+    quantize_weight,
+    unpack_int4,
+)
+
+__all__ = [
+    "BACKENDS", "EPS", "KernelUnavailable", "NORM_KINDS", "QuantizedWeight", "elastic_linear", "elastic_norm",
+    "interpreting", "linear_attention", "linear_attention_reference", "linear_reference", "norm_reference",
+    "pack_int4", "quant_matmul", "quant_matmul_reference", "quantize_weight", "triton_available", "unpack_int4",
+    "use_triton",
+]

@@ -28,6 +28,7 @@ import torch.nn as nn
 from .errors import LatencyError
 from .modules import DeployAttention, DeployFFN, deploy_copy
 from .protocol import (
+    CLOCKS,
     Measurement,
     Protocol,
     Timer,
@@ -56,8 +57,13 @@ class Backend:
     def prepare(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:
         raise NotImplementedError
 
-    def timer(self) -> Timer:
-        return cuda_timer() if self.device == "cuda" and self.name == "torch" else cpu_timer()
+    def timer(self, clock: str = "wall") -> Timer:
+        if self.device == "cuda" and self.name == "torch":
+            return cuda_timer()
+        if clock == "thread" and self.threads != 1:
+            raise LatencyError(f"clock 'thread' times the calling thread only; it needs 1 thread, not {self.threads} "
+                               "(use clock: wall)")
+        return cpu_timer(CLOCKS[clock])
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
@@ -70,7 +76,7 @@ class Backend:
         with torch.no_grad():
             run = self.prepare(module, inputs)
         with self.session():
-            return measure(run, protocol, self.timer())
+            return measure(run, protocol, self.timer(protocol.clock))
 
     def measure_many(self, modules: dict[str, tuple[nn.Module, tuple[torch.Tensor, ...]]], protocol: Protocol,
                      seed: int = 0) -> dict[str, Measurement]:
@@ -78,7 +84,7 @@ class Backend:
         with torch.no_grad():
             runs = {k: self.prepare(m, inputs) for k, (m, inputs) in modules.items()}
         with self.session():
-            return measure_many(runs, protocol, self.timer(), rng=seed)
+            return measure_many(runs, protocol, self.timer(protocol.clock), rng=seed)
 
 
 class TorchBackend(Backend):

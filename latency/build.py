@@ -94,11 +94,17 @@ class Measurer:
         return self.backend.measure(self.subnet(arch), (self.tokens(),), self.protocol)
 
 
-def make_measurer(space: SearchSpace, cfg: LatencyConfig, device: str, backend: str) -> Measurer:
-    threads = cfg.threads or usable_cores()
+def make_measurer(space: SearchSpace, cfg: LatencyConfig, device: str, backend: str,
+                  like: LatencyTable | None = None) -> Measurer:
+    """A measurer by the config; `like`: with the thread count, protocol and workload of that
+    table instead (what the fidelity report needs to compare like with like)."""
+    threads = like.fingerprint["threads"] if like else cfg.threads or usable_cores()
     be = make_backend(backend, device, threads, **({"exporter": cfg.onnx_exporter, "int4_block_size": cfg.int4_block_size}
                                                      if backend == "onnxruntime" else {}))
-    return Measurer(space, be, Protocol.from_config(cfg), workload(space, cfg), cfg.seed)
+    if like:
+        return Measurer(space, be, like.protocol, dict(like.workload), cfg.seed)
+    protocol = Protocol.from_config(cfg, clock=cfg.resolved_clock(device, threads))
+    return Measurer(space, be, protocol, workload(space, cfg), cfg.seed)
 
 
 @contextmanager

@@ -22,6 +22,8 @@ class LatencyConfig(Section):
     Table pieces are timed `interleave` at a time in rounds of a random order (each in the context
     of others, as inside a model); whole subnets in a tight loop.
     `threads`: the fixed CPU thread count (default: the cores this process may use).
+    `clock`: wall time, or the CPU time of the (single) timing thread, which a busy machine does not
+    inflate; `auto` picks the thread clock for 1 thread on CPU, else wall time.
     `n_correction` whole subnets fit the correction model; `n_fidelity` further held-out subnets
     check the table (the fidelity report), which is logged to W&B in mode `wandb`.
     """
@@ -38,6 +40,7 @@ class LatencyConfig(Section):
     check_every: int = Field(default=10, gt=0)
     tolerance: float = Field(default=0.005, gt=0, lt=1)
     interleave: int = Field(default=16, gt=0)
+    clock: Literal["auto", "wall", "thread"] = "auto"
     n_correction: int = Field(default=40, ge=0)
     n_fidelity: int = Field(default=100, ge=0)
     seed: int = 0
@@ -65,4 +68,12 @@ class LatencyConfig(Section):
     def _repeats(self) -> LatencyConfig:
         if self.max_repeats < self.min_repeats:
             raise field_error("max_repeats", f"{self.max_repeats} is below min_repeats {self.min_repeats}")
+        if self.clock == "thread" and self.threads not in (None, 1):
+            raise field_error("clock", f"'thread' times one thread's CPU time; it needs threads: 1, not {self.threads}")
         return self
+
+    def resolved_clock(self, device: str, threads: int) -> str:
+        """The clock actually used: `auto` is the thread CPU clock for 1 thread on CPU, else wall."""
+        if self.clock != "auto":
+            return self.clock
+        return "thread" if device == "cpu" and threads == 1 else "wall"

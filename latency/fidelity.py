@@ -63,7 +63,7 @@ def fidelity_report(space: SearchSpace, cfg: LatencyConfig, table: LatencyTable,
     run_dir = Path(run_dir)
     out_dir = run_dir / "latency"
     stem = f"fidelity-{table.device}-{table.backend}"
-    measurer = measurer or make_measurer(space, cfg, table.device, table.backend)
+    measurer = measurer or make_measurer(space, cfg, table.device, table.backend, like=table)
     archs = heldout_archs(space, n, cfg.seed, exclude=table.calibration)
     cache_path = out_dir / f"{stem}-measured.json"
     cache = _read_cache(cache_path, table)

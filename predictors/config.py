@@ -11,7 +11,7 @@ from hwnas.search_space.config import Section, field_error
 
 ModelName = Literal["ridge", "svr", "rf", "gbr", "mlp", "gp", "ensemble"]
 MODEL_NAMES: tuple[str, ...] = ("ridge", "svr", "rf", "gbr", "mlp", "gp", "ensemble")
-FeatureGroup = Literal["onehot", "counts", "cost"]
+FeatureGroup = Literal["onehot", "counts", "ends", "cost"]
 
 
 class PredictorsConfig(Section):

@@ -6,6 +6,8 @@ Feature groups:
   arch's depth are all zero (not "choice 0", which `encode` uses for them).
 - `counts`: depth and width, how many layers take each choice of each per-layer dimension, and the
   layer means of heads, MLP ratio and weight bits.
+- `ends`: the choices of the first and of the last layer, one-hot (the last layer's norm kind is also
+  the final norm's, and the ends of the stack matter most to a shallowly trained supernet).
 - `cost`: log parameters (total, non-embedding), log forward FLOPs at the block size, log weight bytes.
 """
 
@@ -22,7 +24,7 @@ from sklearn.utils.validation import check_is_fitted
 from hwnas.search_space import ArchConfig, ArchError, SearchSpace, SearchSpaceConfig
 from hwnas.search_space.space import LAYER_DIMS, _gene_value
 
-FEATURE_GROUPS = ("onehot", "counts", "cost")
+FEATURE_GROUPS = ("onehot", "counts", "ends", "cost")
 
 
 def space_of(space_config: SearchSpaceConfig | dict[str, Any] | None) -> SearchSpace:
@@ -111,6 +113,9 @@ class ArchFeaturizer(TransformerMixin, BaseEstimator):
             names += ["depth", "embed_dim"]
             names += [f"n_{dim}={c}" for dim in LAYER_DIMS for c in space.choices[dim]]
             names += ["mean_n_heads", "mean_mlp_ratio", "mean_weight_bits"]
+        if "ends" in self.features:
+            names += [f"{end}_{dim}={c}" for end in ("first", "last") for dim in LAYER_DIMS if dim != "placement"
+                      for c in space.choices[dim]]
         if "cost" in self.features:
             names += ["log_params", "log_params_non_embedding", "log_flops", "log_weight_bytes"]
         return names
@@ -128,6 +133,12 @@ class ArchFeaturizer(TransformerMixin, BaseEstimator):
                 values = [_gene_value(layer, dim) for layer in arch.layers]
                 row += [float(values.count(c)) for c in space.choices[dim]]
             row += [float(np.mean([getattr(layer, k) for layer in arch.layers])) for k in ("n_heads", "mlp_ratio", "weight_bits")]
+        if "ends" in self.features:
+            for layer in (arch.layers[0], arch.layers[-1]):
+                for dim in LAYER_DIMS:
+                    if dim != "placement":
+                        value = _gene_value(layer, dim)
+                        row += [float(value == c) for c in space.choices[dim]]
         if "cost" in self.features:
             p = space.params(arch)
             row += [math.log(p["total"]), math.log(p["non_embedding"]), math.log(space.flops(arch)),

@@ -30,6 +30,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVR
 from sklearn.tree import DecisionTreeRegressor
 from sklearn.utils.validation import check_is_fitted, validate_data
+from threadpoolctl import threadpool_limits
 
 from .features import ArchFeaturizer
 
@@ -137,6 +138,12 @@ class AccuracyPredictor(RegressorMixin, BaseEstimator):
         return clone(featurizer), clone(model)
 
     def fit(self, X: Any, y: Any) -> AccuracyPredictor:
+        # one BLAS thread: the matrices are tiny, and a multi-threaded BLAS spinning on a busy
+        # machine made an MLP fit 100x slower
+        with threadpool_limits(limits=1, user_api="blas"):
+            return self._fit(X, y)
+
+    def _fit(self, X: Any, y: Any) -> AccuracyPredictor:
         featurizer, model = self._parts()
         y = np.asarray(y, dtype=float).reshape(-1)
         F = featurizer.fit(X).transform(X)
@@ -179,6 +186,10 @@ class AccuracyPredictor(RegressorMixin, BaseEstimator):
         return self.featurizer_.transform(X)
 
     def predict(self, X: Any, return_std: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        with threadpool_limits(limits=1, user_api="blas"):
+            return self._predict(X, return_std)
+
+    def _predict(self, X: Any, return_std: bool) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         F = self.features(X)
         if not return_std:
             return np.asarray(self.model_.predict(F), dtype=float).reshape(-1)

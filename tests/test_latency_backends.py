@@ -5,6 +5,7 @@ table builds and reports end to end with both backends."""
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -193,8 +194,12 @@ def test_tiny_table_builds_and_reports_end_to_end(tmp_path, backend):
     loaded = LatencyTable.load(table_path(tmp_path, "cpu", backend), strict=True)
     arch = space.sample(0)
     assert loaded.predict(arch) == pytest.approx(table.predict(arch)) and table.predict(arch) > 0
-    report = fidelity_report(space, cfg, loaded, tmp_path, progress=False)
+    report = fidelity_report(space, cfg.model_copy(update={"threads": 2, "max_repeats": 50}), loaded, tmp_path,
+                             progress=False)  # measured like the table was, whatever the config says now
     assert report["n"] == 4 and 0 <= report["prediction"]["within_10pct"] <= 1
+    assert report["fingerprint"]["threads"] == 1 and all(r["stable"] in (True, False) for r in report["rows"])
+    measured = json.loads((tmp_path / "latency" / f"fidelity-cpu-{backend}-measured.json").read_text())["measured"]
+    assert len(measured) == 4 and all(m["n"] <= 6 for m in measured.values())  # the table's max_repeats, not 50
     assert (tmp_path / "latency" / f"fidelity-cpu-{backend}.png").exists()
 
 

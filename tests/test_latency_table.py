@@ -418,3 +418,30 @@ def test_fidelity_report_logs_to_wandb_offline(tiny, cfg, tmp_path):
     assert logged["latency/flops_kendall_tau"] == report["proxies"]["flops_kendall_tau"]
     assert logged["latency/heldout/nrows"] == 6 and logged["latency/predicted_vs_measured/_type"] == "image-file"
     assert (tmp_path / "fidelity-cpu-torch.jsonl").exists()
+
+
+def test_thread_clock_does_not_count_time_given_away():
+    """The thread CPU clock counts work, not time spent off the CPU (here: asleep, as when the OS
+    runs another process); the wall clock counts both."""
+    import time
+
+    from hwnas.latency.backends import TorchBackend
+
+    p = Protocol(warmup=0, min_repeats=3, max_repeats=3, check_every=1)
+    backend = TorchBackend("cpu", threads=1)
+    nap = lambda: time.sleep(0.005)  # noqa: E731
+    assert measure(nap, p, backend.timer("wall")).median >= 0.005
+    assert measure(nap, p, backend.timer("thread")).median < 0.001
+    with pytest.raises(HwnasError, match="1 thread"):
+        TorchBackend("cpu", threads=2).timer("thread")
+
+
+def test_clock_choice():
+    assert LatencyConfig().resolved_clock("cpu", 1) == "thread"
+    assert LatencyConfig().resolved_clock("cpu", 2) == "wall"
+    assert LatencyConfig().resolved_clock("cuda", 1) == "wall"
+    assert LatencyConfig(clock="wall").resolved_clock("cpu", 1) == "wall"
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="threads: 1"):
+        LatencyConfig(clock="thread", threads=2)

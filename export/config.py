@@ -1,0 +1,54 @@
+"""The `export:` section of the experiment config: which front member to ship, and how to check it.
+
+Everything here has a default, so `hwnas export RUN_DIR` needs no YAML: the search space and the
+training settings come from the run's supernet checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from hwnas.search_space.config import Section
+
+
+class ExportConfig(Section):
+    """Defaults of `hwnas export` (the command line overrides pick, out dir and fine-tuning steps).
+
+    `pick`: a front index, an arch key, or a rule 'min|max <objective> [where <constraint> [and ...]]'.
+    `full_precision_layers`: what `model.int8.onnx` does with layers the arch keeps at 16 bits
+    (layers at 8 or 4 bits always follow the arch: int8, or int4 `MatMulNBits`).
+    Latency is re-measured with the protocol and workload of the run's latency tables when they
+    exist (else the `latency:` section's defaults); `latency_max_seconds` caps each measurement.
+    """
+
+    pick: str = Field(default="min loss", description="front index, arch key, or 'min|max <objective> [where ...]'")
+    out_dir: str | None = Field(default=None, description="default: <run_dir>/export")
+    # fine-tuning of the exported subnet (0: none)
+    finetune_steps: int = Field(default=0, ge=0)
+    finetune_lr: float = Field(default=3e-4, gt=0, description="peak lr (warmup over a tenth of the steps, then cosine)")
+    finetune_batch_size: int | None = Field(default=None, gt=0, description="default: the run's train.batch_size")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="fine-tuning device; ONNX runs on CPU")
+    # checks
+    eval_tokens: int = Field(default=65536, gt=0, description="validation tokens for every loss and the parity check")
+    eval_batch_size: int = Field(default=16, gt=0)
+    parity_atol: float = Field(default=1e-4, gt=0, description="max |ONNX Runtime fp32 - torch| of the logits")
+    # quantized model
+    full_precision_layers: Literal["int8", "fp32"] = "int8"
+    int4_block_size: int = Field(default=32, ge=16)
+    # latency on this machine
+    measure_latency: bool = True
+    latency_max_seconds: float | None = Field(default=None, gt=0, description="cap on each measurement's timing")
+    threads: int | None = Field(default=None, gt=0, description="CPU threads (default: the latency table's, else all usable)")
+    # the sample in report.md
+    sample_prompt: str = "def "
+    sample_tokens: int = Field(default=80, ge=0)
+    seed: int = 0
+
+    @field_validator("int4_block_size")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v & (v - 1):
+            raise ValueError(f"must be a power of two >= 16, got {v}")
+        return v

@@ -1,0 +1,130 @@
+"""`pick_member`: choose one member of a saved Pareto front by index, arch key, or rule.
+
+    pick_member(front, "2")                                    # the front's member #2 (front.json order)
+    pick_member(front, "e64-L2:h2r2-rms-pre-lin-mlp-q8|...")   # the member with this arch key
+    pick_member(front, "min loss where latency@cpu <= 5ms")    # a rule
+
+A rule is `min|max <objective> [where <constraint> [and <constraint> ...]]`; constraints are
+written as in the search config (`search.objectives.Constraint`: `latency@cpu <= 5ms`,
+`params <= 2e6`, `memory < 1MiB`) and compare the front's own objective values. Ties go to the
+earlier member. Every failure is one line naming the pick and what would have been allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import re
+from pathlib import Path
+from typing import Any
+
+from hwnas.search.objectives import Constraint, ObjectiveError
+from hwnas.search_space.errors import HwnasError
+
+RULE_FORM = "'min|max <objective> [where <constraint> [and <constraint> ...]]'"
+_OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
+_INDEX = re.compile(r"^[+-]?\d+$")
+_ARCH_KEY = re.compile(r"^e\d+-L\d+:")
+
+
+class PickError(HwnasError, ValueError):
+    """A `--pick` that names no front member (bad index, unknown key or objective, no match, bad syntax)."""
+
+
+def _fmt(name: str, value: float) -> str:
+    if name.startswith("latency@"):
+        return f"{value:.3g} ms"
+    if name == "memory":
+        return f"{value / 2**20:.3g} MiB"
+    return f"{value:.4g}"
+
+
+def _load(front: dict[str, Any] | str | Path) -> dict[str, Any]:
+    if isinstance(front, dict):
+        return front
+    path = Path(front)
+    if path.is_dir():
+        path = path / "front.json"
+    return json.loads(path.read_text())
+
+
+def pick_member(front: dict[str, Any] | str | Path, pick: str | int) -> tuple[int, dict[str, Any]]:
+    """(index, member) of the front member that `pick` names; `front` is the parsed front.json
+    (or its path, or the folder holding it). Raises `PickError` with a one-line reason."""
+    data = _load(front)
+    members, names = data.get("front") or [], list(data.get("objectives") or [])
+    text = str(pick).strip()
+    if not members:
+        raise PickError(f"pick {text!r}: the front holds no members")
+    n = len(members)
+    if _INDEX.match(text):
+        i = int(text)
+        if not 0 <= i < n:
+            raise PickError(f"pick {text!r}: no front member #{i}; the front has {n} member{'s' * (n != 1)} "
+                            f"(indices 0..{n - 1})")
+        return i, members[i]
+    for i, m in enumerate(members):
+        if m["key"] == text:
+            return i, m
+    if re.match(r"^(min|max)\b", text, re.IGNORECASE):
+        return _pick_by_rule(text, members, names)
+    if _ARCH_KEY.match(text):
+        raise PickError(f"pick {text!r}: no front member has this arch key; the front has {n} member{'s' * (n != 1)} "
+                        "(list them with `hwnas pareto RUN_DIR`)")
+    raise PickError(f"pick {text!r}: expected a front index (0..{n - 1}), an arch key, or a rule {RULE_FORM}, "
+                    f"e.g. 'min {names[0] if names else 'loss'}' (objectives: {', '.join(names)})")
+
+
+def _pick_by_rule(rule: str, members: list[dict[str, Any]], names: list[str]) -> tuple[int, dict[str, Any]]:
+    have = ", ".join(names)
+    sense, _, rest = rule.partition(" ")
+    sense, rest = sense.lower(), rest.strip()
+    objective, _, tail = rest.partition(" ")
+    if not objective:
+        raise PickError(f"pick {rule!r}: expected an objective after {sense!r} (the front has: {have}); form: {RULE_FORM}")
+    if objective not in names:
+        raise PickError(f"pick {rule!r}: unknown objective {objective!r}; the front has: {have}")
+    tail = tail.strip()
+    constraints: list[Constraint] = []
+    if tail:
+        word, _, cond = tail.partition(" ")
+        if word.lower() != "where":
+            raise PickError(f"pick {rule!r}: expected 'where <constraint>' after {objective!r}, got {tail!r}; form: {RULE_FORM}")
+        parts = re.split(r"\s+and\s+", cond.strip(), flags=re.IGNORECASE) if cond.strip() else []
+        if not parts or any(not p.strip() for p in parts):
+            raise PickError(f"pick {rule!r}: expected a constraint after 'where'/'and', e.g. 'latency@cpu <= 5ms'")
+        for part in parts:
+            try:
+                c = Constraint.parse(part)
+            except ObjectiveError as e:
+                raise PickError(f"pick {rule!r}: {e}") from None
+            if c.objective not in names:
+                raise PickError(f"pick {rule!r}: unknown objective {c.objective!r} in {c.text!r}; the front has: {have}")
+            constraints.append(c)
+    col = {name: [float(m["objectives"][j]) for m in members] for j, name in enumerate(names)}
+
+    def holds(c: Constraint, i: int) -> bool:
+        return _OPS[c.op](col[c.objective][i], c.bound)
+
+    ok = [i for i in range(len(members)) if all(holds(c, i) for c in constraints)]
+    if not ok:
+        raise PickError(f"pick {rule!r}: {_why_none(constraints, col, holds, len(members))}")
+    values = col[objective]
+    best = min(ok, key=lambda i: (values[i] if sense == "min" else -values[i], i))
+    return best, members[best]
+
+
+def _why_none(constraints: list[Constraint], col: dict[str, list[float]], holds, n: int) -> str:
+    """Why no member meets all constraints: the first one no member meets alone (with the closest
+    value), else that they hold only apart."""
+    for c in constraints:
+        if not any(holds(c, i) for i in range(n)):
+            lower = c.op in ("<=", "<")
+            v = min(col[c.objective]) if lower else max(col[c.objective])
+            if c.objective.startswith("latency@"):
+                which = "fastest" if lower else "slowest"
+            else:
+                which = "lowest" if lower else "highest"
+            return f"no front member has {c.text} (the {which} has {_fmt(c.objective, v)})"
+    alone = "; ".join(f"{c.text} alone: {sum(holds(c, i) for i in range(n))} of {n}" for c in constraints)
+    return f"no front member meets {' and '.join(c.text for c in constraints)} together ({alone})"

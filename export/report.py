@@ -1,0 +1,113 @@
+"""report.md of an export: what was shipped, how well it does, and whether ONNX Runtime agrees."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def _num(x: float | None, fmt: str = ".4f") -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def _count(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def render_report(r: dict[str, Any]) -> str:
+    arch = r["arch"]
+    out = [f"# Export of `{r['key']}`", ""]
+    objectives = ", ".join(f"{k} {v:.4g}" for k, v in r["front_objectives"].items())
+    out += [f"Front member #{r['front_index']} of `{r['run_dir']}`, picked by `{r['pick']}` (front values: {objectives}).", ""]
+
+    p = r["params"]
+    out += ["## Model", "", "| | |", "| --- | --- |",
+            f"| parameters | {p['total']:,} ({_count(p['embedding'])} embedding, {_count(p['non_embedding'])} other; the head is tied) |",
+            f"| FLOPs per token | {_count(r['flops_per_token'])} (at the full context) |",
+            f"| memory at deploy precision | {r['memory_bytes'] / 2**20:.2f} MiB (weights, KV cache, activations; batch 1) |",
+            f"| context, vocabulary | {r['model']['block_size']} tokens, {r['model']['vocab_size']} (bytes) |", ""]
+    out += ["| layer | heads | MLP ratio | norm | placement | attention | FFN | weight bits | in model.int8.onnx |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for layer, q in zip(arch["layers"], r["quantization"]["layers"], strict=True):
+        attn = layer["attention"] + (f" (window {layer['window']})" if layer["window"] else "")
+        ffn = layer["ffn"] + (f" ({layer['n_experts']} experts, top-{layer['top_k']})" if layer["ffn"] == "moe" else "")
+        out.append(f"| {q['layer']} | {layer['n_heads']} | {layer['mlp_ratio']:g} | {layer['norm']} | {layer['placement']} | "
+                   f"{attn} | {ffn} | {layer['weight_bits']} | {q['int8_model']} |")
+    out.append("")
+
+    v = r["val_loss"]
+    out += [f"## Validation loss ({v['tokens']:,} tokens of the run's validation split)", "",
+            "| model | loss (nats/byte) | bits/byte | vs torch |", "| --- | --- | --- | --- |"]
+    for label, key in (("torch, model.safetensors", "torch"), ("ONNX Runtime fp32, model.onnx", "onnxruntime_fp32"),
+                       ("ONNX Runtime quantized, model.int8.onnx", "onnxruntime_int8")):
+        delta = v[key] - v["torch"]
+        out.append(f"| {label} | {v[key]:.4f} | {v[key] / math.log(2):.4f} | {'' if key == 'torch' else f'{delta:+.4f}'} |")
+    out += ["", f"Unigram entropy of the validation bytes: {v['unigram_entropy_bpb']:.3f} bits/byte.", ""]
+    sv = r.get("search_validation")
+    if sv and "measured:loss" in sv:
+        out += [f"The search predicted loss {sv.get('predicted:loss', float('nan')):.4f} and measured {sv['measured:loss']:.4f} "
+                "on the supernet (with its own evaluation tokens).", ""]
+
+    par = r["parity"]
+    out += ["## Parity: ONNX Runtime fp32 vs torch", "",
+            f"max |logit difference| {par['max_abs_diff']:.3g} (tolerance {par['tolerance']:g}; the largest |logit| is "
+            f"{par['max_abs_logit']:.3g}): {par['max_abs_diff_val']:.3g} over {par['batches']} validation batches of shape "
+            f"{tuple(par['batch_shape'])}, {par['max_abs_diff_other_shape']:.3g} at shape {tuple(par['other_shape'])} "
+            "(the graph has dynamic batch and sequence axes).", ""]
+
+    q = r["quantization"]
+    full = ("int8 too" if q["full_precision_layers"] == "int8" else "fp32") + f" (`export.full_precision_layers: {q['full_precision_layers']}`)"
+    ops = ", ".join(f"{k} x{n}" for k, n in sorted(q["int8_ops"].items()))
+    out += ["## Quantization policy (model.int8.onnx)", "",
+            "Each layer's attention and FFN weight matrices follow the arch's `weight_bits`: 8 bits -> int8 weights per "
+            "output channel with dynamically quantized activations (ONNX Runtime `quantize_dynamic`); 4 bits -> int4 "
+            f"`MatMulNBits`, symmetric, blocks of {q['int4_block_size']}; 16-bit layers -> {full}. The embeddings, the tied "
+            "head, norms and MoE routers stay fp32. The fp32 model carries the arch's fake-quantized weights, so it computes "
+            f"exactly what the supernet trained. MatMul kernels in model.int8.onnx: {ops}.", ""]
+
+    lat = r.get("latency")
+    if lat:
+        out += ["## Latency on this machine (CPU)", "",
+                "Predicted: the run's latency table for the backend (`hwnas latency`), shown next to the model it times. "
+                "Re-measured: median of the protocol's runs here, one forward of the workload.", "",
+                "| backend | model | batch x seq | threads | predicted ms | re-measured ms | measured / predicted | runs |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for row in lat["rows"]:
+            out.append(f"| {row['backend']} | {row['model']} | {row['batch_size']} x {row['seq_len']} | {row['threads']} | "
+                       f"{_num(row['predicted_ms'], '.3f')} | {row['measured_ms']:.3f} | {_num(row['measured_over_predicted'], '.2f')} | "
+                       f"{row['runs']}{'' if row['stable'] else ' (cap)'} |")
+        front_lat = {k: val for k, val in r["front_objectives"].items() if k.startswith("latency@")}
+        if front_lat:
+            out += ["", "The search's front value: " + ", ".join(f"{k} {val:.3f} ms" for k, val in front_lat.items()) + "."]
+        if not any(row["predicted_ms"] for row in lat["rows"]):
+            out += ["", "No latency table in the run: only re-measured values (run `hwnas latency CONFIG` for predictions)."]
+        out += ["", "The exported graph computes sliding-window and linear attention in a length-agnostic form (per-query "
+                "key gather; cumulative state) so the sequence axis is dynamic; the table timed the blocked / chunked "
+                "form of the latency stage, so small differences are expected."]
+        out += [f"- {n}" for n in lat["notes"]]
+        out.append("")
+
+    ft = r.get("finetune")
+    if ft:
+        out += ["## Fine-tuning", "",
+                f"{ft['steps']} AdamW steps on the train split (peak lr {ft['lr']:g}, batch {ft['batch_size']}, warmup then "
+                f"cosine, the supernet's recipe; {ft['train_seconds']:.1f} s): validation loss {ft['loss_before']:.4f} -> "
+                f"{ft['loss_after']:.4f} ({ft['loss_after'] - ft['loss_before']:+.4f}). The exported weights are the fine-tuned ones.", ""]
+
+    out += ["## Try it", "", "```python", "from hwnas.export import load", "",
+            f"m = load({r['out_dir']!r})", "print(m.generate('def ', max_new_tokens=200, temperature=0.8, top_k=40, seed=0))",
+            "```", "", "```python", "import numpy as np, onnxruntime as ort", "",
+            f"sess = ort.InferenceSession({r['out_dir'] + '/model.int8.onnx'!r})",
+            "tokens = np.frombuffer(b'def main():', dtype=np.uint8).astype(np.int64)[None]  # (batch, seq)",
+            "logits = sess.run(['logits'], {'tokens': tokens})[0]  # (batch, seq, vocab)", "```", ""]
+    s = r.get("sample")
+    if s:
+        out += [f"A sample (temperature {s['temperature']}, top-k {s['top_k']}, seed {s['seed']}), prompt `{s['prompt']}`:", "",
+                "```", (s["prompt"] + s["text"]).replace("```", "'''"), "```", ""]
+    ver = r["versions"]
+    out += [f"torch {ver['torch']}, onnx {ver['onnx']} (opset {ver['opset']}), onnxruntime {ver['onnxruntime']}; "
+            f"export took {r['seconds']:.1f} s.", ""]
+    return "\n".join(out)

@@ -1,0 +1,365 @@
+"""The export stage (`hwnas export RUN_DIR --pick ...`): one front member as a shippable model.
+
+    run_export("runs/quickstart", "min loss where latency@cpu <= 5ms")
+
+Reads the run (the supernet checkpoint holds the search space and training settings, so no YAML
+is needed), picks the member, extracts its weights (optionally fine-tunes them), and writes
+
+    <out>/config.json          the arch, the model hyperparameters, where it came from
+    <out>/model.safetensors    the standalone subnet (`hwnas.export.load`)
+    <out>/model.onnx           fp32, dynamic batch and sequence axes
+    <out>/model.int8.onnx      ONNX Runtime quantization following the arch's weight bits
+    <out>/report.md, report.json   params, validation loss (torch, ONNX fp32, int8), parity,
+                               predicted vs re-measured latency, fine-tuning, a sample
+
+Everything is built in a temporary folder beside the target and renamed into place only after
+ONNX Runtime matched torch, so a failed export leaves the target as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hwnas.search_space import ArchConfig, SearchSpace, SearchSpaceConfig
+from hwnas.search_space.progress import progress_bar
+from hwnas.supernet.checkpoint import read_meta
+from hwnas.supernet.config import TrainConfig
+from hwnas.supernet.data import Corpus
+from hwnas.supernet.finetune import train_standalone
+from hwnas.supernet.subnet import Subnet, extract_subnet, save_subnet
+from hwnas.supernet.train import load_supernet
+
+from .config import ExportConfig
+from .deploy import (
+    ExportError,
+    cross_entropy_sum,
+    export_onnx_dynamic,
+    low_bit_weights,
+    op_counts,
+    quantize,
+    quantized_weights,
+    run_session,
+    session,
+)
+from .pick import pick_member
+from .report import render_report
+from .standalone import EXPORT_FORMAT, ExportedModel
+
+STAGES = ("extract", "onnx", "quantize", "parity", "latency", "write")  # progress steps (plus fine-tuning steps)
+
+
+# --- the run ----------------------------------------------------------------------------------------
+def read_run(run_dir: Path) -> tuple[SearchSpaceConfig, TrainConfig, dict[str, Any]]:
+    """The search space and training settings stored in the run's checkpoint, and front.json."""
+    ckpt = run_dir / "train" / "checkpoint.safetensors"
+    if not ckpt.is_file():
+        raise ExportError(f"{ckpt}: no trained supernet; run `hwnas train CONFIG` first")
+    meta = read_meta(ckpt)
+    try:
+        space_cfg = SearchSpaceConfig.model_validate(meta["space"])
+        train_cfg = TrainConfig.model_validate(meta["train"])
+    except (KeyError, ValueError) as e:
+        raise ExportError(f"{ckpt}: checkpoint metadata lacks a valid search space or train config ({e})") from None
+    front_path = run_dir / "search" / "front.json"
+    if not front_path.is_file():
+        raise ExportError(f"{front_path}: no search results; run `hwnas search CONFIG` first")
+    return space_cfg, train_cfg, json.loads(front_path.read_text())
+
+
+def is_export(path: Path) -> bool:
+    try:
+        return json.loads((path / "config.json").read_text()).get("format") == EXPORT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_target(target: Path, run_dir: Path, force: bool) -> None:
+    """Refuse, before any work, a target that exists (unless `force` and it is an earlier export),
+    is not a folder, or holds the run itself."""
+    t, r = target.resolve(), run_dir.resolve()
+    if t == r or t in r.parents:
+        raise ExportError(f"{target}: the export folder would replace the run directory {run_dir}; choose another --out")
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise ExportError(f"{target}: exists and is not a folder; choose another --out")
+    if not any(target.iterdir()):
+        return
+    if not force:
+        raise ExportError(f"{target}: export folder already exists; pass --force to replace it (or choose another --out)")
+    if not is_export(target):
+        raise ExportError(f"{target}: exists and is not an hwnas export (no config.json of format {EXPORT_FORMAT!r}); "
+                          "refusing to replace it even with --force; choose another --out")
+
+
+def commit(tmp: Path, target: Path, force: bool) -> None:
+    """Rename the finished temp folder onto `target`; an earlier export there (with `force`) is
+    moved aside first and deleted only once the new one is in place."""
+    if target.exists() and target.is_dir() and not any(target.iterdir()):
+        target.rmdir()
+    if not target.exists():
+        os.rename(tmp, target)
+        return
+    if not force:  # appeared while we worked
+        raise ExportError(f"{target}: export folder already exists; pass --force to replace it")
+    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+    os.rename(target, old)
+    try:
+        os.rename(tmp, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# --- checks -----------------------------------------------------------------------------------------
+def check_onnx(subnet: Subnet, fp32, int8, corpus: Corpus, cfg: ExportConfig, seq_len: int, threads: int | None) -> dict[str, Any]:
+    """Validation loss of torch, ONNX Runtime fp32 and int8 on the same windows, and the largest
+    |fp32 - torch| logit difference there and at a second (batch, length) shape."""
+    s32, s8 = session(fp32, threads), session(int8, threads)
+    sums = {"torch": 0.0, "onnxruntime_fp32": 0.0, "onnxruntime_int8": 0.0}
+    count, max_diff, batches, logit_max = 0, 0.0, 0, 0.0
+    first = None
+    with torch.no_grad():
+        for x, y in corpus.val_batches(cfg.eval_batch_size, seq_len, cfg.eval_tokens):
+            first = x if first is None else first
+            want = subnet(x)
+            got32, got8 = run_session(s32, x), run_session(s8, x)
+            max_diff = max(max_diff, float(np.abs(got32 - want.numpy()).max()))
+            logit_max = max(logit_max, float(want.abs().max()))
+            sums["torch"] += cross_entropy_sum(want, y)
+            sums["onnxruntime_fp32"] += cross_entropy_sum(got32, y)
+            sums["onnxruntime_int8"] += cross_entropy_sum(got8, y)
+            count += y.numel()
+            batches += 1
+        length = max(1, (seq_len // 2) | 1)  # odd: a length the export never saw, off every block size
+        other = first[: min(3, len(first)), :length]
+        other_diff = float(np.abs(run_session(s32, other) - subnet(other).numpy()).max())
+    loss = {k: v / count for k, v in sums.items()}
+    return {
+        "loss": loss, "tokens": count, "int8_delta": loss["onnxruntime_int8"] - loss["torch"],
+        "parity": {"max_abs_diff": max(max_diff, other_diff), "max_abs_diff_val": max_diff, "batches": batches,
+                   "batch_shape": list(first.shape), "other_shape": list(other.shape), "max_abs_diff_other_shape": other_diff,
+                   "max_abs_logit": logit_max, "tolerance": cfg.parity_atol},
+    }
+
+
+def measure_latency(run_dir: Path, arch: ArchConfig, subnet: Subnet, form, fp32, int8, cfg: ExportConfig,
+                    block_size: int) -> dict[str, Any]:
+    """Predicted (latency tables of the run, CPU) vs re-measured on this machine: the torch module,
+    and ONNX Runtime on model.onnx, model.int8.onnx and, when neither has the arch's own bits,
+    the form the latency table times (16-bit layers in fp32, the others at their bits)."""
+    from hwnas.latency.backends import TorchBackend
+    from hwnas.latency.build import load_table, table_path
+    from hwnas.latency.config import LatencyConfig
+    from hwnas.latency.errors import LatencyError
+    from hwnas.latency.fingerprint import usable_cores
+    from hwnas.latency.protocol import Protocol, cpu_timer, fixed_threads, measure
+
+    defaults = LatencyConfig()
+    rows, notes, protocols = [], [], {}
+    for backend in ("torch", "onnxruntime"):
+        table, predicted = None, None
+        if table_path(run_dir, "cpu", backend).exists():
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    table = load_table(run_dir, "cpu", backend)
+                notes += [f"{backend} table: {w.message}" for w in caught]
+                predicted = table.predict_ms(arch)
+            except LatencyError as e:
+                notes.append(f"{backend} table unusable: {e}")
+        protocol = table.protocol if table else Protocol.from_config(defaults)
+        if cfg.latency_max_seconds:
+            protocol = replace(protocol, max_seconds=min(protocol.max_seconds, cfg.latency_max_seconds))
+        protocols[backend] = protocol.to_dict()
+        work = dict(table.workload) if table else {"batch_size": defaults.batch_size, "seq_len": defaults.seq_len or block_size}
+        threads = cfg.threads or (table.fingerprint.get("threads") if table else None) or usable_cores()
+        tokens = torch.randint(0, subnet.dims.vocab_size, (work["batch_size"], work["seq_len"]),
+                               generator=torch.Generator().manual_seed(cfg.seed))
+        base = {"backend": backend, "batch_size": work["batch_size"], "seq_len": work["seq_len"], "threads": threads,
+                "table": str(table_path(run_dir, "cpu", backend).relative_to(run_dir)) if table else None}
+        if backend == "torch":
+            m = TorchBackend("cpu", threads).measure(subnet, (tokens,), protocol)
+            rows.append({**base, "model": "model.safetensors (torch eager)", "predicted_ms": predicted,
+                         "measured_ms": 1e3 * m.median, "p90_ms": 1e3 * m.p90, "runs": m.n, "stable": m.stable})
+            continue
+        arch_bits = quantized_weights(form)  # what the latency table times: 16-bit layers stay fp32
+        models = [("model.onnx (fp32)", fp32, not arch_bits),
+                  ("model.int8.onnx", int8, bool(arch_bits) and low_bit_weights(form, cfg.full_precision_layers) == arch_bits)]
+        if predicted is not None and not any(match for *_, match in models):
+            models.append(("arch's own bits (the table's form)", quantize(fp32, arch_bits, cfg.int4_block_size), True))
+        for label, model, match in models:
+            sess = session(model, threads)
+            feeds = {sess.get_inputs()[0].name: tokens.numpy()}
+            with fixed_threads(threads):
+                m = measure(lambda s=sess, f=feeds: s.run(None, f), protocol, cpu_timer())
+            rows.append({**base, "model": label, "predicted_ms": predicted if match else None,
+                         "measured_ms": 1e3 * m.median, "p90_ms": 1e3 * m.p90, "runs": m.n, "stable": m.stable})
+    for row in rows:
+        p = row["predicted_ms"]
+        row["measured_over_predicted"] = row["measured_ms"] / p if p else None
+    return {"rows": rows, "notes": notes, "protocols": protocols}
+
+
+# --- the stage --------------------------------------------------------------------------------------
+def _device(kind: str) -> torch.device:
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ExportError("export.device: 'cuda' was asked for but no CUDA device is available; use cpu or auto")
+    return torch.device("cuda" if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def run_export(run_dir: str | Path, pick: str | int | None = None, out_dir: str | Path | None = None, force: bool = False,
+               finetune_steps: int | None = None, cfg: ExportConfig | None = None, progress: bool = True) -> dict[str, Any]:
+    """Export the front member `pick` (default `cfg.pick`) of the run in `run_dir` into `out_dir`
+    (default `cfg.out_dir`, else <run_dir>/export); returns the report (also in report.json)."""
+    t_start = time.perf_counter()
+    cfg = cfg or ExportConfig()
+    run_dir = Path(run_dir)
+    pick = cfg.pick if pick is None else pick
+    steps = cfg.finetune_steps if finetune_steps is None else int(finetune_steps)
+    if steps < 0:
+        raise ExportError(f"finetune_steps: must be >= 0, got {steps}")
+    target = Path(out_dir or cfg.out_dir or run_dir / "export")
+    check_target(target, run_dir, force)
+    space_cfg, train_cfg, front = read_run(run_dir)
+    index, member = pick_member(front, pick)
+    arch = ArchConfig.from_dict(member["arch"])
+    space = SearchSpace(space_cfg)
+    space.validate(arch)  # a front of another space fails here, naming the field
+    corpus = Corpus.load(run_dir / "corpus")
+    seq_len = min(train_cfg.seq_len or space_cfg.block_size, space_cfg.block_size)
+    device = _device(cfg.device)
+    report: dict[str, Any] = {"format": EXPORT_FORMAT, "run_dir": str(run_dir.resolve()), "pick": str(pick), "front_index": index,
+                              "key": arch.key(), "front_objectives": dict(zip(front["objectives"], member["objectives"], strict=True))}
+
+    with progress_bar("export", len(STAGES) + steps, progress, unit="step") as advance:
+        advance(0, description=f"export: extracting front member #{index}")
+        supernet = load_supernet(run_dir, space_cfg, device=str(device))
+        subnet = extract_subnet(supernet, arch)
+        del supernet
+        report["finetune"] = None
+        if steps:
+            advance(1, description=f"export: fine-tuning {steps} steps")
+            ft_cfg = train_cfg.model_copy(update={
+                "lr": cfg.finetune_lr, "min_lr": min(train_cfg.min_lr, cfg.finetune_lr), "warmup_steps": max(1, steps // 10),
+                "batch_size": cfg.finetune_batch_size or train_cfg.batch_size, "seq_len": seq_len})
+            ft = train_standalone(subnet, corpus, steps, ft_cfg, seed=cfg.seed, eval_tokens=cfg.eval_tokens, progress=False)
+            report["finetune"] = {**ft, "lr": cfg.finetune_lr, "batch_size": ft_cfg.batch_size}
+            advance(steps, description="export: ONNX export")
+        else:
+            advance(1, description="export: ONNX export")
+        subnet = subnet.cpu().float().eval()
+        example = next(corpus.val_batches(2, seq_len, None))[0]
+        fp32, form = export_onnx_dynamic(subnet, example)
+        advance(1, description="export: int8 quantization")
+        bits = low_bit_weights(form, cfg.full_precision_layers)
+        int8 = quantize(fp32, bits, cfg.int4_block_size) if bits else fp32
+        advance(1, description="export: ONNX Runtime parity")
+        threads = cfg.threads
+        checks = check_onnx(subnet, fp32, int8, corpus, cfg, seq_len, threads)
+        parity = checks["parity"]
+        if not parity["max_abs_diff"] <= cfg.parity_atol:
+            raise ExportError(f"parity: ONNX Runtime fp32 logits differ from torch by {parity['max_abs_diff']:.3g} "
+                              f"(> {cfg.parity_atol:g}) for {arch.key()}; nothing was written")
+        advance(1, description="export: latency on this machine" if cfg.measure_latency else "export: writing")
+        latency = measure_latency(run_dir, arch, subnet, form, fp32, int8, cfg, space_cfg.block_size) if cfg.measure_latency else None
+        advance(1 if cfg.measure_latency else 0, description="export: writing")
+        report.update(_facts(space, arch, subnet, train_cfg, corpus, cfg, checks, latency, fp32, int8, bits, form, run_dir))
+        report["model"] = {"vocab_size": space_cfg.vocab_size, "block_size": space_cfg.block_size, "head_dim": space_cfg.head_dim,
+                           "embed_dim": arch.embed_dim, "depth": arch.depth, "tokens": "bytes: token id = UTF-8 byte value",
+                           "params": report["params"]["total"]}
+        report["out_dir"] = str(target)
+        report["seconds"] = time.perf_counter() - t_start
+        _write(target, force, subnet, fp32, int8, report, space_cfg)
+        advance(1 if cfg.measure_latency else 2, description=f"export: written to {target}")
+    return report
+
+
+def _facts(space: SearchSpace, arch: ArchConfig, subnet: Subnet, train_cfg: TrainConfig, corpus: Corpus, cfg: ExportConfig,
+           checks: dict[str, Any], latency, fp32, int8, bits: dict[str, int], form, run_dir: Path) -> dict[str, Any]:
+    import onnx
+    import onnxruntime
+
+    n_params = sum(p.numel() for p in subnet.parameters())
+    per_layer = []
+    for i, layer in enumerate(arch.layers):
+        got = {b for name, b in bits.items() if name.startswith(f"blocks.{i}.")}
+        per_layer.append({"layer": i, "arch_bits": layer.weight_bits,
+                          "int8_model": {4: "int4 (MatMulNBits)", 8: "int8 (dynamic, per channel)"}.get(max(got) if got else 0, "fp32")})
+    validation = run_dir / "search" / "validation.json"
+    search_row = None
+    if validation.is_file():
+        search_row = next((r for r in json.loads(validation.read_text()).get("rows", []) if r.get("key") == arch.key()), None)
+    sample = None
+    if cfg.sample_tokens and space.dims.vocab_size >= 256:
+        text = ExportedModel(subnet, arch).generate(cfg.sample_prompt, cfg.sample_tokens, temperature=0.8, top_k=40, seed=cfg.seed)
+        sample = {"prompt": cfg.sample_prompt, "text": text, "temperature": 0.8, "top_k": 40, "seed": cfg.seed}
+    return {
+        "arch": arch.to_dict(),
+        "params": {"total": n_params, **{k: v for k, v in space.params(arch).items() if k != "total"},
+                   "analytic_total": space.params(arch)["total"]},
+        "flops_per_token": space.flops(arch) / space.config.block_size,
+        "memory_bytes": space.memory(arch)["total"],
+        "val_loss": {**checks["loss"], "tokens": checks["tokens"], "int8_delta": checks["int8_delta"],
+                     "bpb_torch": checks["loss"]["torch"] / np.log(2), "unigram_entropy_bpb": corpus.unigram_entropy("val")},
+        "parity": checks["parity"],
+        "quantization": {"full_precision_layers": cfg.full_precision_layers, "int4_block_size": cfg.int4_block_size,
+                         "layers": per_layer, "int8_ops": {k: v for k, v in op_counts(int8).items() if "MatMul" in k},
+                         "fp32_ops": {k: v for k, v in op_counts(fp32).items() if "MatMul" in k}},
+        "latency": latency,
+        "search_validation": search_row,
+        "sample": sample,
+        "train_seq_len": train_cfg.seq_len,
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                     "opset": next((o.version for o in fp32.opset_import if o.domain in ("", "ai.onnx")), None)},
+    }
+
+
+def _write(target: Path, force: bool, subnet: Subnet, fp32, int8, report: dict[str, Any], space_cfg: SearchSpaceConfig) -> None:
+    import onnx
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700
+        save_subnet(subnet, tmp / "model.safetensors")
+        onnx.save(fp32, tmp / "model.onnx")
+        onnx.save(int8, tmp / "model.int8.onnx")
+        files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
+        report["files"] = files
+        config = {
+            "format": EXPORT_FORMAT, "key": report["key"], "arch": report["arch"],
+            "model": report["model"],
+            "onnx": {"input": {"name": "tokens", "dtype": "int64", "shape": ["batch", "seq"]},
+                     "output": {"name": "logits", "dtype": "float32", "shape": ["batch", "seq", space_cfg.vocab_size]},
+                     "seq_max": space_cfg.block_size, "opset": report["versions"]["opset"]},
+            "quantization": report["quantization"]["layers"],
+            "source": {"run_dir": report["run_dir"], "pick": report["pick"], "front_index": report["front_index"],
+                       "front_objectives": report["front_objectives"], "finetune_steps": (report["finetune"] or {}).get("steps", 0)},
+        }
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+        (tmp / "report.md").write_text(render_report(report))
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~umask)
+        commit(tmp, target, force)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(tmp)
+        raise

@@ -1,0 +1,105 @@
+"""`load(path)`: an exported model as a plain PyTorch module, with a byte-level `generate`.
+
+    from hwnas.export import load
+
+    m = load("runs/quickstart/export")        # the export folder (or its model.safetensors)
+    m.generate("def parse(", max_new_tokens=120, temperature=0.8, top_k=40, seed=0)
+    logits = m(tokens)                         # (B, T) int64 byte ids -> (B, T, vocab)
+
+Only `model.safetensors` (weights, arch and model dims in its metadata) is read, plus
+`config.json` when present as a cross-check: no supernet, no run directory, no pickle.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hwnas.search_space import ArchConfig, ModelDims
+from hwnas.supernet.subnet import Subnet, load_subnet
+
+from .deploy import ExportError
+
+EXPORT_FORMAT = "hwnas-export-1"
+
+
+@dataclass
+class ExportedModel:
+    """A standalone subnet (`model`), its arch and the export's config.json (empty if absent)."""
+
+    model: Subnet
+    arch: ArchConfig
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dims(self) -> ModelDims:
+        return self.model.dims
+
+    def __call__(self, tokens: Tensor) -> Tensor:
+        return self.model(tokens)
+
+    def encode(self, text: str) -> list[int]:
+        """UTF-8 bytes of `text` as token ids (the model is byte-level)."""
+        ids = list(text.encode("utf-8"))
+        if ids and max(ids) >= self.dims.vocab_size:
+            raise ExportError(f"prompt: byte {max(ids)} is outside this model's vocabulary of {self.dims.vocab_size} "
+                              "(a byte-level model needs vocab_size 256 for arbitrary UTF-8 text)")
+        return ids
+
+    @staticmethod
+    def decode(ids: list[int]) -> str:
+        return bytes(ids).decode("utf-8", errors="replace")
+
+    @torch.no_grad()
+    def generate(self, prompt: str = "", max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = 50,
+                 seed: int | None = None) -> str:
+        """The text the model writes after `prompt` (the continuation only). Sampling at
+        `temperature` from the `top_k` likeliest bytes (temperature 0: greedy); the context is
+        cropped to the last `block_size` bytes. `seed` makes it repeatable; the generator is local."""
+        model = self.model.eval()
+        device = next(model.parameters()).device
+        ids = self.encode(prompt) or [ord("\n")]  # an empty prompt starts at a line break
+        start = len(ids) if prompt else 1
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(seed) if seed is not None else gen.seed()
+        x = torch.tensor([ids], dtype=torch.int64, device=device)
+        block = self.dims.block_size
+        for _ in range(max_new_tokens):
+            logits = model(x[:, -block:])[0, -1].float().cpu()  # (vocab,)
+            if temperature <= 0:
+                nxt = int(torch.argmax(logits))
+            else:
+                logits = logits / temperature
+                if top_k:
+                    kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                nxt = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen))
+            x = torch.cat([x, torch.tensor([[nxt]], dtype=torch.int64, device=device)], dim=1)
+        return self.decode(x[0, start:].tolist())
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> ExportedModel:
+    """The exported model at `path` (an export folder, or its model.safetensors) in eval mode."""
+    path = Path(path)
+    weights = path / "model.safetensors" if path.is_dir() else path
+    if not weights.is_file():
+        raise ExportError(f"{weights}: no exported model here (expected an `hwnas export` folder or its model.safetensors)")
+    try:
+        model = load_subnet(weights, device=device).eval()
+    except ExportError:
+        raise
+    except Exception as e:  # not a safetensors file, or not an hwnas subnet
+        raise ExportError(f"{weights}: cannot load the exported model ({str(e).splitlines()[0]})") from None
+    config: dict[str, Any] = {}
+    cfg_path = weights.parent / "config.json"
+    if cfg_path.is_file():
+        config = json.loads(cfg_path.read_text())
+        saved = ArchConfig.from_dict(config["arch"]) if "arch" in config else None
+        if saved is not None and saved != model.arch:
+            raise ExportError(f"{cfg_path}: its arch {saved.key()} is not the arch of {weights.name} ({model.arch.key()})")
+    return ExportedModel(model=model, arch=model.arch, config=config)

@@ -1,0 +1,139 @@
+"""`hwnas run`: train -> latency -> predictors -> search -> export in one run directory.
+
+A stage whose outputs are complete and were made from the same config section is skipped; an
+interrupted stage resumes (each stage keeps its own resumable state: training checkpoints,
+partial latency tables, appended evaluation records, the Optuna study). `<run_dir>/pipeline.json`
+records, per finished stage, a hash of the config it ran with; changing a section re-runs that
+stage and every later one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hwnas.search_space.io import atomic_write_json
+
+from .config import ExperimentConfig
+
+STAGES = ("train", "latency", "predictors", "search", "export")
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def stage_inputs(cfg: ExperimentConfig, stage: str) -> dict[str, Any]:
+    """The config a stage's outputs depend on (including the stages before it)."""
+    dump = cfg.model_dump(mode="json")
+    upto = STAGES[: STAGES.index(stage) + 1]
+    return {"seed": cfg.seed, "search_space": dump["search_space"], **{s: dump[s] for s in upto if s in dump}}
+
+
+@dataclass
+class Stage:
+    name: str
+    run: Callable[[], dict[str, Any] | None]
+    outputs: Callable[[], list[Path]]  # files that must exist for the stage to count as complete
+
+
+class Pipeline:
+    def __init__(self, cfg: ExperimentConfig, progress: bool = True, log: Callable[[str], None] = print):
+        self.cfg, self.progress, self.log = cfg, progress, log
+        self.run_dir = cfg.run_path
+        self.state_path = self.run_dir / "pipeline.json"
+
+    # --- state --------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        if self.state_path.exists():
+            try:
+                return json.loads(self.state_path.read_text())
+            except json.JSONDecodeError:
+                self.log(f"{self.state_path}: unreadable; re-checking every stage")
+        return {"stages": {}}
+
+    def complete(self, stage: Stage, state: dict[str, Any]) -> bool:
+        done = state["stages"].get(stage.name)
+        return bool(done) and done.get("config") == _hash(stage_inputs(self.cfg, stage.name)) and all(
+            p.exists() for p in stage.outputs())
+
+    # --- the stages -------------------------------------------------------------------------------
+    def stages(self) -> list[Stage]:
+        cfg, rd, progress = self.cfg, self.run_dir, self.progress
+
+        def train():
+            from hwnas.supernet.train import train as run_train
+
+            return run_train(cfg.search_space, cfg.train, rd, seed=cfg.seed, progress=progress)
+
+        def latency():
+            from hwnas.latency.build import run_latency
+            from hwnas.latency.fidelity import fidelity_report
+            from hwnas.search_space import SearchSpace
+
+            space = SearchSpace(cfg.search_space)
+            out = {}
+            for device in cfg.latency.devices:
+                for backend in cfg.latency.backends:
+                    table = run_latency(space, cfg.latency, rd, device, backend, progress=progress)
+                    if cfg.latency.n_fidelity:
+                        r = fidelity_report(space, cfg.latency, table, rd, progress=progress)
+                        out[f"{device}/{backend}"] = r["prediction"] | {"proxies": r["proxies"]}
+            return out
+
+        def predictors():
+            from hwnas.predictors.stage import run_predictors
+
+            r = run_predictors(cfg.search_space, cfg.predictors, rd, seed=cfg.seed, progress=progress)
+            return {"model": r["model"], "heldout": r["heldout"], "eval_seconds_per_subnet": r["eval_seconds_per_subnet"]}
+
+        def search():
+            from hwnas.search.stage import run_search
+
+            return run_search(cfg.search_space, cfg.search, rd, seed=cfg.seed, latency_cfg=cfg.latency, progress=progress)
+
+        def export():
+            from hwnas.export import run_export
+
+            return run_export(rd, cfg.export.pick, force=True, finetune_steps=cfg.export.finetune_steps, cfg=cfg.export,
+                              progress=progress)
+
+        latency_files = [rd / "latency" / f"{d}-{b}.json" for d in self.cfg.latency.devices for b in self.cfg.latency.backends]
+        return [
+            Stage("train", train, lambda: [rd / "train" / "summary.json", rd / "train" / "checkpoint.safetensors"]),
+            Stage("latency", latency, lambda: latency_files),
+            Stage("predictors", predictors, lambda: [rd / "predictors" / "report.json"]),
+            Stage("search", search, lambda: [rd / "search" / "front.json", rd / "search" / "summary.json"]),
+            Stage("export", export, lambda: [rd / "export" / "report.json", rd / "export" / "model.onnx"]),
+        ]
+
+    def run(self) -> dict[str, Any]:
+        state = self.state()
+        invalid = False
+        for stage in self.stages():
+            if not invalid and self.complete(stage, state):
+                self.log(f"[{stage.name}] complete, skipped")
+                continue
+            invalid = True  # every later stage depends on this one's outputs
+            self.log(f"[{stage.name}] running")
+            t0 = time.perf_counter()
+            result = stage.run()
+            state["stages"][stage.name] = {"config": _hash(stage_inputs(self.cfg, stage.name)),
+                                           "seconds": time.perf_counter() - t0, "finished": time.time(),
+                                           "result": result if _jsonable(result) else None}
+            atomic_write_json(self.state_path, state)
+            self.log(f"[{stage.name}] done in {time.perf_counter() - t0:.0f} s")
+        return state
+
+
+def _jsonable(obj: Any) -> bool:
+    try:
+        json.dumps(obj)
+        return True
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,83 @@
+"""Triton half of `kernels.quant_matmul`: y = (x @ codes.T) * scale with int8 or packed int4 codes.
+
+Weight-only quantization pays off where the matmul is memory-bound (decode: a few rows of x), so
+the tiles are skinny in M and the weight stream is what each program pipelines: int8 halves and
+int4 quarters the bytes of a bf16 weight. The codes are widened to x's dtype in registers (int4:
+two nibbles a byte, interleaved back into column order with `tl.join`), fed to `tl.dot` with fp32
+accumulation, and the per-channel scale is applied once at the end.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_common import INTERPRETED
+
+
+def _configs():
+    if INTERPRETED:
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4)]
+    cfg = lambda m, n, k, s, w: triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k},  # noqa: E731
+                                              num_stages=s, num_warps=w)
+    decode = [cfg(16, n, k, s, w) for n in (16, 32, 64) for k in (128, 256) for s in (3, 4, 5) for w in (2, 4)]
+    mid = [cfg(32, 64, 128, 4, 4), cfg(64, 64, 64, 4, 4), cfg(64, 128, 64, 4, 4)]
+    large = [cfg(128, 128, 64, 4, 8), cfg(128, 256, 64, 3, 8), cfg(128, 64, 64, 4, 4)]
+    return decode + mid + large
+
+
+def _prune(configs, named_args, **kwargs):
+    M = named_args["M"]
+    want = 16 if M <= 16 else 64 if M <= 64 else 128
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] == want or (want == 64 and c.kwargs["BLOCK_M"] == 32)]
+    return kept or configs[:1]
+
+
+@triton.autotune(configs=_configs(), key=["M", "N", "K", "BITS"], prune_configs_by={"early_config_prune": _prune})
+@triton.jit
+def _wq_matmul(
+    X, Q, S, Y, M, N, K, sxm, sxk, sqn, sqk, sym, syn,
+    BITS: tl.constexpr, DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_n, pid_m = tl.program_id(0), tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm, rn = offs_m % M, offs_n % N  # wrapped: loads stay in bounds, the store masks
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    for k0 in range(0, (K + BLOCK_K - 1) // BLOCK_K):
+        offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
+        x = tl.load(X + rm[:, None] * sxm + offs_k[None, :] * sxk, mask=offs_k[None, :] < K, other=0.0)  # (BM, BK)
+        if BITS == 8:
+            w = tl.load(Q + rn[:, None] * sqn + offs_k[None, :] * sqk, mask=offs_k[None, :] < K, other=0)  # (BN, BK)
+        else:
+            offs_b = k0 * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+            b = tl.load(Q + rn[:, None] * sqn + offs_b[None, :] * sqk, mask=offs_b[None, :] < (K + 1) // 2,
+                        other=0).to(tl.int32)  # (BN, BK/2)
+            lo = (b & 15) - 8  # column 2j
+            hi = (b >> 4) - 8  # column 2j + 1
+            w = tl.reshape(tl.join(lo, hi), (BLOCK_N, BLOCK_K))  # interleaved back: (BN, BK)
+        w = w.to(tl.float32).to(x.dtype)  # via fp32: exact, and the interpreter's int -> bf16 is broken
+        if DOT_FP32:  # the interpreter's bf16 dot multiplies bit patterns; fp32 products of bf16 are exact
+            x, w = x.to(tl.float32), w.to(tl.float32)
+        acc = tl.dot(x, tl.trans(w), acc)  # x beyond K is 0, so padded codes add nothing
+    scale = tl.load(S + rn).to(tl.float32)
+    acc = acc * scale[None, :]
+    y_ptrs = Y + offs_m[:, None] * sym + offs_n[None, :] * syn
+    tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=(offs_m < M)[:, None] & (offs_n < N)[None, :])
+
+
+def quant_matmul_forward(x: torch.Tensor, qweight) -> torch.Tensor:
+    lead = x.shape[:-1]
+    K, N = qweight.in_features, qweight.out_features
+    x2 = x.reshape(-1, K)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    M = x2.shape[0]
+    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    if M and N:
+        q = qweight.data
+        grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, meta["BLOCK_M"]))  # noqa: E731
+        _wq_matmul[grid](x2, q, qweight.scale, y, M, N, K, x2.stride(0), x2.stride(1), q.stride(0), q.stride(1),
+                         y.stride(0), y.stride(1), BITS=qweight.bits, DOT_FP32=INTERPRETED)
+    return y.view(*lead, N)

@@ -1,0 +1,368 @@
+"""Export: picking a front member, ONNX Runtime parity for every attention / norm / FFN kind and
+weight width, the export folder (files, report, atomic replace), loading without the supernet,
+byte-level generation, and fine-tuning."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import hwnas.export.stage as stage_mod
+from hwnas.export import ExportConfig, ExportError, PickError, load, pick_member, run_export
+from hwnas.export.deploy import (
+    export_form,
+    export_onnx_dynamic,
+    linear_attention_cumsum,
+    low_bit_weights,
+    op_counts,
+    quantize,
+    run_session,
+    session,
+    window_attention_gather,
+)
+from hwnas.latency import LatencyTable, Measurement, Protocol, device_fingerprint, table_path
+from hwnas.latency.keys import arch_keys
+from hwnas.search.pareto import Candidate, ParetoFront
+from hwnas.search_space import ArchConfig, HwnasError, LayerConfig, SearchSpace, SearchSpaceConfig
+from hwnas.supernet import Supernet, extract_subnet, ops
+from hwnas.supernet.config import TrainConfig
+from hwnas.supernet.data import Corpus
+from hwnas.supernet.evaluate import evaluate
+from hwnas.supernet.train import train
+
+TINY = SearchSpaceConfig(
+    depth=[1, 2, 3], embed_dim=[16, 32], head_dim=8, block_size=32,
+    n_heads={"choices": [1, 2]}, mlp_ratio={"choices": [2.0, 4.0]},
+    norm_placement={"choices": ["pre", "post", "peri"], "per_layer": True},
+    attention={"choices": ["softmax", "linear", "window"], "windows": [8]},
+    ffn={"choices": ["mlp", "swiglu", "moe"], "experts": [2], "top_k": [1, 2]},
+)
+L = LayerConfig
+# between them: every attention, norm, placement and FFN kind (MoE top-1 and top-2), every weight width
+COVERING = [
+    ArchConfig(32, (L(2, 4.0, "layernorm", "pre", "softmax", None, "mlp", weight_bits=16),
+                    L(1, 2.0, "rmsnorm", "post", "linear", None, "swiglu", weight_bits=8),
+                    L(2, 2.0, "dyt", "peri", "window", 8, "moe", 2, 1, weight_bits=4))),
+    ArchConfig(16, (L(1, 2.0, "layernorm", "post", "window", 8, "moe", 2, 2, weight_bits=8),
+                    L(2, 4.0, "rmsnorm", "peri", "softmax", None, "mlp", weight_bits=4),
+                    L(2, 2.0, "dyt", "pre", "linear", None, "swiglu", weight_bits=16))),
+]
+FAST = ExportConfig(eval_tokens=2048, eval_batch_size=16, latency_max_seconds=0.2, threads=1, sample_tokens=16)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: the tests time nothing that needs more, and a loaded 2-core machine
+    makes OpenMP barriers crawl."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --- pick -----------------------------------------------------------------------------------------
+def member(key: str, loss: float, ms: float, params: float) -> dict:
+    return {"key": key, "arch": {}, "objectives": [loss, ms, params], "constraints": [], "extra": {}}
+
+
+FRONT = {"objectives": ["loss", "latency@cpu", "params"], "constraints": [],
+         "front": [member("e16-L1:a", 2.0, 7.2, 9e5), member("e16-L1:b", 1.5, 9.0, 2e6), member("e32-L2:c", 1.5, 12.0, 3e6)]}
+
+
+@pytest.mark.parametrize("pick, index", [
+    ("1", 1), (2, 2), ("e32-L2:c", 2), ("min loss", 1), ("max loss", 0), ("min latency@cpu", 0),
+    ("min loss where latency@cpu <= 10ms", 1), ("min loss where latency@cpu > 9.0ms", 2),
+    ("max params where params < 3e6 and latency@cpu >= 7.2", 1), ("  MIN   loss  WHERE params <= 3M ", 1),
+])
+def test_pick_by_index_key_and_rule(pick, index):
+    i, m = pick_member(FRONT, pick)
+    assert i == index and m is FRONT["front"][index]
+
+
+@pytest.mark.parametrize("pick, message", [
+    ("min loss where latency@cpu <= 5ms",
+     "pick 'min loss where latency@cpu <= 5ms': no front member has latency@cpu <= 5ms (the fastest has 7.2 ms)"),
+    ("min accuracy", "pick 'min accuracy': unknown objective 'accuracy'; the front has: loss, latency@cpu, params"),
+    ("min loss where flops <= 1e6",
+     "pick 'min loss where flops <= 1e6': unknown objective 'flops' in 'flops <= 1e6'; the front has: loss, latency@cpu, params"),
+    ("3", "pick '3': no front member #3; the front has 3 members (indices 0..2)"),
+    ("-1", "pick '-1': no front member #-1; the front has 3 members (indices 0..2)"),
+    ("e16-L1:zzz", "pick 'e16-L1:zzz': no front member has this arch key; the front has 3 members "
+                   "(list them with `hwnas pareto RUN_DIR`)"),
+    ("fastest please", "pick 'fastest please': expected a front index (0..2), an arch key, or a rule "
+                       "'min|max <objective> [where <constraint> [and <constraint> ...]]', e.g. 'min loss' "
+                       "(objectives: loss, latency@cpu, params)"),
+    ("max params where params >= 5M", "pick 'max params where params >= 5M': no front member has params >= 5M (the highest has 3e+06)"),
+    ("min loss where latency@cpu <= 8ms and params >= 1M",
+     "pick 'min loss where latency@cpu <= 8ms and params >= 1M': no front member meets latency@cpu <= 8ms and params >= 1M "
+     "together (latency@cpu <= 8ms alone: 1 of 3; params >= 1M alone: 2 of 3)"),
+    ("min loss where latency@cpu << 5", "pick 'min loss where latency@cpu << 5': constraint 'latency@cpu << 5': expected "
+                                        "'<objective> <=|<|>=|> <number>[unit]', e.g. 'latency@cpu <= 5ms'"),
+    ("min loss where", "pick 'min loss where': expected a constraint after 'where'/'and', e.g. 'latency@cpu <= 5ms'"),
+    ("min loss having params < 1", "pick 'min loss having params < 1': expected 'where <constraint>' after 'loss', got "
+                                   "'having params < 1'; form: 'min|max <objective> [where <constraint> [and <constraint> ...]]'"),
+])
+def test_bad_pick_is_one_clear_line(pick, message):
+    with pytest.raises(PickError) as e:
+        pick_member(FRONT, pick)
+    assert str(e.value) == message
+    assert isinstance(e.value, HwnasError) and isinstance(e.value, ValueError)
+
+
+def test_export_config_rejects_unknown_keys():
+    with pytest.raises(ValueError, match="unknown key; allowed keys: pick, out_dir"):
+        ExportConfig(pikc="min loss")
+
+
+# --- ONNX parity ----------------------------------------------------------------------------------
+def test_length_agnostic_kernels_equal_the_blocked_ones():
+    gen = torch.Generator().manual_seed(0)
+    for T in (1, 5, 8, 9, 31, 32, 33, 70):
+        q, k, v = torch.randn(3, 2, 2, T, 8, generator=gen).unbind(0)
+        torch.testing.assert_close(linear_attention_cumsum(q, k, v), ops.linear_attention(q, k, v), rtol=1e-5, atol=1e-5)
+        for w in (1, 4, 8, 32):
+            torch.testing.assert_close(window_attention_gather(q, k, v, w), ops.window_attention(q, k, v, w),
+                                       rtol=1e-5, atol=1e-5, msg=f"T={T} window={w}")
+
+
+@pytest.fixture(scope="module")
+def perturbed_supernet() -> Supernet:
+    torch.manual_seed(0)
+    net = Supernet(TINY).eval()
+    with torch.no_grad():  # norms off identity, larger weights: differences would show
+        for name, p in net.named_parameters():
+            p.add_(0.1 * torch.randn_like(p)) if "norm" in name else p.mul_(3)
+    return net
+
+
+@pytest.mark.parametrize("arch", COVERING, ids=["mixed-a", "mixed-b"])
+def test_onnxruntime_fp32_equals_torch_and_int8_follows_the_bits(perturbed_supernet, arch):
+    sub = extract_subnet(perturbed_supernet, arch).eval()
+    fp32, form = export_onnx_dynamic(sub)
+    dims = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in (*fp32.graph.input, *fp32.graph.output)]
+    assert dims == [["batch", "seq"], ["batch", "seq", 256]]
+    sess = session(fp32, threads=1)
+    gen = torch.Generator().manual_seed(1)
+    for shape in [(2, 32), (1, 1), (3, 13), (1, 8), (4, 9)]:  # the export saw (2, 32) only
+        x = torch.randint(0, 256, shape, generator=gen)
+        with torch.no_grad():
+            want = sub(x).numpy()
+        assert np.abs(want).max() > 1.0  # a real signal, not a vanishing one
+        assert np.abs(run_session(sess, x) - want).max() <= 1e-4, (arch.key(), shape)
+    # model.int8.onnx: 4-bit layers in MatMulNBits, 8- and 16-bit layers in int8, routers and head fp32
+    bits = low_bit_weights(form, "int8")
+    for i, layer in enumerate(arch.layers):
+        assert {b for n, b in bits.items() if n.startswith(f"blocks.{i}.")} == {4 if layer.weight_bits == 4 else 8}
+    assert not any("router" in n or "emb" in n for n in bits)
+    int8 = quantize(fp32, bits)
+    ops_ = op_counts(int8)
+    assert ops_.get("MatMulNBits", 0) == sum(b == 4 for b in bits.values())
+    assert ops_.get("MatMulInteger", 0) + ops_.get("DynamicQuantizeMatMul", 0) == sum(b == 8 for b in bits.values())
+    assert op_counts(fp32).get("MatMulNBits", 0) == 0  # quantizing left the fp32 model as it was
+    x = torch.randint(0, 256, (2, 32), generator=gen)
+    with torch.no_grad():
+        want = sub(x).numpy()
+    got = run_session(session(int8, threads=1), x)
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.98
+    keep16 = low_bit_weights(form, "fp32")  # the arch's own bits only
+    assert {b for n, b in keep16.items() if n.startswith(tuple(f"blocks.{i}." for i, ly in enumerate(arch.layers)
+                                                                 if ly.weight_bits == 16))} == set()
+
+
+def test_export_form_is_the_same_function(perturbed_supernet):
+    for arch in COVERING:
+        sub = extract_subnet(perturbed_supernet, arch).eval()
+        x = torch.randint(0, 256, (2, 19), generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            torch.testing.assert_close(export_form(sub)(x), sub(x), rtol=1e-4, atol=1e-4)
+
+
+# --- a tiny trained run with a saved front ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    text = tmp_path_factory.mktemp("text")
+    stdlib = Path(json.__file__).parent.parent
+    for name in ["json/decoder.py", "json/encoder.py", "textwrap.py", "glob.py", "shlex.py", "fnmatch.py"]:
+        (text / Path(name).name).write_text((stdlib / name).read_text())
+    run = tmp_path_factory.mktemp("run")
+    cfg = TrainConfig(corpus=str(text), steps=30, warmup_steps=3, batch_size=4, ckpt_every=30, eval_every=30, eval_tokens=1024,
+                      log_every=10, wandb="disabled", lr=1e-2, min_lr=1e-3, val_fraction=0.2, n_random=1)
+    train(TINY, cfg, run, progress=False)
+    space = SearchSpace(TINY)
+    others = [space.sample(np.random.default_rng(s)) for s in range(3)]
+    # objective values are the search's predictions; made up here so that the first covering arch has the lowest loss
+    cands = [Candidate(COVERING[0], (1.0, 9.0, space.params(COVERING[0])["total"]))]
+    cands += [Candidate(a, (2.0 + i, 5.0 - i, space.params(a)["total"])) for i, a in enumerate(others)]
+    front = ParetoFront(["loss", "latency@cpu", "params"], [10.0, 20.0, 1e7])
+    front.add(cands)
+    front.save(run / "search")
+    for backend, ms in (("torch", 0.5), ("onnxruntime", 0.25)):  # tables that know the first covering arch only
+        LatencyTable(device="cpu", backend=backend, fingerprint=device_fingerprint("cpu", 1),
+                     protocol=Protocol(warmup=1, min_repeats=3, max_repeats=6, check_every=3),
+                     workload={"batch_size": 1, "seq_len": 24}, dims=space.dims,
+                     entries={k: Measurement(t, t, 5, True) for k in arch_keys(COVERING[0])
+                              for t in [1e-4 if k == "call" else ms * 1e-3]},
+                     meta={"complete": True}).save(table_path(run, "cpu", backend))
+    return run
+
+
+def front_of(run: Path) -> dict:
+    return json.loads((run / "search" / "front.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("shipped") / "export"
+    report = run_export(run_dir, "min loss", out_dir=out, cfg=FAST, progress=False)
+    return out, report
+
+
+def test_export_writes_a_verified_model(run_dir, exported):
+    out, report = exported
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.int8.onnx", "model.onnx", "model.safetensors",
+                                                     "report.json", "report.md"]
+    config = json.loads((out / "config.json").read_text())
+    assert ArchConfig.from_dict(config["arch"]) == COVERING[0] and config["key"] == COVERING[0].key()
+    assert config["model"] | {"params": 0} == {"vocab_size": 256, "block_size": 32, "head_dim": 8, "embed_dim": 32, "depth": 3,
+                                               "tokens": "bytes: token id = UTF-8 byte value", "params": 0}
+    assert report == json.loads((out / "report.json").read_text())
+    assert report["front_index"] == 0 and report["pick"] == "min loss"
+    assert report["parity"]["max_abs_diff"] <= 1e-4 and report["parity"]["batches"] >= 1
+    # the reported loss is the shipped weights' loss; ONNX fp32 agrees; the int8 delta is int8 - torch
+    m = load(out)
+    corpus = Corpus.load(run_dir / "corpus")
+    assert evaluate(m.model, None, corpus, 16, 32, FAST.eval_tokens)["loss"] == pytest.approx(report["val_loss"]["torch"], abs=1e-6)
+    v = report["val_loss"]
+    assert v["onnxruntime_fp32"] == pytest.approx(v["torch"], abs=1e-4)
+    assert v["int8_delta"] == pytest.approx(v["onnxruntime_int8"] - v["torch"]) and v["int8_delta"] != 0
+    assert report["params"]["total"] == sum(p.numel() for p in m.model.parameters()) == report["params"]["analytic_total"]
+    # latency: each table's prediction sits next to the model of its form (the ONNX Runtime table times the arch's own
+    # bits, 16-bit layers in fp32: neither shipped file here), re-measured at the table's workload and protocol
+    rows = report["latency"]["rows"]
+    n = len(arch_keys(COVERING[0])) - 1  # pieces besides the call, each net of the call's 0.1 ms
+    assert [(r["backend"], r["model"], r["predicted_ms"]) for r in rows] == [
+        ("torch", "model.safetensors (torch eager)", pytest.approx(0.1 + n * 0.4)), ("onnxruntime", "model.onnx (fp32)", None),
+        ("onnxruntime", "model.int8.onnx", None), ("onnxruntime", "arch's own bits (the table's form)", pytest.approx(0.1 + n * 0.15))]
+    assert all(r["measured_ms"] > 0 and 3 <= r["runs"] <= 6 and (r["batch_size"], r["seq_len"]) == (1, 24) for r in rows)
+    assert rows[0]["measured_over_predicted"] == pytest.approx(rows[0]["measured_ms"] / rows[0]["predicted_ms"])
+    md = (out / "report.md").read_text()
+    for text in ("## Parity", "## Validation loss", "## Latency on this machine", "## Quantization policy", "int4 (MatMulNBits)",
+                 f"{report['parity']['max_abs_diff']:.3g}", f"{v['onnxruntime_int8']:.4f}", "hwnas.export import load"):
+        assert text in md, text
+    # the int8 file follows the arch: layer 2 is 4-bit, layers 0 (16-bit, policy int8) and 1 (8-bit) int8
+    assert [q["int8_model"] for q in report["quantization"]["layers"]] == ["int8 (dynamic, per channel)"] * 2 + ["int4 (MatMulNBits)"]
+    ops_ = op_counts(onnx.load(out / "model.int8.onnx"))
+    assert ops_["MatMulNBits"] == 2 + 2 * 2 and ops_.get("MatMulInteger", 0) + ops_.get("DynamicQuantizeMatMul", 0) == 2 + 2 + 2 + 3
+
+
+def test_load_and_generate_without_the_supernet(run_dir, exported, tmp_path, monkeypatch):
+    out, _ = exported
+    shipped = tmp_path / "elsewhere"
+    shutil.copytree(out, shipped)
+    ckpt = run_dir / "train" / "checkpoint.safetensors"
+    hidden = ckpt.with_name("hidden.safetensors")
+    os.rename(ckpt, hidden)  # no supernet weights anywhere
+
+    def no_supernet(*args, **kwargs):
+        raise AssertionError("load built a supernet")
+
+    monkeypatch.setattr(Supernet, "__init__", no_supernet)
+    try:
+        m = load(shipped)
+        m2 = load(shipped / "model.safetensors")
+    finally:
+        os.rename(hidden, ckpt)
+    assert m.arch == COVERING[0] and isinstance(m.model, torch.nn.Module) and not m.model.training
+    x = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        logits = m(x).numpy()
+    assert np.abs(run_session(session(shipped / "model.onnx", 1), x) - logits).max() <= 1e-4
+    torch.testing.assert_close(m2.model(x), m(x), rtol=0, atol=0)
+    a = m.generate("def ", max_new_tokens=40, seed=0)  # 4 + 40 > block_size 32: the context is cropped
+    assert isinstance(a, str) and a == m.generate("def ", max_new_tokens=40, seed=0)
+    assert 0 < len(a) <= 40  # one character per byte at most (invalid bytes decode to U+FFFD)
+    greedy = m.generate("import ", max_new_tokens=12, temperature=0)
+    assert greedy == m.generate("import ", max_new_tokens=12, temperature=0, seed=123)
+    assert m.generate("", max_new_tokens=5, seed=1) != "" and m.generate("x", max_new_tokens=0) == ""
+    # the greedy continuation is the argmax of the model's own next-byte logits
+    ids = list(b"import ")
+    with torch.no_grad():
+        first = int(m(torch.tensor([ids]))[0, -1].argmax())
+    assert first >= 128 or greedy[0] == chr(first)
+
+
+def test_load_of_a_wrong_path_is_a_clear_error(tmp_path):
+    with pytest.raises(ExportError, match="no exported model here"):
+        load(tmp_path)
+
+
+# --- the export folder ------------------------------------------------------------------------------
+def listing(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_existing_folder_is_not_clobbered_without_force(run_dir, tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match=r"taken: export folder already exists; pass --force to replace it"):
+        run_export(run_dir, "min loss", out_dir=out, cfg=FAST, progress=False)
+    assert listing(out) == {"notes.txt": b"mine"} and sorted(os.listdir(tmp_path)) == ["taken"]
+    with pytest.raises(ExportError, match="is not an hwnas export .* refusing to replace it even with --force"):
+        run_export(run_dir, "min loss", out_dir=out, force=True, cfg=FAST, progress=False)
+    assert listing(out) == {"notes.txt": b"mine"}
+    with pytest.raises(ExportError, match="would replace the run directory"):
+        run_export(run_dir, "min loss", out_dir=run_dir, force=True, cfg=FAST, progress=False)
+
+
+def test_bad_pick_writes_nothing(run_dir, tmp_path):
+    with pytest.raises(PickError, match=r"no front member has latency@cpu <= 1ms \(the fastest has 3 ms\)"):
+        run_export(run_dir, "min loss where latency@cpu <= 1ms", out_dir=tmp_path / "x", cfg=FAST, progress=False)
+    assert os.listdir(tmp_path) == []
+
+
+def test_failed_parity_leaves_the_earlier_export(run_dir, exported, tmp_path, monkeypatch):
+    out, _ = exported
+    target = tmp_path / "export"
+    shutil.copytree(out, target)
+    before = listing(target)
+    real = stage_mod.export_onnx_dynamic
+
+    def broken(subnet, example):  # an exporter that gets one weight wrong
+        model, form = real(subnet, example)
+        init = next(i for i in model.graph.initializer if i.name.endswith("ffn.down"))
+        arr = onnx.numpy_helper.to_array(init).copy()
+        arr[0, 0] += 0.5
+        init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
+        return model, form
+
+    monkeypatch.setattr(stage_mod, "export_onnx_dynamic", broken)
+    with pytest.raises(ExportError, match=r"parity: ONNX Runtime fp32 logits differ from torch by .* \(> 0.0001\)"):
+        run_export(run_dir, "min loss", out_dir=target, force=True, cfg=FAST, progress=False)
+    assert listing(target) == before and sorted(os.listdir(tmp_path)) == ["export"]
+
+
+def test_force_replaces_an_export_with_a_finetuned_one(run_dir, exported, tmp_path):
+    out, first = exported
+    target = tmp_path / "export"
+    shutil.copytree(out, target)
+    (target / "stale.txt").write_text("old")
+    idx = next(i for i, m in enumerate(front_of(run_dir)["front"]) if m["key"] != first["key"])
+    cfg = FAST.model_copy(update={"finetune_lr": 3e-3, "measure_latency": False})
+    report = run_export(run_dir, str(idx), out_dir=target, force=True, finetune_steps=25, cfg=cfg, progress=False)
+    assert not (target / "stale.txt").exists() and json.loads((target / "config.json").read_text())["key"] == report["key"] != first["key"]
+    assert sorted(os.listdir(tmp_path)) == ["export"]  # no temp or old folder left
+    ft = report["finetune"]
+    assert ft["steps"] == 25 and ft["loss_after"] < ft["loss_before"] - 0.05
+    assert report["val_loss"]["torch"] == pytest.approx(ft["loss_after"], abs=1e-5)  # the fine-tuned weights are shipped
+    corpus = Corpus.load(run_dir / "corpus")
+    shipped = evaluate(load(target).model, None, corpus, 16, 32, FAST.eval_tokens)["loss"]
+    assert shipped == pytest.approx(ft["loss_after"], abs=1e-5)
+    assert "## Fine-tuning" in (target / "report.md").read_text() and report["latency"] is None

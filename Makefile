@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/hwnas space $(CONFIG)
+	$(BIN)/hwnas run $(CONFIG)
 
 test: install
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -6,9 +6,10 @@
     m = load("runs/quickstart/export")      # plain PyTorch module + arch, no supernet
     print(m.generate("def ", max_new_tokens=100, seed=0))
 
-Modules: `pick` (choose a front member by index, key or rule), `deploy` (export form, ONNX with
-dynamic axes, int8 / int4 quantization, ONNX Runtime helpers), `finetune`, `standalone` (`load`,
-`generate`), `report` (report.md), `stage` (`run_export`: the whole export, written atomically).
+Modules: `config` (the `export:` section), `pick` (choose a front member by index, key or rule),
+`deploy` (export form, ONNX with dynamic axes, int8 / int4 quantization, ONNX Runtime helpers),
+`standalone` (`load`, `generate`), `report` (report.md), `stage` (`run_export`: pick, extract,
+optionally fine-tune with `supernet.finetune.train_standalone`, verify, write atomically).
 """
 
 from .config import ExportConfig

@@ -113,8 +113,8 @@ def commit(tmp: Path, target: Path, force: bool) -> None:
     if not target.exists():
         os.rename(tmp, target)
         return
-    if not force:  # appeared while we worked
-        raise ExportError(f"{target}: export folder already exists; pass --force to replace it")
+    if not force or not is_export(target):  # appeared, or changed, while we worked
+        raise ExportError(f"{target}: a folder appeared there during the export; nothing was replaced")
     old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
     os.rename(target, old)
     try:
@@ -234,9 +234,9 @@ def run_export(run_dir: str | Path, pick: str | int | None = None, out_dir: str 
     if steps < 0:
         raise ExportError(f"finetune_steps: must be >= 0, got {steps}")
     target = Path(out_dir or cfg.out_dir or run_dir / "export")
-    check_target(target, run_dir, force)
     space_cfg, train_cfg, front = read_run(run_dir)
     index, member = pick_member(front, pick)
+    check_target(target, run_dir, force)
     arch = ArchConfig.from_dict(member["arch"])
     space = SearchSpace(space_cfg)
     space.validate(arch)  # a front of another space fails here, naming the field
@@ -263,8 +263,7 @@ def run_export(run_dir: str | Path, pick: str | int | None = None, out_dir: str 
         else:
             advance(1, description="export: ONNX export")
         subnet = subnet.cpu().float().eval()
-        example = next(corpus.val_batches(2, seq_len, None))[0]
-        fp32, form = export_onnx_dynamic(subnet, example)
+        fp32, form = export_onnx_dynamic(subnet)
         advance(1, description="export: int8 quantization")
         bits = low_bit_weights(form, cfg.full_precision_layers)
         int8 = quantize(fp32, bits, cfg.int4_block_size) if bits else fp32

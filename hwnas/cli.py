@@ -102,7 +102,17 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
 
 
 def _export_summary(report: dict) -> None:
-    print(f"exported {report.get('arch', '')} -> {report.get('out_dir', '')}")
+    v, par = report["val_loss"], report["parity"]
+    print(f"exported front member #{report['front_index']} {report['key']} -> {report['out_dir']}")
+    print(f"  {report['params']['total']:,} params; validation loss {v['torch']:.4f} nats/byte (int8 model {v['int8_delta']:+.4f}); "
+          f"ONNX Runtime fp32 max |logit diff| {par['max_abs_diff']:.2g} (<= {par['tolerance']:g})")
+    if report["finetune"]:
+        ft = report["finetune"]
+        print(f"  fine-tuned {ft['steps']} steps: validation loss {ft['loss_before']:.4f} -> {ft['loss_after']:.4f}")
+    for row in (report["latency"] or {}).get("rows", []):
+        predicted = f"predicted {row['predicted_ms']:.3f} ms, " if row["predicted_ms"] else ""
+        print(f"  latency {row['backend']}, {row['model']}: {predicted}measured {row['measured_ms']:.3f} ms")
+    print(f"  report: {Path(report['out_dir']) / 'report.md'}")
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -135,9 +145,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"W&B offline runs ({len(wandb_runs)}): {rd}/**/wandb (sync with `wandb sync <dir>`)")
     from hwnas.export import load
 
-    model = load(rd / "export")
+    export_dir = Path(cfg.export.out_dir) if cfg.export.out_dir else rd / "export"
+    model = load(export_dir)
     sample = model.generate(cfg.export.sample_prompt, max_new_tokens=max(cfg.export.sample_tokens, 1), seed=cfg.seed)
-    print(f"exported model: {rd / 'export'} ({model.arch.key()})")
+    print(f"exported model: {export_dir} ({model.arch.key()})")
     print("sample: " + repr(sample.replace(chr(10), " ")[:160]))
     return 0
 

@@ -103,13 +103,14 @@ class Pipeline:
             return run_export(rd, cfg.export.pick, force=True, finetune_steps=cfg.export.finetune_steps, cfg=cfg.export,
                               progress=progress)
 
+        export_dir = Path(cfg.export.out_dir) if cfg.export.out_dir else rd / "export"
         latency_files = [rd / "latency" / f"{d}-{b}.json" for d in self.cfg.latency.devices for b in self.cfg.latency.backends]
         return [
             Stage("train", train, lambda: [rd / "train" / "summary.json", rd / "train" / "checkpoint.safetensors"]),
             Stage("latency", latency, lambda: latency_files),
             Stage("predictors", predictors, lambda: [rd / "predictors" / "report.json"]),
             Stage("search", search, lambda: [rd / "search" / "front.json", rd / "search" / "summary.json"]),
-            Stage("export", export, lambda: [rd / "export" / "report.json", rd / "export" / "model.onnx"]),
+            Stage("export", export, lambda: [export_dir / "report.json", export_dir / "model.onnx"]),
         ]
 
     def run(self) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Triton half of `kernels.norm`: the fused elastic LayerNorm / RMSNorm / DyT forward.
 
-Each program normalizes BLOCK_M rows, each held whole in registers (BLOCK_D = next power of two of
+Each program normalizes ROWS_PER_PROG rows, each held whole in registers (BLOCK_D = next power of two of
 d, masked), so x is read once and y written once: the kernel is memory-bound by design. Row strides
 are passed in, so `x[..., :d]` of a wider activation and `weight[:d]` of the widest weight are read
 where they lie. Imported on first use by `kernels.dispatch.triton_module` (see there why).

@@ -142,6 +142,21 @@ def progress_bar(enabled: bool, description: str, total: int) -> Iterator[Callab
         yield advance
 
 
+def interleave_groups(pieces: list[Piece], size: int, seed: int) -> list[list[Piece]]:
+    """Groups of at most `size` pieces to time together: pieces of one embedding width (the width
+    of every piece of a subnet is its embedding width, so a piece's neighbours in its group are the
+    kind it has inside a model: same width, other kinds), in a seeded random mix of kinds."""
+    rng = np.random.default_rng([seed, 3])
+    widths = sorted({p.d for p in pieces if p.d is not None})
+    groups = []
+    for d in widths or [None]:
+        same = [p for p in pieces if p.d == d or (p.d is None and d == (widths[0] if widths else None))]
+        order = rng.permutation(len(same))
+        n_groups = -(-len(same) // size)  # as few groups as fit, of nearly equal sizes
+        groups += [[same[i] for i in part] for part in np.array_split(order, n_groups) if len(part)]
+    return groups
+
+
 def _compatible(old: LatencyTable, new: LatencyTable) -> list[str]:
     """Why measurements of `old` cannot be reused for `new` (empty: they can)."""
     why = []
@@ -194,8 +209,7 @@ def build_table(space: SearchSpace, cfg: LatencyConfig, path: str | Path, device
             last_save = time.perf_counter()
 
     t0 = time.perf_counter()
-    order = np.random.default_rng([cfg.seed, 3]).permutation(len(todo))  # mixed kinds and sizes per group
-    groups = [[todo[i] for i in order[j:j + cfg.interleave]] for j in range(0, len(todo), cfg.interleave)]
+    groups = interleave_groups(todo, cfg.interleave, cfg.seed)
     with progress_bar(progress and bool(todo), f"latency table {device}/{backend}: pieces", len(todo)) as advance:
         for group in groups:
             table.entries.update(measurer.measure_pieces(group))

@@ -30,9 +30,9 @@ class PredictorsConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "cpu"
     threads: int | None = Field(default=None, gt=0, description="CPU threads (default: torch's choice)")
     # which predictors, and how they are chosen
-    features: list[FeatureGroup] = Field(default_factory=lambda: ["onehot", "counts", "cost"])
+    features: list[FeatureGroup] = Field(default_factory=lambda: ["onehot", "counts", "ends", "cost"])
     models: list[ModelName] = Field(default_factory=lambda: list(MODEL_NAMES))
-    ensemble_members: list[ModelName] = Field(default_factory=lambda: ["ridge", "svr", "gp", "gbr", "mlp"])
+    ensemble_members: list[ModelName] = Field(default_factory=lambda: ["ridge", "gp", "rf", "gbr"])
     cv_folds: int = Field(default=5, ge=2, description="cross-validation folds for model selection (by Kendall tau)")
     interval: float = Field(default=0.9, gt=0, lt=1, description="predicted interval whose held-out coverage is reported")
     seed: int | None = Field(default=None, description="default: the experiment's seed")

@@ -50,19 +50,20 @@ def _scaled_y(regressor: Any) -> TransformedTargetRegressor:
     return TransformedTargetRegressor(regressor=make_pipeline(StandardScaler(), regressor), transformer=StandardScaler())
 
 
-def make_model(name: str, random_state: int | None = 0, ensemble_members: tuple[str, ...] = ("ridge", "svr", "gp", "gbr", "mlp")) -> Any:
+def make_model(name: str, random_state: int | None = 0, ensemble_members: tuple[str, ...] = ("ridge", "gp", "rf", "gbr")) -> Any:
     """A fresh, unfitted candidate regressor by name (over the feature matrix)."""
     if name == "ridge":
         return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13)))
     if name == "svr":
         return _scaled_y(SVR(C=3.0, epsilon=0.05, gamma="scale"))
     if name == "rf":
-        return RandomForestRegressor(n_estimators=300, max_features=0.33, random_state=random_state, n_jobs=1)
+        return RandomForestRegressor(n_estimators=300, max_features=0.5, min_samples_leaf=2, random_state=random_state,
+                                     n_jobs=1)
     if name == "gbr":
         return GradientBoostingRegressor(n_estimators=400, learning_rate=0.03, max_depth=3, subsample=0.8,
                                          random_state=random_state)
     if name == "mlp":
-        return _scaled_y(MLPRegressor(hidden_layer_sizes=(64, 64), alpha=1.0, solver="lbfgs", max_iter=3000,
+        return _scaled_y(MLPRegressor(hidden_layer_sizes=(64, 64), alpha=1.0, solver="lbfgs", max_iter=1000,
                                       random_state=random_state))
     if name == "gp":
         kernel = (ConstantKernel(1.0, (1e-3, 1e3)) * DotProduct(1.0, (1e-3, 1e3))

@@ -18,7 +18,7 @@ import numpy as np
 from hwnas.search_space import ArchConfig, SearchSpace, as_rng
 
 from .engines import PymooEngine, candidates_of
-from .objectives import Objective, ObjectiveSet
+from .objectives import ObjectiveSet, predictor_objective
 from .pareto import ParetoFront
 
 # fit(archs, targets) -> an object with predict(archs[, return_std]) (e.g. a predictors/ estimator)
@@ -73,7 +73,7 @@ def linas_search(space: SearchSpace, objectives: ObjectiveSet, learned: list[str
             if o.name in learned:
                 j = objectives.names.index(o.name)
                 model = fit_predictor(archs, F[:, j])
-                swapped.append(_predicted(o.name, o.unit, model))
+                swapped.append(predictor_objective(model, o.name, o.unit))
             else:
                 swapped.append(o)
         cheap = ObjectiveSet(swapped, objectives.constraints, objectives.extra, objectives.risk)
@@ -89,14 +89,3 @@ def linas_search(space: SearchSpace, objectives: ObjectiveSet, learned: list[str
         evaluate(picks)
         iteration += 1
     return front
-
-
-def _predicted(name: str, unit: str, model) -> Objective:
-    def fn(archs):
-        try:
-            mean, std = model.predict(list(archs), return_std=True)
-        except TypeError:
-            mean, std = model.predict(list(archs)), None
-        return mean, std
-
-    return Objective(name, unit, fn)

@@ -127,8 +127,8 @@ def analytic_objective(name: str, space: SearchSpace) -> Objective:
     return Objective(name, unit, lambda archs: (np.array([f(a) for a in archs], dtype=float), None))
 
 
-def predictor_objective(predictor, name: str = "loss") -> Objective:
-    """Predicted validation loss (nats/byte); with its std when the predictor gives one."""
+def predictor_objective(predictor, name: str = "loss", unit: str = "nats/byte") -> Objective:
+    """A predicted quantity (default: validation loss); with its std when the predictor gives one."""
 
     def fn(archs):
         try:
@@ -137,7 +137,7 @@ def predictor_objective(predictor, name: str = "loss") -> Objective:
             mean, std = predictor.predict(list(archs)), None
         return mean, std
 
-    return Objective(name, "nats/byte", fn)
+    return Objective(name, unit, fn)
 
 
 def latency_objective(table, device: str, rel_error: float | None = None) -> Objective:

@@ -32,16 +32,16 @@ class RateColumn(TextColumn):
 
 @contextmanager
 def progress_bar(description: str, total: int, enabled: bool = True, unit: str = "it", completed: int = 0,
-                 fields: str = "") -> Iterator[Callable[..., None]]:
+                 fields: str = "", initial: dict | None = None) -> Iterator[Callable[..., None]]:
     """Yield `advance(n=1, **fields)`; `fields` is a rich format string for extra live values,
-    e.g. "loss {task.fields[loss]:.3f}" (pass their initial values through `advance(0, loss=...)`)."""
+    e.g. "loss {task.fields[loss]:.3f}", whose starting values `initial` gives."""
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
                RateColumn(unit)]
     if fields:
         columns.append(TextColumn(fields))
     columns += [TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
     with Progress(*columns, disable=not enabled) as bar:
-        task = bar.add_task(description, total=total, completed=completed)
+        task = bar.add_task(description, total=total, completed=completed, **(initial or {}))
 
         def advance(n: int = 1, **values) -> None:
             bar.update(task, advance=n, **values)

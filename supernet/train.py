@@ -236,8 +236,8 @@ class Trainer:
         tokens_per_step = cfg.batch_size * self.seq_len
         consecutive_bad = 0
         with progress_bar("train", cfg.steps, self.progress and self.dist.is_main, unit="step", completed=start,
-                          fields="loss {task.fields[loss]:.3f}  {task.fields[tps]:,.0f} tok/s") as advance:
-            advance(0, loss=float("nan"), tps=0.0)
+                          fields="loss {task.fields[loss]:.3f}  {task.fields[tps]:,.0f} tok/s",
+                          initial={"loss": float("nan"), "tps": 0.0}) as advance:
             for step in range(start, cfg.steps):
                 t0 = time.perf_counter()
                 row = self._step(model, opt, corpus, sampler, step)

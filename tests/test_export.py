@@ -335,7 +335,7 @@ def test_failed_parity_leaves_the_earlier_export(run_dir, exported, tmp_path, mo
     before = listing(target)
     real = stage_mod.export_onnx_dynamic
 
-    def broken(subnet, example):  # an exporter that gets one weight wrong
+    def broken(subnet, example=None):  # an exporter that gets one weight wrong
         model, form = real(subnet, example)
         init = next(i for i in model.graph.initializer if i.name.endswith("ffn.down"))
         arr = onnx.numpy_helper.to_array(init).copy()

@@ -171,3 +171,18 @@ def test_kernel_benchmark_needs_a_gpu_and_writes_nothing_without_one():
     assert run.returncode == 2
     assert "CUDA GPU" in run.stderr and "not touched" in run.stderr
     assert (bench_md.read_bytes() if bench_md.exists() else None) == before
+
+
+@pytest.mark.skipif(not K.triton_available(), reason="Triton is not installed: nothing to compile")
+def test_kernels_compile_for_h100_without_a_gpu():
+    """The code a GPU would run compiles for sm_90 (H100/H200) through Triton's compiler and bundled
+    ptxas, one config of each kernel, without register spills (in a subprocess: the interpreter is
+    off there)."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-m", "hwnas.kernels.compile_check", "--quick", "--arch", "90"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "7/7 compiled" in run.stdout and " 0 spill" in run.stdout, run.stdout

@@ -134,7 +134,7 @@ def test_every_candidate_fits_in_a_pipeline_and_clones(name):
 
 def test_featurizer_is_a_transformer_over_archs_and_gene_vectors():
     f = ArchFeaturizer(SPACE_JSON)
-    assert f.get_params() == {"space_config": SPACE_JSON, "features": ("onehot", "counts", "cost")}
+    assert f.get_params() == {"space_config": SPACE_JSON, "features": ("onehot", "counts", "ends", "cost")}
     with pytest.raises(NotFittedError):
         f.transform([SPACE.sample(0)])
     archs = [SPACE.sample(i) for i in range(10)]
@@ -151,6 +151,7 @@ def test_featurizer_is_a_transformer_over_archs_and_gene_vectors():
     assert sum(v for k, v in row.items() if k.startswith("norm[1]=")) == 0
     assert sum(v for k, v in row.items() if k.startswith("norm[0]=")) == 1
     assert row["depth"] == 1 and row["log_flops"] == pytest.approx(math.log(SPACE.flops(shallow)))
+    assert row[f"first_norm={shallow.layers[0].norm}"] == row[f"last_norm={shallow.layers[0].norm}"] == 1
     only_cost = ArchFeaturizer(SPACE_JSON, features=("cost",)).fit(archs)
     assert list(only_cost.get_feature_names_out()) == ["log_params", "log_params_non_embedding", "log_flops", "log_weight_bytes"]
     with pytest.raises(ValueError, match="features must be"):

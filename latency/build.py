@@ -151,6 +151,8 @@ def interleave_groups(pieces: list[Piece], size: int, seed: int) -> list[list[Pi
     groups = []
     for d in widths or [None]:
         same = [p for p in pieces if p.d == d or (p.d is None and d == (widths[0] if widths else None))]
+        if not same:
+            continue
         order = rng.permutation(len(same))
         n_groups = -(-len(same) // size)  # as few groups as fit, of nearly equal sizes
         groups += [[same[i] for i in part] for part in np.array_split(order, n_groups) if len(part)]

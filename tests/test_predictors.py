@@ -51,6 +51,7 @@ TINY = SearchSpaceConfig(
     ffn={"choices": ["mlp", "swiglu", "moe"], "experts": [2], "top_k": [1, 2]},
 )
 SPACE = SearchSpace(TINY)
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 SPACE_JSON = TINY.model_dump(mode="json")
 
 
@@ -79,7 +80,7 @@ def trained_run(tmp_path_factory) -> Path:
     for name in ["json/decoder.py", "json/encoder.py", "textwrap.py", "glob.py", "shlex.py"]:
         (text / Path(name).name).write_text((stdlib / name).read_text())
     cfg = TrainConfig(corpus=str(text), steps=12, warmup_steps=2, batch_size=4, ckpt_every=12, eval_every=100,
-                      eval_tokens=256, log_every=4, wandb="disabled", lr=1e-2, min_lr=1e-3, val_fraction=0.2)
+                      eval_tokens=256, log_every=4, wandb="disabled", lr=1e-2, min_lr=1e-3, val_fraction=0.2, threads=1)
     train(TINY, cfg, root / "run", progress=False)
     return root / "run"
 

@@ -156,7 +156,7 @@ def interleave_groups(pieces: list[Piece], size: int, seed: int) -> list[list[Pi
         order = rng.permutation(len(same))
         n_groups = -(-len(same) // size)  # as few groups as fit, of nearly equal sizes
         groups += [[same[i] for i in part] for part in np.array_split(order, n_groups) if len(part)]
-    return groups
+    return [groups[i] for i in rng.permutation(len(groups))]  # widths in a mixed order: drift is not width-bound
 
 
 def _compatible(old: LatencyTable, new: LatencyTable) -> list[str]:

@@ -4,9 +4,11 @@
 again, which is how a whole subnet is measured. `measure_many` times several functions in
 interleaved rounds (a fresh random order each round), which is how table pieces are measured:
 inside a model a piece never runs right after itself, but after other pieces that took the
-caches, and a piece timed in a tight loop is much faster than it is in context (an embedding
-lookup: 8 us alone, 28 us between other pieces, on the 2-core Xeon this was built on). Interleaving
-also spreads drift and background load over all pieces alike.
+caches, and a piece timed in a tight loop is much faster than it is in context (on the 2-core
+Xeon this was built on, tight-loop piece times summed to 30-45% less than the whole subnet took;
+an embedding lookup ran 3x faster alone than between other pieces). The build times each piece
+among pieces of its own width, the company it keeps inside a model (`build.interleave_groups`).
+Interleaving also spreads drift and background load over all pieces alike.
 
 Clocks: on CPU a run is timed with `time.perf_counter` (`clock: wall`) or, when the work runs on
 one thread, with that thread's CPU time (`clock: thread`, `time.thread_time`): on an idle core the
@@ -106,9 +108,9 @@ def cuda_timer() -> Timer:
 
 def measure(fn: Callable[[], object], protocol: Protocol, timer: Timer | None = None,
             clock: Callable[[], float] = time.perf_counter) -> Measurement:
-    """Time `fn()` by the protocol. `timer` times one run (default: `cpu_timer`); `clock` bounds
-    the total timing time (`max_seconds`)."""
-    timer = timer or cpu_timer()
+    """Time `fn()` by the protocol. `timer` times one run (default: a CPU timer on the protocol's
+    clock); `clock` bounds the total timing time (`max_seconds`)."""
+    timer = timer or cpu_timer(CLOCKS[protocol.clock])
     for _ in range(protocol.warmup):
         timer(fn)
     times: list[float] = []
@@ -133,7 +135,7 @@ def measure_many(fns: dict[str, Callable[[], object]], protocol: Protocol, timer
     one's median is stable (checked every `check_every` rounds after `min_repeats`), or
     `max_repeats` rounds, or `max_seconds` per function in all. Stable functions keep running
     (as context for the others) but their measurement is final."""
-    timer = timer or cpu_timer()
+    timer = timer or cpu_timer(CLOCKS[protocol.clock])
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     keys = list(fns)
     for _ in range(protocol.warmup):

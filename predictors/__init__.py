@@ -1,17 +1,34 @@
 """Accuracy predictors: evaluation records, the arch featurizer, scikit-learn predictors, their
-quality report on held-out subnets, and the `hwnas predictors` stage that ties them together."""
+quality report on held-out subnets, and the `hwnas predictors` stage that ties them together.
 
-from .config import MODEL_NAMES, PredictorsConfig
-from .features import ArchFeaturizer, as_archs
-from .models import AccuracyPredictor, EnsembleRegressor, make_model
-from .persist import PredictorError, load_manifest, load_predictor, save_predictor
-from .quality import quality_metrics
-from .records import EvalContext, EvalRecord, RecordError, RecordStore
-from .sampling import SamplingError, plan
-from .stage import run_predictors, summary_text
+Names are imported on first use, so that reading the config (`hwnas.predictors.config`) does not
+load scikit-learn."""
 
-__all__ = [
-    "MODEL_NAMES", "AccuracyPredictor", "ArchFeaturizer", "EnsembleRegressor", "EvalContext", "EvalRecord",
-    "PredictorError", "PredictorsConfig", "RecordError", "RecordStore", "SamplingError", "as_archs", "load_manifest",
-    "load_predictor", "make_model", "plan", "quality_metrics", "run_predictors", "save_predictor", "summary_text",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "MODEL_NAMES": "config", "PredictorsConfig": "config",
+    "ArchFeaturizer": "features", "as_archs": "features",
+    "AccuracyPredictor": "models", "EnsembleRegressor": "models", "make_model": "models",
+    "PredictorError": "persist", "load_manifest": "persist", "load_predictor": "persist", "save_predictor": "persist",
+    "quality_metrics": "quality",
+    "EvalContext": "records", "EvalRecord": "records", "RecordError": "records", "RecordStore": "records",
+    "SamplingError": "sampling", "plan": "sampling",
+    "run_predictors": "stage", "summary_text": "stage",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

@@ -4,7 +4,8 @@ An `EvalRecord` holds the arch (and its canonical key), its metrics (validation 
 byte, bits per byte, tokens), what it was measured with (the supernet checkpoint's sha256, the
 corpus file-list hash, the evaluation budget), how long it took, and when. `RecordStore` keeps the
 file: every append rewrites it atomically (temp file + rename), so a crash never leaves half a line;
-a key already measured in the same context is never written twice. Records of another checkpoint,
+a key already measured in the same context is never written twice. Appends hold an advisory lock
+(`records.jsonl.lock`) and re-read the file first, so two processes filling one store lose nothing. Records of another checkpoint,
 corpus or budget stay in the file but are not mixed in: `RecordStore.current` skips them and says
 how many it skipped.
 """
@@ -15,6 +16,8 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,12 +113,36 @@ class RecordStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.records: list[EvalRecord] = []
-        self._lines: list[str] = []
-        if self.path.exists():
-            self._read()
+        self._read()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no lock
+            yield
+            return
+        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns  # an atomic rewrite is a new inode
 
     def _read(self) -> None:
+        self.records: list[EvalRecord] = []
+        self._lines: list[str] = []
+        self._seen = self._stamp()
+        if self._seen is None:
+            return
         try:
             text = self.path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
@@ -150,10 +177,14 @@ class RecordStore:
     def append(self, record: EvalRecord) -> bool:
         """Add `record` unless its key is already recorded in its context; True if it was written.
         The file is rewritten atomically, so it always holds whole records."""
-        if any(r.key == record.key and r.context == record.context for r in self.records):
-            return False
-        line = record.to_json()
-        atomic_write_text(self.path, "".join(x + "\n" for x in [*self._lines, line]))
-        self.records.append(record)
-        self._lines.append(line)
+        with self._locked():
+            if self._stamp() != self._seen:
+                self._read()  # another process appended since
+            if any(r.key == record.key and r.context == record.context for r in self.records):
+                return False
+            line = record.to_json()
+            atomic_write_text(self.path, "".join(x + "\n" for x in [*self._lines, line]))
+            self.records.append(record)
+            self._lines.append(line)
+            self._seen = self._stamp()
         return True

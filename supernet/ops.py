@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hwnas import kernels
 from hwnas.search_space import LINEAR_CHUNK
 
 EPS = 1e-5
@@ -94,24 +95,9 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Causal linear attention with feature map elu+1, in chunks of LINEAR_CHUNK tokens: exact
     softmax-free attention within a chunk, a running (hs x hs+1) state across chunks; O(T).
 
-    The values carry a ones column, so the same products give the normalizer."""
-    B, nh, T, hs = q.shape
-    c = min(LINEAR_CHUNK, T)
-    n = math.ceil(T / c)
-    pad = n * c - T
-    q, k = F.elu(q) + 1, F.elu(k) + 1
-    v1 = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # (B, nh, T, hs+1)
-    qc = F.pad(q, (0, 0, 0, pad)).view(B, nh, n, c, hs)
-    kc = F.pad(k, (0, 0, 0, pad)).view(B, nh, n, c, hs)  # padded keys are 0: they add nothing
-    vc = F.pad(v1, (0, 0, 0, pad)).view(B, nh, n, c, hs + 1)
-    scores = torch.matmul(qc, kc.transpose(-1, -2))  # (B, nh, n, c, c)
-    causal = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
-    intra = torch.matmul(scores.masked_fill(~causal, 0.0), vc)  # (B, nh, n, c, hs+1)
-    kv = torch.matmul(kc.transpose(-1, -2), vc)  # (B, nh, n, hs, hs+1)
-    state = torch.cumsum(kv, dim=2) - kv  # sum over earlier chunks only
-    out = intra + torch.matmul(qc, state)  # (B, nh, n, c, hs+1)
-    out = out.reshape(B, nh, n * c, hs + 1)[:, :, :T]
-    return out[..., :hs] / out[..., hs:].clamp_min(EPS)
+    `hwnas.kernels.linear_attention`: the Triton kernel on CUDA at inference, else its torch
+    reference (whose values carry a ones column, so the same products give the normalizer)."""
+    return kernels.linear_attention(q, k, v, LINEAR_CHUNK)
 
 
 def attention(kind: str, q: Tensor, k: Tensor, v: Tensor, window: int | None) -> Tensor:

@@ -203,6 +203,14 @@ def test_records_round_trip_dedup_and_skip_other_contexts(tmp_path):
     assert not list(tmp_path.glob(".records.jsonl.*"))  # no temp files left behind
 
 
+def test_two_stores_on_one_file_lose_no_records(tmp_path):
+    a, b = RecordStore(tmp_path / "records.jsonl"), RecordStore(tmp_path / "records.jsonl")
+    assert a.append(record(0)) and b.append(record(1))  # b had not seen a's record
+    assert not b.append(record(0))  # ... but it does now
+    assert a.append(record(2))
+    assert [r.key for r in RecordStore(tmp_path / "records.jsonl").records] == [record(i).key for i in range(3)]
+
+
 @pytest.mark.parametrize("bad, problem", [
     ("{not json", "not valid JSON"),
     ('["a list"]', "expected a JSON object"),

@@ -87,7 +87,9 @@ def main() -> None:
         "(torch eager runs the fake-quantized weights).  " if results else "",
         f"The table has {n_pieces} pieces for a space of {space.size():,} subnets; the correction is fitted on "
         f"{lat.n_correction} whole subnets; the report uses {lat.n_fidelity} other held-out random subnets, each extracted "
-        "and timed end to end (median of repeated runs until stable).\n",
+        "and timed end to end (median of repeated runs until stable)"
+        + (", on the timing thread's CPU clock (1 thread: time the OS gave to other processes is not counted)"
+           if results and results[0][1].protocol.clock == "thread" else ", on the wall clock") + ".\n",
         "| backend | table build s (pieces + whole subnets) | within 5% | within 10% | MAPE % | RMSE ms | Kendall tau | "
         "tau, sum only | within 10%, sum only | FLOPs tau | params tau | measured ms | load avg |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",

@@ -60,8 +60,10 @@ def save_predictor(predictor: Any, out_dir: str | Path, info: dict[str, Any] | N
     sio = _skops()
     out_dir = Path(out_dir)
     path = out_dir / PREDICTOR_FILE
+    import zipfile
+
     with atomic_path(path) as tmp:
-        sio.dump(predictor, tmp)
+        sio.dump(predictor, tmp, compression=zipfile.ZIP_DEFLATED)  # the JSON schema of 400 trees compresses ~20x
     manifest = {"format": MANIFEST_FORMAT, "file": PREDICTOR_FILE, "class": f"{type(predictor).__module__}.{type(predictor).__qualname__}",
                 "versions": library_versions(), **(info or {})}
     atomic_write_json(out_dir / MANIFEST_FILE, manifest)

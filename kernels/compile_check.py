@@ -23,6 +23,8 @@ import time
 def _jobs(all_configs: bool, quick: bool = False):
     """(name, autotuned kernel, pointer/float types, constexprs, config, unit strides) for every case;
     `quick`: one config of each kernel, bf16, one width."""
+    import torch
+
     from . import linear_attention_triton as A
     from . import linear_triton as L
     from . import norm_triton as N
@@ -31,8 +33,12 @@ def _jobs(all_configs: bool, quick: bool = False):
     def pick(configs):
         return configs[:1] if quick else configs if all_configs else configs[:1] + configs[-1:]
 
+    def union(*lists):  # the configs autotuning may try at any of several shapes
+        return list({str(c): c for cs in lists for c in cs}.values())
+
     jobs = []
     for dt in ("bf16",) if quick else ("bf16", "fp32"):
+        prec = "tf32x3" if dt == "fp32" else "tf32"  # what the wrappers pass (fp32 without torch's TF32)
         t = {"X": f"*{dt}", "R": f"*{dt}", "W": f"*{dt}", "B": f"*{dt}", "A": "*fp32", "Y": f"*{dt}", "H": f"*{dt}",
              "eps": "fp32"}
         for kind, name in enumerate(N.KINDS):
@@ -41,21 +47,22 @@ def _jobs(all_configs: bool, quick: bool = False):
                     jobs.append((f"norm {name} {dt} d<={block_d}", N._norm_fwd, t,
                                  {"KIND": kind, "HAS_RES": True, "HAS_BIAS": name != "rmsnorm", "BLOCK_D": block_d}, cfg, ()))
         t = {"A": f"*{dt}", "B": f"*{dt}", "C": f"*{dt}", "BIAS": f"*{dt}"}
-        for cfg in pick(L._configs()):
-            jobs.append((f"elastic linear {dt}", L._matmul, t,
-                         {"HAS_BIAS": True, "PRECISION": "ieee" if dt == "fp32" else "tf32", "DOT_FP32": False}, cfg,
-                         ("sak", "sbk", "scn")))  # the forward's layout: x rows, weight rows (read as W.T)
+        configs = union(*(L._prune(L._configs(), {"M": m}, PRECISION=prec) for m in (16, 4096)))
+        for cfg in pick(configs):
+            jobs.append((f"elastic linear {dt}", L._matmul, t, {"HAS_BIAS": True, "PRECISION": prec, "DOT_FP32": False},
+                         cfg, ("sak", "sbk", "scn")))  # the forward's layout: x rows, weight rows (read as W.T)
         for bits in (8, 4):
             t = {"X": f"*{dt}", "Q": "*i8" if bits == 8 else "*u8", "S": "*fp32", "Y": f"*{dt}"}
-            for cfg in pick(Q._configs()):
+            x = torch.empty(0, dtype=torch.float32 if dt == "fp32" else torch.bfloat16)
+            configs = union(*(Q._prune(Q._configs(), {"M": m, "X": x}) for m in (1, 64, 4096)))
+            for cfg in pick(configs):
                 jobs.append((f"int{bits} matmul {dt}", Q._wq_matmul, t, {"BITS": bits, "DOT_FP32": False}, cfg,
                              ("sxk", "sqk", "syn")))
         t = {"Q": f"*{dt}", "K": f"*{dt}", "V": f"*{dt}", "Out": f"*{dt}", "eps": "fp32"}
         for block_d in (64,) if quick else (16, 64, 128):
-            for cfg in pick(A._prune(A._configs(), {}, BLOCK_D=block_d)):
+            for cfg in pick(A._prune(A._configs(), {}, BLOCK_D=block_d, PRECISION=prec)):
                 jobs.append((f"linear attention {dt} hs<={block_d}", A._linear_attention_fwd, t,
-                             {"PRECISION": "ieee" if dt == "fp32" else "tf32", "BLOCK_C": 32, "BLOCK_D": block_d}, cfg,
-                             ("sqd", "skd", "svd", "sod")))
+                             {"PRECISION": prec, "BLOCK_D": block_d}, cfg, ("sqd", "skd", "svd", "sod")))
     return jobs
 
 

@@ -13,29 +13,39 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import INTERPRETED, row_sum
+from .triton_common import INTERPRETED, dot_precision, row_sum
 
 
 def _configs():
     if INTERPRETED:
-        return [triton.Config({"BLOCK_V": 16}, num_warps=4)]
-    return [triton.Config({"BLOCK_V": bv}, num_warps=w, num_stages=s)
-            for bv in (16, 32, 64, 128) for w in (2, 4, 8) for s in (1, 2, 3)]
+        return [triton.Config({"BLOCK_C": 16, "BLOCK_V": 16}, num_warps=4)]
+    return [triton.Config({"BLOCK_C": c, "BLOCK_V": bv}, num_warps=w, num_stages=2)
+            for c in (16, 32) for bv in (16, 32, 64, 128) for w in (2, 4, 8)]
 
 
 def _prune(configs, named_args, **kwargs):
+    """Keep value blocks no wider than the head, and tiles that fit in registers: fp32 elements a
+    thread holds (state, q, k, scores, values, output) within a budget that ptxas meets without
+    spilling on sm_90 (`python -m hwnas.kernels.compile_check --only "linear attention"`); 3xTF32
+    products need about four times the registers of plain TF32 ones."""
     block_d = kwargs["BLOCK_D"]
-    kept = [c for c in configs if c.kwargs["BLOCK_V"] <= block_d]
-    return kept or configs[:1]
+    budget = 24 if kwargs["PRECISION"] == "tf32x3" else 96
+
+    def per_thread(c):
+        C, V = c.kwargs["BLOCK_C"], c.kwargs["BLOCK_V"]
+        return (block_d * V + 2 * C * block_d + C * C + 2 * C * V) / (32 * c.num_warps)
+
+    fits = [c for c in configs if c.kwargs["BLOCK_V"] <= block_d]
+    kept = [c for c in fits if per_thread(c) <= budget]
+    return kept or [min(fits or configs, key=per_thread)]
 
 
-@triton.autotune(configs=_configs(), key=["T", "HS", "BH"], prune_configs_by={"early_config_prune": _prune})
+@triton.autotune(configs=_configs(), key=["T", "HS", "BH", "PRECISION"], prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _linear_attention_fwd(
     Q, K, V, Out, T, HS, NH, BH,
     sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sob, soh, sot, sod,
-    eps, PRECISION: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_V: tl.constexpr,
+    eps, PRECISION: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
     bh, pv = tl.program_id(0), tl.program_id(1)
     b, h = bh // NH, bh % NH
@@ -71,19 +81,16 @@ def _linear_attention_fwd(
         z += row_sum(k, 0)
 
 
-def linear_attention_forward(q, k, v, chunk, eps):
+def linear_attention_forward(q, k, v, eps):
     B, NH, T, HS = q.shape
     o = torch.empty_like(q, memory_format=torch.contiguous_format)
     if o.numel() == 0:
         return o
     block_d = max(16, triton.next_power_of_2(HS))
-    block_c = max(16, triton.next_power_of_2(chunk))
-    # the products run on fp32 values (16-bit inputs are widened on load): IEEE unless torch allows TF32
-    # for fp32 matmuls, or the inputs are 16-bit anyway (TF32 keeps more mantissa than bf16/fp16)
-    precision = "ieee" if q.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32 else "tf32"
     grid = lambda meta: (B * NH, triton.cdiv(HS, meta["BLOCK_V"]))  # noqa: E731
     _linear_attention_fwd[grid](
         q, k, v, o, T, HS, NH, B * NH, *q.stride(), *k.stride(), *v.stride(), *o.stride(), eps,
-        PRECISION=precision, BLOCK_C=block_c, BLOCK_D=block_d,
+        PRECISION=dot_precision(q.dtype), BLOCK_D=block_d,
     )
     return o
+

@@ -5,7 +5,7 @@ A[m, k] = A_ptr[m * sam + k * sak], B[k, n] = B_ptr[k * sbk + n * sbn], C likewi
 (x @ W[:out, :in].T), both backward products (dY @ W[:out, :in] and dY.T @ x, the latter written
 straight into the corner of a full-size zero gradient) and a leading group axis (the (3, a, d)
 q/k/v weight) are all this one kernel with different strides. fp32 accumulation; fp32 inputs use
-TF32 only where torch's own matmuls would (`torch.backends.cuda.matmul.allow_tf32`).
+plain TF32 only where torch's own matmuls would (`torch.backends.cuda.matmul.allow_tf32`), else 3xTF32.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import INTERPRETED
+from .triton_common import INTERPRETED, dot_precision
 
 
 def _configs():
@@ -33,11 +33,21 @@ def _configs():
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop row tiles far taller than M (decode shapes) and keep the skinny ones only for small M."""
+    """Drop row tiles far taller than M (decode shapes) and keep the skinny ones only for small M.
+    3xTF32 (fp32 inputs) needs about twice the registers: keep at most 64 accumulator and 64 operand
+    elements a thread, beyond which ptxas spills on sm_90 (`python -m hwnas.kernels.compile_check
+    --all-configs --only "elastic linear"`)."""
     M = named_args["M"]
     cap = max(16, triton.next_power_of_2(M))
-    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= max(cap, 64) and (M <= 64 or c.kwargs["BLOCK_K"] <= 64)]
-    return kept or configs[:1]
+    x3 = kwargs.get("PRECISION") == "tf32x3"
+
+    def fits(c):
+        bm, bn, bk, threads = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], 32 * c.num_warps
+        return not x3 or (bm * bn <= 64 * threads and bk * (bm + bn) <= 64 * threads)
+
+    kept = [c for c in configs
+            if c.kwargs["BLOCK_M"] <= max(cap, 64) and (M <= 64 or c.kwargs["BLOCK_K"] <= 64) and fits(c)]
+    return kept or [c for c in configs if fits(c)][-1:] or configs[-1:]
 
 
 @triton.autotune(configs=_configs(), key=["M", "N", "K", "PRECISION"], prune_configs_by={"early_config_prune": _prune})
@@ -80,12 +90,6 @@ def _matmul(
     tl.store(c_ptrs, acc.to(C.dtype.element_ty), mask=(offs_m < M)[:, None] & (offs_n < N)[None, :])
 
 
-def _precision(dtype: torch.dtype) -> str:
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        return "ieee"
-    return "tf32"  # ignored for 16-bit inputs
-
-
 def matmul(a, b, c, M, N, K, a_strides, b_strides, c_strides, groups=1, bias=None):
     """c[g, m, n] = sum_k a[g, m, k] b[g, k, n] (+ bias[n]), all read through the given strides
     (m, k, g), (k, n, g), (m, n, g); `c` is written in place and returned."""
@@ -94,7 +98,7 @@ def matmul(a, b, c, M, N, K, a_strides, b_strides, c_strides, groups=1, bias=Non
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), groups)  # noqa: E731
     _matmul[grid](
         a, b, c, bias if bias is not None else c, M, N, K, *a_strides, *b_strides, *c_strides,
-        HAS_BIAS=bias is not None, PRECISION=_precision(a.dtype), DOT_FP32=INTERPRETED,
+        HAS_BIAS=bias is not None, PRECISION=dot_precision(a.dtype), DOT_FP32=INTERPRETED,
     )
     return c
 

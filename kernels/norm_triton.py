@@ -24,19 +24,23 @@ def _configs():
 
 
 def _prune(configs, named_args, **kwargs):
-    """Keep tiles of up to 16K elements (at least 1K, or 64 narrow rows, or 1 wide row), with 4 to 64
-    elements a thread: at least one 16-byte load of fp32, and few enough to stay in registers."""
+    """Keep tiles of up to 16K elements (at least 1K, or 64 narrow rows, or 1 wide row), with 4 to 32
+    elements a thread: at least one 16-byte load of fp32, and few enough to stay in registers (64
+    spill for DyT on sm_90: `python -m hwnas.kernels.compile_check --all-configs --only norm`)."""
     block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
+
+    def per_thread(c):
+        return c.kwargs["ROWS_PER_PROG"] * block_d / (c.num_warps * 32)
+
     kept = []
     for c in configs:
         m = c.kwargs["ROWS_PER_PROG"]
         tile = m * block_d
         big_enough = tile >= 1024 or m == 64
         small_enough = tile <= 16384 or m == 1
-        per_thread = tile / (c.num_warps * 32)
-        if big_enough and small_enough and (4 <= per_thread or c.num_warps == 2) and per_thread <= 64:
+        if big_enough and small_enough and (4 <= per_thread(c) or c.num_warps == 2) and per_thread(c) <= 32:
             kept.append(c)
-    return kept or configs[:1]
+    return kept or [min(configs, key=per_thread)]
 
 
 @triton.jit

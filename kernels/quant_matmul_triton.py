@@ -4,7 +4,9 @@ Weight-only quantization pays off where the matmul is memory-bound (decode: a fe
 the tiles are skinny in M and the weight stream is what each program pipelines: int8 halves and
 int4 quarters the bytes of a bf16 weight. The codes are widened to x's dtype in registers (int4:
 two nibbles a byte, interleaved back into column order with `tl.join`), fed to `tl.dot` with fp32
-accumulation, and the per-channel scale is applied once at the end.
+accumulation, and the per-channel scale is applied once at the end. fp32 activations are split into
+three bf16 parts (hi + mid + lo, 24 bits of mantissa between them), each multiplied by the exact
+codes, so they keep about fp32 accuracy on bf16 tensor cores.
 """
 
 from __future__ import annotations
@@ -21,16 +23,23 @@ def _configs():
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4)]
     cfg = lambda m, n, k, s, w: triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k},  # noqa: E731
                                               num_stages=s, num_warps=w)
-    decode = [cfg(16, n, k, s, w) for n in (16, 32, 64) for k in (128, 256) for s in (3, 4, 5) for w in (2, 4)]
+    # decode: 16-row tiles, many programs along N, deep weight pipelines; at most 64 weight elements
+    # a thread (more spills on sm_90: `python -m hwnas.kernels.compile_check --all-configs --only int`)
+    decode = [cfg(16, n, k, s, w) for n in (16, 32, 64) for k in (128, 256, 512) for s in (3, 4, 5) for w in (2, 4, 8)
+              if n * k <= 64 * 32 * w and n * k >= 8 * 32 * w]
     mid = [cfg(32, 64, 128, 4, 4), cfg(64, 64, 64, 4, 4), cfg(64, 128, 64, 4, 4)]
     large = [cfg(128, 128, 64, 4, 8), cfg(128, 256, 64, 3, 8), cfg(128, 64, 64, 4, 4)]
     return decode + mid + large
 
 
 def _prune(configs, named_args, **kwargs):
+    """Row tiles by M (16 for decode, 32/64 for small batches, 128 for prefill); no 512-deep tiles
+    for fp32 activations (split in three, they spill on sm_90)."""
     M = named_args["M"]
     want = 16 if M <= 16 else 64 if M <= 64 else 128
-    kept = [c for c in configs if c.kwargs["BLOCK_M"] == want or (want == 64 and c.kwargs["BLOCK_M"] == 32)]
+    fp32 = named_args["X"].dtype == torch.float32
+    kept = [c for c in configs if (c.kwargs["BLOCK_M"] == want or (want == 64 and c.kwargs["BLOCK_M"] == 32))
+            and not (fp32 and c.kwargs["BLOCK_K"] > 256)]
     return kept or configs[:1]
 
 
@@ -57,10 +66,25 @@ def _wq_matmul(
             lo = (b & 15) - 8  # column 2j
             hi = (b >> 4) - 8  # column 2j + 1
             w = tl.reshape(tl.join(lo, hi), (BLOCK_N, BLOCK_K))  # interleaved back: (BN, BK)
-        w = w.to(tl.float32).to(x.dtype)  # via fp32: exact, and the interpreter's int -> bf16 is broken
-        if DOT_FP32:  # the interpreter's bf16 dot multiplies bit patterns; fp32 products of bf16 are exact
-            x, w = x.to(tl.float32), w.to(tl.float32)
-        acc = tl.dot(x, tl.trans(w), acc)  # x beyond K is 0, so padded codes add nothing
+        # codes to 16-bit floats (exact: |code| <= 127), via fp32: the interpreter's int -> bf16 is broken
+        w = tl.trans(w.to(tl.float32).to(tl.float16 if X.dtype.element_ty == tl.float16 else tl.bfloat16))  # (BK, BN)
+        if DOT_FP32:  # the interpreter's 16-bit dot multiplies bit patterns; fp32 products of them are exact
+            w = w.to(tl.float32)
+        # x beyond K is 0, so padded codes add nothing
+        if X.dtype.element_ty == tl.float32:  # x = hi + mid + lo in bf16: three exact-weight products ~ fp32
+            hi = x.to(tl.bfloat16)
+            r = x - hi.to(tl.float32)
+            mid = r.to(tl.bfloat16)
+            lo = (r - mid.to(tl.float32)).to(tl.bfloat16)
+            if DOT_FP32:
+                hi, mid, lo = hi.to(tl.float32), mid.to(tl.float32), lo.to(tl.float32)
+            acc = tl.dot(hi, w, acc)
+            acc = tl.dot(mid, w, acc)
+            acc = tl.dot(lo, w, acc)
+        else:
+            if DOT_FP32:
+                x = x.to(tl.float32)
+            acc = tl.dot(x, w, acc)
     scale = tl.load(S + rn).to(tl.float32)
     acc = acc * scale[None, :]
     y_ptrs = Y + offs_m[:, None] * sym + offs_n[None, :] * syn

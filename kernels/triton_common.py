@@ -1,4 +1,4 @@
-"""What the Triton kernels share: whether they are interpreted, and `row_sum`.
+"""What the Triton kernels share: whether they are interpreted, `row_sum`, and `dot_precision`.
 
 Triton's interpreter (TRITON_INTERPRET=1) can only run library helpers defined while it was on, and
 Triton's own `@jit` helpers (`tl.sum`, `tl.zeros`, `tl.cdiv`, ...) are defined when `triton` is first
@@ -10,6 +10,7 @@ recognizes it and sums with numpy, without calling it) and on a GPU is `tl.sum` 
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
@@ -26,3 +27,12 @@ if INTERPRETED:
 
 else:
     row_sum = tl.sum
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """`tl.dot` input precision for operands of `dtype`: with fp32, plain TF32 only where torch allows it
+    for its own matmuls (`torch.backends.cuda.matmul.allow_tf32`), else 3xTF32 (about fp32 accuracy
+    on tensor cores; fp32 FMA tiles spill registers). Ignored for 16-bit operands."""
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "tf32x3"
+    return "tf32"

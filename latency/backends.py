@@ -36,7 +36,9 @@ from .protocol import (
     cuda_timer,
     fixed_threads,
     measure,
-    measure_many,
+    pooled,
+    time_runs,
+    time_runs_interleaved,
 )
 
 BACKENDS = ("torch", "onnxruntime")
@@ -72,19 +74,46 @@ class Backend:
             yield
 
     def measure(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], protocol: Protocol) -> Measurement:
-        """Time one module in a tight loop (a whole subnet's steady state)."""
+        """Time one module in a tight loop (a whole subnet's steady state), one pass."""
         with torch.no_grad():
             run = self.prepare(module, inputs)
         with self.session():
             return measure(run, protocol, self.timer(protocol.clock))
 
-    def measure_many(self, modules: dict[str, tuple[nn.Module, tuple[torch.Tensor, ...]]], protocol: Protocol,
+    def measure_each(self, modules: dict[str, tuple[nn.Module, tuple[torch.Tensor, ...]]], protocol: Protocol,
                      seed: int = 0) -> dict[str, Measurement]:
-        """Time several modules in interleaved rounds (table pieces, each in the context of others)."""
+        """Time each module in a tight loop, all of them `protocol.passes` times over in a fresh
+        order per pass, runs pooled (whole subnets)."""
         with torch.no_grad():
             runs = {k: self.prepare(m, inputs) for k, (m, inputs) in modules.items()}
+        rng, timer = np.random.default_rng(seed), self.timer(protocol.clock)
+        samples: dict[str, list] = {k: [] for k in runs}
         with self.session():
-            return measure_many(runs, protocol, self.timer(protocol.clock), rng=seed)
+            for _ in range(protocol.passes):
+                for i in rng.permutation(len(runs)):
+                    k = list(runs)[i]
+                    samples[k].append(time_runs(runs[k], protocol, timer))
+        return {k: pooled(v) for k, v in samples.items()}
+
+    def measure_groups(self, groups: list[dict[str, tuple[nn.Module, tuple[torch.Tensor, ...]]]], protocol: Protocol,
+                       seed: int = 0) -> dict[str, Measurement]:
+        """Time the modules of each group interleaved with each other (table pieces, each in the
+        context of others), every group `protocol.passes` times over in a fresh order, pooled."""
+        with torch.no_grad():
+            runs = [{k: self.prepare(m, inputs) for k, (m, inputs) in g.items()} for g in groups]
+        rng, timer = np.random.default_rng(seed), self.timer(protocol.clock)
+        samples: dict[str, list] = {k: [] for g in runs for k in g}
+        with self.session():
+            for _ in range(protocol.passes):
+                for i in rng.permutation(len(runs)):
+                    for k, v in time_runs_interleaved(runs[i], protocol, timer, rng).items():
+                        samples[k].append(v)
+        return {k: pooled(v) for k, v in samples.items()}
+
+    def measure_many(self, modules: dict[str, tuple[nn.Module, tuple[torch.Tensor, ...]]], protocol: Protocol,
+                     seed: int = 0) -> dict[str, Measurement]:
+        """One group of modules timed interleaved (`measure_groups` with a single group)."""
+        return self.measure_groups([modules], protocol, seed)
 
 
 class TorchBackend(Backend):

@@ -29,6 +29,8 @@ from .protocol import Measurement, Protocol
 from .table import LatencyTable
 
 SAVE_EVERY_S = 5.0  # a build in progress is saved at least this often
+WINDOW_GROUPS = 4  # piece groups measured together (their passes interleaved), then saved
+WINDOW_ARCHS = 10  # whole subnets measured together (their passes interleaved), then saved
 
 
 def table_path(run_dir: str | Path, device: str, backend: str) -> Path:
@@ -70,11 +72,13 @@ class Measurer:
         self.space, self.backend, self.protocol, self.work, self.seed = space, backend, protocol, work, seed
         self._supernet = None
 
-    def measure_pieces(self, pieces: list[Piece]) -> dict[str, Measurement]:
-        """Time `pieces` interleaved with each other (see `protocol.measure_many`)."""
+    def measure_pieces(self, pieces: list[Piece], interleave: int = 16) -> dict[str, Measurement]:
+        """Time `pieces` in groups of one width (`interleave_groups`), each piece interleaved
+        with its group, every group `protocol.passes` times over."""
         dims, (B, T) = self.space.dims, (self.work["batch_size"], self.work["seq_len"])
-        modules = {p.key: (p.build(dims), p.inputs(B, T, dims)) for p in pieces}
-        return self.backend.measure_many(modules, self.protocol, seed=self.seed)
+        groups = [{p.key: (p.build(dims), p.inputs(B, T, dims)) for p in g}
+                  for g in interleave_groups(pieces, interleave, self.seed)]
+        return self.backend.measure_groups(groups, self.protocol, seed=self.seed)
 
     def subnet(self, arch: ArchConfig):
         """The extracted subnet of `arch` from a randomly initialized supernet (seeded)."""
@@ -90,8 +94,13 @@ class Measurer:
         gen = torch.Generator().manual_seed(self.seed)
         return torch.randint(0, self.space.dims.vocab_size, (self.work["batch_size"], self.work["seq_len"]), generator=gen)
 
+    def measure_archs(self, archs: list[ArchConfig]) -> dict[str, Measurement]:
+        """Time whole subnets end to end, each in a tight loop, all `protocol.passes` times over."""
+        modules = {a.key(): (self.subnet(a), (self.tokens(),)) for a in archs}
+        return self.backend.measure_each(modules, self.protocol, seed=self.seed)
+
     def measure_arch(self, arch: ArchConfig) -> Measurement:
-        return self.backend.measure(self.subnet(arch), (self.tokens(),), self.protocol)
+        return self.measure_archs([arch])[arch.key()]
 
 
 def make_measurer(space: SearchSpace, cfg: LatencyConfig, device: str, backend: str,
@@ -212,18 +221,21 @@ def build_table(space: SearchSpace, cfg: LatencyConfig, path: str | Path, device
 
     t0 = time.perf_counter()
     groups = interleave_groups(todo, cfg.interleave, cfg.seed)
+    windows = [[p for g in groups[i:i + WINDOW_GROUPS] for p in g] for i in range(0, len(groups), WINDOW_GROUPS)]
     with progress_bar(progress and bool(todo), f"latency table {device}/{backend}: pieces", len(todo)) as advance:
-        for group in groups:
-            table.entries.update(measurer.measure_pieces(group))
-            advance(len(group))
+        for window in windows:
+            table.entries.update(measurer.measure_pieces(window, cfg.interleave))
+            advance(len(window))
             checkpoint()
     spent["pieces"] = spent.get("pieces", 0.0) + time.perf_counter() - t0
     checkpoint(force=bool(todo))
     t0 = time.perf_counter()
     with progress_bar(progress and bool(calib_todo), f"latency table {device}/{backend}: whole subnets", len(calib_todo)) as advance:
-        for arch in calib_todo:
-            table.calibration[arch.key()] = (arch, measurer.measure_arch(arch))
-            advance(1)
+        for i in range(0, len(calib_todo), WINDOW_ARCHS):
+            window = calib_todo[i:i + WINDOW_ARCHS]
+            measured = measurer.measure_archs(window)
+            table.calibration.update({a.key(): (a, measured[a.key()]) for a in window})
+            advance(len(window))
             checkpoint()
     spent["calibration"] = spent.get("calibration", 0.0) + time.perf_counter() - t0
     table.fit_correction()

@@ -20,8 +20,12 @@ class LatencyConfig(Section):
     than `tolerance` (relative) between two checks `check_every` runs apart, after at least
     `min_repeats` runs; at most `max_repeats` runs or `max_seconds` of timing per measurement.
     Table pieces are timed `interleave` at a time in rounds of a random order (each in the context
-    of others, as inside a model); whole subnets in a tight loop.
-    `threads`: the fixed CPU thread count (default: the cores this process may use).
+    of others, as inside a model); whole subnets in a tight loop. Each measurement is repeated in
+    `passes` passes over a batch of pieces or subnets, spread over time, and the runs pooled.
+    `threads`: the fixed CPU thread count; null: the cores this process may use. The default, 1,
+    times on the thread's CPU clock, which other processes on a shared machine do not inflate; with
+    several threads, one descheduled thread stalls the others at every parallel op (on the 2-core
+    build machine under load, a 2-thread subnet timed 15-50 ms that takes 2.5 ms on 1 thread).
     `clock`: wall time, or the CPU time of the (single) timing thread, which a busy machine does not
     inflate; `auto` picks the thread clock for 1 thread on CPU, else wall time.
     `n_correction` whole subnets fit the correction model; `n_fidelity` further held-out subnets
@@ -32,7 +36,7 @@ class LatencyConfig(Section):
     seq_len: int | None = Field(default=None, gt=0)
     devices: list[Device] = Field(default_factory=lambda: ["cpu"])
     backends: list[BackendName] = Field(default_factory=lambda: ["torch", "onnxruntime"])
-    threads: int | None = Field(default=None, gt=0)
+    threads: int | None = Field(default=1, gt=0)
     warmup: int = Field(default=10, ge=0)
     min_repeats: int = Field(default=20, gt=0)
     max_repeats: int = Field(default=300, gt=0)
@@ -40,6 +44,7 @@ class LatencyConfig(Section):
     check_every: int = Field(default=10, gt=0)
     tolerance: float = Field(default=0.005, gt=0, lt=1)
     interleave: int = Field(default=16, gt=0)
+    passes: int = Field(default=3, gt=0)
     clock: Literal["auto", "wall", "thread"] = "auto"
     n_correction: int = Field(default=40, ge=0)
     n_fidelity: int = Field(default=100, ge=0)

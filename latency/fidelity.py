@@ -22,7 +22,7 @@ import numpy as np
 from hwnas.search_space import ArchConfig, SearchSpace
 from hwnas.search_space.io import atomic_write_json, atomic_write_text
 
-from .build import Measurer, heldout_archs, make_measurer, progress_bar
+from .build import WINDOW_ARCHS, Measurer, heldout_archs, make_measurer, progress_bar
 from .config import LatencyConfig
 from .protocol import Measurement
 from .table import LatencyTable
@@ -54,9 +54,11 @@ def _load() -> tuple[float, float]:
 
 def fidelity_report(space: SearchSpace, cfg: LatencyConfig, table: LatencyTable, run_dir: str | Path,
                     n: int | None = None, progress: bool = True, wandb: str | bool | None = None,
-                    measurer: Measurer | None = None) -> dict[str, Any]:
+                    measurer: Measurer | None = None, retest_n: int = 20) -> dict[str, Any]:
     """Measure `n` (default `cfg.n_fidelity`) held-out subnets with the table's backend, compare
     with `table.predict`, write the report files and return the report (a JSON-able dict).
+    `retest_n` of them are measured a second time at the end: the agreement of the two
+    measurements (`report["retest"]`) is the best any prediction can show on this machine now.
     `wandb`: a W&B mode (offline, online, disabled), True (offline), False (disabled) or None
     (the config's)."""
     n = cfg.n_fidelity if n is None else n
@@ -67,23 +69,27 @@ def fidelity_report(space: SearchSpace, cfg: LatencyConfig, table: LatencyTable,
     archs = heldout_archs(space, n, cfg.seed, exclude=table.calibration)
     cache_path = out_dir / f"{stem}-measured.json"
     cache = _read_cache(cache_path, table)
-    rows, loads = [], []
+    loads = []
     t0 = time.perf_counter()
+    todo = [a for a in archs if a.key() not in cache]
     with progress_bar(progress, f"fidelity {table.device}/{table.backend}: held-out subnets", len(archs)) as advance:
-        for i, arch in enumerate(archs):
-            if arch.key() in cache:
-                measured = cache[arch.key()]
-            else:
-                loads.append(_load())
-                measured = measurer.measure_arch(arch)
-                cache[arch.key()] = measured
-                if i % 10 == 9:
-                    _write_cache(cache_path, table, cache)
-            rows.append(_row(space, table, arch, measured))
-            advance(1)
-    _write_cache(cache_path, table, cache)
+        advance(len(archs) - len(todo))
+        for i in range(0, len(todo), WINDOW_ARCHS):
+            window = todo[i:i + WINDOW_ARCHS]
+            loads.append(_load())
+            cache.update(measurer.measure_archs(window))
+            _write_cache(cache_path, table, cache)
+            advance(len(window))
+    rows = [_row(space, table, arch, cache[arch.key()]) for arch in archs]
+    retest = None
+    if retest_n and archs:  # the same subnets measured again: how repeatable the measurements are here
+        again = measurer.measure_archs(archs[:retest_n])
+        first = np.array([cache[a.key()].median for a in archs[:retest_n]])
+        retest = {"n": len(first), **error_metrics(np.array([again[a.key()].median for a in archs[:retest_n]]) * 1e3,
+                                                     first * 1e3)}
     seconds = time.perf_counter() - t0
     report = summarize(rows, table, seconds, loads)
+    report["retest"] = retest
     write_report(report, out_dir, stem)
     mode = cfg.wandb if wandb is None else {True: "offline", False: "disabled"}.get(wandb, wandb)
     if mode != "disabled":
@@ -172,6 +178,11 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {name} | {100 * m['within_5pct']:.1f}% | {100 * m['within_10pct']:.1f}% | {m['mape_pct']:.2f} | "
                      f"{m['max_ape_pct']:.1f} | {m['rmse_ms']:.4f} | {m['kendall_tau']:.3f} |")
     lines += ["", f"Kendall tau of proxies vs measured: FLOPs {x['flops_kendall_tau']:.3f}, parameters {x['params_kendall_tau']:.3f}."]
+    if report.get("retest"):
+        r = report["retest"]
+        lines += ["", f"Repeatability: {r['n']} of the subnets measured again at the end agree with their first measurement "
+                      f"{100 * r['within_5pct']:.0f}% within 5%, {100 * r['within_10pct']:.0f}% within 10% (MAPE "
+                      f"{r['mape_pct']:.2f}%, tau {r['kendall_tau']:.3f}): the ceiling for any predictor on this machine now."]
     if report.get("load_1min_mean") is not None:
         lines += ["", f"System load during the measurements: 1-min load average {report['load_1min_mean']:.2f} "
                       f"on {report['cores']} cores."]
@@ -248,6 +259,7 @@ def log_wandb(report: dict[str, Any], run_dir: Path, stem: str, out_dir: Path, m
         row = {f"latency/{k}": v for k, v in report["prediction"].items()}
         row |= {f"latency/table_sum_{k}": v for k, v in report["table_sum"].items()}
         row |= {f"latency/{k}": v for k, v in report["proxies"].items()}
+        row |= {f"latency/retest_{k}": v for k, v in (report.get("retest") or {}).items()}
         tracker.log(row)
         tracker.summary(row)
         if tracker.wandb_run is not None:

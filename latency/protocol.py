@@ -10,6 +10,11 @@ an embedding lookup ran 3x faster alone than between other pieces). The build ti
 among pieces of its own width, the company it keeps inside a model (`build.interleave_groups`).
 Interleaving also spreads drift and background load over all pieces alike.
 
+Passes: the build and the fidelity report time a batch of modules (a window of table pieces, or of
+whole subnets) `passes` times over, in a fresh order each pass, and pool the runs: the load of a
+shared machine changes over seconds, and a single pass samples only one moment of it (repeating
+the same subnet in two passes 10 s apart differed by 4% (sd) under a load average of 4.5).
+
 Clocks: on CPU a run is timed with `time.perf_counter` (`clock: wall`) or, when the work runs on
 one thread, with that thread's CPU time (`clock: thread`, `time.thread_time`): on an idle core the
 two agree, but on a shared machine the CPU clock does not count the time the OS gave to other
@@ -41,10 +46,12 @@ class Protocol:
     check_every: int = 10
     tolerance: float = 0.005
     clock: str = "wall"  # wall | thread (CPU time of the calling thread; single-threaded work only)
+    passes: int = 1  # measurements of a batch of modules repeated this often, spread over time, pooled
 
     @classmethod
     def from_config(cls, cfg, clock: str = "wall") -> Protocol:
-        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls) if f.name != "clock"}, clock=clock)
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls) if f.name != "clock" and hasattr(cfg, f.name)},
+                   clock=clock)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,10 +113,12 @@ def cuda_timer() -> Timer:
     return time_once
 
 
-def measure(fn: Callable[[], object], protocol: Protocol, timer: Timer | None = None,
-            clock: Callable[[], float] = time.perf_counter) -> Measurement:
-    """Time `fn()` by the protocol. `timer` times one run (default: a CPU timer on the protocol's
-    clock); `clock` bounds the total timing time (`max_seconds`)."""
+Samples = tuple[list[float], bool]  # the timed runs (seconds) and whether the median settled
+
+
+def time_runs(fn: Callable[[], object], protocol: Protocol, timer: Timer | None = None,
+              clock: Callable[[], float] = time.perf_counter) -> Samples:
+    """One pass of the protocol on `fn` in a tight loop: the run times and whether they settled."""
     timer = timer or cpu_timer(CLOCKS[protocol.clock])
     for _ in range(protocol.warmup):
         timer(fn)
@@ -122,19 +131,19 @@ def measure(fn: Callable[[], object], protocol: Protocol, timer: Timer | None = 
         if n >= protocol.min_repeats and n % protocol.check_every == 0:
             median = statistics.median(times)
             if last_median is not None and abs(median - last_median) <= protocol.tolerance * median:
-                return Measurement.of(times, stable=True)
+                return times, True
             last_median = median
         if n >= protocol.max_repeats or clock() - start >= protocol.max_seconds:
-            return Measurement.of(times, stable=False)
+            return times, False
 
 
-def measure_many(fns: dict[str, Callable[[], object]], protocol: Protocol, timer: Timer | None = None,
-                 rng: np.random.Generator | int | None = 0, clock: Callable[[], float] = time.perf_counter,
-                 ) -> dict[str, Measurement]:
-    """Time every function of `fns` once per round, in a random order each round, until each
-    one's median is stable (checked every `check_every` rounds after `min_repeats`), or
-    `max_repeats` rounds, or `max_seconds` per function in all. Stable functions keep running
-    (as context for the others) but their measurement is final."""
+def time_runs_interleaved(fns: dict[str, Callable[[], object]], protocol: Protocol, timer: Timer | None = None,
+                          rng: np.random.Generator | int | None = 0, clock: Callable[[], float] = time.perf_counter,
+                          ) -> dict[str, Samples]:
+    """One pass on several functions: each runs once per round, in a random order each round,
+    until each one's median is stable (checked every `check_every` rounds after `min_repeats`),
+    or `max_repeats` rounds, or `max_seconds` per function in all. A stable function keeps
+    running (as context for the others) but takes no more samples."""
     timer = timer or cpu_timer(CLOCKS[protocol.clock])
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     keys = list(fns)
@@ -142,7 +151,7 @@ def measure_many(fns: dict[str, Callable[[], object]], protocol: Protocol, timer
         for k in keys:
             timer(fns[k])
     times: dict[str, list[float]] = {k: [] for k in keys}
-    done: dict[str, Measurement] = {}
+    done: set[str] = set()
     last_median: dict[str, float] = {}
     start, budget = clock(), protocol.max_seconds * len(keys)
     rounds = 0
@@ -159,11 +168,31 @@ def measure_many(fns: dict[str, Callable[[], object]], protocol: Protocol, timer
                     continue
                 median = statistics.median(times[k])
                 if k in last_median and abs(median - last_median[k]) <= protocol.tolerance * median:
-                    done[k] = Measurement.of(times[k], stable=True)
+                    done.add(k)
                 last_median[k] = median
         if rounds >= protocol.max_repeats or clock() - start >= budget:
             break
-    return {k: done.get(k) or Measurement.of(times[k], stable=False) for k in keys}
+    return {k: (times[k], k in done) for k in keys}
+
+
+def pooled(passes: list[Samples]) -> Measurement:
+    """One measurement from several passes: median and p90 of all their runs; stable if every
+    pass settled."""
+    return Measurement.of([t for times, _ in passes for t in times], stable=all(ok for _, ok in passes))
+
+
+def measure(fn: Callable[[], object], protocol: Protocol, timer: Timer | None = None,
+            clock: Callable[[], float] = time.perf_counter) -> Measurement:
+    """Time `fn()` by the protocol, one pass in a tight loop. `timer` times one run (default: a
+    CPU timer on the protocol's clock); `clock` bounds the total timing time (`max_seconds`)."""
+    return pooled([time_runs(fn, protocol, timer, clock)])
+
+
+def measure_many(fns: dict[str, Callable[[], object]], protocol: Protocol, timer: Timer | None = None,
+                 rng: np.random.Generator | int | None = 0, clock: Callable[[], float] = time.perf_counter,
+                 ) -> dict[str, Measurement]:
+    """Time several functions interleaved (`time_runs_interleaved`), one pass."""
+    return {k: pooled([v]) for k, v in time_runs_interleaved(fns, protocol, timer, rng, clock).items()}
 
 
 @contextmanager

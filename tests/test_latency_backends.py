@@ -185,11 +185,11 @@ MICRO = SearchSpaceConfig(
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
 def test_tiny_table_builds_and_reports_end_to_end(tmp_path, backend):
     space = SearchSpace(MICRO)
-    cfg = LatencyConfig(threads=1, warmup=1, min_repeats=3, max_repeats=6, check_every=3, n_correction=0,
+    cfg = LatencyConfig(threads=1, warmup=1, min_repeats=3, max_repeats=6, check_every=3, passes=2, n_correction=0,
                         n_fidelity=4, interleave=4, wandb="disabled")
     table = run_latency(space, cfg, tmp_path, backend=backend, progress=False)
     assert set(table.entries) == {p.key for p in space_pieces(space)}
-    assert all(m.median > 0 and m.n <= 6 for m in table.entries.values())
+    assert all(m.median > 0 and 6 <= m.n <= 12 for m in table.entries.values())  # 2 passes of 3 to 6 runs
     assert table.correction is None and table.meta["complete"]
     loaded = LatencyTable.load(table_path(tmp_path, "cpu", backend), strict=True)
     arch = space.sample(0)
@@ -199,7 +199,7 @@ def test_tiny_table_builds_and_reports_end_to_end(tmp_path, backend):
     assert report["n"] == 4 and 0 <= report["prediction"]["within_10pct"] <= 1
     assert report["fingerprint"]["threads"] == 1 and all(r["stable"] in (True, False) for r in report["rows"])
     measured = json.loads((tmp_path / "latency" / f"fidelity-cpu-{backend}-measured.json").read_text())["measured"]
-    assert len(measured) == 4 and all(m["n"] <= 6 for m in measured.values())  # the table's max_repeats, not 50
+    assert len(measured) == 4 and all(m["n"] <= 12 for m in measured.values())  # the table's protocol, not 50 runs
     assert (tmp_path / "latency" / f"fidelity-cpu-{backend}.png").exists()
 
 

@@ -48,26 +48,29 @@ def fake_time(key: str) -> float:
 class FakeMeasurer(Measurer):
     """Returns made-up times instantly and counts what it was asked to measure."""
 
-    def __init__(self, space, cfg, fail_after_groups: int | None = None):
+    def __init__(self, space, cfg, fail_after_windows: int | None = None):
         from hwnas.latency.backends import TorchBackend
 
         super().__init__(space, TorchBackend("cpu", 1), Protocol.from_config(cfg), {"batch_size": 1, "seq_len": 16})
         self.pieces_measured: list[str] = []
         self.archs_measured: list[str] = []
-        self.fail_after_groups = fail_after_groups
+        self.fail_after_windows = fail_after_windows
 
-    def measure_pieces(self, pieces):
-        if self.fail_after_groups is not None and self.fail_after_groups <= 0:
+    def measure_pieces(self, pieces, interleave=16):
+        if self.fail_after_windows is not None and self.fail_after_windows <= 0:
             raise KeyboardInterrupt  # an interrupted build
-        if self.fail_after_groups is not None:
-            self.fail_after_groups -= 1
+        if self.fail_after_windows is not None:
+            self.fail_after_windows -= 1
         self.pieces_measured += [p.key for p in pieces]
         return {p.key: Measurement(fake_time(p.key), 1.1 * fake_time(p.key), 20, True) for p in pieces}
 
-    def measure_arch(self, arch):
-        self.archs_measured.append(arch.key())
-        total = sum(fake_time(k) for k in arch_keys(arch)) * 1.05 + 3e-6 * arch.depth
-        return Measurement(total, 1.1 * total, 20, True)
+    def measure_archs(self, archs):
+        out = {}
+        for arch in archs:
+            self.archs_measured.append(arch.key())
+            total = sum(fake_time(k) for k in arch_keys(arch)) * 1.05 + 3e-6 * arch.depth
+            out[arch.key()] = Measurement(total, 1.1 * total, 20, True)
+        return out
 
 
 @pytest.fixture
@@ -248,12 +251,12 @@ def test_interrupted_build_resumes_with_measured_keys(tiny, cfg, tmp_path, monke
 
     monkeypatch.setattr(build, "SAVE_EVERY_S", 0.0)  # save after every group
     path = table_path(tmp_path, "cpu", "torch")
-    first = FakeMeasurer(tiny, cfg, fail_after_groups=2)
+    first = FakeMeasurer(tiny, cfg, fail_after_windows=1)
     with pytest.raises(KeyboardInterrupt):
         build_table(tiny, cfg, path, progress=False, measurer=first)
     partial = LatencyTable.load(path)
     assert set(partial.entries) == set(first.pieces_measured)
-    assert 0 < len(first.pieces_measured) <= 2 * cfg.interleave < len(space_pieces(tiny))  # two groups were done
+    assert 0 < len(first.pieces_measured) < len(space_pieces(tiny))  # one window of groups was done
     assert not partial.meta["complete"]
 
     second = FakeMeasurer(tiny, cfg)
@@ -389,8 +392,9 @@ def test_error_metrics_on_known_numbers():
 def test_fidelity_report_writes_its_files(tiny, cfg, tmp_path):
     table = built(tiny, cfg, tmp_path)
     m = FakeMeasurer(tiny, cfg)
-    report = fidelity_report(tiny, cfg, table, tmp_path, progress=False, wandb=False, measurer=m)
-    assert report["n"] == cfg.n_fidelity == len(m.archs_measured)
+    report = fidelity_report(tiny, cfg, table, tmp_path, progress=False, wandb=False, measurer=m, retest_n=3)
+    assert report["n"] == cfg.n_fidelity == len(m.archs_measured) - 3  # and 3 measured again
+    assert report["retest"]["n"] == 3 and report["retest"]["mape_pct"] == 0  # FakeMeasurer repeats exactly
     assert not set(m.archs_measured) & set(table.calibration)  # held out from the correction's subnets
     assert report["prediction"]["within_10pct"] == 1.0 and report["prediction"]["kendall_tau"] > 0.9
     for ext in ("json", "md", "png", "html"):
@@ -398,7 +402,7 @@ def test_fidelity_report_writes_its_files(tiny, cfg, tmp_path):
     assert json.loads((tmp_path / "latency" / "fidelity-cpu-torch.json").read_text())["n"] == cfg.n_fidelity
     # a second report reuses the held-out measurements already taken
     again = FakeMeasurer(tiny, cfg)
-    fidelity_report(tiny, cfg, table, tmp_path, progress=False, wandb=False, measurer=again)
+    fidelity_report(tiny, cfg, table, tmp_path, progress=False, wandb=False, measurer=again, retest_n=0)
     assert again.archs_measured == []
 
 
@@ -458,3 +462,33 @@ def test_pieces_are_timed_among_pieces_of_their_width(quickstart_space):
     for g in groups:
         assert len({p.d for p in g if p.d is not None}) == 1
         assert len({p.kind for p in g}) > 1 or len(g) < 4  # a mix of kinds
+
+
+def test_passes_are_pooled_and_spread_over_the_batch():
+    """Each module is timed in every pass; a pass over the batch sits between two passes of one
+    module, and the runs of all passes are pooled."""
+    import torch
+
+    from hwnas.latency.backends import TorchBackend
+
+    calls = []
+
+    class Tick(torch.nn.Module):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def forward(self, x):
+            calls.append(self.name)
+            return x
+
+    p = Protocol(warmup=0, min_repeats=4, max_repeats=4, check_every=4, passes=3)
+    x = torch.zeros(1)
+    out = TorchBackend("cpu", 1).measure_each({"a": (Tick("a"), (x,)), "b": (Tick("b"), (x,))}, p)
+    assert out["a"].n == out["b"].n == 12 and calls.count("a") == 12
+    first, last = calls.index("a"), len(calls) - 1 - calls[::-1].index("a")
+    assert "b" in calls[first:last]  # a's passes are not back to back
+    calls.clear()
+    groups = [{"a": (Tick("a"), (x,)), "b": (Tick("b"), (x,))}, {"c": (Tick("c"), (x,))}]
+    out = TorchBackend("cpu", 1).measure_groups(groups, p)
+    assert {k: m.n for k, m in out.items()} == {"a": 12, "b": 12, "c": 12}

@@ -65,6 +65,7 @@ def noise_check(cfg, run_dir: Path, report: dict, n: int) -> dict:
 def training_study(steps_list: list[int], pcfg: PredictorsConfig, threads: int, seed: int) -> list[dict]:
     """Train a small supernet for each step count and run the predictor stage on it."""
     import json
+    import shutil
     import tempfile
 
     from hwnas.search_space import SearchSpaceConfig
@@ -79,17 +80,20 @@ def training_study(steps_list: list[int], pcfg: PredictorsConfig, threads: int, 
         (text / p.name).write_text(p.read_text())
     scfg = pcfg.model_copy(update={"eval_tokens": 8192, "models": ["ridge", "gp", "rf", "gbr"], "pool_size": 3000})
     rows = []
-    for steps in steps_list:
-        tcfg = TrainConfig(corpus=str(text), steps=steps, warmup_steps=min(20, steps), batch_size=8, ckpt_every=steps,
-                           eval_every=10**9, eval_tokens=1024, log_every=50, wandb="disabled", lr=3e-3, min_lr=3e-4,
-                           val_fraction=0.1, threads=threads)
-        summary = train(space, tcfg, root / f"s{steps}", seed=seed, progress=False)
-        r = run_predictors(space, scfg, root / f"s{steps}", seed=seed, progress=False)
-        rows.append({"steps": steps, "val_loss_largest": summary["val_loss_largest"], "model": r["model"],
-                     "tau": r["heldout"]["kendall_tau"], "best_tau": max(c["heldout"]["kendall_tau"] for c in r["candidates"].values()),
-                     "range": r["target_range_fit"]})
-        print(f"study: {steps} steps  largest val loss {summary['val_loss_largest']:.3f}  chosen {r['model']}  held-out tau "
-              f"{rows[-1]['tau']:.3f} (best candidate {rows[-1]['best_tau']:.3f})", flush=True)
+    try:
+        for steps in steps_list:
+            tcfg = TrainConfig(corpus=str(text), steps=steps, warmup_steps=min(20, steps), batch_size=8, ckpt_every=steps,
+                               eval_every=10**9, eval_tokens=1024, log_every=50, wandb="disabled", lr=3e-3, min_lr=3e-4,
+                               val_fraction=0.1, threads=threads)
+            summary = train(space, tcfg, root / f"s{steps}", seed=seed, progress=False)
+            r = run_predictors(space, scfg, root / f"s{steps}", seed=seed, progress=False)
+            rows.append({"steps": steps, "val_loss_largest": summary["val_loss_largest"], "model": r["model"],
+                         "tau": r["heldout"]["kendall_tau"], "best_tau": max(c["heldout"]["kendall_tau"] for c in r["candidates"].values()),
+                         "range": r["target_range_fit"]})
+            print(f"study: {steps} steps  largest val loss {summary['val_loss_largest']:.3f}  chosen {r['model']}  held-out tau "
+                  f"{rows[-1]['tau']:.3f} (best candidate {rows[-1]['best_tau']:.3f})", flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     return rows
 
 

@@ -33,14 +33,14 @@ def _configs():
 
 
 def _prune(configs, named_args, **kwargs):
-    """Row tiles by M (16 for decode, 32/64 for small batches, 128 for prefill); no 512-deep tiles
-    for fp32 activations (split in three, they spill on sm_90)."""
+    """Row tiles by M (16 for decode, 32/64 for small batches, 128 for prefill); for fp32 activations
+    (split in three) at most 16 x 128 activation tiles, larger ones spill on sm_90."""
     M = named_args["M"]
     want = 16 if M <= 16 else 64 if M <= 64 else 128
-    fp32 = named_args["X"].dtype == torch.float32
-    kept = [c for c in configs if (c.kwargs["BLOCK_M"] == want or (want == 64 and c.kwargs["BLOCK_M"] == 32))
-            and not (fp32 and c.kwargs["BLOCK_K"] > 256)]
-    return kept or configs[:1]
+    by_rows = [c for c in configs if c.kwargs["BLOCK_M"] == want or (want == 64 and c.kwargs["BLOCK_M"] == 32)]
+    if named_args["X"].dtype == torch.float32:
+        by_rows = [c for c in by_rows if c.kwargs["BLOCK_K"] <= 128 and (c.kwargs["BLOCK_M"] <= 16 or c.kwargs["BLOCK_K"] <= 64)] or by_rows
+    return by_rows or configs[:1]
 
 
 @triton.autotune(configs=_configs(), key=["M", "N", "K", "BITS"], prune_configs_by={"early_config_prune": _prune})

@@ -202,8 +202,9 @@ def build_table(space: SearchSpace, cfg: LatencyConfig, path: str | Path, device
     measurer = measurer or make_measurer(space, cfg, device, backend)
     be = measurer.backend
     fresh = LatencyTable(device=device, backend=backend, fingerprint=device_fingerprint(device, be.threads),
-                         protocol=measurer.protocol, workload=measurer.work, dims=space.dims)
+                         protocol=measurer.protocol, workload=measurer.work, dims=space.dims, statistic=cfg.statistic)
     table = open_table(path, fresh, strict)
+    table.statistic = cfg.statistic  # every measurement holds every statistic: choosing one re-measures nothing
     pieces = space_pieces(space)
     todo = [p for p in pieces if p.key not in table.entries]
     calib = calibration_archs(space, cfg.n_correction, cfg.seed)

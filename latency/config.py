@@ -22,6 +22,7 @@ class LatencyConfig(Section):
     Table pieces are timed `interleave` at a time in rounds of a random order (each in the context
     of others, as inside a model); whole subnets in a tight loop. Each measurement is repeated in
     `passes` passes over a batch of pieces or subnets, spread over time, and the runs pooled.
+    `statistic`: what the table predicts of a subnet's run times (every statistic is recorded).
     `threads`: the fixed CPU thread count; null: the cores this process may use. The default, 1,
     times on the thread's CPU clock, which other processes on a shared machine do not inflate; with
     several threads, one descheduled thread stalls the others at every parallel op (on the 2-core
@@ -45,6 +46,7 @@ class LatencyConfig(Section):
     tolerance: float = Field(default=0.005, gt=0, lt=1)
     interleave: int = Field(default=16, gt=0)
     passes: int = Field(default=3, gt=0)
+    statistic: Literal["median", "p10", "min"] = "median"
     clock: Literal["auto", "wall", "thread"] = "auto"
     n_correction: int = Field(default=40, ge=0)
     n_fidelity: int = Field(default=100, ge=0)

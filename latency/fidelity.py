@@ -84,8 +84,9 @@ def fidelity_report(space: SearchSpace, cfg: LatencyConfig, table: LatencyTable,
     retest = None
     if retest_n and archs:  # the same subnets measured again: how repeatable the measurements are here
         again = measurer.measure_archs(archs[:retest_n])
-        first = np.array([cache[a.key()].median for a in archs[:retest_n]])
-        retest = {"n": len(first), **error_metrics(np.array([again[a.key()].median for a in archs[:retest_n]]) * 1e3,
+        stat = table.statistic
+        first = np.array([cache[a.key()].value(stat) for a in archs[:retest_n]])
+        retest = {"n": len(first), **error_metrics(np.array([again[a.key()].value(stat) for a in archs[:retest_n]]) * 1e3,
                                                      first * 1e3)}
     seconds = time.perf_counter() - t0
     report = summarize(rows, table, seconds, loads)
@@ -101,7 +102,8 @@ def _row(space: SearchSpace, table: LatencyTable, arch: ArchConfig, measured: Me
     seq = table.workload["seq_len"]
     return {
         "arch": arch.key(),
-        "measured_ms": measured.median * 1e3,
+        "measured_ms": measured.value(table.statistic) * 1e3,
+        "measured_median_ms": measured.median * 1e3,
         "measured_p90_ms": measured.p90 * 1e3,
         "stable": measured.stable,
         "predicted_ms": table.predict(arch) * 1e3,
@@ -125,6 +127,7 @@ def summarize(rows: list[dict[str, Any]], table: LatencyTable, seconds: float = 
         "backend": table.backend,
         "fingerprint": table.fingerprint,
         "workload": table.workload,
+        "statistic": table.statistic,
         "n": len(rows),
         "prediction": error_metrics(predicted, measured),
         "table_sum": error_metrics(plain, measured),
@@ -168,6 +171,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"# Latency fidelity: {report['device']} / {report['backend']}",
         "",
         f"{report['n']} held-out subnets, batch {report['workload']['batch_size']} x {report['workload']['seq_len']} tokens, "
+        f"{report.get('statistic', 'median')} run time, "
         f"measured {report['measured_ms_range'][0]:.3f}-{report['measured_ms_range'][1]:.3f} ms; "
         f"threads {report['fingerprint'].get('threads')}, {report['fingerprint'].get('cpu')}.",
         "",

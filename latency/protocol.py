@@ -61,26 +61,43 @@ class Protocol:
         return cls(**data)
 
 
+STATISTICS = ("median", "p10", "min")
+
+
 @dataclass(frozen=True)
 class Measurement:
-    """Seconds per run: median and 90th percentile over `n` timed runs; `stable` is False when the
-    protocol stopped at its cap before the median settled."""
+    """Seconds per run over `n` timed runs: median and 90th percentile (reported), 10th percentile
+    and minimum (the least disturbed runs); `stable` is False when the protocol stopped at its cap
+    before the median settled."""
 
     median: float
     p90: float
     n: int
     stable: bool
+    p10: float | None = None
+    min: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"median_s": self.median, "p90_s": self.p90, "n": self.n, "stable": self.stable}  # exact round trip
+    def value(self, statistic: str = "median") -> float:
+        """The run time by `statistic` (median, p10 or min; a measurement without it: the median)."""
+        if statistic not in STATISTICS:
+            raise ValueError(f"statistic {statistic!r} is not one of {', '.join(STATISTICS)}")
+        v = getattr(self, statistic)
+        return self.median if v is None else v
+
+    def to_dict(self) -> dict[str, Any]:  # seconds as exact floats: an exact round trip
+        out = {"median_s": self.median, "p90_s": self.p90, "n": self.n, "stable": self.stable}
+        return out | ({"p10_s": self.p10, "min_s": self.min} if self.p10 is not None else {})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Measurement:
-        return cls(median=float(data["median_s"]), p90=float(data["p90_s"]), n=int(data["n"]), stable=bool(data["stable"]))
+        opt = {k: float(data[f"{k}_s"]) for k in ("p10", "min") if data.get(f"{k}_s") is not None}
+        return cls(median=float(data["median_s"]), p90=float(data["p90_s"]), n=int(data["n"]), stable=bool(data["stable"]),
+                   **opt)
 
     @classmethod
     def of(cls, times: list[float], stable: bool) -> Measurement:
-        return cls(float(statistics.median(times)), float(np.percentile(times, 90)), len(times), stable)
+        p10, p90 = np.percentile(times, [10, 90])
+        return cls(float(statistics.median(times)), float(p90), len(times), stable, float(p10), float(min(times)))
 
 
 Timer = Callable[[Callable[[], object]], float]

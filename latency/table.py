@@ -82,6 +82,7 @@ class LatencyTable:
     calibration: dict[str, tuple[ArchConfig, Measurement]] = field(default_factory=dict)  # arch key -> arch, time
     correction: Correction | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # build facts: seconds spent, keys expected, ...
+    statistic: str = "median"  # which statistic of the run times the table predicts (median, p10, min)
 
     # --- prediction ------------------------------------------------------------------------------
     def missing(self, keys) -> list[str]:
@@ -98,8 +99,9 @@ class LatencyTable:
                 f"{arch.key()}: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; "
                 "build it for this search space with `hwnas latency`"
             )
-        call = self.entries["call"].median
-        return [(k, call if k == "call" else self.entries[k].median - call) for k in keys]
+        stat = self.statistic
+        call = self.entries["call"].value(stat)
+        return [(k, call if k == "call" else self.entries[k].value(stat) - call) for k in keys]
 
     def table_sum(self, arch: ArchConfig) -> float:
         """Seconds: the plain sum of the arch's pieces (no correction)."""
@@ -113,7 +115,8 @@ class LatencyTable:
         }
 
     def predict(self, arch: ArchConfig) -> float:
-        """Predicted seconds of one forward of `arch` (batch and sequence of the table's workload)."""
+        """Predicted seconds of one forward of `arch` (batch and sequence of the table's workload;
+        the table's `statistic` of the run times, the median by default)."""
         values = self.features(arch)
         if self.correction is None:
             return values["table_sum"]
@@ -140,7 +143,7 @@ class LatencyTable:
         from sklearn.linear_model import LinearRegression
 
         archs = [a for a, _ in self.calibration.values()]
-        y = np.array([m.median for _, m in self.calibration.values()])
+        y = np.array([m.value(self.statistic) for _, m in self.calibration.values()])
         X = np.array([[self.features(a)[f] for f in CORRECTION_FEATURES] for a in archs])
         w = 1.0 / y**2  # squared relative error
         candidates = {"ratio": ([0], False), "linear": (list(range(len(CORRECTION_FEATURES))), True)}
@@ -182,6 +185,7 @@ class LatencyTable:
             "calibration": [{"arch": a.to_dict(), "measured": m.to_dict()} for a, m in self.calibration.values()],
             "correction": self.correction.to_dict() if self.correction else None,
             "meta": self.meta,
+            "statistic": self.statistic,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -209,6 +213,7 @@ class LatencyTable:
                 calibration=calibration,
                 correction=Correction.from_dict(payload["correction"]) if payload["correction"] else None,
                 meta=dict(payload.get("meta", {})),
+                statistic=payload.get("statistic", "median"),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise TableError(f"{source}: malformed latency table payload ({type(e).__name__}: {e})") from None

@@ -492,3 +492,26 @@ def test_passes_are_pooled_and_spread_over_the_batch():
     groups = [{"a": (Tick("a"), (x,)), "b": (Tick("b"), (x,))}, {"c": (Tick("c"), (x,))}]
     out = TorchBackend("cpu", 1).measure_groups(groups, p)
     assert {k: m.n for k, m in out.items()} == {"a": 12, "b": 12, "c": 12}
+
+
+def test_measurement_statistics_round_trip():
+    m = Measurement.of([float(v) for v in range(1, 101)], stable=True)
+    assert (m.median, m.min) == (50.5, 1.0) and m.p10 == pytest.approx(10.9) and m.p90 == pytest.approx(90.1)
+    assert Measurement.from_dict(m.to_dict()) == m
+    assert [m.value(s) for s in ("median", "p10", "min")] == [m.median, m.p10, m.min]
+    old = Measurement(2.0, 3.0, 5, True)  # a measurement recorded without p10 / min
+    assert Measurement.from_dict(old.to_dict()) == old and old.value("min") == 2.0
+    with pytest.raises(ValueError, match="statistic"):
+        m.value("mean")
+
+
+def test_table_predicts_its_statistic(tiny, cfg, tmp_path):
+    table = built(tiny, cfg, tmp_path)
+    for key, m in list(table.entries.items()):
+        table.entries[key] = Measurement(m.median, m.p90, m.n, m.stable, p10=0.8 * m.median, min=0.5 * m.median)
+    table.correction = None
+    median = table.table_sum(HAND_ARCH)
+    table.statistic = "min"
+    assert table.table_sum(HAND_ARCH) == pytest.approx(0.5 * median)
+    table.save(tmp_path / "t.json")
+    assert LatencyTable.load(tmp_path / "t.json").statistic == "min"

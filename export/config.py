@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from hwnas.search_space.config import Section
+from hwnas.search_space.config import Section, power_of_two
 
 
 class ExportConfig(Section):
@@ -49,6 +49,4 @@ class ExportConfig(Section):
     @field_validator("int4_block_size")
     @classmethod
     def _power_of_two(cls, v: int) -> int:
-        if v & (v - 1):
-            raise ValueError(f"must be a power of two >= 16, got {v}")
-        return v
+        return power_of_two(v)

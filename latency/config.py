@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from hwnas.search_space.config import Section, field_error
+from hwnas.search_space.config import Section, field_error, power_of_two
 
 Device = Literal["cpu", "cuda"]
 BackendName = Literal["torch", "onnxruntime"]
@@ -67,9 +67,7 @@ class LatencyConfig(Section):
     @field_validator("int4_block_size")
     @classmethod
     def _power_of_two(cls, v: int) -> int:
-        if v & (v - 1):
-            raise ValueError(f"must be a power of two >= 16, got {v}")
-        return v
+        return power_of_two(v)
 
     @model_validator(mode="after")
     def _repeats(self) -> LatencyConfig:

@@ -47,6 +47,13 @@ def field_error(field: str, message: str) -> PydanticCustomError:
     return PydanticCustomError("field_error", message, {"field": field})
 
 
+def power_of_two(v: int) -> int:
+    """Validator body for block sizes such as int4_block_size (a power of two)."""
+    if v & (v - 1):
+        raise ValueError(f"must be a power of two >= 16, got {v}")
+    return v
+
+
 def _choices_ok(values: list, what: str) -> list:
     if not values:
         raise ValueError(f"needs at least one {what}")

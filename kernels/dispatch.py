@@ -4,8 +4,9 @@
 a CUDA device and the environment variable `HWNAS_KERNELS` is not `reference`; the reference
 otherwise (CPU, MPS, no Triton). `backend="reference"` always runs the twin. `backend="triton"`
 insists on Triton and raises `KernelUnavailable` where it cannot run: on CPU tensors it needs the
-Triton interpreter (`TRITON_INTERPRET=1`, set before the first Triton kernel is used; that is how
-the tests run the kernels on a machine without a GPU).
+Triton interpreter (`TRITON_INTERPRET=1`, set before the first kernel call of the process; that is
+how the tests run the kernels on a machine without a GPU). Kernels that are forward only raise
+under `backend="triton"` when autograd needs their gradient; `backend="auto"` runs the reference then.
 
 The Triton kernels live in their own modules (`*_triton.py`), imported on first use and never at
 `import hwnas.kernels`: `@triton.jit` decides between compiling and interpreting when a kernel is

@@ -91,7 +91,7 @@ def elastic_norm(kind: str, x: Tensor, weight: Tensor, bias: Tensor | None = Non
                  d: int | None = None, residual: Tensor | None = None, eps: float = EPS, backend: str = "auto"):
     """Norm `kind` ("layernorm", "rmsnorm", "dyt") over the first `d` features of x (default: all).
 
-    x (..., D) with d <= D (read in place through its row stride; the last dim must be contiguous);
+    x (..., D) with d <= D (read in place through its row stride when its last dim is contiguous);
     weight, bias (d_max,) with d <= d_max, read in place; alpha a scalar tensor (DyT only);
     residual (..., d) or None. Returns y (..., d) in x's dtype, or (y, h) with h = x[..., :d] + residual
     when a residual is given (the fused residual add of a pre-/post-norm block).

@@ -13,8 +13,8 @@ ulp; `q * scale` itself is bit-identical, a test checks both). Quantize the slic
 int4 layout: codes q in [-7, 7] stored offset by 8 as unsigned nibbles, column 2j in the low nibble
 and 2j+1 in the high nibble of byte j (an odd last column pairs with code 0).
 
-Inference only: no backward (the Triton kernel's output carries no autograd history; the
-reference, run on CPU, would differentiate through the dequantized weight).
+Inference only (forward): where autograd needs a gradient of x, `backend="auto"` runs the reference
+(which differentiates through the dequantized weight) and `backend="triton"` raises.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .dispatch import triton_module, use_triton
+from .dispatch import KernelUnavailable, needs_grad, triton_module, use_triton
 
 BITS = (8, 4)
 
@@ -103,13 +103,18 @@ def quant_matmul_reference(x: Tensor, qweight: QuantizedWeight) -> Tensor:
 def quant_matmul(x: Tensor, qweight: QuantizedWeight, backend: str = "auto") -> Tensor:
     """y = x @ (codes * scale).T: x (..., in) fp32/bf16/fp16 -> (..., out) in x's dtype.
 
-    The Triton kernel reads the int8 / packed int4 codes, converts them to x's dtype in registers
-    (exact: |code| <= 127), accumulates x @ codes.T in fp32 and applies the scales once per output.
-    Inference only (forward). Triton vs reference: fp32 max relative error ~1e-6 (tested at
+    The Triton kernel reads the int8 / packed int4 codes, converts them to 16-bit floats in registers
+    (exact: |code| <= 127), accumulates x @ codes.T in fp32 (fp32 x as three bf16 parts) and applies
+    the scales once per output. Inference only (forward, see module doc). Triton vs reference: fp32 max relative error ~1e-6 (tested at
     rtol 1e-5, atol 1e-5); bf16 within bf16 rounding of the output (tested at rtol 2e-2).
     """
     if x.shape[-1] != qweight.in_features:
         raise ValueError(f"x width {x.shape[-1]} != qweight in_features {qweight.in_features}")
     if not use_triton(backend, x, qweight.data, qweight.scale):
         return quant_matmul_reference(x, qweight)
+    if needs_grad(x):
+        if backend == "auto":
+            return quant_matmul_reference(x, qweight)
+        raise KernelUnavailable("the Triton weight-only matmul is forward only; run it under torch.no_grad() "
+                                "or use backend='auto' to differentiate through the reference")
     return triton_module("quant_matmul").quant_matmul_forward(x, qweight)

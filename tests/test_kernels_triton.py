@@ -236,3 +236,12 @@ def test_linear_attention_16bit_and_forward_only():
         K.linear_attention(qg, k.float(), v.float(), backend=TRITON)
     with torch.no_grad():
         K.linear_attention(qg, k.float(), v.float(), backend=TRITON)
+
+
+def test_quant_matmul_is_forward_only():
+    qw = K.quantize_weight(randn(8, 16), 8)
+    x = randn(2, 16).requires_grad_()
+    with pytest.raises(K.KernelUnavailable, match="forward only"):
+        K.quant_matmul(x, qw, backend=TRITON)
+    with torch.no_grad():
+        close(K.quant_matmul(x, qw, backend=TRITON), K.quant_matmul_reference(x, qw), 1e-5, 1e-5)

@@ -27,7 +27,7 @@ from common import command, write_section  # noqa: E402
 
 from hwnas import kernels as K  # noqa: E402
 
-SECTION = "Triton kernels (GPU)"
+SECTION = "Kernels (Triton, GPU)"  # replaces the placeholder written where no GPU was lent
 
 # (memory bandwidth GB/s, dense bf16/fp16 tensor-core TFLOP/s) from the vendors' datasheets; the first
 # substring found in torch.cuda.get_device_name() wins, so the specific names come first.

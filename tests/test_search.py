@@ -229,3 +229,34 @@ def test_search_config_errors_name_the_field():
         SearchConfig(objectives=["speed"])
     with pytest.raises(ValidationError, match="workers"):
         SearchConfig(engine="pymoo", workers=2)
+
+
+def test_search_stage_logs_tables_plots_and_files(tmp_path):
+    """run_search on analytic objectives: front files, plots, and the W&B offline run holding the
+    candidate and front tables with the right row counts."""
+    import time
+
+    from hwnas.search.stage import run_search
+    from hwnas.search_space.tracking import read_wandb_history
+
+    cfg = SearchConfig(objectives=["params", "flops"], constraints=["memory <= 1MiB"], engine="random", algorithm="random",
+                       budget=60, validate_top=3, wandb="offline")
+    summary = run_search(SPACE.config, cfg, tmp_path, seed=0, progress=False)
+    out = tmp_path / "search"
+    for name in ["front.csv", "front.json", "candidates.csv", "validation.json", "summary.json", "hypervolume.png",
+                 "hypervolume.html", "front_params_vs_flops.png", "front_params_vs_flops.html"]:
+        assert (out / name).exists(), name
+    front = json.loads((out / "front.json").read_text())
+    assert summary["candidates"] == 60 and len(front["front"]) == summary["front_size"]
+    rows, deadline = [], time.time() + 30
+    while time.time() < deadline:
+        rows = [r for r in read_wandb_history(out) if "search/candidates/nrows" in r]
+        if rows:
+            break
+        time.sleep(0.5)
+    assert rows, "no W&B row with the candidates table"
+    assert rows[0]["search/candidates/nrows"] == 60
+    assert rows[0]["search/front/nrows"] == summary["front_size"]
+    assert rows[0]["search/candidates/_type"] == "table-file"
+    hv = [r["hypervolume"] for r in read_wandb_history(out) if "hypervolume" in r]
+    assert hv and hv[-1] == pytest.approx(summary["hypervolume"])

@@ -1,7 +1,9 @@
 """Backends: turn a module and its inputs into a zero-argument callable that runs one forward.
 
 - `torch`: the module itself, eager, under `torch.inference_mode` (CPU or CUDA). The weights'
-  fake quantization runs in every forward, as it does in the extracted subnet.
+  fake quantization runs in every forward, as it does in the extracted subnet. On CPU, glibc's
+  malloc thresholds are pinned first (`steady_allocator`), so a timing does not depend on what
+  the process allocated before.
 - `onnxruntime`: the module's deployment form (`modules.deploy_copy`) exported to ONNX, its
   quantized layers converted to real low-bit kernels (8 bits: `quantize_dynamic`, int8 weights
   per output channel with dynamically quantized activations, i.e. `DynamicQuantizeMatMul` /
@@ -116,8 +118,36 @@ class Backend:
         return self.measure_groups([modules], protocol, seed)
 
 
+_ALLOCATOR_FIXED = False
+
+
+def steady_allocator() -> bool:
+    """Pin glibc malloc's adaptive thresholds (mmap above 256 MiB only, never trim the heap), once
+    per process. Eager torch on CPU allocates every activation with malloc, and glibc's defaults
+    move the mmap threshold and trim the heap as the process's history changes, so the same subnet
+    timed again minutes later ran 5-15% slower (page faults) on the build machine; with the
+    thresholds pinned, repeated passes agree. Returns whether the setting is in effect (Linux
+    glibc only); ONNX Runtime has its own arena and needs none of this."""
+    global _ALLOCATOR_FIXED
+    if not _ALLOCATOR_FIXED:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL("libc.so.6")
+            m_trim_threshold, m_mmap_threshold = -1, -3
+            _ALLOCATOR_FIXED = bool(libc.mallopt(m_mmap_threshold, 256 << 20) and libc.mallopt(m_trim_threshold, 1 << 30))
+        except (OSError, AttributeError):  # not glibc
+            _ALLOCATOR_FIXED = False
+    return _ALLOCATOR_FIXED
+
+
 class TorchBackend(Backend):
     name = "torch"
+
+    def __init__(self, device: str = "cpu", threads: int = 1):
+        super().__init__(device, threads)
+        if device == "cpu":
+            steady_allocator()
 
     def prepare(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:
         module = module.to(self.device).eval()

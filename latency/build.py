@@ -201,7 +201,12 @@ def build_table(space: SearchSpace, cfg: LatencyConfig, path: str | Path, device
     path = Path(path)
     measurer = measurer or make_measurer(space, cfg, device, backend)
     be = measurer.backend
-    fresh = LatencyTable(device=device, backend=backend, fingerprint=device_fingerprint(device, be.threads),
+    fingerprint = device_fingerprint(device, be.threads)
+    if backend == "torch" and device == "cpu":
+        from .backends import steady_allocator
+
+        fingerprint["malloc_pinned"] = steady_allocator()
+    fresh = LatencyTable(device=device, backend=backend, fingerprint=fingerprint,
                          protocol=measurer.protocol, workload=measurer.work, dims=space.dims, statistic=cfg.statistic)
     table = open_table(path, fresh, strict)
     table.statistic = cfg.statistic  # every measurement holds every statistic: choosing one re-measures nothing

@@ -70,6 +70,7 @@ def device_fingerprint(device: str, threads: int, dtype: str = "float32") -> dic
         "gpu_driver": None,
         "cuda": None,
         "dtype": dtype,
+        "malloc_pinned": None,  # whether the torch backend pinned glibc's malloc thresholds (informational)
     }
     if device == "cuda" and torch.cuda.is_available():  # a CUDA table read on a machine without one records None
         fp.update(gpu=torch.cuda.get_device_name(), gpu_driver=_gpu_driver(), cuda=torch.version.cuda,

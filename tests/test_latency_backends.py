@@ -221,3 +221,30 @@ def test_cuda_without_a_gpu_is_a_clear_error():
 
     with pytest.raises(LatencyError, match="CUDA"):
         TorchBackend("cuda", 1)
+
+
+def test_dynamo_exporter_also_works():
+    """The default exporter is TorchScript (5-10x faster per piece); the torch.export-based one
+    gives the same graph semantics and the same low-bit kernels."""
+    from hwnas.latency.keys import ffn_piece
+
+    space = SearchSpace(SMALL)
+    piece = ffn_piece(LayerConfig(2, 2.0, ffn="moe", n_experts=2, top_k=1, weight_bits=4), 16)
+    module, inputs = piece.build(space.dims), piece.inputs(2, 16, space.dims)
+    backend = OnnxRuntimeBackend("cpu", 1, exporter="dynamo")
+    model = backend.to_onnx(module, inputs)
+    assert sum(n.op_type == "MatMulNBits" for n in model.graph.node) == 4  # 2 experts x (up, down)
+    with torch.no_grad():
+        want = module(*inputs).numpy()
+    got = backend.prepare(module, inputs)()[0]
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.9
+
+
+def test_torch_backend_pins_the_allocator_on_linux():
+    import platform
+
+    from hwnas.latency import backends
+
+    TorchBackend("cpu", 1)
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert backends._ALLOCATOR_FIXED and backends.steady_allocator()

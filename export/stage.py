@@ -167,7 +167,7 @@ def measure_latency(run_dir: Path, arch: ArchConfig, subnet: Subnet, form, fp32,
     from hwnas.latency.config import LatencyConfig
     from hwnas.latency.errors import LatencyError
     from hwnas.latency.fingerprint import usable_cores
-    from hwnas.latency.protocol import Protocol, cpu_timer, fixed_threads, measure
+    from hwnas.latency.protocol import Protocol, fixed_threads, measure
 
     defaults = LatencyConfig()
     rows, notes, protocols = [], [], {}
@@ -206,7 +206,7 @@ def measure_latency(run_dir: Path, arch: ArchConfig, subnet: Subnet, form, fp32,
             sess = session(model, threads)
             feeds = {sess.get_inputs()[0].name: tokens.numpy()}
             with fixed_threads(threads):
-                m = measure(lambda s=sess, f=feeds: s.run(None, f), protocol, cpu_timer())
+                m = measure(lambda s=sess, f=feeds: s.run(None, f), protocol)
             rows.append({**base, "model": label, "predicted_ms": predicted if match else None,
                          "measured_ms": 1e3 * m.median, "p90_ms": 1e3 * m.p90, "runs": m.n, "stable": m.stable})
     for row in rows:

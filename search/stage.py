@@ -167,9 +167,10 @@ def validate_front(space: SearchSpace, front: ParetoFront, cfg: SearchConfig, ru
             elif name.startswith("latency@") and latency_cfg is not None:
                 device = name.removeprefix("latency@")
                 if device not in measurers:
-                    from hwnas.latency.build import make_measurer
+                    from hwnas.latency.build import load_table, make_measurer
 
-                    measurers[device] = make_measurer(space, latency_cfg, device, cfg.latency_backend)
+                    table = load_table(run_dir, device, cfg.latency_backend)  # re-measure as the table measured
+                    measurers[device] = make_measurer(space, latency_cfg, device, cfg.latency_backend, like=table)
                 row[f"measured:{name}"] = 1e3 * measurers[device].measure_arch(c.arch).median
             elif name in ("params", "flops", "memory"):
                 row[f"measured:{name}"] = value  # analytic: exact

@@ -79,17 +79,12 @@ def linear_attention_cumsum(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 class ExportAttention(DeployAttention):
     """`DeployAttention` (same weights, same quantization marks) with length-agnostic kernels."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        B, T, _ = x.shape
-        qkv = torch.matmul(x, self.w_qkv).view(B, T, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
-        q, k, v = qkv[0], qkv[1], qkv[2]
+    def core(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         if self.kind == "window":
-            y = window_attention_gather(q, k, v, self.window)
-        elif self.kind == "linear":
-            y = linear_attention_cumsum(q, k, v)
-        else:
-            y = ops.softmax_attention(q, k, v)
-        return torch.matmul(y.transpose(1, 2).reshape(B, T, -1), self.w_proj)  # (B, T, d)
+            return window_attention_gather(q, k, v, self.window)
+        if self.kind == "linear":
+            return linear_attention_cumsum(q, k, v)
+        return ops.softmax_attention(q, k, v)
 
 
 _EXPORT_FORMS = {Attention: ExportAttention, FFN: DeployFFN, Norm: DeployNorm}

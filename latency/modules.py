@@ -177,13 +177,15 @@ class DeployAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, T, _ = x.shape
         qkv = torch.matmul(x, self.w_qkv).view(B, T, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        if self.kind == "window":
-            y = window_attention_blocks(q, k, v, self.window)
-        else:
-            y = ops.attention(self.kind, q, k, v, self.window)
+        y = self.core(qkv[0], qkv[1], qkv[2])
         y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, a)
         return torch.matmul(y, self.w_proj)
+
+    def core(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """The attention kind's kernel on q, k, v (B, nh, T, hs); subclasses swap in other forms."""
+        if self.kind == "window":
+            return window_attention_blocks(q, k, v, self.window)
+        return ops.attention(self.kind, q, k, v, self.window)
 
 
 class DeployFFN(nn.Module):

@@ -13,7 +13,6 @@ import torch.nn as nn
 from torch import Tensor
 
 from hwnas.search_space import ArchConfig, HwnasError, LayerConfig, SearchSpace, SearchSpaceConfig
-from hwnas.search_space.config import NORM_KINDS
 
 from . import ops
 
@@ -159,7 +158,6 @@ class Supernet(nn.Module):
         )
         self.norm_final = ElasticNorms(d_max)
         self._checked: set[ArchConfig] = set()  # archs already validated (a cache; no effect on outputs)
-        assert set(NORM_KINDS) >= set(c.norm.choices)
 
     def check(self, tokens: Tensor, arch: ArchConfig) -> None:
         """Raise `ArchError` for an arch outside the space, `InputError` for bad tokens."""

@@ -3,6 +3,7 @@ so a crash never leaves a half-written checkpoint, table or result."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -17,6 +18,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path in the target's folder; on success rename it onto `path`, else delete it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # left by a writer that was killed
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:

@@ -68,8 +68,7 @@ def evaluate_archs(archs: list[ArchConfig], store: RecordStore, context: EvalCon
         raise PredictorError("predictors.device: 'cuda' was asked for but no CUDA device is available; use cpu or auto")
     model = load_supernet(run_dir, space_cfg, device=device)
     with progress_bar("evaluate subnets", len(archs), progress, unit="subnet", completed=len(archs) - len(todo),
-                      fields="loss {task.fields[loss]:.3f}") as advance:
-        advance(0, loss=float("nan"))
+                      fields="loss {task.fields[loss]:.3f}", initial={"loss": float("nan")}) as advance:
         for i, arch in enumerate(todo):
             t0 = time.perf_counter()
             metrics = evaluate(model, arch, corpus, batch_size=cfg.eval_batch_size, seq_len=context.seq_len,

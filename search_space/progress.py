@@ -34,7 +34,13 @@ class RateColumn(TextColumn):
 def progress_bar(description: str, total: int, enabled: bool = True, unit: str = "it", completed: int = 0,
                  fields: str = "", initial: dict | None = None) -> Iterator[Callable[..., None]]:
     """Yield `advance(n=1, **fields)`; `fields` is a rich format string for extra live values,
-    e.g. "loss {task.fields[loss]:.3f}", whose starting values `initial` gives."""
+    e.g. "loss {task.fields[loss]:.3f}", whose starting values `initial` must give (the bar renders
+    from its own thread, possibly before the first `advance`)."""
+    import string
+
+    named = {f[1].split("[", 1)[1].split("]", 1)[0] for f in string.Formatter().parse(fields) if f[1] and "[" in f[1]}
+    if named - set(initial or {}):
+        raise ValueError(f"progress_bar: fields {sorted(named - set(initial or {}))} have no starting value in `initial`")
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
                RateColumn(unit)]
     if fields:

@@ -142,5 +142,5 @@ def moe(x: Tensor, w_router: Tensor, top_k: int, experts_up: list[Tensor], exper
         if token.numel() == 0:
             continue
         y = mlp(flat[token], w_up, w_down) * gates[token, slot].unsqueeze(-1)
-        out.index_add_(0, token, y)
+        out.index_add_(0, token, y.to(out.dtype))  # autocast may run the experts in lower precision
     return out.view(B, T, d), balance

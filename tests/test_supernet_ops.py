@@ -92,6 +92,16 @@ def test_moe_matches_per_token_reference(top_k):
     torch.testing.assert_close(balance, E * (counts / counts.sum() * mean_prob).sum())
 
 
+def test_moe_runs_under_bf16_autocast_close_to_fp32():
+    # autocast runs the experts' matmuls in bf16 while the output buffer is fp32 (was a dtype error)
+    E, d, s = 4, 8, 6
+    x, router = torch.randn(2, 9, d), torch.randn(E, d)
+    ups, downs = [torch.randn(s, d) for _ in range(E)], [torch.randn(d, s) for _ in range(E)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, _ = ops.moe(x, router, 2, ups, downs)
+    torch.testing.assert_close(y.float(), ops.moe(x, router, 2, ups, downs)[0], atol=0.1, rtol=0.05)
+
+
 @pytest.mark.parametrize("bits", [8, 4])
 def test_fake_quant_is_symmetric_per_channel_with_straight_through_grad(bits):
     w = torch.randn(6, 10, requires_grad=True)

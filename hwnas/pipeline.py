@@ -43,8 +43,9 @@ class Stage:
 
 
 class Pipeline:
-    def __init__(self, cfg: ExperimentConfig, progress: bool = True, log: Callable[[str], None] = print):
-        self.cfg, self.progress, self.log = cfg, progress, log
+    def __init__(self, cfg: ExperimentConfig, progress: bool = True, log: Callable[[str], None] = print,
+                 isolate: bool = True):
+        self.cfg, self.progress, self.log, self.isolate = cfg, progress, log, isolate
         self.run_dir = cfg.run_path
         self.state_path = self.run_dir / "pipeline.json"
 
@@ -64,53 +65,23 @@ class Pipeline:
 
     # --- the stages -------------------------------------------------------------------------------
     def stages(self) -> list[Stage]:
-        cfg, rd, progress = self.cfg, self.run_dir, self.progress
+        cfg, rd = self.cfg, self.run_dir
 
-        def train():
-            from hwnas.supernet.train import train as run_train
+        def runner(name: str) -> Callable[[], dict[str, Any] | None]:
+            if self.isolate:  # a fresh process per stage: timings do not inherit an earlier stage's state
+                from hwnas.search_space.isolate import run_isolated
 
-            return run_train(cfg.search_space, cfg.train, rd, seed=cfg.seed, progress=progress)
-
-        def latency():
-            from hwnas.latency.build import run_latency
-            from hwnas.latency.fidelity import fidelity_report
-            from hwnas.search_space import SearchSpace
-
-            space = SearchSpace(cfg.search_space)
-            out = {}
-            for device in cfg.latency.devices:
-                for backend in cfg.latency.backends:
-                    table = run_latency(space, cfg.latency, rd, device, backend, progress=progress)
-                    if cfg.latency.n_fidelity:
-                        r = fidelity_report(space, cfg.latency, table, rd, progress=progress)
-                        out[f"{device}/{backend}"] = r["prediction"] | {"proxies": r["proxies"]}
-            return out
-
-        def predictors():
-            from hwnas.predictors.stage import run_predictors
-
-            r = run_predictors(cfg.search_space, cfg.predictors, rd, seed=cfg.seed, progress=progress)
-            return {"model": r["model"], "heldout": r["heldout"], "eval_seconds_per_subnet": r["eval_seconds_per_subnet"]}
-
-        def search():
-            from hwnas.search.stage import run_search
-
-            return run_search(cfg.search_space, cfg.search, rd, seed=cfg.seed, latency_cfg=cfg.latency, progress=progress)
-
-        def export():
-            from hwnas.export import run_export
-
-            return run_export(rd, cfg.export.pick, force=True, finetune_steps=cfg.export.finetune_steps, cfg=cfg.export,
-                              progress=progress)
+                return lambda: run_isolated(run_stage, cfg, name, self.progress)
+            return lambda: run_stage(cfg, name, self.progress)
 
         export_dir = Path(cfg.export.out_dir) if cfg.export.out_dir else rd / "export"
         latency_files = [rd / "latency" / f"{d}-{b}.json" for d in self.cfg.latency.devices for b in self.cfg.latency.backends]
         return [
-            Stage("train", train, lambda: [rd / "train" / "summary.json", rd / "train" / "checkpoint.safetensors"]),
-            Stage("latency", latency, lambda: latency_files),
-            Stage("predictors", predictors, lambda: [rd / "predictors" / "report.json"]),
-            Stage("search", search, lambda: [rd / "search" / "front.json", rd / "search" / "summary.json"]),
-            Stage("export", export, lambda: [export_dir / "report.json", export_dir / "model.onnx"]),
+            Stage("train", runner("train"), lambda: [rd / "train" / "summary.json", rd / "train" / "checkpoint.safetensors"]),
+            Stage("latency", runner("latency"), lambda: latency_files),
+            Stage("predictors", runner("predictors"), lambda: [rd / "predictors" / "report.json"]),
+            Stage("search", runner("search"), lambda: [rd / "search" / "front.json", rd / "search" / "summary.json"]),
+            Stage("export", runner("export"), lambda: [export_dir / "report.json", export_dir / "model.onnx"]),
         ]
 
     def run(self) -> dict[str, Any]:
@@ -130,6 +101,44 @@ class Pipeline:
             atomic_write_json(self.state_path, state)
             self.log(f"[{stage.name}] done in {time.perf_counter() - t0:.0f} s")
         return state
+
+
+def run_stage(cfg: ExperimentConfig, name: str, progress: bool = True) -> dict[str, Any] | None:
+    """Run one stage of `cfg` in this process; returns its JSON-able summary."""
+    rd = cfg.run_path
+    if name == "train":
+        from hwnas.supernet.train import train
+
+        return train(cfg.search_space, cfg.train, rd, seed=cfg.seed, progress=progress)
+    if name == "latency":
+        from hwnas.latency.build import run_latency
+        from hwnas.latency.fidelity import fidelity_report
+        from hwnas.search_space import SearchSpace
+
+        space = SearchSpace(cfg.search_space)
+        out = {}
+        for device in cfg.latency.devices:
+            for backend in cfg.latency.backends:
+                table = run_latency(space, cfg.latency, rd, device, backend, progress=progress)
+                if cfg.latency.n_fidelity:
+                    r = fidelity_report(space, cfg.latency, table, rd, progress=progress)
+                    out[f"{device}/{backend}"] = r["prediction"] | {"proxies": r["proxies"]}
+        return out
+    if name == "predictors":
+        from hwnas.predictors.stage import run_predictors
+
+        r = run_predictors(cfg.search_space, cfg.predictors, rd, seed=cfg.seed, progress=progress)
+        return {"model": r["model"], "heldout": r["heldout"], "eval_seconds_per_subnet": r["eval_seconds_per_subnet"]}
+    if name == "search":
+        from hwnas.search.stage import run_search
+
+        return run_search(cfg.search_space, cfg.search, rd, seed=cfg.seed, latency_cfg=cfg.latency, progress=progress)
+    if name == "export":
+        from hwnas.export import run_export
+
+        return run_export(rd, cfg.export.pick, force=True, finetune_steps=cfg.export.finetune_steps, cfg=cfg.export,
+                          progress=progress)
+    raise ValueError(f"stage {name!r} is not one of {', '.join(STAGES)}")
 
 
 def _jsonable(obj: Any) -> bool:

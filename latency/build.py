@@ -116,6 +116,27 @@ def make_measurer(space: SearchSpace, cfg: LatencyConfig, device: str, backend: 
     return Measurer(space, be, protocol, workload(space, cfg), cfg.seed)
 
 
+def _measure_medians(space_config, cfg: LatencyConfig, run_dir: str, device: str, backend: str,
+                     archs: list[ArchConfig]) -> dict[str, float]:
+    table = load_table(run_dir, device, backend)
+    if backend == "torch" and device == "cpu":
+        from .backends import steady_allocator
+
+        steady_allocator()
+    measurer = make_measurer(SearchSpace(space_config), cfg, device, backend, like=table)
+    return {k: m.value(table.statistic) for k, m in measurer.measure_archs(archs).items()}
+
+
+def measure_in_fresh_process(space_config, cfg: LatencyConfig, run_dir: str | Path, device: str, backend: str,
+                             archs: list[ArchConfig]) -> dict[str, float]:
+    """Seconds (the table's statistic) of each arch, timed end to end with the protocol, threads and
+    workload of the run's table for `device`/`backend`, by a freshly spawned process (a process
+    that has trained or evaluated models times the same subnet slower; see `search_space.isolate`)."""
+    from hwnas.search_space.isolate import run_isolated
+
+    return run_isolated(_measure_medians, space_config, cfg, str(run_dir), device, backend, list(archs))
+
+
 @contextmanager
 def progress_bar(enabled: bool, description: str, total: int) -> Iterator[Callable[[int], None]]:
     """A rich progress bar with count, rate and ETA, redrawn only between measurements; yields

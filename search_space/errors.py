@@ -15,5 +15,8 @@ class ArchError(HwnasError, ValueError):
     """An architecture is not in the search space; `field` names the first offending field."""
 
     def __init__(self, field: str, message: str):
-        self.field = field
+        self.field, self.message = field, message
         super().__init__(f"{field}: {message}")
+
+    def __reduce__(self):  # pickles (to come back from an isolated process) as it was made
+        return type(self), (self.field, self.message)

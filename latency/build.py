@@ -30,6 +30,7 @@ from .table import LatencyTable
 
 SAVE_EVERY_S = 5.0  # a build in progress is saved at least this often
 WINDOW_GROUPS = 4  # piece groups measured together (their passes interleaved), then saved
+CALIBRATION_STRATA, CALIBRATION_POOL = 6, 2000  # size bins and uniform pool of the stratified calibration half
 WINDOW_ARCHS = 10  # whole subnets measured together (their passes interleaved), then saved
 
 
@@ -45,8 +46,15 @@ def workload(space: SearchSpace, cfg: LatencyConfig) -> dict[str, int]:
 
 
 def calibration_archs(space: SearchSpace, n: int, seed: int, exclude: Iterable[str] = ()) -> list[ArchConfig]:
-    """`n` distinct random archs from the seed stream (seed, 1), skipping keys in `exclude`."""
-    return _distinct_samples(space, n, np.random.default_rng([seed, 1]), set(exclude))
+    """`n` distinct archs from the seed stream (seed, 1), none in `exclude`: half stratified by
+    size (`search_space.sampling.stratified`), half uniform. The correction learns what the piece
+    sum misses, which depends on size (fixed per-call costs weigh most in the smallest subnets, where
+    a search's fastest front members sit and where uniform draws rarely land)."""
+    from hwnas.search_space.sampling import stratified
+
+    rng, taken = np.random.default_rng([seed, 1]), set(exclude)
+    picks = stratified(space, n // 2, rng, taken, strata=CALIBRATION_STRATA, pool_size=CALIBRATION_POOL) if n >= 2 else []
+    return picks + _distinct_samples(space, n - len(picks), rng, taken)
 
 
 def heldout_archs(space: SearchSpace, n: int, seed: int, exclude: Iterable[str] = ()) -> list[ArchConfig]:

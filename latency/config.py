@@ -48,7 +48,7 @@ class LatencyConfig(Section):
     passes: int = Field(default=3, gt=0)
     statistic: Literal["median", "p10", "min"] = "median"
     clock: Literal["auto", "wall", "thread"] = "auto"
-    n_correction: int = Field(default=40, ge=0)
+    n_correction: int = Field(default=60, ge=0)
     n_fidelity: int = Field(default=100, ge=0)
     seed: int = 0
     onnx_exporter: Literal["torchscript", "dynamo"] = "torchscript"

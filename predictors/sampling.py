@@ -5,15 +5,10 @@ The two sets never share an arch, and each holds distinct archs."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from hwnas.search_space import ArchConfig, HwnasError, SearchSpace
-
-
-class SamplingError(HwnasError, ValueError):
-    """The space holds too few distinct archs for the requested sets."""
+from hwnas.search_space import ArchConfig, SearchSpace
+from hwnas.search_space.sampling import SamplingError, stratified
 
 
 def _seeded(seed: int, stream: int) -> np.random.Generator:
@@ -33,37 +28,6 @@ def _uniform(space: SearchSpace, n: int, rng: np.random.Generator, taken: set[st
             taken.add(arch.key())
             out.append(arch)
     return out
-
-
-def stratified(space: SearchSpace, n: int, rng: np.random.Generator, taken: set[str], strata: int = 6,
-               pool_size: int = 5000) -> list[ArchConfig]:
-    """`n` distinct archs, as equal a number as possible from each of `strata` equal-width bins of
-    log FLOPs spanning a uniform pool of `pool_size` samples; a bin with too few archs passes its
-    share on to the others."""
-    pool: dict[str, ArchConfig] = {}
-    for _ in range(pool_size):
-        arch = space.sample(rng)
-        if arch.key() not in taken:
-            pool.setdefault(arch.key(), arch)
-    archs = list(pool.values())
-    if len(archs) < n:
-        raise SamplingError(f"only {len(archs)} distinct archs in a pool of {pool_size} for {n} stratified picks; "
-                            f"raise predictors.pool_size or lower n_fit")
-    logf = np.array([math.log(space.flops(a)) for a in archs])
-    edges = np.linspace(logf.min(), logf.max(), strata + 1)
-    bins = np.clip(np.searchsorted(edges, logf, side="right") - 1, 0, strata - 1)
-    members = [list(rng.permutation(np.flatnonzero(bins == b))) for b in range(strata)]
-    quota = [0] * strata
-    left = n
-    while left:  # hand out picks one round at a time to the bins that still have archs
-        open_bins = [b for b in range(strata) if quota[b] < len(members[b])]
-        for b in rng.permutation(open_bins)[:left]:  # a last partial round goes to random bins
-            quota[b] += 1
-            left -= 1
-    picks = [archs[i] for b in range(strata) for i in members[b][:quota[b]]]
-    for arch in picks:
-        taken.add(arch.key())
-    return [picks[i] for i in rng.permutation(len(picks))]
 
 
 def plan(space: SearchSpace, n_fit: int, n_heldout: int, seed: int, stratify: bool = True, stratify_fraction: float = 0.5,

@@ -5,12 +5,14 @@ evaluation cost per subnet. Records are reused: a second run only refits.
 
     hwnas train experiments/quickstart.yaml      # first, once
     python experiments/bench/predictors.py [--config experiments/quickstart.yaml] [--n-fit 150] [--n-heldout 60]
-        [--noise-check 30] [--study-steps 400,1600,4800]
+        [--noise-check 30] [--study-steps 400,1600,4800] [--train-steps 3000]
 
 `--noise-check N` re-evaluates N held-out subnets with 4x the tokens and reports the Kendall tau
 between the two measurements (how much of the ranking is measurement noise). `--study-steps`
 trains small supernets (a 3-layer space on 40 stdlib files) for each step count and runs the same
 predictor stage on each: how predictable subnet quality is as a function of supernet training.
+`--train-steps N` first trains the config's own space for N steps (run directory `runs/<name>-<N>`,
+resumed if there) and measures the predictors on that supernet instead of the config's.
 """
 
 from __future__ import annotations
@@ -97,6 +99,20 @@ def training_study(steps_list: list[int], pcfg: PredictorsConfig, threads: int, 
     return rows
 
 
+def longer_trained(cfg, steps: int):
+    """`cfg` with its supernet trained for `steps` (checkpoints and evaluations spaced to match) in
+    `runs/<name>-<steps>`: trained now unless that run is complete."""
+    from hwnas.supernet.train import train
+
+    tcfg = cfg.train.model_copy(update={"steps": steps, "ckpt_every": max(100, steps // 6), "eval_every": max(200, steps // 3)})
+    cfg = cfg.model_copy(update={"name": f"{cfg.name}-{steps}", "run_dir": None, "train": tcfg})
+    t0 = time.perf_counter()
+    summary = train(cfg.search_space, tcfg, cfg.run_path, seed=cfg.seed, progress=sys.stderr.isatty())
+    print(f"supernet {cfg.run_path}: {steps} steps (training {summary['train_seconds']:.0f} s in all; this call "
+          f"{time.perf_counter() - t0:.0f} s), largest val bpb {summary['val_bpb_largest']:.3f}", flush=True)
+    return cfg
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="experiments/quickstart.yaml")
@@ -108,10 +124,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--noise-check", type=int, default=0, metavar="N", help="re-evaluate N held-out subnets with 4x the tokens")
     p.add_argument("--study-steps", default=None, help="comma-separated supernet step counts for the training study")
+    p.add_argument("--train-steps", type=int, default=None, help="train the config's space this long first (own run dir)")
     p.add_argument("--no-write", action="store_true", help="print only; do not update BENCHMARKS.md")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config)
+    if args.train_steps:
+        cfg = longer_trained(cfg, args.train_steps)
     base = getattr(cfg, "predictors", None) or PredictorsConfig()
     update = {"n_fit": args.n_fit, "n_heldout": args.n_heldout, "threads": args.threads, "wandb": "disabled"}
     if args.eval_tokens:

@@ -31,6 +31,10 @@ class PredictorsConfig(Section):
     threads: int | None = Field(default=None, gt=0, description="CPU threads (default: torch's choice)")
     # which predictors, and how they are chosen
     features: list[FeatureGroup] = Field(default_factory=lambda: ["onehot", "counts", "ends", "cost"])
+    alt_features: list[list[FeatureGroup]] = Field(
+        default_factory=lambda: [["onehot"]],
+        description="further feature sets: every model is cross-validated on `features` and on each of these, and the "
+                    "best (feature set, model) pair by CV Kendall tau is chosen")
     models: list[ModelName] = Field(default_factory=lambda: list(MODEL_NAMES))
     ensemble_members: list[ModelName] = Field(default_factory=lambda: ["ridge", "gp", "rf", "gbr"])
     cv_folds: int = Field(default=5, ge=2, description="cross-validation folds for model selection (by Kendall tau)")
@@ -47,6 +51,11 @@ class PredictorsConfig(Section):
                 raise field_error(name, f"has duplicate entries {values}")
         if not self.features:
             raise field_error("features", "needs at least one feature group")
+        for i, groups in enumerate(self.alt_features):
+            if not groups or len(set(groups)) != len(groups):
+                raise field_error(f"alt_features.{i}", f"needs distinct feature groups, got {groups}")
+        if len({tuple(sorted(g)) for g in [self.features, *self.alt_features]}) != 1 + len(self.alt_features):
+            raise field_error("alt_features", "repeats a feature set")
         if not self.models:
             raise field_error("models", "needs at least one model")
         if "ensemble" in self.ensemble_members:

@@ -97,24 +97,30 @@ def _fit_quietly(fn: Callable[[], Any]) -> Any:
 
 def fit_and_report(space_cfg: SearchSpaceConfig, cfg: PredictorsConfig, fit: list[ArchConfig], y_fit: np.ndarray,
                    heldout: list[ArchConfig], y_heldout: np.ndarray, seed: int) -> tuple[AccuracyPredictor, dict[str, Any]]:
-    """Cross-validate every candidate on the fit set, pick the best Kendall tau, refit each on the
-    whole fit set and judge it on the held-out set. Returns (chosen predictor, report)."""
-    featurizer = ArchFeaturizer(space_cfg.model_dump(mode="json"), features=tuple(cfg.features))
+    """Cross-validate every candidate (each model on each feature set: `features`, then
+    `alt_features`, named `model` and `model[groups]`) on the fit set, pick the best Kendall tau,
+    refit each on the whole fit set and judge it on the held-out set. Returns (chosen predictor,
+    report)."""
+    sets = {"": tuple(cfg.features)} | {f"[{'+'.join(g)}]": tuple(g) for g in cfg.alt_features}
     candidates: dict[str, dict[str, Any]] = {}
     fitted: dict[str, AccuracyPredictor] = {}
-    for name in cfg.models:
-        model = make_model(name, seed, tuple(cfg.ensemble_members))
-        t0 = time.perf_counter()
-        cv = _fit_quietly(lambda m=model: q.cross_validate(featurizer, m, fit, y_fit, cfg.cv_folds, seed))
-        predictor = AccuracyPredictor(featurizer, model, cv=cfg.cv_folds, interval=cfg.interval, random_state=seed)
-        fitted[name] = _fit_quietly(lambda p=predictor: p.fit(fit, y_fit))
-        entry: dict[str, Any] = {"cv": cv, "seconds": time.perf_counter() - t0}
-        if heldout:
-            mean, std = fitted[name].predict(heldout, return_std=True)
-            entry["heldout"] = q.quality_metrics(y_heldout, mean, std, cfg.interval)
-        candidates[name] = entry
+    for suffix, groups in sets.items():
+        featurizer = ArchFeaturizer(space_cfg.model_dump(mode="json"), features=groups)
+        for model_name in cfg.models:
+            name = model_name + suffix
+            model = make_model(model_name, seed, tuple(cfg.ensemble_members))
+            t0 = time.perf_counter()
+            cv = _fit_quietly(lambda m=model, f=featurizer: q.cross_validate(f, m, fit, y_fit, cfg.cv_folds, seed))
+            predictor = AccuracyPredictor(featurizer, model, cv=cfg.cv_folds, interval=cfg.interval, random_state=seed)
+            fitted[name] = _fit_quietly(lambda p=predictor: p.fit(fit, y_fit))
+            entry: dict[str, Any] = {"cv": cv, "seconds": time.perf_counter() - t0, "features": list(groups)}
+            if heldout:
+                mean, std = fitted[name].predict(heldout, return_std=True)
+                entry["heldout"] = q.quality_metrics(y_heldout, mean, std, cfg.interval)
+            candidates[name] = entry
     chosen = q.select({k: v["cv"] for k, v in candidates.items()})
-    return fitted[chosen], {"model": chosen, "candidates": candidates, "heldout": candidates[chosen].get("heldout", {})}
+    return fitted[chosen], {"model": chosen, "candidates": candidates, "heldout": candidates[chosen].get("heldout", {}),
+                            "features": candidates[chosen]["features"]}
 
 
 def run_predictors(space_cfg: SearchSpaceConfig, cfg: PredictorsConfig, run_dir: str | Path, seed: int = 0,
@@ -147,7 +153,7 @@ def run_predictors(space_cfg: SearchSpaceConfig, cfg: PredictorsConfig, run_dir:
     predictor, result = fit_and_report(space_cfg, cfg, fit, y_fit, heldout, y_heldout, seed)
     report: dict[str, Any] = {
         **result, "target": cfg.target, "n_fit": len(fit), "n_heldout": len(heldout), "cv_folds": cfg.cv_folds,
-        "interval": cfg.interval, "features": list(cfg.features), "eval_tokens": cfg.eval_tokens, "seq_len": context.seq_len,
+        "interval": cfg.interval, "eval_tokens": cfg.eval_tokens, "seq_len": context.seq_len,
         "eval_seconds_per_subnet": float(np.mean(seconds)), "eval_seconds_median": float(np.median(seconds)),
         "evaluated_now": n_new, "stale_records_skipped": stale, "device": _device_name(cfg),
         "supernet_sha256": context.supernet_sha256, "data_sha256": context.data_sha256, "seed": seed,
@@ -164,7 +170,7 @@ def run_predictors(space_cfg: SearchSpaceConfig, cfg: PredictorsConfig, run_dir:
         q.plot_png(out / "pred_vs_measured.png", y_heldout, mean, std, title, label, cfg.interval)
         q.plot_html(out / "pred_vs_measured.html", y_heldout, mean, std, [a.key() for a in heldout], title, label, cfg.interval)
     save_predictor(predictor, out, {
-        "model": report["model"], "target": cfg.target, "features": list(cfg.features), "n_fit": len(fit),
+        "model": report["model"], "target": cfg.target, "features": report["features"], "n_fit": len(fit),
         "search_space": space_cfg.model_dump(mode="json"), "supernet_sha256": context.supernet_sha256,
         "data_sha256": context.data_sha256, "eval_tokens": cfg.eval_tokens, "seq_len": context.seq_len,
         "heldout": report["heldout"], "interval": cfg.interval,

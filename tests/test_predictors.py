@@ -304,7 +304,10 @@ def test_stage_writes_report_plots_and_a_loadable_predictor_logged_to_wandb(tmp_
     assert (out / "pred_vs_measured.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     plan_json = json.loads((out / "plan.json").read_text())
     assert len(plan_json["fit"]) == 16 and len(plan_json["heldout"]) == 8 and not set(plan_json["fit"]) & set(plan_json["heldout"])
-    assert report["model"] in {"ridge", "gp", "ensemble"}
+    names = {m + s for m in ("ridge", "gp", "ensemble") for s in ("", "[onehot]")}  # each model on each feature set
+    assert set(report["candidates"]) == names and report["model"] in names
+    assert report["features"] == report["candidates"][report["model"]]["features"]
+    assert report["candidates"]["gp[onehot]"]["features"] == ["onehot"]
     best = max(c["cv"]["kendall_tau"] for c in report["candidates"].values())
     assert report["candidates"][report["model"]]["cv"]["kendall_tau"] == best  # chosen by CV tau, not held-out
     h = report["heldout"]
@@ -314,6 +317,7 @@ def test_stage_writes_report_plots_and_a_loadable_predictor_logged_to_wandb(tmp_
     predictor = load_predictor(out)
     manifest = load_manifest(out)
     assert manifest["model"] == report["model"] and manifest["versions"]["scikit-learn"]
+    assert manifest["features"] == report["features"] and list(predictor.featurizer.features) == report["features"]
     assert manifest["supernet_sha256"] == report["supernet_sha256"]
     records, _ = RecordStore(out / "records.jsonl").current(
         EvalContext(report["supernet_sha256"], report["data_sha256"], cfg.eval_tokens, TINY.block_size))
@@ -389,4 +393,10 @@ def test_config_is_strict():
         PredictorsConfig(n_fit=3, cv_folds=5)
     with pytest.raises(ValidationError):
         PredictorsConfig(models=["xgboost"])
+    with pytest.raises(ValidationError, match="repeats a feature set"):
+        PredictorsConfig(features=["onehot", "cost"], alt_features=[["cost", "onehot"]])
+    with pytest.raises(ValidationError, match="needs distinct feature groups"):
+        PredictorsConfig(alt_features=[[]])
+    with pytest.raises(ValidationError):
+        PredictorsConfig(alt_features=[["onehot", "zerocost"]])
     assert PredictorsConfig().n_fit <= 150 and PredictorsConfig().n_heldout >= 50

@@ -159,10 +159,21 @@ def check_onnx(subnet: Subnet, fp32, int8, corpus: Corpus, cfg: ExportConfig, se
 
 def measure_latency(run_dir: Path, arch: ArchConfig, subnet: Subnet, form, fp32, int8, cfg: ExportConfig,
                     block_size: int) -> dict[str, Any]:
+    """`_measure_latency` in a freshly spawned process: the export has evaluated and exported
+    models in this one, and a process with that history times the same model slower
+    (`search_space.isolate`)."""
+    from hwnas.search_space.isolate import run_isolated
+
+    return run_isolated(_measure_latency, run_dir, arch, subnet, form, fp32, int8, cfg, block_size)
+
+
+def _measure_latency(run_dir: Path, arch: ArchConfig, subnet: Subnet, form, fp32, int8, cfg: ExportConfig,
+                     block_size: int) -> dict[str, Any]:
     """Predicted (latency tables of the run, CPU) vs re-measured on this machine: the torch module,
     and ONNX Runtime on model.onnx, model.int8.onnx and, when neither has the arch's own bits,
-    the form the latency table times (16-bit layers in fp32, the others at their bits)."""
-    from hwnas.latency.backends import TorchBackend
+    the very form the latency table times (`OnnxRuntimeBackend.to_onnx`: a static-shape export,
+    16-bit layers in fp32, the others at their bits)."""
+    from hwnas.latency.backends import OnnxRuntimeBackend, TorchBackend, steady_allocator
     from hwnas.latency.build import load_table, table_path
     from hwnas.latency.config import LatencyConfig
     from hwnas.latency.errors import LatencyError
@@ -193,6 +204,7 @@ def measure_latency(run_dir: Path, arch: ArchConfig, subnet: Subnet, form, fp32,
         base = {"backend": backend, "batch_size": work["batch_size"], "seq_len": work["seq_len"], "threads": threads,
                 "table": str(table_path(run_dir, "cpu", backend).relative_to(run_dir)) if table else None}
         if backend == "torch":
+            steady_allocator()  # as the table's build did
             m = TorchBackend("cpu", threads).measure(subnet, (tokens,), protocol)
             rows.append({**base, "model": "model.safetensors (torch eager)", "predicted_ms": predicted,
                          "measured_ms": 1e3 * m.median, "p90_ms": 1e3 * m.p90, "runs": m.n, "stable": m.stable})
@@ -201,7 +213,8 @@ def measure_latency(run_dir: Path, arch: ArchConfig, subnet: Subnet, form, fp32,
         models = [("model.onnx (fp32)", fp32, not arch_bits),
                   ("model.int8.onnx", int8, bool(arch_bits) and low_bit_weights(form, cfg.full_precision_layers) == arch_bits)]
         if predicted is not None and not any(match for *_, match in models):
-            models.append(("arch's own bits (the table's form)", quantize(fp32, arch_bits, cfg.int4_block_size), True))
+            table_form = OnnxRuntimeBackend("cpu", threads, int4_block_size=cfg.int4_block_size).to_onnx(subnet.cpu().eval(), (tokens,))
+            models.append(("arch's own bits (the table's form)", table_form, True))
         for label, model, match in models:
             sess = session(model, threads)
             feeds = {sess.get_inputs()[0].name: tokens.numpy()}

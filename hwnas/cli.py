@@ -40,7 +40,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_latency(args: argparse.Namespace) -> int:
     from hwnas.config import load_config
     from hwnas.latency.build import run_latency
-    from hwnas.latency.fidelity import fidelity_report
+    from hwnas.latency.fidelity import fidelity_report_fresh
     from hwnas.search_space import SearchSpace
 
     cfg = load_config(args.config)
@@ -52,7 +52,8 @@ def _cmd_latency(args: argparse.Namespace) -> int:
             table = run_latency(space, cfg.latency, cfg.run_path, device, backend, strict=args.strict, progress=not args.no_progress)
             print(f"latency table {device}/{backend}: {len(table.entries)} pieces -> {cfg.run_path / 'latency'}")
             if not args.no_fidelity and cfg.latency.n_fidelity:
-                r = fidelity_report(space, cfg.latency, table, cfg.run_path, progress=not args.no_progress)
+                r = fidelity_report_fresh(cfg.search_space, cfg.latency, cfg.run_path, device, backend,
+                                          progress=not args.no_progress)
                 p, x = r["prediction"], r["proxies"]
                 print(f"  fidelity on {r['n']} held-out subnets: {100 * p['within_10pct']:.1f}% within +-10%, "
                       f"{100 * p['within_5pct']:.1f}% within +-5%, MAPE {p['mape_pct']:.2f}%, Kendall tau {p['kendall_tau']:.3f} "

@@ -112,16 +112,16 @@ def run_stage(cfg: ExperimentConfig, name: str, progress: bool = True) -> dict[s
         return train(cfg.search_space, cfg.train, rd, seed=cfg.seed, progress=progress)
     if name == "latency":
         from hwnas.latency.build import run_latency
-        from hwnas.latency.fidelity import fidelity_report
+        from hwnas.latency.fidelity import fidelity_report_fresh
         from hwnas.search_space import SearchSpace
 
         space = SearchSpace(cfg.search_space)
         out = {}
         for device in cfg.latency.devices:
             for backend in cfg.latency.backends:
-                table = run_latency(space, cfg.latency, rd, device, backend, progress=progress)
+                run_latency(space, cfg.latency, rd, device, backend, progress=progress)
                 if cfg.latency.n_fidelity:
-                    r = fidelity_report(space, cfg.latency, table, rd, progress=progress)
+                    r = fidelity_report_fresh(cfg.search_space, cfg.latency, rd, device, backend, progress=progress)
                     out[f"{device}/{backend}"] = r["prediction"] | {"proxies": r["proxies"]}
         return out
     if name == "predictors":

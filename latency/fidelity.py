@@ -98,6 +98,24 @@ def fidelity_report(space: SearchSpace, cfg: LatencyConfig, table: LatencyTable,
     return report
 
 
+def _report_from_file(space_config, cfg: LatencyConfig, run_dir: str, device: str, backend: str, progress: bool,
+                      wandb: str | bool | None) -> dict[str, Any]:
+    from .build import load_table
+
+    return fidelity_report(SearchSpace(space_config), cfg, load_table(run_dir, device, backend), run_dir, progress=progress,
+                           wandb=wandb)
+
+
+def fidelity_report_fresh(space_config, cfg: LatencyConfig, run_dir: str | Path, device: str = "cpu", backend: str = "torch",
+                          progress: bool = True, wandb: str | bool | None = None) -> dict[str, Any]:
+    """`fidelity_report` on the run's finished table, by a freshly spawned process that loads it
+    from its file, as the search and the export later use it: the process that has just built the
+    table times subnets a few percent off (2-4% on the build machine), a state of that process."""
+    from hwnas.search_space.isolate import run_isolated
+
+    return run_isolated(_report_from_file, space_config, cfg, str(run_dir), device, backend, progress, wandb)
+
+
 def _row(space: SearchSpace, table: LatencyTable, arch: ArchConfig, measured: Measurement) -> dict[str, Any]:
     seq = table.workload["seq_len"]
     return {

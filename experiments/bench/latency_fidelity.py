@@ -16,10 +16,8 @@ Tables and reports go to runs/bench-latency/latency/ (rebuilt from scratch unles
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, command, machine, write_section  # noqa: E402
 
 from hwnas.config import load_config  # noqa: E402
-from hwnas.latency import LatencyConfig, fidelity_report, load_table, run_latency, space_pieces  # noqa: E402
+from hwnas.latency import LatencyConfig, run_latency, space_pieces  # noqa: E402
+from hwnas.latency.fidelity import fidelity_report_fresh  # noqa: E402
 from hwnas.search_space import SearchSpace  # noqa: E402
 
 
@@ -50,7 +49,6 @@ def main() -> None:
     p.add_argument("--keep", action="store_true", help="resume existing tables instead of rebuilding them")
     p.add_argument("--wandb", action="store_true", help="also log the reports to W&B (offline)")
     p.add_argument("--no-write", action="store_true", help="print only; do not update BENCHMARKS.md")
-    p.add_argument("--report-only", choices=["torch", "onnxruntime"], help=argparse.SUPPRESS)  # the fresh-process half
     args = p.parse_args()
 
     cfg = load_config(args.config)
@@ -65,9 +63,6 @@ def main() -> None:
         overrides["n_correction"] = args.n_correction
     lat = lat.model_copy(update=overrides)
     run_dir = Path(args.run_dir)
-    if args.report_only:
-        fidelity_report(space, lat, load_table(run_dir, "cpu", args.report_only), run_dir, progress=True)
-        return
     if not args.keep and (run_dir / "latency").exists():
         shutil.rmtree(run_dir / "latency")
     n_pieces = len(space_pieces(space))
@@ -78,8 +73,7 @@ def main() -> None:
         table = run_latency(space, lat, run_dir, device="cpu", backend=backend, progress=True)
         build_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, __file__, *sys.argv[1:], "--report-only", backend], check=True)
-        report = json.loads((run_dir / "latency" / f"fidelity-cpu-{backend}.json").read_text())
+        report = fidelity_report_fresh(cfg.search_space, lat, run_dir, "cpu", backend, progress=True)
         report_s = time.perf_counter() - t0
         results.append((backend, table, report, build_s, report_s, (load0 + load_average()) / 2))
         pr, ts, px = report["prediction"], report["table_sum"], report["proxies"]

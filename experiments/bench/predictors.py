@@ -5,14 +5,15 @@ evaluation cost per subnet. Records are reused: a second run only refits.
 
     hwnas train experiments/quickstart.yaml      # first, once
     python experiments/bench/predictors.py [--config experiments/quickstart.yaml] [--n-fit 150] [--n-heldout 60]
-        [--noise-check 30] [--study-steps 400,1600,4800] [--train-steps 3000]
+        [--noise-check 30] [--study-steps 400,1600,4800] [--train-steps 3000,6000]
 
 `--noise-check N` re-evaluates N held-out subnets with 4x the tokens and reports the Kendall tau
 between the two measurements (how much of the ranking is measurement noise). `--study-steps`
 trains small supernets (a 3-layer space on 40 stdlib files) for each step count and runs the same
 predictor stage on each: how predictable subnet quality is as a function of supernet training.
-`--train-steps N` first trains the config's own space for N steps (run directory `runs/<name>-<N>`,
-resumed if there) and measures the predictors on that supernet instead of the config's.
+`--train-steps 3000,6000` trains the config's own space for each step count (run directories
+`runs/<name>-<N>`, resumed if there) and reports the predictors on each supernet in a section of
+their own.
 """
 
 from __future__ import annotations
@@ -99,6 +100,31 @@ def training_study(steps_list: list[int], pcfg: PredictorsConfig, threads: int, 
     return rows
 
 
+def training_scale(cfg, pcfg: PredictorsConfig, steps_list: list[int], no_write: bool) -> None:
+    """The predictor stage on the config's own space trained for each step count (`longer_trained`)."""
+    rows = []
+    for steps in steps_list:
+        run_cfg, summary = longer_trained(cfg, steps)
+        r = run_predictors(run_cfg.search_space, pcfg, run_cfg.run_path, seed=cfg.seed, progress=sys.stderr.isatty())
+        h = r["heldout"]
+        rows.append(f"| {steps} | {summary['train_seconds']:.0f} | {summary['val_bpb_largest']:.3f} / {summary['val_bpb_smallest']:.3f} | "
+                    f"{r['model']} | {h['kendall_tau']:.3f} | {h['spearman']:.3f} | "
+                    f"{max(c['heldout']['kendall_tau'] for c in r['candidates'].values()):.3f} | "
+                    f"{r['target_range_fit'][0]:.3f}-{r['target_range_fit'][1]:.3f} | {r['eval_seconds_per_subnet']:.2f} |")
+        print(f"{steps} steps: chosen {r['model']}  held-out tau {h['kendall_tau']:.3f}  Spearman {h['spearman']:.3f}", flush=True)
+    body = [f"Command: `{command()}`  ", f"Machine: {machine()}  ",
+            f"The quickstart space and training recipe, trained for longer than the quickstart's {cfg.train.steps} steps "
+            f"(run directories `runs/{cfg.name}-<steps>`); then the same predictor stage ({pcfg.n_fit} fit + {pcfg.n_heldout} "
+            f"uniform held-out subnets, {pcfg.eval_tokens} evaluation tokens, model and feature set chosen by CV on the fit set "
+            "only). Target: held-out Kendall tau >= 0.8.\n",
+            "| supernet steps | training s | val bits/byte largest / smallest | chosen | held-out tau | held-out Spearman | "
+            "best candidate's held-out tau | fit-set loss range | eval s/subnet |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows]
+    print("\n".join(body))
+    if not no_write:
+        write_section("Accuracy predictors vs supernet training (quickstart space)", "\n".join(body))
+
+
 def longer_trained(cfg, steps: int):
     """`cfg` with its supernet trained for `steps` (checkpoints and evaluations spaced to match) in
     `runs/<name>-<steps>`: trained now unless that run is complete."""
@@ -110,7 +136,7 @@ def longer_trained(cfg, steps: int):
     summary = train(cfg.search_space, tcfg, cfg.run_path, seed=cfg.seed, progress=sys.stderr.isatty())
     print(f"supernet {cfg.run_path}: {steps} steps (training {summary['train_seconds']:.0f} s in all; this call "
           f"{time.perf_counter() - t0:.0f} s), largest val bpb {summary['val_bpb_largest']:.3f}", flush=True)
-    return cfg
+    return cfg, summary
 
 
 def main() -> None:
@@ -124,13 +150,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--noise-check", type=int, default=0, metavar="N", help="re-evaluate N held-out subnets with 4x the tokens")
     p.add_argument("--study-steps", default=None, help="comma-separated supernet step counts for the training study")
-    p.add_argument("--train-steps", type=int, default=None, help="train the config's space this long first (own run dir)")
+    p.add_argument("--train-steps", default=None,
+                   help="comma-separated step counts: train the config's own space this long (own run dirs) and report "
+                        "the predictors on each, in their own section")
     p.add_argument("--no-write", action="store_true", help="print only; do not update BENCHMARKS.md")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config)
-    if args.train_steps:
-        cfg = longer_trained(cfg, args.train_steps)
     base = getattr(cfg, "predictors", None) or PredictorsConfig()
     update = {"n_fit": args.n_fit, "n_heldout": args.n_heldout, "threads": args.threads, "wandb": "disabled"}
     if args.eval_tokens:
@@ -138,6 +164,9 @@ def main() -> None:
     if args.models:
         update["models"] = args.models.split(",")
     pcfg = PredictorsConfig.model_validate(base.model_dump() | update)
+    if args.train_steps:
+        training_scale(cfg, pcfg, [int(x) for x in args.train_steps.split(",")], args.no_write)
+        return
     run_dir = Path(args.run_dir) if args.run_dir else cfg.run_path
     t0 = time.perf_counter()
     report = run_predictors(cfg.search_space, pcfg, run_dir, seed=cfg.seed, progress=sys.stderr.isatty())

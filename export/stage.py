@@ -173,7 +173,7 @@ def _measure_latency(run_dir: Path, arch: ArchConfig, subnet: Subnet, form, fp32
     and ONNX Runtime on model.onnx, model.int8.onnx and, when neither has the arch's own bits,
     the very form the latency table times (`OnnxRuntimeBackend.to_onnx`: a static-shape export,
     16-bit layers in fp32, the others at their bits)."""
-    from hwnas.latency.backends import OnnxRuntimeBackend, TorchBackend, steady_allocator
+    from hwnas.latency.backends import OnnxRuntimeBackend, TorchBackend
     from hwnas.latency.build import load_table, table_path
     from hwnas.latency.config import LatencyConfig
     from hwnas.latency.errors import LatencyError
@@ -204,7 +204,6 @@ def _measure_latency(run_dir: Path, arch: ArchConfig, subnet: Subnet, form, fp32
         base = {"backend": backend, "batch_size": work["batch_size"], "seq_len": work["seq_len"], "threads": threads,
                 "table": str(table_path(run_dir, "cpu", backend).relative_to(run_dir)) if table else None}
         if backend == "torch":
-            steady_allocator()  # as the table's build did
             m = TorchBackend("cpu", threads).measure(subnet, (tokens,), protocol)
             rows.append({**base, "model": "model.safetensors (torch eager)", "predicted_ms": predicted,
                          "measured_ms": 1e3 * m.median, "p90_ms": 1e3 * m.p90, "runs": m.n, "stable": m.stable})

@@ -127,10 +127,6 @@ def make_measurer(space: SearchSpace, cfg: LatencyConfig, device: str, backend: 
 def _measure_medians(space_config, cfg: LatencyConfig, run_dir: str, device: str, backend: str,
                      archs: list[ArchConfig]) -> dict[str, float]:
     table = load_table(run_dir, device, backend)
-    if backend == "torch" and device == "cpu":
-        from .backends import steady_allocator
-
-        steady_allocator()
     measurer = make_measurer(SearchSpace(space_config), cfg, device, backend, like=table)
     return {k: m.value(table.statistic) for k, m in measurer.measure_archs(archs).items()}
 

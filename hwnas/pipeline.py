@@ -43,9 +43,8 @@ class Stage:
 
 
 class Pipeline:
-    def __init__(self, cfg: ExperimentConfig, progress: bool = True, log: Callable[[str], None] = print,
-                 isolate: bool = True):
-        self.cfg, self.progress, self.log, self.isolate = cfg, progress, log, isolate
+    def __init__(self, cfg: ExperimentConfig, progress: bool = True, log: Callable[[str], None] = print):
+        self.cfg, self.progress, self.log = cfg, progress, log
         self.run_dir = cfg.run_path
         self.state_path = self.run_dir / "pipeline.json"
 
@@ -68,11 +67,10 @@ class Pipeline:
         cfg, rd = self.cfg, self.run_dir
 
         def runner(name: str) -> Callable[[], dict[str, Any] | None]:
-            if self.isolate:  # a fresh process per stage: timings do not inherit an earlier stage's state
-                from hwnas.search_space.isolate import run_isolated
+            # a fresh process per stage: timings do not inherit an earlier stage's state
+            from hwnas.search_space.isolate import run_isolated
 
-                return lambda: run_isolated(run_stage, cfg, name, self.progress)
-            return lambda: run_stage(cfg, name, self.progress)
+            return lambda: run_isolated(run_stage, cfg, name, self.progress)
 
         export_dir = Path(cfg.export.out_dir) if cfg.export.out_dir else rd / "export"
         latency_files = [rd / "latency" / f"{d}-{b}.json" for d in self.cfg.latency.devices for b in self.cfg.latency.backends]

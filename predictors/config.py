@@ -9,8 +9,8 @@ from pydantic import Field, model_validator
 
 from hwnas.search_space.config import Section, field_error
 
-ModelName = Literal["ridge", "svr", "rf", "gbr", "mlp", "gp", "ensemble"]
-MODEL_NAMES: tuple[str, ...] = ("ridge", "svr", "rf", "gbr", "mlp", "gp", "ensemble")
+ModelName = Literal["ridge", "svr", "rf", "et", "gbr", "mlp", "gp", "ensemble"]
+MODEL_NAMES: tuple[str, ...] = ("ridge", "svr", "rf", "et", "gbr", "mlp", "gp", "ensemble")
 FeatureGroup = Literal["onehot", "counts", "ends", "cost"]
 
 

@@ -1,7 +1,7 @@
 """Accuracy predictors as scikit-learn estimators.
 
 - `make_model(name)`: the candidate regressors over the feature matrix (ridge, SVR, random forest,
-  gradient boosting, MLP, Gaussian process, ensemble), each a plain estimator or `Pipeline`.
+  extremely randomized trees, gradient boosting, MLP, Gaussian process, ensemble), each a plain estimator or `Pipeline`.
 - `EnsembleRegressor`: the mean of several regressors, with their spread (plus each member's own
   std where it has one, e.g. a Gaussian process) as the uncertainty.
 - `AccuracyPredictor`: featurizer + regressor over archs. `predict(archs, return_std=True)` works
@@ -19,7 +19,7 @@ import numpy as np
 from scipy.stats import norm
 from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.compose import TransformedTargetRegressor
-from sklearn.ensemble import GradientBoostingRegressor, RandomForestRegressor
+from sklearn.ensemble import ExtraTreesRegressor, GradientBoostingRegressor, RandomForestRegressor
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import RBF, ConstantKernel, DotProduct, WhiteKernel
 from sklearn.linear_model import Ridge, RidgeCV
@@ -59,6 +59,8 @@ def make_model(name: str, random_state: int | None = 0, ensemble_members: tuple[
     if name == "rf":
         return RandomForestRegressor(n_estimators=300, max_features=0.5, min_samples_leaf=2, random_state=random_state,
                                      n_jobs=1)
+    if name == "et":  # random split thresholds: on one-hot genes, smoother than a forest of best splits
+        return ExtraTreesRegressor(n_estimators=500, max_features=0.5, min_samples_leaf=2, random_state=random_state, n_jobs=1)
     if name == "gbr":
         return GradientBoostingRegressor(n_estimators=400, learning_rate=0.03, max_depth=3, subsample=0.8,
                                          random_state=random_state)
@@ -72,7 +74,7 @@ def make_model(name: str, random_state: int | None = 0, ensemble_members: tuple[
                                                                         random_state=random_state))
     if name == "ensemble":
         return EnsembleRegressor([(m, make_model(m, random_state)) for m in ensemble_members])
-    raise ValueError(f"unknown model {name!r}; known: ridge, svr, rf, gbr, mlp, gp, ensemble")
+    raise ValueError(f"unknown model {name!r}; known: ridge, svr, rf, et, gbr, mlp, gp, ensemble")
 
 
 class EnsembleRegressor(RegressorMixin, BaseEstimator):

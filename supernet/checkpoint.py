@@ -1,5 +1,7 @@
 """Training checkpoints in one safetensors file: weights, AdamW state, RNG state and the loop's
-position as JSON metadata. Written atomically; loading never unpickles anything."""
+position as JSON metadata, and, when training keeps one, the moving average of the weights
+(`average/*`, what evaluation, search and export use). Written atomically; loading never
+unpickles anything."""
 
 from __future__ import annotations
 
@@ -19,11 +21,15 @@ class CheckpointError(HwnasError, ValueError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 
-def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: dict[str, Any]) -> None:
+def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: dict[str, Any],
+                    average: dict[str, torch.Tensor] | None = None) -> None:
+    """Write model weights, optimizer state, RNG state and `meta`; `average`: the moving average
+    of the model's state (same keys), stored beside the live weights."""
     from safetensors.torch import save_file
 
     names = {id(p): n for n, p in model.named_parameters()}
     tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors |= {f"average/{k}": v.detach().cpu().contiguous() for k, v in (average or {}).items()}
     for group in optimizer.param_groups:
         for p in group["params"]:
             for key, value in optimizer.state.get(p, {}).items():
@@ -48,8 +54,11 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return json.loads(metadata["meta"])
 
 
-def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    averaged: bool = False, average: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """Restore weights in place; with `optimizer`, also its state and the torch RNG (a resume).
+    `averaged`: load the moving average of the weights where the checkpoint has one (for use,
+    not for resuming). `average`: a dict filled with the stored average (for resuming).
     Returns the metadata."""
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -57,7 +66,10 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
     meta = read_meta(path)
     tensors = load_file(str(path))
     device = next(model.parameters()).device
-    state = {k.removeprefix("model/"): v for k, v in tensors.items() if k.startswith("model/")}
+    prefix = "average/" if averaged and any(k.startswith("average/") for k in tensors) else "model/"
+    state = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+    if average is not None:
+        average.update({k.removeprefix("average/"): v.to(device) for k, v in tensors.items() if k.startswith("average/")})
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

@@ -32,6 +32,8 @@ class TrainConfig(Section):
     complexity_aware: bool = Field(default=False, description="ElasticViT: bound the FLOPs gap between consecutive random subnets")
     flops_gap: float = Field(default=0.3, gt=0, description="max relative FLOPs change between consecutive random subnets")
     balance_weight: float = Field(default=0.01, ge=0, description="weight of the MoE load-balancing loss")
+    ema_decay: float = Field(default=0.0, ge=0, lt=1, description="decay of an exponential moving average of the weights "
+                             "(BigNAS), which evaluation, search and export then use; 0: off")
     # bookkeeping
     ckpt_every: int = Field(default=100, gt=0)
     eval_every: int = Field(default=200, gt=0)

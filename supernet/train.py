@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,41 @@ def _allreduce_grads(model: torch.nn.Module, world: int) -> None:
         offset += g.numel()
 
 
+class WeightAverage:
+    """Exponential moving average of a model's floating-point state (BigNAS keeps one): after
+    step t, avg = d * avg + (1 - d) * w with d = min(decay, (1 + t) / (10 + t)), so the first
+    steps, far from any useful average, are not remembered for long. `stored`: a saved average
+    to resume from (default: the model's current weights)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float, stored: dict[str, torch.Tensor] | None = None):
+        self.decay = decay
+        live = {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
+        stored = stored or {}
+        if stored and set(stored) != set(live):
+            raise TrainingError("the checkpoint's weight average does not fit this model; use another run_dir")
+        self.tensors = {k: (stored[k] if stored else v.detach()).clone() for k, v in live.items()}
+        self._live = list(live.values())
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(list(self.tensors.values()), self._live, 1.0 - d)
+
+    @contextmanager
+    def swapped(self):
+        """Inside the block the model holds the averaged weights; its own are restored after."""
+        backup = [t.detach().clone() for t in self._live]
+        with torch.no_grad():
+            for t, a in zip(self._live, self.tensors.values(), strict=True):
+                t.copy_(a)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for t, b in zip(self._live, backup, strict=True):
+                    t.copy_(b)
+
+
 class Trainer:
     """Train the supernet of `space_cfg` in `run_dir` (resuming from its checkpoint if present)."""
 
@@ -160,17 +195,20 @@ class Trainer:
         opt = torch.optim.AdamW(_param_groups(model, self.cfg.weight_decay), lr=self.cfg.lr,
                                 betas=(self.cfg.beta1, self.cfg.beta2), foreach=False)
         state = {"step": 0, "prev_flops": None, "nonfinite_total": 0, "train_seconds": 0.0}
+        stored: dict[str, torch.Tensor] = {}
         if self.ckpt_path.exists():
             meta = read_meta(self.ckpt_path)
             if meta.get("space") != self.space_cfg.model_dump(mode="json"):
                 raise TrainingError(f"{self.ckpt_path}: checkpoint of a different search space; use another run_dir")
-            state.update(load_checkpoint(self.ckpt_path, model, opt)["state"])
+            state.update(load_checkpoint(self.ckpt_path, model, opt, average=stored)["state"])
+        self.average = WeightAverage(model, self.cfg.ema_decay, stored) if self.cfg.ema_decay > 0 else None
         return model, opt, state
 
     def _save(self, model, opt, state: dict[str, Any]) -> None:
         if self.dist.is_main:
             save_checkpoint(self.ckpt_path, model, opt, {"state": state, "space": self.space_cfg.model_dump(mode="json"),
-                                                         "train": self.cfg.model_dump(mode="json")})
+                                                         "train": self.cfg.model_dump(mode="json")},
+                            average=self.average.tensors if self.average else None)
 
     # --- one step ---------------------------------------------------------------------------------
     def _autocast(self):
@@ -215,6 +253,8 @@ class Trainer:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         opt.step()
+        if self.average:
+            self.average.update(step)
         return {f"loss_{role}": float(np.mean(v)) for role, v in losses.items()} | {
             "grad_norm": float(grad_norm), "lr": lr_at(step, cfg)}
 
@@ -281,10 +321,13 @@ class Trainer:
         return summary
 
     def _evaluate(self, model, corpus, sampler) -> dict[str, float]:
+        """Validation loss of the largest and smallest subnet, with the weights later stages use
+        (the moving average where training keeps one)."""
         out = {}
-        for role, arch in (("largest", sampler.largest), ("smallest", sampler.smallest)):
-            r = evaluate(model, arch, corpus, batch_size=16, seq_len=self.seq_len, max_tokens=self.cfg.eval_tokens)
-            out[f"val_loss_{role}"], out[f"val_bpb_{role}"] = r["loss"], r["bpb"]
+        with self.average.swapped() if self.average else nullcontext():
+            for role, arch in (("largest", sampler.largest), ("smallest", sampler.smallest)):
+                r = evaluate(model, arch, corpus, batch_size=16, seq_len=self.seq_len, max_tokens=self.cfg.eval_tokens)
+                out[f"val_loss_{role}"], out[f"val_bpb_{role}"] = r["loss"], r["bpb"]
         return out
 
 
@@ -294,12 +337,13 @@ def train(space_cfg: SearchSpaceConfig, cfg: TrainConfig, run_dir: str | Path, s
 
 
 def load_supernet(run_dir: str | Path, space_cfg: SearchSpaceConfig, device: str = "cpu") -> Supernet:
-    """The trained supernet of a run directory (weights only, no pickle)."""
+    """The trained supernet of a run directory (weights only, no pickle): the moving average of
+    its weights where training kept one."""
     path = Path(run_dir) / "train" / "checkpoint.safetensors"
     if not path.exists():
         raise CheckpointError(f"{path}: no trained supernet; run `hwnas train` first")
     model = Supernet(space_cfg).to(device)
-    load_checkpoint(path, model)
+    load_checkpoint(path, model, averaged=True)
     return model.eval()
 
 

@@ -122,7 +122,7 @@ def test_ensemble_std_combines_spread_and_member_std():
     assert np.all(std >= members.std(axis=0) - 1e-12)  # at least the spread
 
 
-@pytest.mark.parametrize("name", ["ridge", "svr", "rf", "gbr", "mlp", "gp", "ensemble"])
+@pytest.mark.parametrize("name", ["ridge", "svr", "rf", "et", "gbr", "mlp", "gp", "ensemble"])
 def test_every_candidate_fits_in_a_pipeline_and_clones(name):
     archs, y = dataset(30)
     pipe = Pipeline([("features", ArchFeaturizer(SPACE_JSON)), ("model", make_model(name, 0, ("ridge", "svr")))])

@@ -45,16 +45,17 @@ def tiny_cfg(text_dir: Path, **kw) -> TrainConfig:
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in load_file(str(run_dir / "train" / "checkpoint.safetensors")).items() if k.startswith(("model/", "optim/"))}
+    return {k: v for k, v in load_file(str(run_dir / "train" / "checkpoint.safetensors")).items()
+            if k.startswith(("model/", "optim/", "average/"))}
 
 
 class Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("kill_at", [4, 6])
-def test_resumed_run_equals_uninterrupted(tmp_path, text_dir, kill_at):
-    cfg = tiny_cfg(text_dir)
+@pytest.mark.parametrize(("kill_at", "ema_decay"), [(4, 0.0), (6, 0.0), (4, 0.9)])
+def test_resumed_run_equals_uninterrupted(tmp_path, text_dir, kill_at, ema_decay):
+    cfg = tiny_cfg(text_dir, ema_decay=ema_decay)
     train(TINY, cfg, tmp_path / "full", progress=False)
 
     def boom(step: int) -> None:
@@ -69,6 +70,7 @@ def test_resumed_run_equals_uninterrupted(tmp_path, text_dir, kill_at):
 
     full, cut = weights(tmp_path / "full"), weights(tmp_path / "cut")
     assert full.keys() == cut.keys()
+    assert any(k.startswith("average/") for k in full) == (ema_decay > 0)
     for k in full:
         assert torch.equal(full[k], cut[k]), k
     rows = lambda p: [json.loads(line) for line in (p / "train/metrics.jsonl").read_text().splitlines()]  # noqa: E731
@@ -134,6 +136,27 @@ def test_missing_corpus_gives_clear_error_and_writes_nothing(tmp_path):
         train(TINY, tiny_cfg(tmp_path / "nope"), tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "train").exists()
     assert not (tmp_path / "run" / "corpus").exists()
+
+
+def test_weight_average_is_the_moving_average_and_later_stages_load_it(tmp_path, text_dir):
+    from hwnas.supernet import Supernet
+
+    cfg, seen = tiny_cfg(text_dir, steps=5, ema_decay=0.5), []
+    trainer = Trainer(TINY, cfg, tmp_path / "run", progress=False,
+                      on_step_end=lambda step: seen.append({k: v.clone() for k, v in trainer.model.state_dict().items()}))
+    trainer.run()
+    torch.manual_seed(0)
+    expected = {k: v.clone() for k, v in Supernet(TINY).state_dict().items() if v.is_floating_point()}
+    for t, live in enumerate(seen):  # avg = d * avg + (1 - d) * w, d = min(decay, (1 + t) / (10 + t))
+        d = min(0.5, (1 + t) / (10 + t))
+        expected = {k: d * v + (1 - d) * live[k] for k, v in expected.items()}
+    stored = load_file(str(tmp_path / "run/train/checkpoint.safetensors"))
+    loaded = load_supernet(tmp_path / "run", TINY).state_dict()
+    for k, v in expected.items():
+        assert torch.allclose(stored[f"average/{k}"], v, atol=1e-6), k
+        assert torch.equal(loaded[k], stored[f"average/{k}"]), k  # search, predictors and export see the average
+    assert any(not torch.equal(stored[f"model/{k}"], stored[f"average/{k}"]) for k in expected)
+    assert torch.equal(stored["model/" + next(iter(expected))], seen[-1][next(iter(expected))])  # resume state: live weights
 
 
 def test_checkpoint_of_another_space_is_refused(tmp_path, text_dir):

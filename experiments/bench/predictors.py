@@ -211,7 +211,7 @@ def main() -> None:
     if args.study_steps:
         rows = training_study([int(x) for x in args.study_steps.split(",")], pcfg, args.threads, cfg.seed)
         body += ["\nSupernet training vs predictability (a 3-layer space on 40 stdlib files, block 32; the same stage: "
-                 f"{pcfg.n_fit} fit + {pcfg.n_heldout} held-out subnets, 8192 eval tokens, candidates ridge/gp/rf/gbr):\n",
+                 f"{pcfg.n_fit} fit + {pcfg.n_heldout} held-out subnets, 8192 eval tokens, candidates ridge/gp/rf/gbr, each also on one-hot features alone):\n",
                  "| supernet steps | largest subnet val loss | chosen | held-out tau (chosen) | best candidate's held-out tau | fit-set loss range |",
                  "| --- | --- | --- | --- | --- | --- |"]
         body += [f"| {r['steps']} | {r['val_loss_largest']:.3f} | {r['model']} | {r['tau']:.3f} | {r['best_tau']:.3f} | "

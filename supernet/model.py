@@ -2,11 +2,14 @@
 
 `supernet(tokens, arch)` runs exactly the subnet `arch` by slicing: the first `embed_dim` columns,
 the first `n_heads` heads, the first `mlp_ratio * embed_dim` hidden units, the first `depth`
-layers (nested like MatFormer). The arch is passed down the call; nothing is stored on the modules
+layers (nested like MatFormer); with `weight_sharing: per_kind` each attention and FFN kind slices
+its own projections. The arch is passed down the call; nothing is stored on the modules
 between calls, so a forward never depends on an earlier one.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -56,20 +59,35 @@ class ElasticNorms(nn.Module):
         return ops.norm(kind, x, **self.params(kind, x.shape[-1]))
 
 
-class ElasticAttention(nn.Module):
-    """Q/K/V/O projections shared by softmax, linear and sliding-window attention."""
+def shared_or_per_kind(make: Callable[[], Tensor], kinds: Sequence[str] | None) -> nn.Parameter | nn.ParameterDict:
+    """One parameter for every kind (`kinds` None), or one per kind."""
+    return nn.Parameter(make()) if kinds is None else nn.ParameterDict({k: nn.Parameter(make()) for k in kinds})
 
-    def __init__(self, d_max: int, heads_max: int, head_dim: int):
+
+def of_kind(param: nn.Parameter | nn.ParameterDict, kind: str) -> Tensor:
+    return param if isinstance(param, nn.Parameter) else param[kind]
+
+
+class ElasticAttention(nn.Module):
+    """Q/K/V/O projections of softmax, linear and sliding-window attention: one set shared by all
+    kinds, or (`kinds` given) one set per kind."""
+
+    def __init__(self, d_max: int, heads_max: int, head_dim: int, kinds: Sequence[str] | None = None):
         super().__init__()
         self.head_dim = head_dim
         a = heads_max * head_dim
-        self.qkv = nn.Parameter(torch.randn(3, a, d_max) * 0.02)  # (3, nh*hs, d): q, k, v
-        self.proj = nn.Parameter(torch.randn(d_max, a) * 0.02)
+        self.qkv = shared_or_per_kind(lambda: torch.randn(3, a, d_max) * 0.02, kinds)  # (3, nh*hs, d): q, k, v
+        self.proj = shared_or_per_kind(lambda: torch.randn(d_max, a) * 0.02, kinds)
+
+    def full(self, kind: str) -> tuple[Tensor, Tensor]:
+        """The whole (qkv, proj) tensors an attention of `kind` slices."""
+        return of_kind(self.qkv, kind), of_kind(self.proj, kind)
 
     def weights(self, layer: LayerConfig, d: int) -> tuple[Tensor, Tensor]:
         a = layer.n_heads * self.head_dim
         bits = layer.weight_bits
-        return ops.fake_quant(corner(self.qkv, a, d), bits), ops.fake_quant(corner(self.proj, d, a), bits)
+        qkv, proj = self.full(layer.attention)
+        return ops.fake_quant(corner(qkv, a, d), bits), ops.fake_quant(corner(proj, d, a), bits)
 
     def forward(self, x: Tensor, layer: LayerConfig) -> Tensor:
         B, T, d = x.shape
@@ -81,22 +99,28 @@ class ElasticAttention(nn.Module):
 
 
 class ElasticFFN(nn.Module):
-    """GELU MLP, SwiGLU and mixture-of-experts over one set of hidden units. MoE experts are equal
-    contiguous groups of the arch's hidden units; each expert count has its own router."""
+    """GELU MLP, SwiGLU and mixture-of-experts over one set of hidden units, or (`kinds` given) one
+    set per kind. MoE experts are equal contiguous groups of the arch's hidden units; each expert
+    count has its own router."""
 
-    def __init__(self, d_max: int, hidden_max: int, expert_counts: list[int]):
+    def __init__(self, d_max: int, hidden_max: int, expert_counts: list[int], kinds: Sequence[str] | None = None):
         super().__init__()
-        self.up = nn.Parameter(torch.randn(hidden_max, d_max) * 0.02)
+        self.up = shared_or_per_kind(lambda: torch.randn(hidden_max, d_max) * 0.02, kinds)
         self.gate = nn.Parameter(torch.randn(hidden_max, d_max) * 0.02)
-        self.down = nn.Parameter(torch.randn(d_max, hidden_max) * 0.02)
+        self.down = shared_or_per_kind(lambda: torch.randn(d_max, hidden_max) * 0.02, kinds)
         self.routers = nn.ParameterDict({str(e): nn.Parameter(torch.randn(e, d_max) * 0.02) for e in expert_counts})
+
+    def full(self, kind: str) -> tuple[Tensor, Tensor]:
+        """The whole (up, down) tensors an FFN of `kind` slices (SwiGLU's gate is its own)."""
+        return of_kind(self.up, kind), of_kind(self.down, kind)
 
     def expert_weights(self, layer: LayerConfig, d: int) -> tuple[Tensor, list[Tensor], list[Tensor]]:
         """Router and per-expert (up, down) weights; each expert is quantized on its own."""
         h, bits, E = layer.hidden(d), layer.weight_bits, layer.n_experts
         size = h // E
-        ups = ops.fake_quant(corner(self.up, h, d).reshape(E, size, d), bits)  # (E, size, d)
-        downs = ops.fake_quant(corner(self.down, d, h).reshape(d, E, size), bits)  # (d, E, size)
+        up, down = self.full("moe")
+        ups = ops.fake_quant(corner(up, h, d).reshape(E, size, d), bits)  # (E, size, d)
+        downs = ops.fake_quant(corner(down, d, h).reshape(d, E, size), bits)  # (d, E, size)
         return corner(self.routers[str(E)], E, d), list(ups), list(downs.unbind(1))
 
     def forward(self, x: Tensor, layer: LayerConfig) -> tuple[Tensor, Tensor | None]:
@@ -105,7 +129,8 @@ class ElasticFFN(nn.Module):
         if layer.ffn == "moe":
             router, ups, downs = self.expert_weights(layer, d)
             return ops.moe(x, router, layer.top_k, ups, downs)
-        w_up, w_down = ops.fake_quant(corner(self.up, h, d), bits), ops.fake_quant(corner(self.down, d, h), bits)
+        up, down = self.full(layer.ffn)
+        w_up, w_down = ops.fake_quant(corner(up, h, d), bits), ops.fake_quant(corner(down, d, h), bits)
         if layer.ffn == "swiglu":
             return ops.swiglu(x, ops.fake_quant(corner(self.gate, h, d), bits), w_up, w_down), None
         return ops.mlp(x, w_up, w_down), None
@@ -115,10 +140,11 @@ class Block(nn.Module):
     """One transformer layer that builds every norm / placement / attention / FFN variant from the
     arch. Each sublayer has an input norm and an output norm (the latter used by peri-LN only)."""
 
-    def __init__(self, d_max: int, heads_max: int, head_dim: int, hidden_max: int, expert_counts: list[int]):
+    def __init__(self, d_max: int, heads_max: int, head_dim: int, hidden_max: int, expert_counts: list[int],
+                 attention_kinds: Sequence[str] | None = None, ffn_kinds: Sequence[str] | None = None):
         super().__init__()
-        self.attn = ElasticAttention(d_max, heads_max, head_dim)
-        self.ffn = ElasticFFN(d_max, hidden_max, expert_counts)
+        self.attn = ElasticAttention(d_max, heads_max, head_dim, attention_kinds)
+        self.ffn = ElasticFFN(d_max, hidden_max, expert_counts, ffn_kinds)
         self.norm_attn, self.norm_attn_out = ElasticNorms(d_max), ElasticNorms(d_max)
         self.norm_ffn, self.norm_ffn_out = ElasticNorms(d_max), ElasticNorms(d_max)
 
@@ -153,8 +179,11 @@ class Supernet(nn.Module):
         # tied head starts with logits of std <= 1.
         self.tok_emb = nn.Parameter(torch.randn(c.vocab_size, d_max) / d_max**0.5)  # tied with the LM head
         self.pos_emb = nn.Parameter(torch.randn(c.block_size, d_max) / d_max**0.5)
+        per_kind = c.weight_sharing == "per_kind"
+        kinds = {"attention_kinds": list(c.attention.choices) if per_kind else None,
+                 "ffn_kinds": list(c.ffn.choices) if per_kind else None}
         self.blocks = nn.ModuleList(
-            Block(d_max, heads_max, c.head_dim, hidden_max, list(c.ffn.experts)) for _ in range(self.space.max_depth)
+            Block(d_max, heads_max, c.head_dim, hidden_max, list(c.ffn.experts), **kinds) for _ in range(self.space.max_depth)
         )
         self.norm_final = ElasticNorms(d_max)
         self._checked: set[ArchConfig] = set()  # archs already validated (a cache; no effect on outputs)

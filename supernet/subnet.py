@@ -138,16 +138,18 @@ def extract_subnet(supernet: Supernet, arch: ArchConfig) -> Subnet:
     sub.pos_emb.copy_(supernet.pos_emb[:, :d])
     for src, dst, layer in zip(supernet.blocks, sub.blocks, arch.layers, strict=False):
         a, h = layer.n_heads * supernet.config.head_dim, layer.hidden(d)
-        dst.attn.qkv.copy_(src.attn.qkv[:, :a, :d])
-        dst.attn.proj.copy_(src.attn.proj[:d, :a])
+        qkv, proj = src.attn.full(layer.attention)
+        dst.attn.qkv.copy_(qkv[:, :a, :d])
+        dst.attn.proj.copy_(proj[:d, :a])
+        up, down = src.ffn.full(layer.ffn)
         if layer.ffn == "moe":
             E, size = layer.n_experts, h // layer.n_experts
             dst.ffn.router.copy_(src.ffn.routers[str(E)][:, :d])
-            dst.ffn.up.copy_(src.ffn.up[:h, :d].reshape(E, size, d))
-            dst.ffn.down.copy_(src.ffn.down[:d, :h].reshape(d, E, size).transpose(0, 1))
+            dst.ffn.up.copy_(up[:h, :d].reshape(E, size, d))
+            dst.ffn.down.copy_(down[:d, :h].reshape(d, E, size).transpose(0, 1))
         else:
-            dst.ffn.up.copy_(src.ffn.up[:h, :d])
-            dst.ffn.down.copy_(src.ffn.down[:d, :h])
+            dst.ffn.up.copy_(up[:h, :d])
+            dst.ffn.down.copy_(down[:d, :h])
             if layer.ffn == "swiglu":
                 dst.ffn.gate.copy_(src.ffn.gate[:h, :d])
         _copy_norm(dst.norm_attn, src.norm_attn, d)

@@ -14,7 +14,7 @@ from tests.conftest import QUICKSTART, QUICKSTART_SIZE
 # the top-level sections grow with the pipeline stages; the foundation's four come first
 TOP_KEYS = ", ".join(ExperimentConfig.model_fields)
 SPACE_KEYS = ("vocab_size, block_size, head_dim, depth, embed_dim, n_heads, mlp_ratio, norm, norm_placement, "
-              "attention, ffn, weight_bits")
+              "attention, ffn, weight_bits, weight_sharing")
 
 
 def ss(**section) -> dict:
@@ -66,6 +66,8 @@ BAD_CONFIGS = [
      "config: search_space.n_heads.choices: must be positive integers, got -4"),
     ("zero-ratio", ss(mlp_ratio={"choices": [0, 2]}), "search_space.mlp_ratio.choices",
      "config: search_space.mlp_ratio.choices: must be positive numbers, got 0.0"),
+    ("bad-weight-sharing", ss(weight_sharing="per_layer"), "search_space.weight_sharing",
+     "config: search_space.weight_sharing: Input should be 'shared' or 'per_kind' (got 'per_layer')"),
     ("zero-vocab", ss(vocab_size=0), "search_space.vocab_size",
      "config: search_space.vocab_size: Input should be greater than 0 (got 0)"),
     ("ratio-not-whole", ss(embed_dim=[64, 96], mlp_ratio={"choices": [2, 2.5, 2.01]}), "search_space.mlp_ratio.choices",

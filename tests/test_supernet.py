@@ -4,6 +4,7 @@ safetensors round trip, and no state carried between calls."""
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 import torch
@@ -17,10 +18,10 @@ FFNS = [("mlp", None, None), ("swiglu", None, None), ("moe", 4, 1), ("moe", 4, 2
 BITS = [16, 8, 4]
 
 
-@pytest.fixture(scope="module")
-def net() -> Supernet:
+@pytest.fixture(scope="module", params=["shared", "per_kind"])
+def net(request) -> Supernet:
     torch.manual_seed(0)
-    model = Supernet(SearchSpaceConfig())
+    model = Supernet(SearchSpaceConfig(weight_sharing=request.param))
     with torch.no_grad():  # move norms off their identity init so that parity checks them too
         for name, p in model.named_parameters():
             if "norm" in name:
@@ -125,13 +126,16 @@ def _used_mask(net: Supernet, arch: ArchConfig) -> dict[str, torch.Tensor]:
             else:
                 used[f"{prefix}.{p}"][:d] = True
 
+    def of_kind(name: str, kind: str) -> str:  # per-kind weights are named <name>.<kind>
+        return name if c.weight_sharing == "shared" else f"{name}.{kind}"
+
     for i, layer in enumerate(arch.layers):
         b = f"blocks.{i}"
         a, h = layer.n_heads * c.head_dim, layer.hidden(d)
-        used[f"{b}.attn.qkv"][:, :a, :d] = True
-        used[f"{b}.attn.proj"][:d, :a] = True
-        used[f"{b}.ffn.up"][:h, :d] = True
-        used[f"{b}.ffn.down"][:d, :h] = True
+        used[of_kind(f"{b}.attn.qkv", layer.attention)][:, :a, :d] = True
+        used[of_kind(f"{b}.attn.proj", layer.attention)][:d, :a] = True
+        used[of_kind(f"{b}.ffn.up", layer.ffn)][:h, :d] = True
+        used[of_kind(f"{b}.ffn.down", layer.ffn)][:d, :h] = True
         if layer.ffn == "swiglu":
             used[f"{b}.ffn.gate"][:h, :d] = True
         if layer.ffn == "moe":
@@ -155,7 +159,7 @@ def test_gradients_flow_only_into_used_slices(net):
         for name, used in _used_mask(net, arch).items():
             grad = params[name].grad if params[name].grad is not None else torch.zeros_like(params[name])
             assert not grad[~used].any(), f"{arch.key()}: {name} has gradient outside its slice"
-            if used.any() and name.endswith(("qkv", "up", "down", "tok_emb")):
+            if used.any() and re.search(r"\.(qkv|up|down)(\.|$)|^tok_emb$", name):
                 assert grad[used].abs().max() > 0, f"{arch.key()}: {name} got no gradient"
 
 
@@ -241,9 +245,38 @@ def test_supernet_holds_the_largest_weights():
     assert sorted(net.blocks[0].ffn.routers.keys()) == [str(e) for e in c.ffn.experts]
 
 
-def test_every_arch_of_a_tiny_space_matches_its_extraction():
+def test_per_kind_sharing_gives_each_attention_and_ffn_kind_its_own_weights():
+    shared = Supernet(SearchSpaceConfig())
+    cfg = SearchSpaceConfig(weight_sharing="per_kind", attention={"choices": ["softmax", "linear"]})
+    net = Supernet(cfg)
+    attn, ffn = net.blocks[0].attn, net.blocks[0].ffn
+    assert sorted(attn.qkv.keys()) == ["linear", "softmax"] and sorted(attn.proj.keys()) == ["linear", "softmax"]
+    assert sorted(ffn.up.keys()) == ["mlp", "moe", "swiglu"] and sorted(ffn.down.keys()) == ["mlp", "moe", "swiglu"]
+    assert attn.qkv["linear"].shape == shared.blocks[0].attn.qkv.shape
+    assert ffn.up["moe"].shape == shared.blocks[0].ffn.up.shape
+    per_layer_extra = 1 * (shared.blocks[0].attn.qkv.numel() + shared.blocks[0].attn.proj.numel()) + 2 * (
+        shared.blocks[0].ffn.up.numel() + shared.blocks[0].ffn.down.numel())
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n(net) == n(shared) + len(net.blocks) * per_layer_extra
+    # a subnet is the same size whatever the sharing: only the supernet stores more
+    arch = net.space.sample(3)
+    assert n(extract_subnet(net, arch)) == n(extract_subnet(shared, arch)) == net.space.params(arch)["total"]
+
+
+def test_a_checkpoint_of_one_weight_sharing_does_not_load_into_the_other(tmp_path):
+    from hwnas.supernet.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    path = tmp_path / "ckpt.safetensors"
+    model = Supernet(SearchSpaceConfig())
+    save_checkpoint(path, model, torch.optim.AdamW(model.parameters()), meta={})
+    with pytest.raises(CheckpointError, match="weights do not fit this model"):
+        load_checkpoint(path, Supernet(SearchSpaceConfig(weight_sharing="per_kind")))
+
+
+@pytest.mark.parametrize("sharing", ["shared", "per_kind"])
+def test_every_arch_of_a_tiny_space_matches_its_extraction(sharing):
     """Every arch of a tiny space (all gene vectors) runs and matches its extraction."""
-    cfg = SearchSpaceConfig(
+    cfg = SearchSpaceConfig(weight_sharing=sharing,
         depth=[1], embed_dim=[16], head_dim=4, block_size=16,
         n_heads={"choices": [1, 2]}, mlp_ratio={"choices": [2.0]},
         attention={"choices": ["softmax", "linear", "window"], "windows": [4]},

@@ -236,7 +236,7 @@ def test_loading_a_non_subnet_file_fails_clearly(tmp_path):
 
 
 def test_supernet_holds_the_largest_weights():
-    net = Supernet(SearchSpaceConfig())
+    net = Supernet(SearchSpaceConfig(weight_sharing="shared"))
     c = net.config
     assert net.tok_emb.shape == (c.vocab_size, max(c.embed_dim))
     assert len(net.blocks) == max(c.depth)
@@ -246,7 +246,7 @@ def test_supernet_holds_the_largest_weights():
 
 
 def test_per_kind_sharing_gives_each_attention_and_ffn_kind_its_own_weights():
-    shared = Supernet(SearchSpaceConfig())
+    shared = Supernet(SearchSpaceConfig(weight_sharing="shared"))
     cfg = SearchSpaceConfig(weight_sharing="per_kind", attention={"choices": ["softmax", "linear"]})
     net = Supernet(cfg)
     attn, ffn = net.blocks[0].attn, net.blocks[0].ffn
@@ -267,7 +267,7 @@ def test_a_checkpoint_of_one_weight_sharing_does_not_load_into_the_other(tmp_pat
     from hwnas.supernet.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
     path = tmp_path / "ckpt.safetensors"
-    model = Supernet(SearchSpaceConfig())
+    model = Supernet(SearchSpaceConfig(weight_sharing="shared"))
     save_checkpoint(path, model, torch.optim.AdamW(model.parameters()), meta={})
     with pytest.raises(CheckpointError, match="weights do not fit this model"):
         load_checkpoint(path, Supernet(SearchSpaceConfig(weight_sharing="per_kind")))

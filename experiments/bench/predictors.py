@@ -30,6 +30,7 @@ from common import command, machine, write_section  # noqa: E402
 
 from hwnas.config import load_config  # noqa: E402
 from hwnas.predictors import PredictorsConfig, run_predictors  # noqa: E402
+from hwnas.search_space import SearchSpaceConfig  # noqa: E402
 
 STUDY_SPACE = dict(
     depth=[1, 2, 3], embed_dim=[16, 32], head_dim=8, block_size=32,
@@ -71,7 +72,6 @@ def training_study(steps_list: list[int], pcfg: PredictorsConfig, threads: int, 
     import shutil
     import tempfile
 
-    from hwnas.search_space import SearchSpaceConfig
     from hwnas.supernet.config import TrainConfig
     from hwnas.supernet.train import train
 
@@ -210,7 +210,8 @@ def main() -> None:
                     "nearly exact, so the gap is in what the features can explain.")
     if args.study_steps:
         rows = training_study([int(x) for x in args.study_steps.split(",")], pcfg, args.threads, cfg.seed)
-        body += ["\nSupernet training vs predictability (a 3-layer space on 40 stdlib files, block 32; the same stage: "
+        body += [f"\nSupernet training vs predictability (a 3-layer space on 40 stdlib files, block 32, weight sharing "
+                 f"{SearchSpaceConfig(**STUDY_SPACE).weight_sharing}; the same stage: "
                  f"{pcfg.n_fit} fit + {pcfg.n_heldout} held-out subnets, 8192 eval tokens, candidates ridge/gp/rf/gbr, each also on one-hot features alone):\n",
                  "| supernet steps | largest subnet val loss | chosen | held-out tau (chosen) | best candidate's held-out tau | fit-set loss range |",
                  "| --- | --- | --- | --- | --- | --- |"]

@@ -193,8 +193,9 @@ class SearchSpaceConfig(Section):
     ffn: FfnDim = FfnDim(choices=["mlp", "swiglu", "moe"])
     weight_bits: BitsDim = BitsDim(choices=[16, 8, 4])
     # how the supernet shares projection weights: "per_kind" (each attention / FFN kind its own, as
-    # few-shot NAS splits a supernet: less interference between kinds, better-trained subnets; up to 3x the attention / FFN weights to store) or "shared" (one Q/K/V/O set for every attention
-    # kind, one set of FFN hidden units for every FFN kind)
+    # few-shot NAS splits a supernet: less interference between kinds, better-trained subnets; up to
+    # 3x the attention / FFN weights to store) or "shared" (one Q/K/V/O set for every attention kind,
+    # one set of FFN hidden units for every FFN kind)
     weight_sharing: Literal["shared", "per_kind"] = "per_kind"
 
     @field_validator("depth")

@@ -5,7 +5,7 @@ evaluation cost per subnet. Records are reused: a second run only refits.
 
     hwnas train experiments/quickstart.yaml      # first, once
     python experiments/bench/predictors.py [--config experiments/quickstart.yaml] [--n-fit 150] [--n-heldout 60]
-        [--noise-check 30] [--study-steps 400,1600,4800] [--train-steps 3000,6000]
+        [--noise-check 30] [--study-steps 400,1600,4800] [--train-steps 3000,6000 [--sharing per_kind,shared]]
 
 `--noise-check N` re-evaluates N held-out subnets with 4x the tokens and reports the Kendall tau
 between the two measurements (how much of the ranking is measurement noise). `--study-steps`
@@ -19,8 +19,10 @@ their own.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
+import typing
 from pathlib import Path
 
 import torch
@@ -100,38 +102,43 @@ def training_study(steps_list: list[int], pcfg: PredictorsConfig, threads: int, 
     return rows
 
 
-def training_scale(cfg, pcfg: PredictorsConfig, steps_list: list[int], no_write: bool) -> None:
-    """The predictor stage on the config's own space trained for each step count (`longer_trained`)."""
+def training_scale(cfg, pcfg: PredictorsConfig, steps_list: list[int], sharings: list[str], no_write: bool) -> None:
+    """The predictor stage on the config's own space trained for each step count and weight sharing
+    (`longer_trained`)."""
     rows = []
-    for steps in steps_list:
-        run_cfg, summary = longer_trained(cfg, steps)
+    for steps, sharing in itertools.product(steps_list, sharings):
+        run_cfg, summary = longer_trained(cfg, steps, sharing)
         r = run_predictors(run_cfg.search_space, pcfg, run_cfg.run_path, seed=cfg.seed, progress=sys.stderr.isatty())
         h = r["heldout"]
-        rows.append(f"| {steps} | {summary['train_seconds']:.0f} | {summary['val_bpb_largest']:.3f} / {summary['val_bpb_smallest']:.3f} | "
+        rows.append(f"| {steps} | {sharing} | {summary['train_seconds']:.0f} | {summary['val_bpb_largest']:.3f} / {summary['val_bpb_smallest']:.3f} | "
                     f"{r['model']} | {h['kendall_tau']:.3f} | {h['spearman']:.3f} | "
                     f"{max(c['heldout']['kendall_tau'] for c in r['candidates'].values()):.3f} | "
                     f"{r['target_range_fit'][0]:.3f}-{r['target_range_fit'][1]:.3f} | {r['eval_seconds_per_subnet']:.2f} |")
-        print(f"{steps} steps: chosen {r['model']}  held-out tau {h['kendall_tau']:.3f}  Spearman {h['spearman']:.3f}", flush=True)
+        print(f"{steps} steps, {sharing}: chosen {r['model']}  held-out tau {h['kendall_tau']:.3f}  Spearman {h['spearman']:.3f}", flush=True)
     body = [f"Command: `{command()}`  ", f"Machine: {machine()}  ",
             f"The quickstart space and training recipe, trained for longer than the quickstart's {cfg.train.steps} steps "
-            f"(run directories `runs/{cfg.name}-<steps>`); then the same predictor stage ({pcfg.n_fit} fit + {pcfg.n_heldout} "
+            f"(run directories `runs/{cfg.name}-<steps>`, `-<sharing>` appended for a weight sharing other than the config's "
+            f"{cfg.search_space.weight_sharing}); then the same predictor stage ({pcfg.n_fit} fit + {pcfg.n_heldout} "
             f"uniform held-out subnets, {pcfg.eval_tokens} evaluation tokens, model and feature set chosen by CV on the fit set "
             "only). Target: held-out Kendall tau >= 0.8.\n",
-            "| supernet steps | training s | val bits/byte largest / smallest | chosen | held-out tau | held-out Spearman | "
+            "| supernet steps | weight sharing | training s | val bits/byte largest / smallest | chosen | held-out tau | held-out Spearman | "
             "best candidate's held-out tau | fit-set loss range | eval s/subnet |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows]
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows]
     print("\n".join(body))
     if not no_write:
         write_section("Accuracy predictors vs supernet training (quickstart space)", "\n".join(body))
 
 
-def longer_trained(cfg, steps: int):
-    """`cfg` with its supernet trained for `steps` (checkpoints and evaluations spaced to match) in
-    `runs/<name>-<steps>`: trained now unless that run is complete."""
+def longer_trained(cfg, steps: int, sharing: str):
+    """`cfg` with its supernet (weight sharing `sharing`) trained for `steps` (checkpoints and
+    evaluations spaced to match) in `runs/<name>-<steps>[-<sharing>]`: trained now unless that run is
+    complete."""
     from hwnas.supernet.train import train
 
     tcfg = cfg.train.model_copy(update={"steps": steps, "ckpt_every": max(100, steps // 6), "eval_every": max(200, steps // 3)})
-    cfg = cfg.model_copy(update={"name": f"{cfg.name}-{steps}", "run_dir": None, "train": tcfg})
+    space = SearchSpaceConfig.model_validate(cfg.search_space.model_dump() | {"weight_sharing": sharing})
+    suffix = "" if sharing == cfg.search_space.weight_sharing else f"-{sharing}"
+    cfg = cfg.model_copy(update={"name": f"{cfg.name}-{steps}{suffix}", "run_dir": None, "train": tcfg, "search_space": space})
     t0 = time.perf_counter()
     summary = train(cfg.search_space, tcfg, cfg.run_path, seed=cfg.seed, progress=sys.stderr.isatty())
     print(f"supernet {cfg.run_path}: {steps} steps (training {summary['train_seconds']:.0f} s in all; this call "
@@ -153,6 +160,9 @@ def main() -> None:
     p.add_argument("--train-steps", default=None,
                    help="comma-separated step counts: train the config's own space this long (own run dirs) and report "
                         "the predictors on each, in their own section")
+    p.add_argument("--sharing", default=None,
+                   help="with --train-steps: comma-separated weight sharings to train each step count with, e.g. "
+                        "per_kind,shared (default: the config's)")
     p.add_argument("--no-write", action="store_true", help="print only; do not update BENCHMARKS.md")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -165,7 +175,11 @@ def main() -> None:
         update["models"] = args.models.split(",")
     pcfg = PredictorsConfig.model_validate(base.model_dump() | update)
     if args.train_steps:
-        training_scale(cfg, pcfg, [int(x) for x in args.train_steps.split(",")], args.no_write)
+        sharings = args.sharing.split(",") if args.sharing else [cfg.search_space.weight_sharing]
+        allowed = typing.get_args(SearchSpaceConfig.model_fields["weight_sharing"].annotation)
+        if bad := [x for x in sharings if x not in allowed]:
+            p.error(f"--sharing: {bad[0]!r} is not one of {list(allowed)}")
+        training_scale(cfg, pcfg, [int(x) for x in args.train_steps.split(",")], sharings, args.no_write)
         return
     run_dir = Path(args.run_dir) if args.run_dir else cfg.run_path
     t0 = time.perf_counter()

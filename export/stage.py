@@ -167,6 +167,12 @@ def measure_latency(run_dir: Path, arch: ArchConfig, subnet: Subnet, form, fp32,
     return run_isolated(_measure_latency, run_dir, arch, subnet, form, fp32, int8, cfg, block_size)
 
 
+def _timed(m, statistic: str) -> dict[str, Any]:
+    """A re-measurement as report columns: `measured_ms` is the statistic the table predicts."""
+    return {"measured_ms": 1e3 * m.value(statistic), "median_ms": 1e3 * m.median, "p90_ms": 1e3 * m.p90, "runs": m.n,
+            "stable": m.stable}
+
+
 def _measure_latency(run_dir: Path, arch: ArchConfig, subnet: Subnet, form, fp32, int8, cfg: ExportConfig,
                      block_size: int) -> dict[str, Any]:
     """Predicted (latency tables of the run, CPU) vs re-measured on this machine: the torch module,
@@ -201,12 +207,12 @@ def _measure_latency(run_dir: Path, arch: ArchConfig, subnet: Subnet, form, fp32
         threads = cfg.threads or (table.fingerprint.get("threads") if table else None) or usable_cores()
         tokens = torch.randint(0, subnet.dims.vocab_size, (work["batch_size"], work["seq_len"]),
                                generator=torch.Generator().manual_seed(cfg.seed))
-        base = {"backend": backend, "batch_size": work["batch_size"], "seq_len": work["seq_len"], "threads": threads,
+        stat = table.statistic if table else defaults.statistic  # compare like with like: what the table predicts
+        base = {"backend": backend, "statistic": stat, "batch_size": work["batch_size"], "seq_len": work["seq_len"], "threads": threads,
                 "table": str(table_path(run_dir, "cpu", backend).relative_to(run_dir)) if table else None}
         if backend == "torch":
             m = TorchBackend("cpu", threads).measure(subnet, (tokens,), protocol)
-            rows.append({**base, "model": "model.safetensors (torch eager)", "predicted_ms": predicted,
-                         "measured_ms": 1e3 * m.median, "p90_ms": 1e3 * m.p90, "runs": m.n, "stable": m.stable})
+            rows.append({**base, "model": "model.safetensors (torch eager)", "predicted_ms": predicted, **_timed(m, stat)})
             continue
         arch_bits = quantized_weights(form)  # what the latency table times: 16-bit layers stay fp32
         models = [("model.onnx (fp32)", fp32, not arch_bits),
@@ -219,8 +225,7 @@ def _measure_latency(run_dir: Path, arch: ArchConfig, subnet: Subnet, form, fp32
             feeds = {sess.get_inputs()[0].name: tokens.numpy()}
             with fixed_threads(threads):
                 m = measure(lambda s=sess, f=feeds: s.run(None, f), protocol)
-            rows.append({**base, "model": label, "predicted_ms": predicted if match else None,
-                         "measured_ms": 1e3 * m.median, "p90_ms": 1e3 * m.p90, "runs": m.n, "stable": m.stable})
+            rows.append({**base, "model": label, "predicted_ms": predicted if match else None, **_timed(m, stat)})
     for row in rows:
         p = row["predicted_ms"]
         row["measured_over_predicted"] = row["measured_ms"] / p if p else None

@@ -5,7 +5,7 @@ evaluation cost per subnet. Records are reused: a second run only refits.
 
     hwnas train experiments/quickstart.yaml      # first, once
     python experiments/bench/predictors.py [--config experiments/quickstart.yaml] [--n-fit 150] [--n-heldout 60]
-        [--noise-check 30] [--study-steps 400,1600,4800] [--train-steps 3000,6000 [--sharing per_kind,shared]]
+        [--noise-check 30] [--study-steps 400,1600,4800] [--train-steps 3000,6000 [--sharing per_kind,shared] [--seeds 0,1]]
 
 `--noise-check N` re-evaluates N held-out subnets with 4x the tokens and reports the Kendall tau
 between the two measurements (how much of the ranking is measurement noise). `--study-steps`
@@ -13,13 +13,15 @@ trains small supernets (a 3-layer space on 40 stdlib files) for each step count 
 predictor stage on each: how predictable subnet quality is as a function of supernet training.
 `--train-steps 3000,6000` trains the config's own space for each step count (run directories
 `runs/<name>-<N>`, resumed if there) and reports the predictors on each supernet in a section of
-their own.
+their own; `--seeds 0,1` trains each with both seeds and reports how alike the two supernets rank
+the same subnets (the part of the ranking a predictor can learn from the training recipe).
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import sys
 import time
 import typing
@@ -32,6 +34,7 @@ from common import command, machine, write_section  # noqa: E402
 
 from hwnas.config import load_config  # noqa: E402
 from hwnas.predictors import PredictorsConfig, run_predictors  # noqa: E402
+from hwnas.predictors.records import RecordStore  # noqa: E402
 from hwnas.search_space import SearchSpaceConfig  # noqa: E402
 
 STUDY_SPACE = dict(
@@ -102,43 +105,83 @@ def training_study(steps_list: list[int], pcfg: PredictorsConfig, threads: int, 
     return rows
 
 
-def training_scale(cfg, pcfg: PredictorsConfig, steps_list: list[int], sharings: list[str], no_write: bool) -> None:
-    """The predictor stage on the config's own space trained for each step count and weight sharing
-    (`longer_trained`)."""
-    rows = []
+def evaluated_losses(run_path: Path, report: dict) -> dict[str, float]:
+    """Arch key -> the predictor target of every subnet the stage evaluated on this run's supernet."""
+    store = RecordStore(run_path / "predictors" / "records.jsonl")
+    return {k: r.metrics[report["target"]] for k, r in store.records.items()
+            if r.context.supernet_sha256 == report["supernet_sha256"]}
+
+
+def seed_agreement(losses: dict[int, dict[str, float]], heldout: list[str]) -> tuple[int, float, float]:
+    """How far two supernets trained with different seeds rank the same subnets alike: (subnets,
+    Kendall tau over all subnets both evaluated, over the held-out ones); the first two seeds."""
+    from scipy.stats import kendalltau
+
+    a, b = (losses[s] for s in sorted(losses)[:2])
+    common = sorted(set(a) & set(b))
+    held = [k for k in heldout if k in a and k in b]
+    return (len(common), float(kendalltau([a[k] for k in common], [b[k] for k in common]).statistic),
+            float(kendalltau([a[k] for k in held], [b[k] for k in held]).statistic))
+
+
+def training_scale(cfg, pcfg: PredictorsConfig, steps_list: list[int], sharings: list[str], seeds: list[int],
+                   no_write: bool) -> None:
+    """The predictor stage on the config's own space trained for each step count, weight sharing
+    and training seed (`longer_trained`); the fit and held-out subnets are the same for every seed."""
+    rows, agreement = [], []
     for steps, sharing in itertools.product(steps_list, sharings):
-        run_cfg, summary = longer_trained(cfg, steps, sharing)
-        r = run_predictors(run_cfg.search_space, pcfg, run_cfg.run_path, seed=cfg.seed, progress=sys.stderr.isatty())
-        h = r["heldout"]
-        rows.append(f"| {steps} | {sharing} | {summary['train_seconds']:.0f} | {summary['val_bpb_largest']:.3f} / {summary['val_bpb_smallest']:.3f} | "
-                    f"{r['model']} | {h['kendall_tau']:.3f} | {h['spearman']:.3f} | "
-                    f"{max(c['heldout']['kendall_tau'] for c in r['candidates'].values()):.3f} | "
-                    f"{r['target_range_fit'][0]:.3f}-{r['target_range_fit'][1]:.3f} | {r['eval_seconds_per_subnet']:.2f} |")
-        print(f"{steps} steps, {sharing}: chosen {r['model']}  held-out tau {h['kendall_tau']:.3f}  Spearman {h['spearman']:.3f}", flush=True)
+        losses = {}
+        for seed in seeds:
+            run_cfg, summary = longer_trained(cfg, steps, sharing, seed)
+            r = run_predictors(run_cfg.search_space, pcfg, run_cfg.run_path, seed=cfg.seed, progress=sys.stderr.isatty())
+            losses[seed] = evaluated_losses(run_cfg.run_path, r)
+            heldout = json.loads((run_cfg.run_path / "predictors" / "plan.json").read_text())["heldout"]
+            h = r["heldout"]
+            rows.append(f"| {steps} | {sharing} | {seed} | {summary['train_seconds']:.0f} | {summary['val_bpb_largest']:.3f} / {summary['val_bpb_smallest']:.3f} | "
+                        f"{r['model']} | {h['kendall_tau']:.3f} | {h['spearman']:.3f} | "
+                        f"{max(c['heldout']['kendall_tau'] for c in r['candidates'].values()):.3f} | "
+                        f"{r['target_range_fit'][0]:.3f}-{r['target_range_fit'][1]:.3f} | {r['eval_seconds_per_subnet']:.2f} |")
+            print(f"{steps} steps, {sharing}, seed {seed}: chosen {r['model']}  held-out tau {h['kendall_tau']:.3f}  "
+                  f"Spearman {h['spearman']:.3f}", flush=True)
+        if len(losses) > 1:
+            n, tau_all, tau_held = seed_agreement(losses, heldout)
+            agreement.append(f"| {steps} | {sharing} | {n} | {tau_all:.3f} | {tau_held:.3f} |")
+            print(f"{steps} steps, {sharing}: seeds {seeds[0]} and {seeds[1]} rank {n} subnets with Kendall tau {tau_all:.3f} "
+                  f"(held-out {tau_held:.3f})", flush=True)
     body = [f"Command: `{command()}`  ", f"Machine: {machine()}  ",
             f"The quickstart space and training recipe, trained for longer than the quickstart's {cfg.train.steps} steps "
             f"(run directories `runs/{cfg.name}-<steps>`, `-<sharing>` appended for a weight sharing other than the config's "
-            f"{cfg.search_space.weight_sharing}); then the same predictor stage ({pcfg.n_fit} fit + {pcfg.n_heldout} "
+            f"{cfg.search_space.weight_sharing}, `-seed<k>` for a training seed other than the config's {cfg.seed}); then the same predictor stage ({pcfg.n_fit} fit + {pcfg.n_heldout} "
             f"uniform held-out subnets, {pcfg.eval_tokens} evaluation tokens, model and feature set chosen by CV on the fit set "
             "only). Target: held-out Kendall tau >= 0.8.\n",
-            "| supernet steps | weight sharing | training s | val bits/byte largest / smallest | chosen | held-out tau | held-out Spearman | "
+            "| supernet steps | weight sharing | seed | training s | val bits/byte largest / smallest | chosen | held-out tau | held-out Spearman | "
             "best candidate's held-out tau | fit-set loss range | eval s/subnet |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows]
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows]
+    if agreement:
+        body += ["\nSeed against seed: the same subnets (fit and held-out) evaluated on two supernets trained alike but "
+                 "for the training seed. Their Kendall tau is the part of the ranking the training recipe decides; "
+                 "the rest is which seed was drawn, and a predictor can learn that part only from the same supernet's "
+                 "evaluations.\n",
+                 "| supernet steps | weight sharing | subnets | Kendall tau, seed vs seed | on the held-out ones |",
+                 "| --- | --- | --- | --- | --- |", *agreement]
     print("\n".join(body))
     if not no_write:
-        write_section("Accuracy predictors vs supernet training (quickstart space)", "\n".join(body))
+        title = "Accuracy predictors: supernet seed against seed" if agreement else "Accuracy predictors vs supernet training"
+        write_section(f"{title} (quickstart space)", "\n".join(body))
 
 
-def longer_trained(cfg, steps: int, sharing: str):
-    """`cfg` with its supernet (weight sharing `sharing`) trained for `steps` (checkpoints and
-    evaluations spaced to match) in `runs/<name>-<steps>[-<sharing>]`: trained now unless that run is
-    complete."""
+def longer_trained(cfg, steps: int, sharing: str, seed: int | None = None):
+    """`cfg` with its supernet (weight sharing `sharing`, training seed `seed`, default the
+    config's) trained for `steps` (checkpoints and evaluations spaced to match) in
+    `runs/<name>-<steps>[-<sharing>][-seed<seed>]`: trained now unless that run is complete."""
     from hwnas.supernet.train import train
 
     tcfg = cfg.train.model_copy(update={"steps": steps, "ckpt_every": max(100, steps // 6), "eval_every": max(200, steps // 3)})
     space = SearchSpaceConfig.model_validate(cfg.search_space.model_dump() | {"weight_sharing": sharing})
-    suffix = "" if sharing == cfg.search_space.weight_sharing else f"-{sharing}"
-    cfg = cfg.model_copy(update={"name": f"{cfg.name}-{steps}{suffix}", "run_dir": None, "train": tcfg, "search_space": space})
+    seed = cfg.seed if seed is None else seed
+    suffix = ("" if sharing == cfg.search_space.weight_sharing else f"-{sharing}") + ("" if seed == cfg.seed else f"-seed{seed}")
+    cfg = cfg.model_copy(update={"name": f"{cfg.name}-{steps}{suffix}", "run_dir": None, "train": tcfg, "search_space": space,
+                                 "seed": seed})
     t0 = time.perf_counter()
     summary = train(cfg.search_space, tcfg, cfg.run_path, seed=cfg.seed, progress=sys.stderr.isatty())
     print(f"supernet {cfg.run_path}: {steps} steps (training {summary['train_seconds']:.0f} s in all; this call "
@@ -163,6 +206,9 @@ def main() -> None:
     p.add_argument("--sharing", default=None,
                    help="with --train-steps: comma-separated weight sharings to train each step count with, e.g. "
                         "per_kind,shared (default: the config's)")
+    p.add_argument("--seeds", default=None,
+                   help="with --train-steps: comma-separated training seeds (default: the config's); with two, the "
+                        "section also gives how alike the two supernets rank the same subnets")
     p.add_argument("--no-write", action="store_true", help="print only; do not update BENCHMARKS.md")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -179,7 +225,11 @@ def main() -> None:
         allowed = typing.get_args(SearchSpaceConfig.model_fields["weight_sharing"].annotation)
         if bad := [x for x in sharings if x not in allowed]:
             p.error(f"--sharing: {bad[0]!r} is not one of {list(allowed)}")
-        training_scale(cfg, pcfg, [int(x) for x in args.train_steps.split(",")], sharings, args.no_write)
+        try:
+            seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [cfg.seed]
+        except ValueError:
+            p.error(f"--seeds: {args.seeds!r} is not a comma-separated list of integers")
+        training_scale(cfg, pcfg, [int(x) for x in args.train_steps.split(",")], sharings, seeds, args.no_write)
         return
     run_dir = Path(args.run_dir) if args.run_dir else cfg.run_path
     t0 = time.perf_counter()

@@ -108,8 +108,7 @@ def training_study(steps_list: list[int], pcfg: PredictorsConfig, threads: int, 
 def evaluated_losses(run_path: Path, report: dict) -> dict[str, float]:
     """Arch key -> the predictor target of every subnet the stage evaluated on this run's supernet."""
     store = RecordStore(run_path / "predictors" / "records.jsonl")
-    return {k: r.metrics[report["target"]] for k, r in store.records.items()
-            if r.context.supernet_sha256 == report["supernet_sha256"]}
+    return {r.key: r.metrics[report["target"]] for r in store.records if r.context.supernet_sha256 == report["supernet_sha256"]}
 
 
 def seed_agreement(losses: dict[int, dict[str, float]], heldout: list[str]) -> tuple[int, float, float]:

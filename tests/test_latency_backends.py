@@ -203,6 +203,28 @@ def test_tiny_table_builds_and_reports_end_to_end(tmp_path, backend):
     assert (tmp_path / "latency" / f"fidelity-cpu-{backend}.png").exists()
 
 
+def test_calibration_subnets_are_timed_by_fresh_processes(tmp_path, monkeypatch):
+    """Whole subnets that fit the correction are timed as the table is used: by spawned processes,
+    a window of them each, not by the process that has just timed the pieces."""
+    import hwnas.latency.build as build
+
+    calls = []
+
+    def recording(fn, *args):
+        calls.append((fn.__name__, len(args[-1])))
+        return real(fn, *args)
+
+    real = build.run_isolated
+    monkeypatch.setattr(build, "run_isolated", recording)
+    space = SearchSpace(MICRO)
+    cfg = LatencyConfig(threads=1, warmup=1, min_repeats=3, max_repeats=6, check_every=3, passes=1, n_correction=12,
+                        n_fidelity=0, interleave=4, wandb="disabled")
+    table = run_latency(space, cfg, tmp_path, progress=False)
+    assert calls == [("_measure_archs", build.WINDOW_ARCHS), ("_measure_archs", 12 - build.WINDOW_ARCHS)]
+    assert len(table.calibration) == 12 and all(m.median > 0 for _, m in table.calibration.values())
+    assert LatencyTable.load(table_path(tmp_path, "cpu", "torch")).calibration.keys() == table.calibration.keys()
+
+
 def test_backends_time_with_the_fixed_thread_count():
     seen = []
     backend = TorchBackend("cpu", threads=1)

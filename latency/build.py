@@ -37,9 +37,23 @@ from .protocol import Measurement, Protocol
 from .table import LatencyTable
 
 SAVE_EVERY_S = 5.0  # a build in progress is saved at least this often
-WINDOW_GROUPS = 4  # piece groups measured together (their passes interleaved), then saved
+# Windows: pieces (or whole subnets) measured together, each pass over the whole window in a fresh
+# order, then saved. A wide window spreads a measurement's passes over more time, so a burst of
+# load from a neighbour (on the shared 2-vCPU VM, one held-out window of 10 subnets ran 10% slow
+# in all three of its passes, which spanned 5 s) disturbs one pass, and the least disturbed runs
+# survive; a narrow one loses less work to an interruption.
+WINDOW_GROUPS = 8  # piece groups per window (about 80 s of timing for the quickstart space's 202 pieces)
 CALIBRATION_STRATA, CALIBRATION_POOL = 6, 2000  # size bins and uniform pool of the stratified calibration half
-WINDOW_ARCHS = 10  # whole subnets measured together (their passes interleaved), then saved
+WINDOW_ARCHS = 40  # whole subnets per window at most (windows of nearly equal sizes: `windows`)
+
+
+def windows(items: list, most: int) -> list[list]:
+    """`items` in order, cut into as few windows of at most `most` as fit, of nearly equal sizes."""
+    if not items:
+        return []
+    size, extra = divmod(len(items), -(-len(items) // most))
+    bounds = np.cumsum([0] + [size + (i < extra) for i in range(-(-len(items) // most))])
+    return [items[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def table_path(run_dir: str | Path, device: str, backend: str) -> Path:
@@ -266,9 +280,9 @@ def build_table(space: SearchSpace, cfg: LatencyConfig, path: str | Path, device
 
     t0 = time.perf_counter()
     groups = interleave_groups(todo, cfg.interleave, cfg.seed)
-    windows = [[p for g in groups[i:i + WINDOW_GROUPS] for p in g] for i in range(0, len(groups), WINDOW_GROUPS)]
+    piece_windows = [[p for g in part for p in g] for part in windows(groups, WINDOW_GROUPS)]
     with progress_bar(progress and bool(todo), f"latency table {device}/{backend}: pieces", len(todo)) as advance:
-        for window in windows:
+        for window in piece_windows:
             table.entries.update(measurer.measure_pieces(window, cfg.interleave))
             advance(len(window))
             checkpoint()
@@ -276,8 +290,7 @@ def build_table(space: SearchSpace, cfg: LatencyConfig, path: str | Path, device
     checkpoint(force=bool(todo))
     t0 = time.perf_counter()
     with progress_bar(progress and bool(calib_todo), f"latency table {device}/{backend}: whole subnets", len(calib_todo)) as advance:
-        for i in range(0, len(calib_todo), WINDOW_ARCHS):
-            window = calib_todo[i:i + WINDOW_ARCHS]
+        for window in windows(calib_todo, WINDOW_ARCHS):
             measured = calibrate(window)
             table.calibration.update({a.key(): (a, measured[a.key()]) for a in window})
             advance(len(window))

@@ -23,7 +23,7 @@ import numpy as np
 from hwnas.search_space import ArchConfig, SearchSpace
 from hwnas.search_space.io import atomic_write_json, atomic_write_text
 
-from .build import WINDOW_ARCHS, Measurer, heldout_archs, make_measurer, progress_bar
+from .build import WINDOW_ARCHS, Measurer, heldout_archs, make_measurer, progress_bar, windows
 from .config import LatencyConfig
 from .protocol import STATISTICS, Measurement
 from .table import LatencyTable
@@ -75,8 +75,7 @@ def fidelity_report(space: SearchSpace, cfg: LatencyConfig, table: LatencyTable,
     todo = [a for a in archs if a.key() not in cache]
     with progress_bar(progress, f"fidelity {table.device}/{table.backend}: held-out subnets", len(archs)) as advance:
         advance(len(archs) - len(todo))
-        for i in range(0, len(todo), WINDOW_ARCHS):
-            window = todo[i:i + WINDOW_ARCHS]
+        for window in windows(todo, WINDOW_ARCHS):
             loads.append(_load())
             cache.update(measurer.measure_archs(window))
             _write_cache(cache_path, table, cache)

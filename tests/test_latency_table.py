@@ -250,7 +250,8 @@ def test_fingerprint_records_the_device():
 def test_interrupted_build_resumes_with_measured_keys(tiny, cfg, tmp_path, monkeypatch):
     import hwnas.latency.build as build
 
-    monkeypatch.setattr(build, "SAVE_EVERY_S", 0.0)  # save after every group
+    monkeypatch.setattr(build, "SAVE_EVERY_S", 0.0)  # save after every window
+    monkeypatch.setattr(build, "WINDOW_GROUPS", 1)  # a window per group: the tiny space has a few
     path = table_path(tmp_path, "cpu", "torch")
     first = FakeMeasurer(tiny, cfg, fail_after_windows=1)
     with pytest.raises(KeyboardInterrupt):
@@ -558,3 +559,12 @@ def test_fidelity_report_scores_every_statistic(tiny, cfg, tmp_path):
 
 def test_min_is_the_default_statistic():
     assert LatencyConfig().statistic == "min"
+
+
+@pytest.mark.parametrize("n, most, sizes", [(100, 40, [34, 33, 33]), (60, 40, [30, 30]), (5, 40, [5]), (0, 4, []),
+                                            (12, 10, [6, 6]), (8, 4, [4, 4])])
+def test_windows_are_as_few_and_as_even_as_fit(n, most, sizes):
+    from hwnas.latency.build import windows
+
+    out = windows(list(range(n)), most)
+    assert [len(w) for w in out] == sizes and [x for w in out for x in w] == list(range(n))

@@ -42,7 +42,7 @@ SAVE_EVERY_S = 5.0  # a build in progress is saved at least this often
 # load from a neighbour (on the shared 2-vCPU VM, one held-out window of 10 subnets ran 10% slow
 # in all three of its passes, which spanned 5 s) disturbs one pass, and the least disturbed runs
 # survive; a narrow one loses less work to an interruption.
-WINDOW_GROUPS = 8  # piece groups per window (about 80 s of timing for the quickstart space's 202 pieces)
+WINDOW_GROUPS = 8  # piece groups per window at most (the quickstart space's 202 pieces: two windows)
 CALIBRATION_STRATA, CALIBRATION_POOL = 6, 2000  # size bins and uniform pool of the stratified calibration half
 WINDOW_ARCHS = 40  # whole subnets per window at most (windows of nearly equal sizes: `windows`)
 
@@ -51,8 +51,9 @@ def windows(items: list, most: int) -> list[list]:
     """`items` in order, cut into as few windows of at most `most` as fit, of nearly equal sizes."""
     if not items:
         return []
-    size, extra = divmod(len(items), -(-len(items) // most))
-    bounds = np.cumsum([0] + [size + (i < extra) for i in range(-(-len(items) // most))])
+    n = -(-len(items) // most)
+    size, extra = divmod(len(items), n)
+    bounds = np.cumsum([0] + [size + (i < extra) for i in range(n)])
     return [items[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
@@ -146,7 +147,7 @@ def make_measurer(space: SearchSpace, cfg: LatencyConfig, device: str, backend: 
     return Measurer(space, be, protocol, workload(space, cfg), cfg.seed)
 
 
-def _measure_medians(space_config, cfg: LatencyConfig, run_dir: str, device: str, backend: str,
+def _measure_table_statistic(space_config, cfg: LatencyConfig, run_dir: str, device: str, backend: str,
                      archs: list[ArchConfig]) -> dict[str, float]:
     table = load_table(run_dir, device, backend)
     measurer = make_measurer(SearchSpace(space_config), cfg, device, backend, like=table)
@@ -162,7 +163,7 @@ def measure_in_fresh_process(space_config, cfg: LatencyConfig, run_dir: str | Pa
     """Seconds (the table's statistic) of each arch, timed end to end with the protocol, threads and
     workload of the run's table for `device`/`backend`, by a freshly spawned process (a process
     that has trained or evaluated models times the same subnet slower; see `search_space.isolate`)."""
-    return run_isolated(_measure_medians, space_config, cfg, str(run_dir), device, backend, list(archs))
+    return run_isolated(_measure_table_statistic, space_config, cfg, str(run_dir), device, backend, list(archs))
 
 
 @contextmanager

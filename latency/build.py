@@ -147,15 +147,16 @@ def make_measurer(space: SearchSpace, cfg: LatencyConfig, device: str, backend: 
     return Measurer(space, be, protocol, workload(space, cfg), cfg.seed)
 
 
+def _measure_archs(space_config, cfg: LatencyConfig, device: str, backend: str, archs: list[ArchConfig],
+                   like: LatencyTable | None = None) -> dict[str, Measurement]:
+    """Whole subnets timed by a measurer made here (`make_measurer`): what a fresh process runs."""
+    return make_measurer(SearchSpace(space_config), cfg, device, backend, like=like).measure_archs(archs)
+
+
 def _measure_table_statistic(space_config, cfg: LatencyConfig, run_dir: str, device: str, backend: str,
-                     archs: list[ArchConfig]) -> dict[str, float]:
+                             archs: list[ArchConfig]) -> dict[str, float]:
     table = load_table(run_dir, device, backend)
-    measurer = make_measurer(SearchSpace(space_config), cfg, device, backend, like=table)
-    return {k: m.value(table.statistic) for k, m in measurer.measure_archs(archs).items()}
-
-
-def _measure_archs(space_config, cfg: LatencyConfig, device: str, backend: str, archs: list[ArchConfig]) -> dict[str, Measurement]:
-    return make_measurer(SearchSpace(space_config), cfg, device, backend).measure_archs(archs)
+    return {k: m.value(table.statistic) for k, m in _measure_archs(space_config, cfg, device, backend, archs, table).items()}
 
 
 def measure_in_fresh_process(space_config, cfg: LatencyConfig, run_dir: str | Path, device: str, backend: str,

@@ -34,7 +34,7 @@ from common import command, machine, write_section  # noqa: E402
 
 from hwnas.config import load_config  # noqa: E402
 from hwnas.predictors import PredictorsConfig, run_predictors  # noqa: E402
-from hwnas.predictors.records import RecordStore  # noqa: E402
+from hwnas.predictors.records import EvalContext, RecordStore  # noqa: E402
 from hwnas.search_space import SearchSpaceConfig  # noqa: E402
 
 STUDY_SPACE = dict(
@@ -107,8 +107,9 @@ def training_study(steps_list: list[int], pcfg: PredictorsConfig, threads: int, 
 
 def evaluated_losses(run_path: Path, report: dict) -> dict[str, float]:
     """Arch key -> the predictor target of every subnet the stage evaluated on this run's supernet."""
-    store = RecordStore(run_path / "predictors" / "records.jsonl")
-    return {r.key: r.metrics[report["target"]] for r in store.records if r.context.supernet_sha256 == report["supernet_sha256"]}
+    context = EvalContext(report["supernet_sha256"], report["data_sha256"], report["eval_tokens"], report["seq_len"])
+    records, _ = RecordStore(run_path / "predictors" / "records.jsonl").current(context)
+    return {k: r.metrics[report["target"]] for k, r in records.items()}
 
 
 def seed_agreement(losses: dict[int, dict[str, float]], heldout: list[str]) -> tuple[int, float, float]:

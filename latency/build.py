@@ -9,6 +9,13 @@ had just timed the 202 pieces of the quickstart space, whole torch subnets ran 3
 the piece sum than in a fresh process, so a correction fitted there (a ratio of 1.035) put 94%
 of the fresh held-out subnets within 10% where the plain sum put 99%.
 
+Every window of measurements (a batch of pieces, or of whole subnets) also times one fixed
+subnet, the speed reference (`reference_arch`), each window in its own fresh process. The table
+scales each window's times to the reference's median speed over the build (`LatencyTable.speed_factor`):
+the machine's speed moves over minutes on a shared VM (a demo's calibration subnets ran 4% fast
+against its pieces, so the correction learnt a ratio of 0.962 that no longer held a minute later),
+and the fidelity report times the same reference to state how far the machine has moved since.
+
 The table lives at `<run_dir>/latency/<device>-<backend>.json` and is saved every few seconds
 while it is built, so an interrupted build resumes with the keys already measured.
 """
@@ -45,6 +52,8 @@ SAVE_EVERY_S = 5.0  # a build in progress is saved at least this often
 WINDOW_GROUPS = 8  # piece groups per window at most (the quickstart space's 202 pieces: two windows)
 CALIBRATION_STRATA, CALIBRATION_POOL = 6, 2000  # size bins and uniform pool of the stratified calibration half
 WINDOW_ARCHS = 40  # whole subnets per window at most (windows of nearly equal sizes: `windows`)
+REFERENCE = "@reference"  # the speed reference's key among a window's measurements
+REFERENCE_POOL = 201  # uniform draws the speed reference is the FLOPs median of
 
 
 def windows(items: list, most: int) -> list[list]:
@@ -80,6 +89,14 @@ def calibration_archs(space: SearchSpace, n: int, seed: int, exclude: Iterable[s
     return picks + _distinct_samples(space, n - len(picks), rng, taken)
 
 
+def reference_arch(space: SearchSpace, seed: int) -> ArchConfig:
+    """The speed reference: the subnet of median FLOPs among `REFERENCE_POOL` uniform draws of the
+    seed stream (seed, 4), a subnet of middling size timed in every measurement window."""
+    pool = _distinct_samples(space, REFERENCE_POOL, np.random.default_rng([seed, 4]), set())
+    pool.sort(key=lambda a: (space.flops(a), a.key()))
+    return pool[len(pool) // 2]
+
+
 def heldout_archs(space: SearchSpace, n: int, seed: int, exclude: Iterable[str] = ()) -> list[ArchConfig]:
     """`n` distinct random archs from another seed stream (seed, 2), none in `exclude`."""
     return _distinct_samples(space, n, np.random.default_rng([seed, 2]), set(exclude))
@@ -103,12 +120,16 @@ class Measurer:
         self.space, self.backend, self.protocol, self.work, self.seed = space, backend, protocol, work, seed
         self._supernet = None
 
-    def measure_pieces(self, pieces: list[Piece], interleave: int = 16) -> dict[str, Measurement]:
+    def measure_pieces(self, pieces: list[Piece], interleave: int = 16,
+                       reference: ArchConfig | None = None) -> dict[str, Measurement]:
         """Time `pieces` in groups of one width (`interleave_groups`), each piece interleaved
-        with its group, every group `protocol.passes` times over."""
+        with its group, every group `protocol.passes` times over; with `reference`, that whole
+        subnet too, as one more group (key `REFERENCE`)."""
         dims, (B, T) = self.space.dims, (self.work["batch_size"], self.work["seq_len"])
         groups = [{p.key: (p.build(dims), p.inputs(B, T, dims)) for p in g}
                   for g in interleave_groups(pieces, interleave, self.seed)]
+        if reference is not None:
+            groups.append({REFERENCE: (self.subnet(reference), (self.tokens(),))})
         return self.backend.measure_groups(groups, self.protocol, seed=self.seed)
 
     def subnet(self, arch: ArchConfig):
@@ -125,9 +146,11 @@ class Measurer:
         gen = torch.Generator().manual_seed(self.seed)
         return torch.randint(0, self.space.dims.vocab_size, (self.work["batch_size"], self.work["seq_len"]), generator=gen)
 
-    def measure_archs(self, archs: list[ArchConfig]) -> dict[str, Measurement]:
-        """Time whole subnets end to end, each in a tight loop, all `protocol.passes` times over."""
-        modules = {a.key(): (self.subnet(a), (self.tokens(),)) for a in archs}
+    def measure_archs(self, archs: list[ArchConfig], reference: ArchConfig | None = None) -> dict[str, Measurement]:
+        """Time whole subnets end to end, each in a tight loop, all `protocol.passes` times over;
+        with `reference`, that subnet too (key `REFERENCE`)."""
+        named = {a.key(): a for a in archs} | ({REFERENCE: reference} if reference is not None else {})
+        modules = {k: (self.subnet(a), (self.tokens(),)) for k, a in named.items()}
         return self.backend.measure_each(modules, self.protocol, seed=self.seed)
 
     def measure_arch(self, arch: ArchConfig) -> Measurement:
@@ -148,9 +171,15 @@ def make_measurer(space: SearchSpace, cfg: LatencyConfig, device: str, backend: 
 
 
 def _measure_archs(space_config, cfg: LatencyConfig, device: str, backend: str, archs: list[ArchConfig],
-                   like: LatencyTable | None = None) -> dict[str, Measurement]:
+                   like: LatencyTable | None = None, reference: ArchConfig | None = None) -> dict[str, Measurement]:
     """Whole subnets timed by a measurer made here (`make_measurer`): what a fresh process runs."""
-    return make_measurer(SearchSpace(space_config), cfg, device, backend, like=like).measure_archs(archs)
+    return make_measurer(SearchSpace(space_config), cfg, device, backend, like=like).measure_archs(archs, reference)
+
+
+def _measure_pieces(space_config, cfg: LatencyConfig, device: str, backend: str, pieces: list[Piece],
+                    reference: ArchConfig | None = None) -> dict[str, Measurement]:
+    """A window of pieces timed by a measurer made here: what a fresh process runs."""
+    return make_measurer(SearchSpace(space_config), cfg, device, backend).measure_pieces(pieces, cfg.interleave, reference)
 
 
 def _measure_table_statistic(space_config, cfg: LatencyConfig, run_dir: str, device: str, backend: str,
@@ -222,7 +251,7 @@ def interleave_groups(pieces: list[Piece], size: int, seed: int) -> list[list[Pi
 def _compatible(old: LatencyTable, new: LatencyTable) -> list[str]:
     """Why measurements of `old` cannot be reused for `new` (empty: they can)."""
     why = []
-    for name in ("device", "backend", "workload", "dims", "protocol"):
+    for name in ("device", "backend", "workload", "dims", "protocol", "reference"):
         if getattr(old, name) != getattr(new, name):
             why.append(f"{name}: table {getattr(old, name)}, now {getattr(new, name)}")
     return why + fingerprint_diff(old.fingerprint, new.fingerprint, new.backend)
@@ -248,26 +277,30 @@ def open_table(path: Path, fresh: LatencyTable, strict: bool) -> LatencyTable:
 def build_table(space: SearchSpace, cfg: LatencyConfig, path: str | Path, device: str = "cpu", backend: str = "torch",
                 strict: bool = False, progress: bool = True, measurer: Measurer | None = None) -> LatencyTable:
     """Measure the pieces of `space` not yet in the table at `path` and the calibration subnets
-    not yet measured, fit the correction, save. Returns the finished table."""
+    not yet measured, fit the correction, save. Returns the finished table. Without `measurer`
+    every window is timed by a freshly spawned process, as the table is used (see `run_isolated`)."""
     path = Path(path)
-    if measurer is None:  # whole subnets are timed as the table is used: by a fresh process (see `calibrate`)
+    if measurer is None:
         measurer = make_measurer(space, cfg, device, backend)
-        calibrate = partial(run_isolated, _measure_archs, space.config, cfg, device, backend)
+        time_pieces = partial(run_isolated, _measure_pieces, space.config, cfg, device, backend)
+        time_archs = partial(run_isolated, _measure_archs, space.config, cfg, device, backend)
     else:
-        calibrate = measurer.measure_archs
+        time_pieces, time_archs = partial(measurer.measure_pieces, interleave=cfg.interleave), measurer.measure_archs
     be = measurer.backend
     fingerprint = device_fingerprint(device, be.threads)
     if backend == "torch" and device == "cpu":
         from .backends import steady_allocator
 
         fingerprint["malloc_pinned"] = steady_allocator()
-    fresh = LatencyTable(device=device, backend=backend, fingerprint=fingerprint,
-                         protocol=measurer.protocol, workload=measurer.work, dims=space.dims, statistic=cfg.statistic)
+    reference = reference_arch(space, cfg.seed) if cfg.speed_reference else None
+    fresh = LatencyTable(device=device, backend=backend, fingerprint=fingerprint, protocol=measurer.protocol,
+                         workload=measurer.work, dims=space.dims, statistic=cfg.statistic, reference=reference)
     table = open_table(path, fresh, strict)
     table.statistic = cfg.statistic  # every measurement holds every statistic: choosing one re-measures nothing
     pieces = space_pieces(space)
     todo = [p for p in pieces if p.key not in table.entries]
-    calib = calibration_archs(space, cfg.n_correction, cfg.seed)
+    exclude = [reference.key()] if reference is not None else []
+    calib = calibration_archs(space, cfg.n_correction, cfg.seed, exclude=exclude)
     calib_todo = [a for a in calib if a.key() not in table.calibration]
     t_start = time.perf_counter()
     spent = dict(table.meta.get("seconds", {}))
@@ -280,12 +313,19 @@ def build_table(space: SearchSpace, cfg: LatencyConfig, path: str | Path, device
             table.save(path)
             last_save = time.perf_counter()
 
+    def record(stage: str, measured: dict[str, Measurement]) -> dict[str, Measurement]:
+        """`measured` without the reference, whose time is recorded as the window's speed."""
+        ref = measured.pop(REFERENCE, None)
+        if ref is not None:
+            table.add_speed_window(stage, ref, list(measured))
+        return measured
+
     t0 = time.perf_counter()
     groups = interleave_groups(todo, cfg.interleave, cfg.seed)
     piece_windows = [[p for g in part for p in g] for part in windows(groups, WINDOW_GROUPS)]
     with progress_bar(progress and bool(todo), f"latency table {device}/{backend}: pieces", len(todo)) as advance:
         for window in piece_windows:
-            table.entries.update(measurer.measure_pieces(window, cfg.interleave))
+            table.entries.update(record("pieces", time_pieces(window, reference=reference)))
             advance(len(window))
             checkpoint()
     spent["pieces"] = spent.get("pieces", 0.0) + time.perf_counter() - t0
@@ -293,7 +333,7 @@ def build_table(space: SearchSpace, cfg: LatencyConfig, path: str | Path, device
     t0 = time.perf_counter()
     with progress_bar(progress and bool(calib_todo), f"latency table {device}/{backend}: whole subnets", len(calib_todo)) as advance:
         for window in windows(calib_todo, WINDOW_ARCHS):
-            measured = calibrate(window)
+            measured = record("calibration", time_archs(window, reference=reference))
             table.calibration.update({a.key(): (a, measured[a.key()]) for a in window})
             advance(len(window))
             checkpoint()

@@ -34,6 +34,9 @@ class LatencyConfig(Section):
     build machine under load, a 2-thread subnet timed 15-50 ms that takes 2.5 ms on 1 thread).
     `clock`: wall time, or the CPU time of the (single) timing thread, which a busy machine does not
     inflate; `auto` picks the thread clock for 1 thread on CPU, else wall time.
+    `speed_reference`: time one fixed subnet in every window of measurements (build and fidelity
+    report) and scale each window of the table to the build's median speed of it, so a machine
+    whose speed moves between windows does not move the table; the report states the drift since.
     `n_correction` whole subnets fit the correction model; `n_fidelity` further held-out subnets
     check the table (the fidelity report), which is logged to W&B in mode `wandb`.
     """
@@ -53,6 +56,7 @@ class LatencyConfig(Section):
     passes: int = Field(default=3, gt=0)
     statistic: Literal["median", "p10", "min"] = "min"
     clock: Literal["auto", "wall", "thread"] = "auto"
+    speed_reference: bool = True
     n_correction: int = Field(default=60, ge=0)
     n_fidelity: int = Field(default=100, ge=0)
     seed: int = 0

@@ -23,7 +23,7 @@ import numpy as np
 from hwnas.search_space import ArchConfig, SearchSpace
 from hwnas.search_space.io import atomic_write_json, atomic_write_text
 
-from .build import WINDOW_ARCHS, Measurer, heldout_archs, make_measurer, progress_bar, windows
+from .build import REFERENCE, WINDOW_ARCHS, Measurer, heldout_archs, make_measurer, progress_bar, windows
 from .config import LatencyConfig
 from .protocol import STATISTICS, Measurement
 from .table import LatencyTable
@@ -67,9 +67,10 @@ def fidelity_report(space: SearchSpace, cfg: LatencyConfig, table: LatencyTable,
     out_dir = run_dir / "latency"
     stem = f"fidelity-{table.device}-{table.backend}"
     measurer = measurer or make_measurer(space, cfg, table.device, table.backend, like=table)
-    archs = heldout_archs(space, n, cfg.seed, exclude=table.calibration)
+    exclude = list(table.calibration) + ([table.reference.key()] if table.reference else [])
+    archs = heldout_archs(space, n, cfg.seed, exclude=exclude)
     cache_path = out_dir / f"{stem}-measured.json"
-    cache = _read_cache(cache_path, table)
+    cache, speed = _read_cache(cache_path, table)
     loads = []
     t0 = time.perf_counter()
     todo = [a for a in archs if a.key() not in cache]
@@ -77,8 +78,12 @@ def fidelity_report(space: SearchSpace, cfg: LatencyConfig, table: LatencyTable,
         advance(len(archs) - len(todo))
         for window in windows(todo, WINDOW_ARCHS):
             loads.append(_load())
-            cache.update(measurer.measure_archs(window))
-            _write_cache(cache_path, table, cache)
+            measured = measurer.measure_archs(window, reference=table.reference)
+            ref = measured.pop(REFERENCE, None)
+            if ref is not None:
+                speed.append((ref, list(measured)))
+            cache.update(measured)
+            _write_cache(cache_path, table, cache, speed)
             advance(len(window))
     rows = [_row(space, table, arch, cache[arch.key()]) for arch in archs]
     # the same subnets measured again: how repeatable the measurements are here
@@ -87,6 +92,7 @@ def fidelity_report(space: SearchSpace, cfg: LatencyConfig, table: LatencyTable,
     report = summarize(rows, table, seconds, loads)
     report["by_statistic"] = by_statistic(table, archs, cache, again)
     report["retest"] = report["by_statistic"][table.statistic].get("retest")
+    report["speed"] = speed_report(table, archs, cache, speed)
     write_report(report, out_dir, stem)
     mode = cfg.wandb if wandb is None else {True: "offline", False: "disabled"}.get(wandb, wandb)
     if mode != "disabled":
@@ -181,21 +187,55 @@ def by_statistic(table: LatencyTable, archs: list[ArchConfig], measured: dict[st
     return out
 
 
-def _read_cache(path: Path, table: LatencyTable) -> dict[str, Measurement]:
-    """Held-out measurements of an earlier (interrupted) report with the same device and protocol."""
+def speed_report(table: LatencyTable, archs: list[ArchConfig], measured: dict[str, Measurement],
+                 speed: list[tuple[Measurement, list[str]]]) -> dict[str, Any] | None:
+    """How far the machine's speed has moved since the table was built, by the reference subnet
+    timed in every window of both; the prediction against the held-out times scaled to the
+    table's speed; and the table without its speed scaling (its correction refitted), against the
+    same times as measured. None for a table built without a speed reference."""
+    if table.reference is None or not table.speed_windows:
+        return None
+    stat, level = table.statistic, table.speed_level()
+    factor = {k: level / ref.value(stat) for ref, keys in speed for k in keys}
+    truth = np.array([measured[a.key()].value(stat) for a in archs]) * 1e3
+    predicted = np.array([table.predict_ms(a) for a in archs])
+    unscaled = replace(table, window_of={})
+    unscaled.fit_correction()
+    report_ms = [ref.value(stat) * 1e3 for ref, _ in speed]
+    out: dict[str, Any] = {
+        "reference": table.reference.key(),
+        "build_ms": {"level": level * 1e3, "windows": [m.value(stat) * 1e3 for _, m in table.speed_windows],
+                     "stages": [stage for stage, _ in table.speed_windows]},
+        "report_ms": report_ms,
+        "drift_pct": 100 * (float(np.median(report_ms)) / (level * 1e3) - 1) if report_ms else None,
+        "table_unscaled": error_metrics(np.array([unscaled.predict_ms(a) for a in archs]), truth),
+    }
+    if all(a.key() in factor for a in archs):
+        out["at_table_speed"] = error_metrics(predicted, truth * np.array([factor[a.key()] for a in archs]))
+    return out
+
+
+def _read_cache(path: Path, table: LatencyTable) -> tuple[dict[str, Measurement], list[tuple[Measurement, list[str]]]]:
+    """Held-out measurements of an earlier (interrupted) report with the same device, protocol and
+    speed reference, and the reference's time in each of its windows."""
     try:
         doc = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
-        return {}
+        return {}, []
+    reference = table.reference.key() if table.reference else None
     if doc.get("fingerprint") != table.fingerprint or doc.get("protocol") != table.protocol.to_dict() \
-            or doc.get("workload") != table.workload:
-        return {}
-    return {k: Measurement.from_dict(v) for k, v in doc.get("measured", {}).items()}
+            or doc.get("workload") != table.workload or doc.get("reference") != reference:
+        return {}, []
+    speed = [(Measurement.from_dict(w["measured"]), list(w["keys"])) for w in doc.get("speed", [])]
+    return {k: Measurement.from_dict(v) for k, v in doc.get("measured", {}).items()}, speed
 
 
-def _write_cache(path: Path, table: LatencyTable, cache: dict[str, Measurement]) -> None:
+def _write_cache(path: Path, table: LatencyTable, cache: dict[str, Measurement],
+                 speed: list[tuple[Measurement, list[str]]]) -> None:
     atomic_write_json(path, {"fingerprint": table.fingerprint, "protocol": table.protocol.to_dict(),
-                             "workload": table.workload, "measured": {k: m.to_dict() for k, m in cache.items()}})
+                             "workload": table.workload, "reference": table.reference.key() if table.reference else None,
+                             "measured": {k: m.to_dict() for k, m in cache.items()},
+                             "speed": [{"measured": m.to_dict(), "keys": keys} for m, keys in speed]})
 
 
 # --- outputs --------------------------------------------------------------------------------------
@@ -221,6 +261,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", f"Repeatability: {r['n']} of the subnets measured again at the end agree with their first measurement "
                       f"{100 * r['within_5pct']:.0f}% within 5%, {100 * r['within_10pct']:.0f}% within 10% (MAPE "
                       f"{r['mape_pct']:.2f}%, tau {r['kendall_tau']:.3f}): the ceiling for any predictor on this machine now."]
+    if report.get("speed"):
+        lines += ["", speed_markdown(report["speed"])]
     if report.get("by_statistic"):
         lines += ["", "Each statistic of the run times (the correction refitted on it; the retest on the same statistic):", "",
                   "| statistic | within 5% | within 10% | MAPE % | Kendall tau | retest within 10% |",
@@ -235,6 +277,21 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", f"System load during the measurements: 1-min load average {report['load_1min_mean']:.2f} "
                       f"on {report['cores']} cores."]
     return "\n".join(lines) + "\n"
+
+
+def speed_markdown(sp: dict[str, Any]) -> str:
+    b, u = sp["build_ms"], sp["table_unscaled"]
+    text = (f"Machine speed: the reference subnet took {b['level']:.3f} ms at the table build (median of {len(b['windows'])} "
+            f"windows, {min(b['windows']):.3f}-{max(b['windows']):.3f} ms), and a table not scaled to it would be "
+            f"{100 * u['within_10pct']:.0f}% within 10% (MAPE {u['mape_pct']:.2f}%).")
+    if sp.get("drift_pct") is not None:
+        text += (f" During this report it took {min(sp['report_ms']):.3f}-{max(sp['report_ms']):.3f} ms: the machine ran "
+                 f"{abs(sp['drift_pct']):.1f}% {'slower' if sp['drift_pct'] > 0 else 'faster'} than at the build.")
+    if sp.get("at_table_speed"):
+        a = sp["at_table_speed"]
+        text += (f" With the held-out times scaled to the build's speed, the prediction is {100 * a['within_10pct']:.0f}% "
+                 f"within 10% (MAPE {a['mape_pct']:.2f}%).")
+    return text
 
 
 def write_report(report: dict[str, Any], out_dir: Path, stem: str) -> dict[str, Path]:
@@ -308,6 +365,10 @@ def log_wandb(report: dict[str, Any], run_dir: Path, stem: str, out_dir: Path, m
         row |= {f"latency/table_sum_{k}": v for k, v in report["table_sum"].items()}
         row |= {f"latency/{k}": v for k, v in report["proxies"].items()}
         row |= {f"latency/retest_{k}": v for k, v in (report.get("retest") or {}).items()}
+        speed = report.get("speed") or {}
+        if speed.get("drift_pct") is not None:
+            row["latency/speed_drift_pct"] = speed["drift_pct"]
+        row |= {f"latency/at_table_speed_{k}": v for k, v in (speed.get("at_table_speed") or {}).items()}
         tracker.log(row)
         tracker.summary(row)
         if tracker.wandb_run is not None:

@@ -4,6 +4,10 @@ their sum misses, and a tamper-evident JSON file.
     predict(arch) = correction(table_sum(arch), features(arch))
     table_sum(arch) = call + sum over the arch's other pieces of (piece - call)
 
+Each piece and calibration time is scaled by its window's speed factor (`speed_factor`): the
+median time of the speed reference subnet over the build's windows, over its time in the window
+the measurement was taken in (1 for a table built without a reference).
+
 Every piece was timed as its own forward call, so each carries the backend's fixed per-call cost
 once; `call` (an empty forward) is that cost, subtracted from every piece and counted once. The
 correction is a linear model fitted on whole subnets measured end to end (`fit_correction`): it
@@ -19,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +88,32 @@ class LatencyTable:
     correction: Correction | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # build facts: seconds spent, keys expected, ...
     statistic: str = "median"  # which statistic of the run times the table predicts (median, p10, min)
+    reference: ArchConfig | None = None  # the speed reference subnet, timed in every window
+    speed_windows: list[tuple[str, Measurement]] = field(default_factory=list)  # (stage, reference's time) per window
+    window_of: dict[str, int] = field(default_factory=dict)  # piece or calibration key -> its window
+
+    # --- speed -----------------------------------------------------------------------------------
+    def add_speed_window(self, stage: str, reference: Measurement, keys: list[str]) -> int:
+        """Record a window of measurements (of `keys`) and the reference's time in it."""
+        self.speed_windows.append((stage, reference))
+        self.window_of.update({k: len(self.speed_windows) - 1 for k in keys})
+        return len(self.speed_windows) - 1
+
+    def speed_level(self, statistic: str | None = None) -> float | None:
+        """Seconds: the median of the reference's times over the build's windows (None: no reference)."""
+        times = [m.value(statistic or self.statistic) for _, m in self.speed_windows]
+        return statistics.median(times) if times else None
+
+    def speed_factor(self, key: str) -> float:
+        """What a time measured in `key`'s window is multiplied by to be at the build's median speed."""
+        w = self.window_of.get(key)
+        if w is None:
+            return 1.0
+        return self.speed_level() / self.speed_windows[w][1].value(self.statistic)
+
+    def entry(self, key: str) -> float:
+        """Seconds of one piece, at the build's median speed."""
+        return self.entries[key].value(self.statistic) * self.speed_factor(key)
 
     # --- prediction ------------------------------------------------------------------------------
     def missing(self, keys) -> list[str]:
@@ -99,9 +130,8 @@ class LatencyTable:
                 f"{arch.key()}: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; "
                 "build it for this search space with `hwnas latency`"
             )
-        stat = self.statistic
-        call = self.entries["call"].value(stat)
-        return [(k, call if k == "call" else self.entries[k].value(stat) - call) for k in keys]
+        call = self.entry("call")
+        return [(k, call if k == "call" else self.entry(k) - call) for k in keys]
 
     def table_sum(self, arch: ArchConfig) -> float:
         """Seconds: the plain sum of the arch's pieces (no correction)."""
@@ -143,7 +173,7 @@ class LatencyTable:
         from sklearn.linear_model import LinearRegression
 
         archs = [a for a, _ in self.calibration.values()]
-        y = np.array([m.value(self.statistic) for _, m in self.calibration.values()])
+        y = np.array([m.value(self.statistic) * self.speed_factor(k) for k, (_, m) in self.calibration.items()])
         X = np.array([[self.features(a)[f] for f in CORRECTION_FEATURES] for a in archs])
         w = 1.0 / y**2  # squared relative error
         candidates = {"ratio": ([0], False), "linear": (list(range(len(CORRECTION_FEATURES))), True)}
@@ -186,6 +216,11 @@ class LatencyTable:
             "correction": self.correction.to_dict() if self.correction else None,
             "meta": self.meta,
             "statistic": self.statistic,
+            "speed": {
+                "reference": self.reference.to_dict() if self.reference else None,
+                "windows": [{"stage": stage, "measured": m.to_dict()} for stage, m in self.speed_windows],
+                "window_of": dict(sorted(self.window_of.items())),
+            },
         }
 
     def save(self, path: str | Path) -> Path:
@@ -202,6 +237,9 @@ class LatencyTable:
             for row in payload["calibration"]:
                 arch = ArchConfig.from_dict(row["arch"])
                 calibration[arch.key()] = (arch, Measurement.from_dict(row["measured"]))
+            speed = payload.get("speed") or {"reference": None, "windows": [], "window_of": {}}
+            if any(not 0 <= w < len(speed["windows"]) for w in speed["window_of"].values()):
+                raise ValueError("speed.window_of names a window the table does not have")
             return cls(
                 device=payload["device"],
                 backend=payload["backend"],
@@ -214,6 +252,9 @@ class LatencyTable:
                 correction=Correction.from_dict(payload["correction"]) if payload["correction"] else None,
                 meta=dict(payload.get("meta", {})),
                 statistic=payload.get("statistic", "median"),
+                reference=ArchConfig.from_dict(speed["reference"]) if speed["reference"] else None,
+                speed_windows=[(w["stage"], Measurement.from_dict(w["measured"])) for w in speed["windows"]],
+                window_of={k: int(w) for k, w in speed["window_of"].items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise TableError(f"{source}: malformed latency table payload ({type(e).__name__}: {e})") from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 
 import numpy as np
 import pytest
@@ -201,18 +202,21 @@ def test_tiny_table_builds_and_reports_end_to_end(tmp_path, backend):
     measured = json.loads((tmp_path / "latency" / f"fidelity-cpu-{backend}-measured.json").read_text())["measured"]
     assert len(measured) == 4 and all(m["n"] <= 12 for m in measured.values())  # the table's protocol, not 50 runs
     assert (tmp_path / "latency" / f"fidelity-cpu-{backend}.png").exists()
+    speed = report["speed"]  # the speed reference, timed in the build's one window and the report's
+    assert speed["reference"] == table.reference.key() and speed["build_ms"]["stages"] == ["pieces"]
+    assert len(speed["report_ms"]) == 1 and speed["build_ms"]["level"] > 0 and math.isfinite(speed["drift_pct"])
 
 
-def test_calibration_subnets_are_timed_by_fresh_processes(tmp_path, monkeypatch):
-    """Whole subnets that fit the correction are timed as the table is used: by spawned processes,
-    a window of them each, not by the process that has just timed the pieces."""
+def test_every_window_is_timed_by_a_fresh_process(tmp_path, monkeypatch):
+    """Pieces and the whole subnets that fit the correction are timed as the table is used: by
+    spawned processes, a window of them each (with the speed reference), not by the build process."""
     import hwnas.latency.build as build
 
     calls = []
 
-    def recording(fn, *args):
-        calls.append((fn.__name__, len(args[-1])))
-        return real(fn, *args)
+    def recording(fn, *args, **kwargs):
+        calls.append((fn.__name__, len(args[-1]), kwargs["reference"].key()))
+        return real(fn, *args, **kwargs)
 
     real = build.run_isolated
     monkeypatch.setattr(build, "run_isolated", recording)
@@ -221,9 +225,14 @@ def test_calibration_subnets_are_timed_by_fresh_processes(tmp_path, monkeypatch)
     cfg = LatencyConfig(threads=1, warmup=1, min_repeats=3, max_repeats=6, check_every=3, passes=1, n_correction=12,
                         n_fidelity=0, interleave=4, wandb="disabled")
     table = run_latency(space, cfg, tmp_path, progress=False)
-    assert calls == [("_measure_archs", 6), ("_measure_archs", 6)]  # two windows of nearly equal sizes
+    ref = table.reference.key()
+    n_pieces = len(space_pieces(space))  # one window
+    assert calls == [("_measure_pieces", n_pieces, ref), ("_measure_archs", 6, ref), ("_measure_archs", 6, ref)]
     assert len(table.calibration) == 12 and all(m.median > 0 for _, m in table.calibration.values())
-    assert LatencyTable.load(table_path(tmp_path, "cpu", "torch")).calibration.keys() == table.calibration.keys()
+    assert [stage for stage, _ in table.speed_windows] == ["pieces", "calibration", "calibration"]
+    assert all(m.median > 0 for _, m in table.speed_windows) and ref not in table.calibration
+    loaded = LatencyTable.load(table_path(tmp_path, "cpu", "torch"))
+    assert loaded.calibration.keys() == table.calibration.keys() and loaded.speed_windows == table.speed_windows
 
 
 def test_backends_time_with_the_fixed_thread_count():

@@ -29,6 +29,7 @@ from hwnas.latency import (
     space_pieces,
     table_path,
 )
+from hwnas.latency.build import REFERENCE
 from hwnas.latency.fidelity import error_metrics
 from hwnas.latency.protocol import measure_many
 from hwnas.search_space import ArchConfig, HwnasError, LayerConfig, SearchSpace, SearchSpaceConfig
@@ -47,31 +48,46 @@ def fake_time(key: str) -> float:
 
 
 class FakeMeasurer(Measurer):
-    """Returns made-up times instantly and counts what it was asked to measure."""
+    """Returns made-up times instantly and counts what it was asked to measure. `speeds`: the
+    machine's slowness in successive windows (every time in the window multiplied by it, the
+    speed reference's too), the last repeated."""
 
-    def __init__(self, space, cfg, fail_after_windows: int | None = None):
+    def __init__(self, space, cfg, fail_after_windows: int | None = None, speeds: tuple[float, ...] = (1.0,)):
         from hwnas.latency.backends import TorchBackend
 
         super().__init__(space, TorchBackend("cpu", 1), Protocol.from_config(cfg), {"batch_size": 1, "seq_len": 16})
         self.pieces_measured: list[str] = []
         self.archs_measured: list[str] = []
         self.fail_after_windows = fail_after_windows
+        self.speeds, self.windows = speeds, 0
 
-    def measure_pieces(self, pieces, interleave=16):
+    def slowness(self) -> float:
+        self.windows += 1
+        return self.speeds[min(self.windows, len(self.speeds)) - 1]
+
+    @staticmethod
+    def whole(arch) -> float:
+        return sum(fake_time(k) for k in arch_keys(arch)) * 1.05 + 3e-6 * arch.depth
+
+    @staticmethod
+    def timed(t: float) -> Measurement:
+        return Measurement(t, 1.1 * t, 20, True)
+
+    def measure_pieces(self, pieces, interleave=16, reference=None):
         if self.fail_after_windows is not None and self.fail_after_windows <= 0:
             raise KeyboardInterrupt  # an interrupted build
         if self.fail_after_windows is not None:
             self.fail_after_windows -= 1
         self.pieces_measured += [p.key for p in pieces]
-        return {p.key: Measurement(fake_time(p.key), 1.1 * fake_time(p.key), 20, True) for p in pieces}
+        slow = self.slowness()
+        out = {p.key: self.timed(slow * fake_time(p.key)) for p in pieces}
+        return out | ({REFERENCE: self.timed(slow * self.whole(reference))} if reference is not None else {})
 
-    def measure_archs(self, archs):
-        out = {}
-        for arch in archs:
-            self.archs_measured.append(arch.key())
-            total = sum(fake_time(k) for k in arch_keys(arch)) * 1.05 + 3e-6 * arch.depth
-            out[arch.key()] = Measurement(total, 1.1 * total, 20, True)
-        return out
+    def measure_archs(self, archs, reference=None):
+        self.archs_measured += [a.key() for a in archs]
+        slow = self.slowness()
+        named = {a.key(): a for a in archs} | ({REFERENCE: reference} if reference is not None else {})
+        return {k: self.timed(slow * self.whole(a)) for k, a in named.items()}
 
 
 @pytest.fixture
@@ -527,11 +543,11 @@ class DisturbedMedians(FakeMeasurer):
         noise = 1.0 + 0.4 * (zlib.crc32(key.encode()) % 97) / 97
         return Measurement(m.median * noise, m.p90 * noise, m.n, m.stable, p10=m.median * (1 + (noise - 1) / 2), min=m.median)
 
-    def measure_pieces(self, pieces, interleave=16):
-        return {k: self.disturb(k, m) for k, m in super().measure_pieces(pieces, interleave).items()}
+    def measure_pieces(self, pieces, interleave=16, reference=None):
+        return {k: self.disturb(k, m) for k, m in super().measure_pieces(pieces, interleave, reference).items()}
 
-    def measure_archs(self, archs):
-        return {k: self.disturb(k, m) for k, m in super().measure_archs(archs).items()}
+    def measure_archs(self, archs, reference=None):
+        return {k: self.disturb(k, m) for k, m in super().measure_archs(archs, reference).items()}
 
 
 def test_fidelity_report_scores_every_statistic(tiny, cfg, tmp_path):
@@ -570,3 +586,83 @@ def test_windows_are_as_few_and_as_even_as_fit(n, most, sizes):
 
     out = windows(list(range(n)), most)
     assert [len(w) for w in out] == sizes and [x for w in out for x in w] == list(range(n))
+
+
+# --- the speed reference ------------------------------------------------------------------------
+SPEEDS = (1.0, 1.4, 0.9, 1.2, 1.1, 0.95, 1.3, 1.0, 1.15, 0.85)  # the machine's slowness, window by window
+
+
+def test_speed_reference_puts_every_window_at_the_build_speed(tiny, cfg, tmp_path, monkeypatch):
+    """Windows timed at different speeds of the machine: scaled by the reference timed in each, the
+    table equals a steady machine's table at the build's median speed, exactly; unscaled, its
+    pieces mix speeds and its predictions are off by up to the spread."""
+    import hwnas.latency.build as build
+
+    monkeypatch.setattr(build, "WINDOW_GROUPS", 1)  # a window per piece group: several windows
+    steady = built(tiny, cfg, tmp_path / "steady")
+    drifting = FakeMeasurer(tiny, cfg, speeds=SPEEDS)
+    table = build_table(tiny, cfg, table_path(tmp_path / "scaled", "cpu", "torch"), progress=False, measurer=drifting)
+    n_windows = drifting.windows
+    assert n_windows >= 4 and len(table.speed_windows) == n_windows and table.reference is not None
+    level = float(np.median([SPEEDS[min(i, len(SPEEDS) - 1)] for i in range(n_windows)]))
+    archs = [tiny.sample(2000 + i) for i in range(30)]
+    for arch in archs:
+        assert table.table_sum(arch) == pytest.approx(level * steady.table_sum(arch), rel=1e-9)
+        assert table.predict(arch) == pytest.approx(level * steady.predict(arch), rel=1e-6)
+    unscaled = build_table(tiny, cfg.model_copy(update={"speed_reference": False}),
+                           table_path(tmp_path / "unscaled", "cpu", "torch"), progress=False,
+                           measurer=FakeMeasurer(tiny, cfg, speeds=SPEEDS))
+    assert unscaled.reference is None and not unscaled.speed_windows
+    ratios = np.array([unscaled.table_sum(a) / steady.table_sum(a) for a in archs])
+    assert np.max(np.abs(ratios / level - 1)) > 0.05  # (the call cost, netted out of every piece, is one window's)
+
+
+def test_fidelity_report_states_the_drift_since_the_build(tiny, cfg, tmp_path):
+    table = built(tiny, cfg, tmp_path)
+    report = fidelity_report(tiny, cfg, table, tmp_path, progress=False, wandb=False,
+                             measurer=FakeMeasurer(tiny, cfg, speeds=(1.1,)), retest_n=0)
+    speed = report["speed"]
+    assert speed["reference"] == table.reference.key() and speed["drift_pct"] == pytest.approx(10.0)
+    assert report["prediction"]["mape_pct"] > 5  # everything ran 10% slower than the table says
+    assert speed["at_table_speed"]["within_5pct"] == 1.0  # at the build's speed, the prediction holds
+    assert speed["at_table_speed"]["mape_pct"] < 1 and table.reference.key() not in {r["arch"] for r in report["rows"]}
+    assert "10.0% slower than at the build" in (tmp_path / "latency" / "fidelity-cpu-torch.md").read_text()
+
+
+def test_resumed_report_keeps_the_speed_of_its_windows(tiny, cfg, tmp_path, monkeypatch):
+    """An interrupted report resumes with its measured windows and their reference times."""
+    import hwnas.latency.fidelity as fidelity
+
+    monkeypatch.setattr(fidelity, "WINDOW_ARCHS", 5)
+    table = built(tiny, cfg, tmp_path)
+
+    class Interrupted(FakeMeasurer):
+        def measure_archs(self, archs, reference=None):
+            if self.windows >= 1:
+                raise KeyboardInterrupt
+            return super().measure_archs(archs, reference)
+
+    with pytest.raises(KeyboardInterrupt):
+        fidelity_report(tiny, cfg, table, tmp_path, progress=False, wandb=False,
+                        measurer=Interrupted(tiny, cfg, speeds=(1.2,)), retest_n=0)
+    rest = FakeMeasurer(tiny, cfg, speeds=(1.0,))
+    report = fidelity_report(tiny, cfg, table, tmp_path, progress=False, wandb=False, measurer=rest, retest_n=0)
+    assert len(rest.archs_measured) == 5 and report["speed"]["report_ms"] == pytest.approx(
+        [1.2 * 1e3 * FakeMeasurer.whole(table.reference), 1e3 * FakeMeasurer.whole(table.reference)])
+    assert report["speed"]["at_table_speed"]["mape_pct"] < 1e-6
+
+
+def test_a_table_without_the_speed_reference_is_measured_again(tiny, cfg, tmp_path):
+    path = table_path(tmp_path, "cpu", "torch")
+    build_table(tiny, cfg.model_copy(update={"speed_reference": False}), path, progress=False, measurer=FakeMeasurer(tiny, cfg))
+    again = FakeMeasurer(tiny, cfg)
+    with pytest.warns(UserWarning, match="reference"):
+        table = build_table(tiny, cfg, path, progress=False, measurer=again)
+    assert set(again.pieces_measured) == set(table.entries) and table.reference is not None
+
+
+def test_speed_window_out_of_range_is_a_table_error(tiny, cfg, tmp_path):
+    payload = built(tiny, cfg, tmp_path).payload()
+    payload["speed"]["window_of"]["call"] = 7
+    with pytest.raises(TableError, match="window"):
+        LatencyTable.from_payload(payload)

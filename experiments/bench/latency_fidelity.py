@@ -39,6 +39,16 @@ def load_average() -> float:
         return float("nan")
 
 
+def speed_cells(sp: dict | None) -> str:
+    if not sp:
+        return "- | - | - | -"
+    b, u, a = sp["build_ms"], sp["table_unscaled"], sp.get("at_table_speed") or {}
+    at = f"{100 * a['within_10pct']:.0f}%" if a else "-"
+    drift = f"{sp['drift_pct']:+.1f}%" if sp.get("drift_pct") is not None else "-"
+    return (f"{b['level']:.3f} ({min(b['windows']):.3f}-{max(b['windows']):.3f}) | {drift} | "
+            f"{100 * u['within_10pct']:.0f}% | {at}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="experiments/quickstart.yaml")
@@ -82,7 +92,7 @@ def main() -> None:
               f"within 10% {100 * pr['within_10pct']:5.1f}%  MAPE {pr['mape_pct']:5.2f}%  tau {pr['kendall_tau']:.3f}  "
               f"| sum only: within 10% {100 * ts['within_10pct']:5.1f}% tau {ts['kendall_tau']:.3f}  "
               f"| FLOPs tau {px['flops_kendall_tau']:.3f}  params tau {px['params_kendall_tau']:.3f}  "
-              f"| retest {report.get('retest')}  "
+              f"| retest {report.get('retest')}  | speed {speed_cells(report.get('speed'))}  "
               f"| report {report_s:.0f} s, load {load_average():.2f}", flush=True)
 
     threads = results[0][1].fingerprint["threads"] if results else lat.threads
@@ -123,6 +133,13 @@ def main() -> None:
                  + (f"{100 * e['retest']['within_10pct']:.0f}%" if e.get("retest") else "-")
                  for e in (report["by_statistic"][s] for s in STATISTICS)]
         body.append(f"| {backend} | " + " | ".join(cells) + " |")
+    body += ["\nMachine speed, by the reference subnet timed in every window of the build and of the report: its time "
+             "at the build (median over the windows, and their range), the drift of the report's windows since, the table "
+             "without scaling its windows to the reference (its correction refitted) within 10%, and the prediction within "
+             "10% of the held-out times scaled to the build's speed:\n",
+             "| backend | reference ms at build (range) | drift during report | unscaled table within 10% | "
+             "at build speed within 10% |", "| --- | --- | --- | --- | --- |"]
+    body += [f"| {backend} | {speed_cells(report.get('speed'))} |" for backend, _, report, *_ in results]
     body.append("\nTargets: >= 95% within +-10% and Kendall tau >= 0.9, above FLOPs and parameter count (nn-Meter: "
                 "99.0% within +-10% for CNNs on a mobile CPU). Plots and per-subnet rows: "
                 "`runs/bench-latency/latency/fidelity-cpu-<backend>.{png,html,json}`. `retest`: 20 of the held-out subnets "

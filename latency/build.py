@@ -41,7 +41,7 @@ from .errors import FingerprintMismatchError, LatencyError, TableError
 from .fingerprint import device_fingerprint, fingerprint_diff, usable_cores
 from .keys import Piece, space_pieces
 from .protocol import Measurement, Protocol
-from .table import LatencyTable
+from .table import LatencyTable, SpeedWindow
 
 SAVE_EVERY_S = 5.0  # a build in progress is saved at least this often
 # Windows: pieces (or whole subnets) measured together, each pass over the whole window in a fresh
@@ -64,6 +64,37 @@ def windows(items: list, most: int) -> list[list]:
     size, extra = divmod(len(items), n)
     bounds = np.cumsum([0] + [size + (i < extra) for i in range(n)])
     return [items[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def disturbance(reference: Measurement, level: float | None) -> float:
+    """How far the machine's speed moved in a window, relative: the spread of the reference's
+    per-pass minima, or the distance of its minimum from `level` (the minimum it ran in the windows
+    before; None: none before), whichever is larger. Every measurement's minimum comes from its
+    least disturbed pass, so a disturbance that can spoil one must last over all of its passes,
+    and then covers a whole pass of the reference too."""
+    runs = reference.pass_min
+    spread = max(runs) / min(runs) - 1 if runs else 0.0
+    return max(spread, abs(reference.value("min") / level - 1) if level else 0.0)
+
+
+def steady_window(time_window: Callable[..., dict[str, Measurement]], items: list, stage: str,
+                  reference: ArchConfig | None, level: float | None, tolerance: float, retakes: int,
+                  ) -> tuple[dict[str, Measurement], SpeedWindow | None]:
+    """Time a window of `items` with the speed reference (`time_window(items, reference=...)`),
+    again while the machine's speed moved more than `tolerance` in it (`disturbance`), at most
+    `retakes` more times: the least disturbed attempt and its `SpeedWindow`."""
+    if reference is None:
+        return time_window(items, reference=None), None
+    best, seen = None, []
+    for _ in range(retakes + 1):
+        measured = time_window(items, reference=reference)
+        ref = measured.pop(REFERENCE)
+        seen.append(disturbance(ref, level))
+        if best is None or seen[-1] < best[2]:
+            best = (measured, ref, seen[-1])
+        if seen[-1] <= tolerance:
+            break
+    return best[0], SpeedWindow(stage, best[1], tuple(seen))
 
 
 def table_path(run_dir: str | Path, device: str, backend: str) -> Path:
@@ -313,11 +344,12 @@ def build_table(space: SearchSpace, cfg: LatencyConfig, path: str | Path, device
             table.save(path)
             last_save = time.perf_counter()
 
-    def record(stage: str, measured: dict[str, Measurement]) -> dict[str, Measurement]:
-        """`measured` without the reference, whose time is recorded as the window's speed."""
-        ref = measured.pop(REFERENCE, None)
-        if ref is not None:
-            table.add_speed_window(stage, ref, list(measured))
+    def steady(time_window: Callable[..., dict[str, Measurement]], items: list, stage: str) -> dict[str, Measurement]:
+        """The window's measurements, taken while the machine held its speed (`steady_window`)."""
+        measured, speed = steady_window(time_window, items, stage, reference, table.speed_level("min"),
+                                        cfg.speed_tolerance, cfg.speed_retakes)
+        if speed is not None:
+            table.add_speed_window(speed, list(measured))
         return measured
 
     t0 = time.perf_counter()
@@ -325,7 +357,7 @@ def build_table(space: SearchSpace, cfg: LatencyConfig, path: str | Path, device
     piece_windows = [[p for g in part for p in g] for part in windows(groups, WINDOW_GROUPS)]
     with progress_bar(progress and bool(todo), f"latency table {device}/{backend}: pieces", len(todo)) as advance:
         for window in piece_windows:
-            table.entries.update(record("pieces", time_pieces(window, reference=reference)))
+            table.entries.update(steady(time_pieces, window, "pieces"))
             advance(len(window))
             checkpoint()
     spent["pieces"] = spent.get("pieces", 0.0) + time.perf_counter() - t0
@@ -333,7 +365,7 @@ def build_table(space: SearchSpace, cfg: LatencyConfig, path: str | Path, device
     t0 = time.perf_counter()
     with progress_bar(progress and bool(calib_todo), f"latency table {device}/{backend}: whole subnets", len(calib_todo)) as advance:
         for window in windows(calib_todo, WINDOW_ARCHS):
-            measured = record("calibration", time_archs(window, reference=reference))
+            measured = steady(time_archs, window, "calibration")
             table.calibration.update({a.key(): (a, measured[a.key()]) for a in window})
             advance(len(window))
             checkpoint()

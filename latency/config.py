@@ -37,6 +37,9 @@ class LatencyConfig(Section):
     `speed_reference`: time one fixed subnet in every window of measurements (build and fidelity
     report) and scale each window of the table to the build's median speed of it, so a machine
     whose speed moves between windows does not move the table; the report states the drift since.
+    A window in which the machine's speed moved more than `speed_tolerance` (the reference's
+    per-pass minima spread, or its minimum is off the windows before) is measured again, up to
+    `speed_retakes` times, and the least disturbed attempt kept.
     `n_correction` whole subnets fit the correction model; `n_fidelity` further held-out subnets
     check the table (the fidelity report), which is logged to W&B in mode `wandb`.
     """
@@ -57,6 +60,8 @@ class LatencyConfig(Section):
     statistic: Literal["median", "p10", "min"] = "min"
     clock: Literal["auto", "wall", "thread"] = "auto"
     speed_reference: bool = True
+    speed_tolerance: float = Field(default=0.03, gt=0, lt=1)
+    speed_retakes: int = Field(default=2, ge=0)
     n_correction: int = Field(default=60, ge=0)
     n_fidelity: int = Field(default=100, ge=0)
     seed: int = 0

@@ -23,10 +23,10 @@ import numpy as np
 from hwnas.search_space import ArchConfig, SearchSpace
 from hwnas.search_space.io import atomic_write_json, atomic_write_text
 
-from .build import REFERENCE, WINDOW_ARCHS, Measurer, heldout_archs, make_measurer, progress_bar, windows
+from .build import WINDOW_ARCHS, Measurer, heldout_archs, make_measurer, progress_bar, steady_window, windows
 from .config import LatencyConfig
 from .protocol import STATISTICS, Measurement
-from .table import LatencyTable
+from .table import LatencyTable, SpeedWindow
 
 
 def error_metrics(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
@@ -78,10 +78,10 @@ def fidelity_report(space: SearchSpace, cfg: LatencyConfig, table: LatencyTable,
         advance(len(archs) - len(todo))
         for window in windows(todo, WINDOW_ARCHS):
             loads.append(_load())
-            measured = measurer.measure_archs(window, reference=table.reference)
-            ref = measured.pop(REFERENCE, None)
-            if ref is not None:
-                speed.append((ref, list(measured)))
+            measured, window_speed = steady_window(measurer.measure_archs, window, "heldout", table.reference,
+                                                   table.speed_level("min"), cfg.speed_tolerance, cfg.speed_retakes)
+            if window_speed is not None:
+                speed.append((window_speed, list(measured)))
             cache.update(measured)
             _write_cache(cache_path, table, cache, speed)
             advance(len(window))
@@ -93,6 +93,8 @@ def fidelity_report(space: SearchSpace, cfg: LatencyConfig, table: LatencyTable,
     report["by_statistic"] = by_statistic(table, archs, cache, again)
     report["retest"] = report["by_statistic"][table.statistic].get("retest")
     report["speed"] = speed_report(table, archs, cache, speed)
+    if report["speed"]:
+        report["speed"] |= {"tolerance": cfg.speed_tolerance, "retakes": cfg.speed_retakes}
     write_report(report, out_dir, stem)
     mode = cfg.wandb if wandb is None else {True: "offline", False: "disabled"}.get(wandb, wandb)
     if mode != "disabled":
@@ -188,7 +190,7 @@ def by_statistic(table: LatencyTable, archs: list[ArchConfig], measured: dict[st
 
 
 def speed_report(table: LatencyTable, archs: list[ArchConfig], measured: dict[str, Measurement],
-                 speed: list[tuple[Measurement, list[str]]]) -> dict[str, Any] | None:
+                 speed: list[tuple[SpeedWindow, list[str]]]) -> dict[str, Any] | None:
     """How far the machine's speed has moved since the table was built, by the reference subnet
     timed in every window of both; the prediction against the held-out times scaled to the
     table's speed; and the table without its speed scaling (its correction refitted), against the
@@ -196,17 +198,19 @@ def speed_report(table: LatencyTable, archs: list[ArchConfig], measured: dict[st
     if table.reference is None or not table.speed_windows:
         return None
     stat, level = table.statistic, table.speed_level()
-    factor = {k: level / ref.value(stat) for ref, keys in speed for k in keys}
+    factor = {k: level / w.reference.value(stat) for w, keys in speed for k in keys}
     truth = np.array([measured[a.key()].value(stat) for a in archs]) * 1e3
     predicted = np.array([table.predict_ms(a) for a in archs])
     unscaled = replace(table, window_of={})
     unscaled.fit_correction()
-    report_ms = [ref.value(stat) * 1e3 for ref, _ in speed]
+    report_ms = [w.reference.value(stat) * 1e3 for w, _ in speed]
     out: dict[str, Any] = {
         "reference": table.reference.key(),
-        "build_ms": {"level": level * 1e3, "windows": [m.value(stat) * 1e3 for _, m in table.speed_windows],
-                     "stages": [stage for stage, _ in table.speed_windows]},
+        "build_ms": {"level": level * 1e3, "windows": [w.reference.value(stat) * 1e3 for w in table.speed_windows],
+                     "stages": [w.stage for w in table.speed_windows]},
+        "build_disturbance": [list(w.disturbance) for w in table.speed_windows],
         "report_ms": report_ms,
+        "report_disturbance": [list(w.disturbance) for w, _ in speed],
         "drift_pct": 100 * (float(np.median(report_ms)) / (level * 1e3) - 1) if report_ms else None,
         "table_unscaled": error_metrics(np.array([unscaled.predict_ms(a) for a in archs]), truth),
     }
@@ -215,7 +219,7 @@ def speed_report(table: LatencyTable, archs: list[ArchConfig], measured: dict[st
     return out
 
 
-def _read_cache(path: Path, table: LatencyTable) -> tuple[dict[str, Measurement], list[tuple[Measurement, list[str]]]]:
+def _read_cache(path: Path, table: LatencyTable) -> tuple[dict[str, Measurement], list[tuple[SpeedWindow, list[str]]]]:
     """Held-out measurements of an earlier (interrupted) report with the same device, protocol and
     speed reference, and the reference's time in each of its windows."""
     try:
@@ -226,16 +230,16 @@ def _read_cache(path: Path, table: LatencyTable) -> tuple[dict[str, Measurement]
     if doc.get("fingerprint") != table.fingerprint or doc.get("protocol") != table.protocol.to_dict() \
             or doc.get("workload") != table.workload or doc.get("reference") != reference:
         return {}, []
-    speed = [(Measurement.from_dict(w["measured"]), list(w["keys"])) for w in doc.get("speed", [])]
+    speed = [(SpeedWindow.from_dict(w["window"]), list(w["keys"])) for w in doc.get("speed", [])]
     return {k: Measurement.from_dict(v) for k, v in doc.get("measured", {}).items()}, speed
 
 
 def _write_cache(path: Path, table: LatencyTable, cache: dict[str, Measurement],
-                 speed: list[tuple[Measurement, list[str]]]) -> None:
+                 speed: list[tuple[SpeedWindow, list[str]]]) -> None:
     atomic_write_json(path, {"fingerprint": table.fingerprint, "protocol": table.protocol.to_dict(),
                              "workload": table.workload, "reference": table.reference.key() if table.reference else None,
                              "measured": {k: m.to_dict() for k, m in cache.items()},
-                             "speed": [{"measured": m.to_dict(), "keys": keys} for m, keys in speed]})
+                             "speed": [{"window": w.to_dict(), "keys": keys} for w, keys in speed]})
 
 
 # --- outputs --------------------------------------------------------------------------------------
@@ -287,6 +291,11 @@ def speed_markdown(sp: dict[str, Any]) -> str:
     if sp.get("drift_pct") is not None:
         text += (f" During this report it took {min(sp['report_ms']):.3f}-{max(sp['report_ms']):.3f} ms: the machine ran "
                  f"{abs(sp['drift_pct']):.1f}% {'slower' if sp['drift_pct'] > 0 else 'faster'} than at the build.")
+    again = [sum(len(d) > 1 for d in sp[k]) for k in ("build_disturbance", "report_disturbance")]
+    if any(again):
+        text += (f" Windows measured again because the machine's speed moved more than {100 * sp['tolerance']:.0f}% in "
+                 f"them: {again[0]} of {len(sp['build_disturbance'])} in the build, {again[1]} of "
+                 f"{len(sp['report_disturbance'])} in this report.")
     if sp.get("at_table_speed"):
         a = sp["at_table_speed"]
         text += (f" With the held-out times scaled to the build's speed, the prediction is {100 * a['within_10pct']:.0f}% "

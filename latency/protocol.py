@@ -68,7 +68,8 @@ STATISTICS = ("median", "p10", "min")
 class Measurement:
     """Seconds per run over `n` timed runs: median and 90th percentile (reported), 10th percentile
     and minimum (the least disturbed runs); `stable` is False when the protocol stopped at its cap
-    before the median settled."""
+    before the median settled; `pass_min`: the minimum of each pass, when the runs came in passes
+    spread over time (how the machine's speed moved while it was measured)."""
 
     median: float
     p90: float
@@ -76,6 +77,7 @@ class Measurement:
     stable: bool
     p10: float | None = None
     min: float | None = None
+    pass_min: tuple[float, ...] = ()
 
     def value(self, statistic: str = "median") -> float:
         """The run time by `statistic` (median, p10 or min; a measurement without it: the median)."""
@@ -86,18 +88,20 @@ class Measurement:
 
     def to_dict(self) -> dict[str, Any]:  # seconds as exact floats: an exact round trip
         out = {"median_s": self.median, "p90_s": self.p90, "n": self.n, "stable": self.stable}
+        out |= {"pass_min_s": list(self.pass_min)} if self.pass_min else {}
         return out | ({"p10_s": self.p10, "min_s": self.min} if self.p10 is not None else {})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Measurement:
         opt = {k: float(data[f"{k}_s"]) for k in ("p10", "min") if data.get(f"{k}_s") is not None}
         return cls(median=float(data["median_s"]), p90=float(data["p90_s"]), n=int(data["n"]), stable=bool(data["stable"]),
-                   **opt)
+                   pass_min=tuple(float(t) for t in data.get("pass_min_s", ())), **opt)
 
     @classmethod
-    def of(cls, times: list[float], stable: bool) -> Measurement:
+    def of(cls, times: list[float], stable: bool, pass_min: tuple[float, ...] = ()) -> Measurement:
         p10, p90 = np.percentile(times, [10, 90])
-        return cls(float(statistics.median(times)), float(p90), len(times), stable, float(p10), float(min(times)))
+        return cls(float(statistics.median(times)), float(p90), len(times), stable, float(p10), float(min(times)),
+                   tuple(pass_min))
 
 
 Timer = Callable[[Callable[[], object]], float]
@@ -193,9 +197,10 @@ def time_runs_interleaved(fns: dict[str, Callable[[], object]], protocol: Protoc
 
 
 def pooled(passes: list[Samples]) -> Measurement:
-    """One measurement from several passes: median and p90 of all their runs; stable if every
-    pass settled."""
-    return Measurement.of([t for times, _ in passes for t in times], stable=all(ok for _, ok in passes))
+    """One measurement from several passes: the statistics of all their runs, the minimum of each
+    pass (with more than one); stable if every pass settled."""
+    return Measurement.of([t for times, _ in passes for t in times], stable=all(ok for _, ok in passes),
+                          pass_min=tuple(min(times) for times, _ in passes) if len(passes) > 1 else ())
 
 
 def measure(fn: Callable[[], object], protocol: Protocol, timer: Timer | None = None,

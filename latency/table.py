@@ -73,6 +73,24 @@ class Correction:
                    int(data["n_samples"]))
 
 
+@dataclass(frozen=True)
+class SpeedWindow:
+    """A window of measurements: its stage (pieces, calibration, heldout), the speed reference's
+    time in it, and how far the machine's speed had moved in each attempt at it (`build.disturbance`;
+    the window kept is the least disturbed attempt)."""
+
+    stage: str
+    reference: Measurement
+    disturbance: tuple[float, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "measured": self.reference.to_dict(), "disturbance": list(self.disturbance)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SpeedWindow:
+        return cls(data["stage"], Measurement.from_dict(data["measured"]), tuple(float(d) for d in data["disturbance"]))
+
+
 @dataclass
 class LatencyTable:
     """Measured latencies (seconds) of the pieces of subnets on one device and backend."""
@@ -89,19 +107,19 @@ class LatencyTable:
     meta: dict[str, Any] = field(default_factory=dict)  # build facts: seconds spent, keys expected, ...
     statistic: str = "median"  # which statistic of the run times the table predicts (median, p10, min)
     reference: ArchConfig | None = None  # the speed reference subnet, timed in every window
-    speed_windows: list[tuple[str, Measurement]] = field(default_factory=list)  # (stage, reference's time) per window
+    speed_windows: list[SpeedWindow] = field(default_factory=list)  # the reference's time in each window
     window_of: dict[str, int] = field(default_factory=dict)  # piece or calibration key -> its window
 
     # --- speed -----------------------------------------------------------------------------------
-    def add_speed_window(self, stage: str, reference: Measurement, keys: list[str]) -> int:
+    def add_speed_window(self, window: SpeedWindow, keys: list[str]) -> int:
         """Record a window of measurements (of `keys`) and the reference's time in it."""
-        self.speed_windows.append((stage, reference))
+        self.speed_windows.append(window)
         self.window_of.update({k: len(self.speed_windows) - 1 for k in keys})
         return len(self.speed_windows) - 1
 
     def speed_level(self, statistic: str | None = None) -> float | None:
         """Seconds: the median of the reference's times over the build's windows (None: no reference)."""
-        times = [m.value(statistic or self.statistic) for _, m in self.speed_windows]
+        times = [w.reference.value(statistic or self.statistic) for w in self.speed_windows]
         return statistics.median(times) if times else None
 
     def speed_factor(self, key: str) -> float:
@@ -109,7 +127,7 @@ class LatencyTable:
         w = self.window_of.get(key)
         if w is None:
             return 1.0
-        return self.speed_level() / self.speed_windows[w][1].value(self.statistic)
+        return self.speed_level() / self.speed_windows[w].reference.value(self.statistic)
 
     def entry(self, key: str) -> float:
         """Seconds of one piece, at the build's median speed."""
@@ -218,7 +236,7 @@ class LatencyTable:
             "statistic": self.statistic,
             "speed": {
                 "reference": self.reference.to_dict() if self.reference else None,
-                "windows": [{"stage": stage, "measured": m.to_dict()} for stage, m in self.speed_windows],
+                "windows": [w.to_dict() for w in self.speed_windows],
                 "window_of": dict(sorted(self.window_of.items())),
             },
         }
@@ -253,7 +271,7 @@ class LatencyTable:
                 meta=dict(payload.get("meta", {})),
                 statistic=payload.get("statistic", "median"),
                 reference=ArchConfig.from_dict(speed["reference"]) if speed["reference"] else None,
-                speed_windows=[(w["stage"], Measurement.from_dict(w["measured"])) for w in speed["windows"]],
+                speed_windows=[SpeedWindow.from_dict(w) for w in speed["windows"]],
                 window_of={k: int(w) for k, w in speed["window_of"].items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:

@@ -223,14 +223,14 @@ def test_every_window_is_timed_by_a_fresh_process(tmp_path, monkeypatch):
     monkeypatch.setattr(build, "WINDOW_ARCHS", 10)
     space = SearchSpace(MICRO)
     cfg = LatencyConfig(threads=1, warmup=1, min_repeats=3, max_repeats=6, check_every=3, passes=1, n_correction=12,
-                        n_fidelity=0, interleave=4, wandb="disabled")
+                        n_fidelity=0, interleave=4, wandb="disabled", speed_retakes=0)  # a window per process, no retakes
     table = run_latency(space, cfg, tmp_path, progress=False)
     ref = table.reference.key()
     n_pieces = len(space_pieces(space))  # one window
     assert calls == [("_measure_pieces", n_pieces, ref), ("_measure_archs", 6, ref), ("_measure_archs", 6, ref)]
     assert len(table.calibration) == 12 and all(m.median > 0 for _, m in table.calibration.values())
-    assert [stage for stage, _ in table.speed_windows] == ["pieces", "calibration", "calibration"]
-    assert all(m.median > 0 for _, m in table.speed_windows) and ref not in table.calibration
+    assert [w.stage for w in table.speed_windows] == ["pieces", "calibration", "calibration"]
+    assert all(w.reference.median > 0 for w in table.speed_windows) and ref not in table.calibration
     loaded = LatencyTable.load(table_path(tmp_path, "cpu", "torch"))
     assert loaded.calibration.keys() == table.calibration.keys() and loaded.speed_windows == table.speed_windows
 

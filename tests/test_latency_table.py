@@ -600,6 +600,7 @@ def test_speed_reference_puts_every_window_at_the_build_speed(tiny, cfg, tmp_pat
 
     monkeypatch.setattr(build, "WINDOW_GROUPS", 1)  # a window per piece group: several windows
     steady = built(tiny, cfg, tmp_path / "steady")
+    cfg = cfg.model_copy(update={"speed_retakes": 0})  # every window kept as it came
     drifting = FakeMeasurer(tiny, cfg, speeds=SPEEDS)
     table = build_table(tiny, cfg, table_path(tmp_path / "scaled", "cpu", "torch"), progress=False, measurer=drifting)
     n_windows = drifting.windows
@@ -617,8 +618,54 @@ def test_speed_reference_puts_every_window_at_the_build_speed(tiny, cfg, tmp_pat
     assert np.max(np.abs(ratios / level - 1)) > 0.05  # (the call cost, netted out of every piece, is one window's)
 
 
+def test_a_disturbed_window_is_measured_again(tiny, cfg, tmp_path, monkeypatch):
+    """A window whose reference ran off the speed of the windows before is retaken; the steady
+    attempt is kept, so the table equals a steady machine's; every attempt's disturbance is kept."""
+    import hwnas.latency.build as build
+
+    monkeypatch.setattr(build, "WINDOW_GROUPS", 1)
+    steady = built(tiny, cfg, tmp_path / "steady")
+    measurer = FakeMeasurer(tiny, cfg, speeds=(1.0, 1.0, 1.3, 1.02, 1.0))
+    table = build_table(tiny, cfg, table_path(tmp_path, "cpu", "torch"), progress=False, measurer=measurer)
+    assert [w.disturbance for w in table.speed_windows][:3] == [(0.0,), (0.0,), pytest.approx((0.3, 0.02))]
+    assert all(w.disturbance == (0.0,) for w in table.speed_windows[3:]) and measurer.windows == len(table.speed_windows) + 1
+    for arch in [tiny.sample(3000 + i) for i in range(10)]:
+        assert table.predict(arch) == pytest.approx(steady.predict(arch), rel=1e-6)
+    assert LatencyTable.load(table_path(tmp_path, "cpu", "torch")).speed_windows == table.speed_windows
+
+
+class UnevenPasses(FakeMeasurer):
+    """The reference's passes ran at different speeds in the first `uneven` windows."""
+
+    def __init__(self, *args, uneven: int = 1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.uneven = uneven
+
+    def measure_archs(self, archs, reference=None):
+        out = super().measure_archs(archs, reference)
+        if reference is not None:
+            m = out[REFERENCE]
+            spread = (m.median, 1.1 * m.median, m.median) if self.windows <= self.uneven else (m.median,) * 3
+            out[REFERENCE] = dataclasses.replace(m, min=m.median, pass_min=spread)
+        return out
+
+
+def test_a_window_whose_passes_ran_at_different_speeds_is_measured_again(tiny, cfg, tmp_path):
+    table = built(tiny, cfg, tmp_path)
+    for uneven, attempts in ((1, 2), (5, 3)):  # steady on the retake; never steady: the cap, the first kept
+        measurer = UnevenPasses(tiny, cfg, uneven=uneven)
+        report = fidelity_report(tiny, cfg, table, tmp_path / str(uneven), progress=False, wandb=False, measurer=measurer,
+                                 retest_n=0)
+        assert [len(d) for d in report["speed"]["report_disturbance"]] == [attempts]
+        assert report["speed"]["report_disturbance"][0][0] == pytest.approx(0.1)
+        assert measurer.windows == attempts
+        md = (tmp_path / str(uneven) / "latency" / "fidelity-cpu-torch.md").read_text()
+        assert "1 of 1 in this report" in md
+
+
 def test_fidelity_report_states_the_drift_since_the_build(tiny, cfg, tmp_path):
     table = built(tiny, cfg, tmp_path)
+    cfg = cfg.model_copy(update={"speed_retakes": 0})
     report = fidelity_report(tiny, cfg, table, tmp_path, progress=False, wandb=False,
                              measurer=FakeMeasurer(tiny, cfg, speeds=(1.1,)), retest_n=0)
     speed = report["speed"]
@@ -635,6 +682,7 @@ def test_resumed_report_keeps_the_speed_of_its_windows(tiny, cfg, tmp_path, monk
 
     monkeypatch.setattr(fidelity, "WINDOW_ARCHS", 5)
     table = built(tiny, cfg, tmp_path)
+    cfg = cfg.model_copy(update={"speed_retakes": 0})
 
     class Interrupted(FakeMeasurer):
         def measure_archs(self, archs, reference=None):

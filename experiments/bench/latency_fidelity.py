@@ -41,11 +41,12 @@ def load_average() -> float:
 
 def speed_cells(sp: dict | None) -> str:
     if not sp:
-        return "- | - | - | -"
+        return "- | - | - | - | -"
     b, u, a = sp["build_ms"], sp["table_unscaled"], sp.get("at_table_speed") or {}
     at = f"{100 * a['within_10pct']:.0f}%" if a else "-"
     drift = f"{sp['drift_pct']:+.1f}%" if sp.get("drift_pct") is not None else "-"
-    return (f"{b['level']:.3f} ({min(b['windows']):.3f}-{max(b['windows']):.3f}) | {drift} | "
+    again = [f"{sum(len(d) > 1 for d in sp[k])}/{len(sp[k])}" for k in ("build_disturbance", "report_disturbance")]
+    return (f"{b['level']:.3f} ({min(b['windows']):.3f}-{max(b['windows']):.3f}) | {' and '.join(again)} | {drift} | "
             f"{100 * u['within_10pct']:.0f}% | {at}")
 
 
@@ -134,11 +135,12 @@ def main() -> None:
                  for e in (report["by_statistic"][s] for s in STATISTICS)]
         body.append(f"| {backend} | " + " | ".join(cells) + " |")
     body += ["\nMachine speed, by the reference subnet timed in every window of the build and of the report: its time "
-             "at the build (median over the windows, and their range), the drift of the report's windows since, the table "
+             "at the build (median over the windows, and their range), the windows measured again in the build and in the "
+             "report because the machine's speed moved more than the tolerance in them, the drift of the report's windows since, the table "
              "without scaling its windows to the reference (its correction refitted) within 10%, and the prediction within "
              "10% of the held-out times scaled to the build's speed:\n",
-             "| backend | reference ms at build (range) | drift during report | unscaled table within 10% | "
-             "at build speed within 10% |", "| --- | --- | --- | --- | --- |"]
+             "| backend | reference ms at build (range) | windows retaken, build and report | drift during report | "
+             "unscaled table within 10% | at build speed within 10% |", "| --- | --- | --- | --- | --- | --- |"]
     body += [f"| {backend} | {speed_cells(report.get('speed'))} |" for backend, _, report, *_ in results]
     body.append("\nTargets: >= 95% within +-10% and Kendall tau >= 0.9, above FLOPs and parameter count (nn-Meter: "
                 "99.0% within +-10% for CNNs on a mobile CPU). Plots and per-subnet rows: "

@@ -78,21 +78,23 @@ def disturbance(reference: Measurement, level: float | None) -> float:
 
 
 def steady_window(time_window: Callable[..., dict[str, Measurement]], items: list, stage: str,
-                  reference: ArchConfig | None, level: float | None, tolerance: float, retakes: int,
+                  reference: ArchConfig | None, level: float | None, cfg: LatencyConfig,
                   ) -> tuple[dict[str, Measurement], SpeedWindow | None]:
     """Time a window of `items` with the speed reference (`time_window(items, reference=...)`),
-    again while the machine's speed moved more than `tolerance` in it (`disturbance`), at most
-    `retakes` more times: the least disturbed attempt and its `SpeedWindow`."""
+    again while the machine's speed moved more than `cfg.speed_tolerance` in it (`disturbance`),
+    at most `cfg.speed_retakes` more times, waiting `cfg.speed_backoff_s` x the retake's number
+    first (a busy neighbour stays busy for a while): the least disturbed attempt and its `SpeedWindow`."""
     if reference is None:
         return time_window(items, reference=None), None
     best, seen = None, []
-    for _ in range(retakes + 1):
+    for attempt in range(cfg.speed_retakes + 1):
+        time.sleep(cfg.speed_backoff_s * attempt)
         measured = time_window(items, reference=reference)
         ref = measured.pop(REFERENCE)
         seen.append(disturbance(ref, level))
         if best is None or seen[-1] < best[2]:
             best = (measured, ref, seen[-1])
-        if seen[-1] <= tolerance:
+        if seen[-1] <= cfg.speed_tolerance:
             break
     return best[0], SpeedWindow(stage, best[1], tuple(seen))
 
@@ -251,7 +253,8 @@ def progress_bar(enabled: bool, description: str, total: int) -> Iterator[Callab
 
     # no refresh thread: it would take the GIL (and a core) in the middle of timed runs
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
-                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), auto_refresh=False) as bar:
+                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), auto_refresh=False,
+                  speed_estimate_period=600) as bar:  # the rate over windows that each take a minute or so
         task = bar.add_task(description, total=total)
         bar.refresh()
 
@@ -346,8 +349,7 @@ def build_table(space: SearchSpace, cfg: LatencyConfig, path: str | Path, device
 
     def steady(time_window: Callable[..., dict[str, Measurement]], items: list, stage: str) -> dict[str, Measurement]:
         """The window's measurements, taken while the machine held its speed (`steady_window`)."""
-        measured, speed = steady_window(time_window, items, stage, reference, table.speed_level("min"),
-                                        cfg.speed_tolerance, cfg.speed_retakes)
+        measured, speed = steady_window(time_window, items, stage, reference, table.speed_level("min"), cfg)
         if speed is not None:
             table.add_speed_window(speed, list(measured))
         return measured

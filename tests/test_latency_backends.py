@@ -187,7 +187,7 @@ MICRO = SearchSpaceConfig(
 def test_tiny_table_builds_and_reports_end_to_end(tmp_path, backend):
     space = SearchSpace(MICRO)
     cfg = LatencyConfig(threads=1, warmup=1, min_repeats=3, max_repeats=6, check_every=3, passes=2, n_correction=0,
-                        n_fidelity=4, interleave=4, wandb="disabled")
+                        n_fidelity=4, interleave=4, wandb="disabled", speed_backoff_s=0)
     table = run_latency(space, cfg, tmp_path, backend=backend, progress=False)
     assert set(table.entries) == {p.key for p in space_pieces(space)}
     assert all(m.median > 0 and 6 <= m.n <= 12 for m in table.entries.values())  # 2 passes of 3 to 6 runs

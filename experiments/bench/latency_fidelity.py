@@ -45,7 +45,8 @@ def speed_cells(sp: dict | None) -> str:
     b, u, a = sp["build_ms"], sp["table_unscaled"], sp.get("at_table_speed") or {}
     at = f"{100 * a['within_10pct']:.0f}%" if a else "-"
     drift = f"{sp['drift_pct']:+.1f}%" if sp.get("drift_pct") is not None else "-"
-    again = [f"{sum(len(d) > 1 for d in sp[k])}/{len(sp[k])}" for k in ("build_disturbance", "report_disturbance")]
+    again = [f"{sum(len(d) > 1 for d in sp[f'{k}_disturbance'])}/{len(sp[f'{k}_disturbance'])}"
+             f" ({sp['still_disturbed'][k]} still)" for k in ("build", "report")]
     return (f"{b['level']:.3f} ({min(b['windows']):.3f}-{max(b['windows']):.3f}) | {' and '.join(again)} | {drift} | "
             f"{100 * u['within_10pct']:.0f}% | {at}")
 
@@ -136,7 +137,7 @@ def main() -> None:
         body.append(f"| {backend} | " + " | ".join(cells) + " |")
     body += ["\nMachine speed, by the reference subnet timed in every window of the build and of the report: its time "
              "at the build (median over the windows, and their range), the windows measured again in the build and in the "
-             "report because the machine's speed moved more than the tolerance in them, the drift of the report's windows since, the table "
+             "report because the machine's speed moved more than the tolerance in them (still: in every attempt), the drift of the report's windows since, the table "
              "without scaling its windows to the reference (its correction refitted) within 10%, and the prediction within "
              "10% of the held-out times scaled to the build's speed:\n",
              "| backend | reference ms at build (range) | windows retaken, build and report | drift during report | "

@@ -92,12 +92,7 @@ def fidelity_report(space: SearchSpace, cfg: LatencyConfig, table: LatencyTable,
     report = summarize(rows, table, seconds, loads)
     report["by_statistic"] = by_statistic(table, archs, cache, again)
     report["retest"] = report["by_statistic"][table.statistic].get("retest")
-    report["speed"] = speed_report(table, archs, cache, speed)
-    if report["speed"]:
-        sp = report["speed"]
-        sp |= {"tolerance": cfg.speed_tolerance, "retakes": cfg.speed_retakes}
-        # windows kept although every attempt at them moved more than the tolerance
-        sp["still_disturbed"] = {k: sum(min(d) > cfg.speed_tolerance for d in sp[f"{k}_disturbance"]) for k in ("build", "report")}
+    report["speed"] = speed_report(table, archs, cache, speed, cfg.speed_tolerance)
     write_report(report, out_dir, stem)
     mode = cfg.wandb if wandb is None else {True: "offline", False: "disabled"}.get(wandb, wandb)
     if mode != "disabled":
@@ -193,11 +188,12 @@ def by_statistic(table: LatencyTable, archs: list[ArchConfig], measured: dict[st
 
 
 def speed_report(table: LatencyTable, archs: list[ArchConfig], measured: dict[str, Measurement],
-                 speed: list[tuple[SpeedWindow, list[str]]]) -> dict[str, Any] | None:
+                 speed: list[tuple[SpeedWindow, list[str]]], tolerance: float) -> dict[str, Any] | None:
     """How far the machine's speed has moved since the table was built, by the reference subnet
-    timed in every window of both; the prediction against the held-out times scaled to the
-    table's speed; and the table without its speed scaling (its correction refitted), against the
-    same times as measured. None for a table built without a speed reference."""
+    timed in every window of both; the windows of each that stayed disturbed beyond `tolerance` in
+    every attempt; the prediction against the held-out times scaled to the table's speed; and the
+    table without its speed scaling (its correction refitted), against the same times as
+    measured. None for a table built without a speed reference."""
     if table.reference is None or not table.speed_windows:
         return None
     stat, level = table.statistic, table.speed_level()
@@ -216,7 +212,9 @@ def speed_report(table: LatencyTable, archs: list[ArchConfig], measured: dict[st
         "report_disturbance": [list(w.disturbance) for w, _ in speed],
         "drift_pct": 100 * (float(np.median(report_ms)) / (level * 1e3) - 1) if report_ms else None,
         "table_unscaled": error_metrics(np.array([unscaled.predict_ms(a) for a in archs]), truth),
+        "tolerance": tolerance,
     }
+    out["still_disturbed"] = {k: sum(min(d) > tolerance for d in out[f"{k}_disturbance"]) for k in ("build", "report")}
     if all(a.key() in factor for a in archs):
         out["at_table_speed"] = error_metrics(predicted, truth * np.array([factor[a.key()] for a in archs]))
     return out

@@ -15,6 +15,10 @@ scales each window's times to the reference's median speed over the build (`Late
 the machine's speed moves over minutes on a shared VM (a demo's calibration subnets ran 4% fast
 against its pieces, so the correction learnt a ratio of 0.962 that no longer held a minute later),
 and the fidelity report times the same reference to state how far the machine has moved since.
+A window in which the reference's speed moved more than the tolerance is measured again
+(`steady_window`): scaling cannot fix a burst that hit only part of a window (in one stressed
+build, a window's reference ran 13% slow while its subnets ran about 10% slow, and the scaled
+table fell to 81% within 10%; with retakes the same stress left it at 100%).
 
 The table lives at `<run_dir>/latency/<device>-<backend>.json` and is saved every few seconds
 while it is built, so an interrupted build resumes with the keys already measured.

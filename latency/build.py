@@ -288,10 +288,12 @@ def interleave_groups(pieces: list[Piece], size: int, seed: int) -> list[list[Pi
 
 def _compatible(old: LatencyTable, new: LatencyTable) -> list[str]:
     """Why measurements of `old` cannot be reused for `new` (empty: they can)."""
-    why = []
-    for name in ("device", "backend", "workload", "dims", "protocol", "reference"):
-        if getattr(old, name) != getattr(new, name):
-            why.append(f"{name}: table {getattr(old, name)}, now {getattr(new, name)}")
+    def shown(table: LatencyTable, name: str):
+        value = getattr(table, name)
+        return value.key() if name == "reference" and value is not None else value
+
+    why = [f"{name}: table {shown(old, name)}, now {shown(new, name)}"
+           for name in ("device", "backend", "workload", "dims", "protocol", "reference") if shown(old, name) != shown(new, name)]
     return why + fingerprint_diff(old.fingerprint, new.fingerprint, new.backend)
 
 

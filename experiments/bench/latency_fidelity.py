@@ -11,6 +11,10 @@ issue), a state of that process, not a property of the table.
         [--n 100] [--n-correction 40] [--backends torch onnxruntime] [--keep] [--no-write]
 
 Tables and reports go to runs/bench-latency/latency/ (rebuilt from scratch unless --keep).
+
+`--disturb START SECONDS`: a neighbour that streams memory (a numpy array of 320 MB multiplied over
+and over, on another core) starts START seconds into the run and stops SECONDS later, to show what
+the speed reference and its retakes do about a busy neighbour; the figures go to their own section.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -51,6 +57,18 @@ def speed_cells(sp: dict | None) -> str:
             f"{100 * u['within_10pct']:.0f}% | {at}")
 
 
+HOG = "import numpy as np, time, sys\na = np.ones(40_000_000); end = time.time() + float(sys.argv[1])\n" \
+      "while time.time() < end:\n    b = a * 1.0001\n"
+
+
+def disturb(start: float, seconds: float) -> threading.Timer:
+    """Start the memory-streaming neighbour `start` s from now, for `seconds` s (a timer to cancel)."""
+    timer = threading.Timer(start, lambda: subprocess.Popen([sys.executable, "-c", HOG, str(seconds)]))
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="experiments/quickstart.yaml")
@@ -62,7 +80,11 @@ def main() -> None:
     p.add_argument("--keep", action="store_true", help="resume existing tables instead of rebuilding them")
     p.add_argument("--wandb", action="store_true", help="also log the reports to W&B (offline)")
     p.add_argument("--no-write", action="store_true", help="print only; do not update BENCHMARKS.md")
+    p.add_argument("--disturb", nargs=2, type=float, metavar=("START", "SECONDS"),
+                   help="a memory-streaming neighbour from START s into the run for SECONDS s")
     args = p.parse_args()
+    if args.disturb:
+        disturb(*args.disturb)
 
     cfg = load_config(args.config)
     space = SearchSpace(cfg.search_space)
@@ -151,7 +173,12 @@ def main() -> None:
                 "processes shared the CPU.")
     print("\n".join(body))
     if not args.no_write:
-        write_section("Latency table fidelity (quickstart space, CPU)", "\n".join(body))
+        title = "Latency table fidelity (quickstart space, CPU)"
+        if args.disturb:
+            title += ", with a busy neighbour"
+            body.insert(0, f"A process streaming memory on the other core ran from {args.disturb[0]:.0f} s into the run for "
+                           f"{args.disturb[1]:.0f} s (`--disturb`).  ")
+        write_section(title, "\n".join(body))
 
 
 if __name__ == "__main__":

@@ -214,6 +214,7 @@ def speed_report(table: LatencyTable, archs: list[ArchConfig], measured: dict[st
         "table_unscaled": error_metrics(np.array([unscaled.predict_ms(a) for a in archs]), truth),
         "tolerance": tolerance,
     }
+    out["retaken"] = {k: sum(len(d) > 1 for d in out[f"{k}_disturbance"]) for k in ("build", "report")}
     out["still_disturbed"] = {k: sum(min(d) > tolerance for d in out[f"{k}_disturbance"]) for k in ("build", "report")}
     if all(a.key() in factor for a in archs):
         out["at_table_speed"] = error_metrics(predicted, truth * np.array([factor[a.key()] for a in archs]))
@@ -292,10 +293,10 @@ def speed_markdown(sp: dict[str, Any]) -> str:
     if sp.get("drift_pct") is not None:
         text += (f" During this report it took {min(sp['report_ms']):.3f}-{max(sp['report_ms']):.3f} ms: the machine ran "
                  f"{abs(sp['drift_pct']):.1f}% {'slower' if sp['drift_pct'] > 0 else 'faster'} than at the build.")
-    again = [sum(len(d) > 1 for d in sp[k]) for k in ("build_disturbance", "report_disturbance")]
-    if any(again):
+    again = sp["retaken"]
+    if any(again.values()):
         text += (f" Windows measured again because the machine's speed moved more than {100 * sp['tolerance']:.0f}% in "
-                 f"them: {again[0]} of {len(sp['build_disturbance'])} in the build, {again[1]} of "
+                 f"them: {again['build']} of {len(sp['build_disturbance'])} in the build, {again['report']} of "
                  f"{len(sp['report_disturbance'])} in this report.")
     still = sp.get("still_disturbed") or {}
     if any(still.values()):

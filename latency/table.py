@@ -109,12 +109,14 @@ class LatencyTable:
     reference: ArchConfig | None = None  # the speed reference subnet, timed in every window
     speed_windows: list[SpeedWindow] = field(default_factory=list)  # the reference's time in each window
     window_of: dict[str, int] = field(default_factory=dict)  # piece or calibration key -> its window
+    _factors: dict[str, list[float]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # --- speed -----------------------------------------------------------------------------------
     def add_speed_window(self, window: SpeedWindow, keys: list[str]) -> int:
         """Record a window of measurements (of `keys`) and the reference's time in it."""
         self.speed_windows.append(window)
         self.window_of.update({k: len(self.speed_windows) - 1 for k in keys})
+        self._factors.clear()
         return len(self.speed_windows) - 1
 
     def speed_level(self, statistic: str | None = None) -> float | None:
@@ -123,11 +125,16 @@ class LatencyTable:
         return statistics.median(times) if times else None
 
     def speed_factor(self, key: str) -> float:
-        """What a time measured in `key`'s window is multiplied by to be at the build's median speed."""
+        """What a time measured in `key`'s window is multiplied by to be at the build's median speed
+        (the factors of all windows are worked out once per statistic: `predict` runs in the search's loop)."""
         w = self.window_of.get(key)
         if w is None:
             return 1.0
-        return self.speed_level() / self.speed_windows[w].reference.value(self.statistic)
+        factors = self._factors.get(self.statistic)
+        if factors is None:
+            level = self.speed_level()
+            factors = self._factors[self.statistic] = [level / x.reference.value(self.statistic) for x in self.speed_windows]
+        return factors[w]
 
     def entry(self, key: str) -> float:
         """Seconds of one piece, at the build's median speed."""

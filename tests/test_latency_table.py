@@ -668,6 +668,7 @@ def test_a_window_whose_passes_ran_at_different_speeds_is_measured_again(tiny, c
         assert "1 of 1 in this report" in md
         still = uneven >= attempts  # every attempt moved 10%: the report says it was measured on a busy machine
         assert report["speed"]["still_disturbed"] == {"build": 0, "report": int(still)} and ("**Disturbed**" in md) == still
+        assert report["speed"]["retaken"] == {"build": 0, "report": 1}
 
 
 def test_fidelity_report_states_the_drift_since_the_build(tiny, cfg, tmp_path):
@@ -714,6 +715,22 @@ def test_a_table_without_the_speed_reference_is_measured_again(tiny, cfg, tmp_pa
     with pytest.warns(UserWarning, match=r"reference: table None, now e\d+-L\d:"):  # the reference named by its key
         table = build_table(tiny, cfg, path, progress=False, measurer=again)
     assert set(again.pieces_measured) == set(table.entries) and table.reference is not None
+
+
+def test_speed_factors_follow_new_windows_and_the_statistic(tiny, cfg, tmp_path):
+    """The per-window factors are worked out once, and again after a window is added or for
+    another statistic: never stale."""
+    from hwnas.latency.table import SpeedWindow
+
+    table = built(tiny, cfg, tmp_path)
+    key = next(iter(table.window_of))
+    ref = table.speed_windows[table.window_of[key]].reference
+    assert table.speed_factor(key) == pytest.approx(1.0)  # a steady machine: every window at the median
+    slow = dataclasses.replace(ref, median=3 * ref.median, min=3 * ref.median)
+    for _ in range(2):  # two slow windows out of four: the median speed moves to the middle
+        table.add_speed_window(SpeedWindow("pieces", slow), [])
+    assert table.speed_factor(key) == pytest.approx(2.0)
+    assert dataclasses.replace(table, statistic="min").speed_factor(key) == pytest.approx(2.0)
 
 
 def test_speed_window_out_of_range_is_a_table_error(tiny, cfg, tmp_path):

@@ -51,8 +51,7 @@ def speed_cells(sp: dict | None) -> str:
     b, u, a = sp["build_ms"], sp["table_unscaled"], sp.get("at_table_speed") or {}
     at = f"{100 * a['within_10pct']:.0f}%" if a else "-"
     drift = f"{sp['drift_pct']:+.1f}%" if sp.get("drift_pct") is not None else "-"
-    again = [f"{sum(len(d) > 1 for d in sp[f'{k}_disturbance'])}/{len(sp[f'{k}_disturbance'])}"
-             f" ({sp['still_disturbed'][k]} still)" for k in ("build", "report")]
+    again = [f"{sp['retaken'][k]}/{len(sp[f'{k}_disturbance'])} ({sp['still_disturbed'][k]} still)" for k in ("build", "report")]
     return (f"{b['level']:.3f} ({min(b['windows']):.3f}-{max(b['windows']):.3f}) | {' and '.join(again)} | {drift} | "
             f"{100 * u['within_10pct']:.0f}% | {at}")
 

@@ -6,6 +6,7 @@ evaluation cost per subnet. Records are reused: a second run only refits.
     hwnas train experiments/quickstart.yaml      # first, once
     python experiments/bench/predictors.py [--config experiments/quickstart.yaml] [--n-fit 150] [--n-heldout 60]
         [--noise-check 30] [--study-steps 400,1600,4800] [--train-steps 3000,6000 [--sharing per_kind,shared] [--seeds 0,1]]
+        [--learning-curve 2000]
 
 `--noise-check N` re-evaluates N held-out subnets with 4x the tokens and reports the Kendall tau
 between the two measurements (how much of the ranking is measurement noise). `--study-steps`
@@ -15,6 +16,9 @@ predictor stage on each: how predictable subnet quality is as a function of supe
 `runs/<name>-<N>`, resumed if there) and reports the predictors on each supernet in a section of
 their own; `--seeds 0,1` trains each with both seeds and reports how alike the two supernets rank
 the same subnets (the part of the ranking a predictor can learn from the training recipe).
+`--learning-curve POOL` evaluates POOL more uniform subnets on the supernet (kept in
+`predictors/pool.jsonl`, resumed if there) and fits the predictors on more and more of them, judged on
+the stage's held-out subnets and the pool's last 300: how many evaluations a target tau would take.
 """
 
 from __future__ import annotations
@@ -170,6 +174,70 @@ def training_scale(cfg, pcfg: PredictorsConfig, steps_list: list[int], sharings:
         write_section(f"{title} (quickstart space)", "\n".join(body))
 
 
+CURVE_TEST = 300  # pool subnets held out for the learning curve (with the stage's held-out ones)
+CURVE_DRAWS = 3  # random fit sets per size (each size's tau is their mean)
+
+
+def learning_curve(cfg, pcfg: PredictorsConfig, run_dir: Path, report: dict, pool_size: int,
+                   models: tuple[str, ...] = ("ridge", "et", "gbr")) -> tuple[list[int], dict[str, list[float]], int]:
+    """Evaluate `pool_size` more uniform subnets (a seed stream of their own, never a fit or held-out
+    one) and fit each of `models` (on the chosen feature set) on n of them, for n doubling from
+    `pcfg.n_fit`. Returns (sizes, model -> mean held-out tau per size, number of held-out subnets)."""
+    import numpy as np
+    from scipy.stats import kendalltau
+
+    from hwnas.predictors.features import ArchFeaturizer
+    from hwnas.predictors.models import make_model
+    from hwnas.predictors.stage import eval_context, evaluate_archs
+    from hwnas.search_space import ArchConfig, SearchSpace
+
+    if pool_size <= CURVE_TEST + pcfg.n_fit:
+        raise SystemExit(f"--learning-curve: {pool_size} is too small; it needs more than {CURVE_TEST + pcfg.n_fit} "
+                         f"({CURVE_TEST} held out + at least n_fit {pcfg.n_fit})")
+    space = SearchSpace(cfg.search_space)
+    plan = json.loads((run_dir / "predictors" / "plan.json").read_text())
+    taken, pool = set(plan["fit"]) | set(plan["heldout"]), []
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 7, 3]))  # streams 1 and 2 drew the stage's sets
+    while len(pool) < pool_size:
+        arch = space.sample(rng)
+        if arch.key() not in taken:
+            taken.add(arch.key())
+            pool.append(arch)
+    _, corpus, context = eval_context(run_dir, cfg.search_space, pcfg)
+    store = RecordStore(run_dir / "predictors" / "pool.jsonl")
+    evaluate_archs(pool, store, context, run_dir, cfg.search_space, pcfg, corpus, progress=sys.stderr.isatty())
+    losses = {k: r.metrics[pcfg.target] for k, r in store.current(context)[0].items()}
+    losses |= evaluated_losses(run_dir, report)
+    featurizer = ArchFeaturizer(cfg.search_space.model_dump(mode="json"), features=report["features"]).fit()
+    train, test = pool[:-CURVE_TEST], pool[-CURVE_TEST:] + [ArchConfig.from_dict(a) for a in _heldout_archs(run_dir, plan)]
+    x_train, x_test = featurizer.transform(train), featurizer.transform(test)
+    y_train = np.array([losses[a.key()] for a in train])
+    y_test = np.array([losses[a.key()] for a in test])
+    sizes = [pcfg.n_fit]
+    while sizes[-1] * 2 <= len(train):
+        sizes.append(sizes[-1] * 2)
+    if sizes[-1] != len(train):
+        sizes.append(len(train))
+    taus: dict[str, list[float]] = {m: [] for m in models}
+    for n in sizes:
+        draws = [np.random.default_rng(d).permutation(len(train))[:n] for d in range(CURVE_DRAWS if n < len(train) else 1)]
+        for m in models:
+            fits = [make_model(m, cfg.seed).fit(x_train[i], y_train[i]) for i in draws]
+            taus[m].append(float(np.mean([kendalltau(f.predict(x_test), y_test).statistic for f in fits])))
+        print(f"learning curve: {n} fit subnets  " + "  ".join(f"{m} tau {taus[m][-1]:.3f}" for m in models), flush=True)
+    return sizes, taus, len(test)
+
+
+def _heldout_archs(run_dir: Path, plan: dict) -> list[dict]:
+    """The stage's held-out archs (as dicts), from its records."""
+    wanted, out = set(plan["heldout"]), {}
+    for line in (run_dir / "predictors" / "records.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["key"] in wanted:
+            out[rec["key"]] = rec["arch"]
+    return [out[k] for k in plan["heldout"]]
+
+
 def longer_trained(cfg, steps: int, sharing: str, seed: int | None = None):
     """`cfg` with its supernet (weight sharing `sharing`, training seed `seed`, default the
     config's) trained for `steps` (checkpoints and evaluations spaced to match) in
@@ -209,6 +277,8 @@ def main() -> None:
     p.add_argument("--seeds", default=None,
                    help="with --train-steps: comma-separated training seeds (default: the config's); with two, the "
                         "section also gives how alike the two supernets rank the same subnets")
+    p.add_argument("--learning-curve", type=int, default=0, metavar="POOL",
+                   help="evaluate POOL more uniform subnets and report held-out tau against the number of fit subnets")
     p.add_argument("--no-write", action="store_true", help="print only; do not update BENCHMARKS.md")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -281,6 +351,14 @@ def main() -> None:
                  "| --- | --- | --- | --- | --- | --- |"]
         body += [f"| {r['steps']} | {r['val_loss_largest']:.3f} | {r['model']} | {r['tau']:.3f} | {r['best_tau']:.3f} | "
                  f"{r['range'][0]:.3f}-{r['range'][1]:.3f} |" for r in rows]
+    if args.learning_curve:
+        sizes, taus, n_test = learning_curve(cfg, pcfg, run_dir, report, args.learning_curve)
+        body += [f"\nEvaluations needed: {args.learning_curve} more uniform subnets evaluated on the same supernet; each model "
+                 f"(features: {', '.join(report['features'])}) fitted on n of them (mean of {CURVE_DRAWS} random draws; one "
+                 f"at the largest n) and judged on {n_test} uniform subnets never fitted (the stage's held-out ones and "
+                 f"{CURVE_TEST} of the pool). Kendall tau:\n",
+                 "| model | " + " | ".join(f"n = {n}" for n in sizes) + " |", "| --- |" + " --- |" * len(sizes)]
+        body += [f"| {m} | " + " | ".join(f"{t:.3f}" for t in ts) + " |" for m, ts in taus.items()]
     if not args.no_write:
         write_section("Accuracy predictors (held-out subnets)", "\n".join(body))
 

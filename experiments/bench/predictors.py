@@ -238,6 +238,12 @@ def _heldout_archs(run_dir: Path, plan: dict) -> list[dict]:
     return [out[k] for k in plan["heldout"]]
 
 
+def _trained(run_dir: Path) -> str:
+    """How the supernet in `run_dir` was trained, from its training summary."""
+    s = json.loads((run_dir / "train" / "summary.json").read_text())
+    return (f"{s['steps']} training steps in {s['train_seconds']:.0f} s; largest / smallest subnet "
+            f"{s['val_bpb_largest']:.3f} / {s['val_bpb_smallest']:.3f} bits/byte")
+
 def longer_trained(cfg, steps: int, sharing: str, seed: int | None = None):
     """`cfg` with its supernet (weight sharing `sharing`, training seed `seed`, default the
     config's) trained for `steps` (checkpoints and evaluations spaced to match) in
@@ -317,7 +323,7 @@ def main() -> None:
     body = [
         f"Command: `{command()}`  ",
         f"Machine: {machine()}  ",
-        f"Supernet: `{run_dir}` (checkpoint sha256 `{report['supernet_sha256'][:12]}`). Target: validation {report['target']} "
+        f"Supernet: `{run_dir}` (checkpoint sha256 `{report['supernet_sha256'][:12]}`; {_trained(run_dir)}). Target: validation {report['target']} "
         f"(nats/byte) over {report['eval_tokens']} tokens, {report['eval_seconds_per_subnet']:.2f} s per subnet "
         f"(median {report['eval_seconds_median']:.2f} s; {report['n_fit'] + report['n_heldout']} subnets). Fit set: {report['n_fit']} "
         f"subnets, half uniform, half stratified by log FLOPs (loss range {lo:.3f}-{hi:.3f}); held-out: {report['n_heldout']} "
@@ -359,8 +365,9 @@ def main() -> None:
                  f"{CURVE_TEST} of the pool). Kendall tau:\n",
                  "| model | " + " | ".join(f"n = {n}" for n in sizes) + " |", "| --- |" + " --- |" * len(sizes)]
         body += [f"| {m} | " + " | ".join(f"{t:.3f}" for t in ts) + " |" for m, ts in taus.items()]
-    if not args.no_write:
-        write_section("Accuracy predictors (held-out subnets)", "\n".join(body))
+    if not args.no_write:  # a supernet other than the config's own gets a section of its own
+        own = run_dir.resolve() == cfg.run_path.resolve()
+        write_section("Accuracy predictors (held-out subnets)" + ("" if own else f", supernet {run_dir}"), "\n".join(body))
 
 
 if __name__ == "__main__":

@@ -208,8 +208,9 @@ def learning_curve(cfg, pcfg: PredictorsConfig, run_dir: Path, report: dict, poo
     evaluate_archs(pool, store, context, run_dir, cfg.search_space, pcfg, corpus, progress=sys.stderr.isatty())
     losses = {k: r.metrics[pcfg.target] for k, r in store.current(context)[0].items()}
     losses |= evaluated_losses(run_dir, report)
+    stage, _ = RecordStore(run_dir / "predictors" / "records.jsonl").current(context)
     featurizer = ArchFeaturizer(cfg.search_space.model_dump(mode="json"), features=report["features"]).fit()
-    train, test = pool[:-CURVE_TEST], pool[-CURVE_TEST:] + [ArchConfig.from_dict(a) for a in _heldout_archs(run_dir, plan)]
+    train, test = pool[:-CURVE_TEST], pool[-CURVE_TEST:] + [ArchConfig.from_dict(stage[k].arch) for k in plan["heldout"]]
     x_train, x_test = featurizer.transform(train), featurizer.transform(test)
     y_train = np.array([losses[a.key()] for a in train])
     y_test = np.array([losses[a.key()] for a in test])
@@ -226,16 +227,6 @@ def learning_curve(cfg, pcfg: PredictorsConfig, run_dir: Path, report: dict, poo
             taus[m].append(float(np.mean([kendalltau(f.predict(x_test), y_test).statistic for f in fits])))
         print(f"learning curve: {n} fit subnets  " + "  ".join(f"{m} tau {taus[m][-1]:.3f}" for m in models), flush=True)
     return sizes, taus, len(test)
-
-
-def _heldout_archs(run_dir: Path, plan: dict) -> list[dict]:
-    """The stage's held-out archs (as dicts), from its records."""
-    wanted, out = set(plan["heldout"]), {}
-    for line in (run_dir / "predictors" / "records.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if rec["key"] in wanted:
-            out[rec["key"]] = rec["arch"]
-    return [out[k] for k in plan["heldout"]]
 
 
 def _trained(run_dir: Path) -> str:

@@ -188,6 +188,7 @@ def learning_curve(cfg, pcfg: PredictorsConfig, run_dir: Path, report: dict, poo
 
     from hwnas.predictors.features import ArchFeaturizer
     from hwnas.predictors.models import make_model
+    from hwnas.predictors.sampling import _seeded, _uniform
     from hwnas.predictors.stage import eval_context, evaluate_archs
     from hwnas.search_space import ArchConfig, SearchSpace
 
@@ -196,13 +197,8 @@ def learning_curve(cfg, pcfg: PredictorsConfig, run_dir: Path, report: dict, poo
                          f"({CURVE_TEST} held out + at least n_fit {pcfg.n_fit})")
     space = SearchSpace(cfg.search_space)
     plan = json.loads((run_dir / "predictors" / "plan.json").read_text())
-    taken, pool = set(plan["fit"]) | set(plan["heldout"]), []
-    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 7, 3]))  # streams 1 and 2 drew the stage's sets
-    while len(pool) < pool_size:
-        arch = space.sample(rng)
-        if arch.key() not in taken:
-            taken.add(arch.key())
-            pool.append(arch)
+    # the stage's sampler, on a stream of its own (streams 1 and 2 drew the fit and held-out sets)
+    pool = _uniform(space, pool_size, _seeded(cfg.seed, 3), set(plan["fit"]) | set(plan["heldout"]), "learning-curve")
     _, corpus, context = eval_context(run_dir, cfg.search_space, pcfg)
     store = RecordStore(run_dir / "predictors" / "pool.jsonl")
     evaluate_archs(pool, store, context, run_dir, cfg.search_space, pcfg, corpus, progress=sys.stderr.isatty())

@@ -179,15 +179,17 @@ CURVE_DRAWS = 3  # random fit sets per size (each size's tau is their mean)
 
 
 def learning_curve(cfg, pcfg: PredictorsConfig, run_dir: Path, report: dict, pool_size: int,
-                   models: tuple[str, ...] = ("ridge", "et", "gbr")) -> tuple[list[int], dict[str, list[float]], int]:
+                   models: tuple[str, ...] = ("ridge", "et", "gbr")) -> tuple[list[int], dict[str, list[float]], int, float]:
     """Evaluate `pool_size` more uniform subnets (a seed stream of their own, never a fit or held-out
-    one) and fit each of `models` (on the chosen feature set) on n of them, for n doubling from
-    `pcfg.n_fit`. Returns (sizes, model -> mean held-out tau per size, number of held-out subnets)."""
+    one) and fit each of `models` and the stage's chosen model (on the chosen feature set) on n of them,
+    for n doubling from `pcfg.n_fit`. Returns (sizes, model -> mean held-out tau per size, number of
+    held-out subnets, the stage's saved predictor's tau on them)."""
     import numpy as np
     from scipy.stats import kendalltau
 
     from hwnas.predictors.features import ArchFeaturizer
     from hwnas.predictors.models import make_model
+    from hwnas.predictors.persist import load_predictor
     from hwnas.predictors.sampling import _seeded, _uniform
     from hwnas.predictors.stage import eval_context, evaluate_archs
     from hwnas.search_space import ArchConfig, SearchSpace
@@ -215,14 +217,18 @@ def learning_curve(cfg, pcfg: PredictorsConfig, run_dir: Path, report: dict, poo
         sizes.append(sizes[-1] * 2)
     if sizes[-1] != len(train):
         sizes.append(len(train))
+    chosen = report["model"].split("[")[0]
+    models = models + (chosen,) * (chosen not in models)
     taus: dict[str, list[float]] = {m: [] for m in models}
     for n in sizes:
         draws = [np.random.default_rng(d).permutation(len(train))[:n] for d in range(CURVE_DRAWS if n < len(train) else 1)]
         for m in models:
-            fits = [make_model(m, cfg.seed).fit(x_train[i], y_train[i]) for i in draws]
+            fits = [make_model(m, cfg.seed, tuple(pcfg.ensemble_members)).fit(x_train[i], y_train[i]) for i in draws]
             taus[m].append(float(np.mean([kendalltau(f.predict(x_test), y_test).statistic for f in fits])))
         print(f"learning curve: {n} fit subnets  " + "  ".join(f"{m} tau {taus[m][-1]:.3f}" for m in models), flush=True)
-    return sizes, taus, len(test)
+    saved = float(kendalltau(load_predictor(run_dir / "predictors").predict(test), y_test).statistic)
+    print(f"learning curve: the stage's saved predictor on the {len(test)} held-out subnets: tau {saved:.3f}", flush=True)
+    return sizes, taus, len(test), saved
 
 
 def _trained(run_dir: Path) -> str:
@@ -333,8 +339,10 @@ def main() -> None:
         nc = noise_check(cfg, run_dir, report, args.noise_check)
         print(f"noise check: tau {nc['kendall_tau']:.3f} between {report['eval_tokens']} and {nc['tokens']} tokens on {nc['n']} subnets")
         body.append(f"\nMeasurement noise: on {nc['n']} held-out subnets, Kendall tau {nc['kendall_tau']:.3f} between the recorded "
-                    f"{report['eval_tokens']}-token loss and a {nc['tokens']}-token re-evaluation; the recorded ranking is "
-                    "nearly exact, so the gap is in what the features can explain.")
+                    f"{report['eval_tokens']}-token loss and a {nc['tokens']}-token re-evaluation; "
+                    + ("the labels are nearly exact, so a predictor's remaining rank error is in what its features and model "
+                       "can explain, not in the labels." if nc["kendall_tau"] >= 0.95 else
+                       "the labels themselves are noisy at this many tokens: raise `predictors.eval_tokens`."))
     if args.study_steps:
         rows = training_study([int(x) for x in args.study_steps.split(",")], pcfg, args.threads, cfg.seed)
         body += [f"\nSupernet training vs predictability (a 3-layer space on 40 stdlib files, block 32, weight sharing "
@@ -345,13 +353,17 @@ def main() -> None:
         body += [f"| {r['steps']} | {r['val_loss_largest']:.3f} | {r['model']} | {r['tau']:.3f} | {r['best_tau']:.3f} | "
                  f"{r['range'][0]:.3f}-{r['range'][1]:.3f} |" for r in rows]
     if args.learning_curve:
-        sizes, taus, n_test = learning_curve(cfg, pcfg, run_dir, report, args.learning_curve)
+        sizes, taus, n_test, saved = learning_curve(cfg, pcfg, run_dir, report, args.learning_curve)
         body += [f"\nEvaluations needed: {args.learning_curve} more uniform subnets evaluated on the same supernet; each model "
                  f"(features: {', '.join(report['features'])}) fitted on n of them (mean of {CURVE_DRAWS} random draws; one "
                  f"at the largest n) and judged on {n_test} uniform subnets never fitted (the stage's held-out ones and "
                  f"{CURVE_TEST} of the pool). Kendall tau:\n",
                  "| model | " + " | ".join(f"n = {n}" for n in sizes) + " |", "| --- |" + " --- |" * len(sizes)]
-        body += [f"| {m} | " + " | ".join(f"{t:.3f}" for t in ts) + " |" for m, ts in taus.items()]
+        chosen = report["model"].split("[")[0]
+        body += [f"| {m}{' (the stage chose it)' * (m == chosen)} | " + " | ".join(f"{t:.3f}" for t in ts) + " |"
+                 for m, ts in taus.items()]
+        body += [f"\nThe stage's own predictor ({report['model']}, fitted on its {pcfg.n_fit} fit subnets, half of them "
+                 f"stratified by size), judged on the same {n_test} subnets: **Kendall tau {saved:.3f}**."]
     if not args.no_write:  # a supernet other than the config's own gets a section of its own
         own = run_dir.resolve() == cfg.run_path.resolve()
         write_section("Accuracy predictors (held-out subnets)" + ("" if own else f", supernet {run_dir}"), "\n".join(body))

@@ -231,6 +231,12 @@ def learning_curve(cfg, pcfg: PredictorsConfig, run_dir: Path, report: dict, poo
     return sizes, taus, len(test), saved
 
 
+def _fit_mix(pcfg: PredictorsConfig) -> str:
+    """How the stage draws its fit set, in words."""
+    share = pcfg.stratify_fraction if pcfg.stratify else 0.0
+    return f"{1 - share:.0%} uniform, {share:.0%} stratified by log FLOPs"
+
+
 def _trained(run_dir: Path) -> str:
     """How the supernet in `run_dir` was trained, from its training summary."""
     s = json.loads((run_dir / "train" / "summary.json").read_text())
@@ -319,7 +325,7 @@ def main() -> None:
         f"Supernet: `{run_dir}` (checkpoint sha256 `{report['supernet_sha256'][:12]}`; {_trained(run_dir)}). Target: validation {report['target']} "
         f"(nats/byte) over {report['eval_tokens']} tokens, {report['eval_seconds_per_subnet']:.2f} s per subnet "
         f"(median {report['eval_seconds_median']:.2f} s; {report['n_fit'] + report['n_heldout']} subnets). Fit set: {report['n_fit']} "
-        f"subnets, half uniform, half stratified by log FLOPs (loss range {lo:.3f}-{hi:.3f}); held-out: {report['n_heldout']} "
+        f"subnets, {_fit_mix(pcfg)} (loss range {lo:.3f}-{hi:.3f}); held-out: {report['n_heldout']} "
         f"uniform subnets drawn with their own seed, never fitted. Features: {', '.join(report['features'])}. "
         f"Model chosen by {report['cv_folds']}-fold CV Kendall tau on the fit set only (target: held-out tau >= 0.8; "
         "DyNAS-T reports its predictors by Kendall tau).\n",
@@ -362,8 +368,8 @@ def main() -> None:
         chosen = report["model"].split("[")[0]
         body += [f"| {m}{' (the stage chose it)' * (m == chosen)} | " + " | ".join(f"{t:.3f}" for t in ts) + " |"
                  for m, ts in taus.items()]
-        body += [f"\nThe stage's own predictor ({report['model']}, fitted on its {pcfg.n_fit} fit subnets, half of them "
-                 f"stratified by size), judged on the same {n_test} subnets: **Kendall tau {saved:.3f}**."]
+        body += [f"\nThe stage's own predictor ({report['model']}, fitted on the stage's {pcfg.n_fit} fit subnets, "
+                 f"{_fit_mix(pcfg)}), judged on the same {n_test} subnets: **Kendall tau {saved:.3f}**."]
     if not args.no_write:  # a supernet other than the config's own gets a section of its own
         own = run_dir.resolve() == cfg.run_path.resolve()
         write_section("Accuracy predictors (held-out subnets)" + ("" if own else f", supernet {run_dir}"), "\n".join(body))

@@ -179,10 +179,9 @@ CURVE_DRAWS = 3  # random fit sets per size (each size's tau is their mean)
 
 
 def learning_curve(cfg, pcfg: PredictorsConfig, run_dir: Path, report: dict, pool_size: int,
-                   models: tuple[str, ...] = ("ridge", "et", "gbr")) -> tuple[list[int], dict[str, list[float]], int, float]:
+                   models: tuple[str, ...]) -> tuple[list[int], dict[str, list[float]], int, float]:
     """Evaluate `pool_size` more uniform subnets (a seed stream of their own, never a fit or held-out
-    one) and fit each of `models` and the stage's chosen model (on the chosen feature set) on n of them,
-    for n doubling from `pcfg.n_fit`. Returns (sizes, model -> mean held-out tau per size, number of
+    one) and fit each of `models` (on the chosen feature set) on n of them, for n doubling from `pcfg.n_fit`. Returns (sizes, model -> mean held-out tau per size, number of
     held-out subnets, the stage's saved predictor's tau on them)."""
     import numpy as np
     from scipy.stats import kendalltau
@@ -191,7 +190,7 @@ def learning_curve(cfg, pcfg: PredictorsConfig, run_dir: Path, report: dict, poo
     from hwnas.predictors.models import make_model
     from hwnas.predictors.persist import load_predictor
     from hwnas.predictors.sampling import _seeded, _uniform
-    from hwnas.predictors.stage import eval_context, evaluate_archs
+    from hwnas.predictors.stage import _fit_quietly, eval_context, evaluate_archs
     from hwnas.search_space import ArchConfig, SearchSpace
 
     if pool_size <= CURVE_TEST + pcfg.n_fit:
@@ -204,9 +203,8 @@ def learning_curve(cfg, pcfg: PredictorsConfig, run_dir: Path, report: dict, poo
     _, corpus, context = eval_context(run_dir, cfg.search_space, pcfg)
     store = RecordStore(run_dir / "predictors" / "pool.jsonl")
     evaluate_archs(pool, store, context, run_dir, cfg.search_space, pcfg, corpus, progress=sys.stderr.isatty())
-    losses = {k: r.metrics[pcfg.target] for k, r in store.current(context)[0].items()}
-    losses |= evaluated_losses(run_dir, report)
     stage, _ = RecordStore(run_dir / "predictors" / "records.jsonl").current(context)
+    losses = {k: r.metrics[pcfg.target] for k, r in (store.current(context)[0] | stage).items()}
     featurizer = ArchFeaturizer(cfg.search_space.model_dump(mode="json"), features=report["features"]).fit()
     train, test = pool[:-CURVE_TEST], pool[-CURVE_TEST:] + [ArchConfig.from_dict(stage[k].arch) for k in plan["heldout"]]
     x_train, x_test = featurizer.transform(train), featurizer.transform(test)
@@ -217,13 +215,12 @@ def learning_curve(cfg, pcfg: PredictorsConfig, run_dir: Path, report: dict, poo
         sizes.append(sizes[-1] * 2)
     if sizes[-1] != len(train):
         sizes.append(len(train))
-    chosen = report["model"].split("[")[0]
-    models = models + (chosen,) * (chosen not in models)
     taus: dict[str, list[float]] = {m: [] for m in models}
     for n in sizes:
         draws = [np.random.default_rng(d).permutation(len(train))[:n] for d in range(CURVE_DRAWS if n < len(train) else 1)]
         for m in models:
-            fits = [make_model(m, cfg.seed, tuple(pcfg.ensemble_members)).fit(x_train[i], y_train[i]) for i in draws]
+            fits = [_fit_quietly(lambda i=i, m=m: make_model(m, cfg.seed, tuple(pcfg.ensemble_members)).fit(x_train[i], y_train[i]))
+                    for i in draws]
             taus[m].append(float(np.mean([kendalltau(f.predict(x_test), y_test).statistic for f in fits])))
         print(f"learning curve: {n} fit subnets  " + "  ".join(f"{m} tau {taus[m][-1]:.3f}" for m in models), flush=True)
     saved = float(kendalltau(load_predictor(run_dir / "predictors").predict(test), y_test).statistic)
@@ -242,6 +239,7 @@ def _trained(run_dir: Path) -> str:
     s = json.loads((run_dir / "train" / "summary.json").read_text())
     return (f"{s['steps']} training steps in {s['train_seconds']:.0f} s; largest / smallest subnet "
             f"{s['val_bpb_largest']:.3f} / {s['val_bpb_smallest']:.3f} bits/byte")
+
 
 def longer_trained(cfg, steps: int, sharing: str, seed: int | None = None):
     """`cfg` with its supernet (weight sharing `sharing`, training seed `seed`, default the
@@ -359,13 +357,14 @@ def main() -> None:
         body += [f"| {r['steps']} | {r['val_loss_largest']:.3f} | {r['model']} | {r['tau']:.3f} | {r['best_tau']:.3f} | "
                  f"{r['range'][0]:.3f}-{r['range'][1]:.3f} |" for r in rows]
     if args.learning_curve:
-        sizes, taus, n_test, saved = learning_curve(cfg, pcfg, run_dir, report, args.learning_curve)
+        chosen = report["model"].split("[")[0]  # the stage's candidates are named model[feature groups]
+        models = tuple(dict.fromkeys(("ridge", "et", "gbr", chosen)))
+        sizes, taus, n_test, saved = learning_curve(cfg, pcfg, run_dir, report, args.learning_curve, models)
         body += [f"\nEvaluations needed: {args.learning_curve} more uniform subnets evaluated on the same supernet; each model "
                  f"(features: {', '.join(report['features'])}) fitted on n of them (mean of {CURVE_DRAWS} random draws; one "
                  f"at the largest n) and judged on {n_test} uniform subnets never fitted (the stage's held-out ones and "
                  f"{CURVE_TEST} of the pool). Kendall tau:\n",
                  "| model | " + " | ".join(f"n = {n}" for n in sizes) + " |", "| --- |" + " --- |" * len(sizes)]
-        chosen = report["model"].split("[")[0]
         body += [f"| {m}{' (the stage chose it)' * (m == chosen)} | " + " | ".join(f"{t:.3f}" for t in ts) + " |"
                  for m, ts in taus.items()]
         body += [f"\nThe stage's own predictor ({report['model']}, fitted on the stage's {pcfg.n_fit} fit subnets, "

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import strategies as st
 
 from hwnas.search_space import SearchSpace, SearchSpaceConfig
+from tests.tiny import hwnas, stdlib_text, tiny_config, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "experiments" / "quickstart.yaml"
@@ -22,6 +23,30 @@ def quickstart_space() -> SearchSpace:
     from hwnas.config import load_config
 
     return SearchSpace(load_config(QUICKSTART).search_space)
+
+
+@pytest.fixture(scope="session")
+def tiny_master(tmp_path_factory) -> tuple[Path, Path]:
+    """(config, run dir) of the tiny experiment after one whole `hwnas run` (made once per session,
+    about a minute); tests take a copy (`tiny_run`), never this one."""
+    root = tmp_path_factory.mktemp("tiny-master")
+    config = write_config(root / "tiny.yaml", tiny_config(root / "run", stdlib_text(root / "text")))
+    proc = hwnas("run", str(config), "--no-progress")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return config, root / "run"
+
+
+@pytest.fixture
+def tiny_run(tiny_master, tmp_path) -> tuple[Path, Path]:
+    """(config, run dir): a private copy of the finished tiny run, its config pointing at it."""
+    import shutil
+
+    import yaml
+
+    config, run = tiny_master
+    shutil.copytree(run, tmp_path / "run")
+    cfg = yaml.safe_load(config.read_text()) | {"run_dir": str(tmp_path / "run")}
+    return write_config(tmp_path / "tiny.yaml", cfg), tmp_path / "run"
 
 
 def _subset(values, min_size: int = 1):

@@ -15,33 +15,9 @@ import pytest
 import yaml
 
 from tests.test_train import text_dir  # noqa: F401  (fixture)
+from tests.tiny import tiny_yaml
 
 HWNAS = [sys.executable, "-m", "hwnas.cli"]
-
-
-def tiny_yaml(tmp_path: Path, corpus: Path) -> Path:
-    cfg = {
-        "name": "tiny", "run_dir": str(tmp_path / "run"), "seed": 0,
-        "search_space": {
-            "depth": [1, 2], "embed_dim": [16, 32], "head_dim": 8, "block_size": 32,
-            "n_heads": {"choices": [1, 2]}, "mlp_ratio": {"choices": [2.0, 4.0]},
-            "attention": {"choices": ["softmax", "linear", "window"], "windows": [8]},
-            "ffn": {"choices": ["mlp", "swiglu", "moe"], "experts": [2], "top_k": [1, 2]},
-            "weight_bits": {"choices": [16, 8]},
-        },
-        "train": {"corpus": str(corpus), "steps": 12, "warmup_steps": 2, "batch_size": 4, "ckpt_every": 4, "eval_every": 6,
-                  "eval_tokens": 512, "val_fraction": 0.2, "wandb": "disabled", "threads": 1},
-        "latency": {"backends": ["torch"], "threads": 1, "warmup": 1, "min_repeats": 3, "max_repeats": 5, "check_every": 3,
-                    "max_seconds": 0.2, "n_correction": 6, "n_fidelity": 0, "wandb": "disabled", "speed_backoff_s": 0},
-        "predictors": {"n_fit": 12, "n_heldout": 4, "eval_tokens": 256, "models": ["ridge", "gbr"], "cv_folds": 3,
-                       "wandb": "disabled", "threads": 1},
-        "search": {"objectives": ["loss", "latency@cpu"], "engine": "pymoo", "budget": 200, "population": 20,
-                   "validate_top": 2, "wandb": "disabled"},
-        "export": {"eval_tokens": 256, "measure_latency": False, "sample_tokens": 8, "threads": 1},
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def run(config: Path, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -1,0 +1,110 @@
+"""Which experiment a run directory belongs to, so no command of another experiment writes there.
+
+The first stage that writes into a run directory records in `<run_dir>/run.json` the experiment it
+belongs to: its name, search space and seed (what every artifact of the run depends on). Every
+stage calls `claim_run_dir` before it writes anything; a directory that belongs to another
+experiment, or that holds files but no run.json (not an hwnas run directory), is refused with one
+line saying what differs.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import HwnasError
+from .io import atomic_write_json, file_lock, read_json
+
+RUN_FILE = "run.json"
+FORMAT = "hwnas-run-1"
+
+
+class RunDirError(HwnasError, ValueError):
+    """A run directory that belongs to another experiment, or is not a run directory at all."""
+
+
+def first_difference(a: Any, b: Any, where: str = "") -> str | None:
+    """The dotted path of the first value that differs between two JSON-like values (None: equal)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            found = first_difference(a.get(key), b.get(key), f"{where}.{key}" if where else str(key))
+            if found is not None:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            found = first_difference(x, y, f"{where}[{i}]")
+            if found is not None:
+                return found
+        return None
+    return None if a == b else (where or "value")
+
+
+def _lookup(doc: Any, path: str) -> Any:
+    import re
+
+    for part in re.findall(r"[^.\[\]]+", path):
+        if isinstance(doc, dict):
+            doc = doc.get(part)
+        elif isinstance(doc, list) and part.isdigit() and int(part) < len(doc):
+            doc = doc[int(part)]
+        else:
+            return None
+    return doc
+
+
+def claim_run_dir(run_dir: str | Path, search_space: dict[str, Any], seed: int | None = None, name: str | None = None) -> None:
+    """Refuse `run_dir` if it belongs to another experiment (another name, search space or seed)
+    or is not a run directory; else record this experiment as its owner (when not yet recorded).
+    `search_space`: the search-space section as JSON (`model_dump(mode="json")`). `seed`, `name`:
+    None when the caller does not know them (a library call): they are not compared then, and
+    recorded by the first call that knows them."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: run_dir exists and is not a folder; set run_dir to a folder")
+    path = run_dir / RUN_FILE
+    ours = {"name": name, "search_space": search_space, "seed": seed}
+    if path.exists():
+        _check_owner(path, ours)
+        return
+    _refuse_foreign(run_dir)  # before anything is made: nothing is written into a foreign folder
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with file_lock(run_dir):
+        if path.exists():  # another process claimed it meanwhile
+            _check_owner(path, ours)
+            return
+        _refuse_foreign(run_dir)
+        import hwnas
+
+        atomic_write_json(path, {"format": FORMAT, **ours, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                 "hwnas": hwnas.__version__})
+
+
+def _refuse_foreign(run_dir: Path) -> None:
+    """A folder holding files but no run.json (the temp file of a claim aside) is not ours."""
+    if run_dir.exists() and any(not p.name.startswith(".run") for p in run_dir.iterdir()):
+        raise RunDirError(f"{run_dir}: holds files but no {RUN_FILE}, so it is not an hwnas run directory (or an older "
+                          "hwnas made it); set run_dir (or name) to a new folder")
+
+
+def _check_owner(path: Path, ours: dict[str, Any]) -> None:
+    theirs = read_json(path, "run record", "it records which experiment the run directory belongs to; restore it, or "
+                                           "set run_dir to a new folder")
+    if theirs.get("format") != FORMAT:
+        raise RunDirError(f"{path}: not an hwnas run record (format {theirs.get('format')!r}); set run_dir to a new folder")
+    owner = f"experiment {theirs.get('name')!r}" if theirs.get("name") else "another experiment"
+    advice = "set run_dir (or name) to a new folder for this one"
+    if ours["name"] is not None and theirs.get("name") is not None and ours["name"] != theirs["name"]:
+        raise RunDirError(f"{path.parent}: belongs to {owner}, not to this config's experiment {ours['name']!r}; {advice}")
+    if ours["seed"] is not None and theirs.get("seed") is not None and ours["seed"] != theirs["seed"]:
+        raise RunDirError(f"{path.parent}: belongs to {owner} with seed {theirs.get('seed')!r}; this config has seed "
+                          f"{ours['seed']!r} (a new seed is a new run); {advice}")
+    where = first_difference(theirs.get("search_space"), ours["search_space"])
+    if where is not None:
+        there, here = _lookup(theirs.get("search_space"), where), _lookup(ours["search_space"], where)
+        raise RunDirError(f"{path.parent}: belongs to {owner} with another search space (search_space.{where}: "
+                          f"{there!r} there, {here!r} in this config); {advice}")
+    learnt = {k: ours[k] for k in ("name", "seed") if ours[k] is not None and theirs.get(k) is None}
+    if learnt:  # a library call claimed it first: record what this caller knows
+        atomic_write_json(path, theirs | learnt)

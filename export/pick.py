@@ -12,7 +12,6 @@ earlier member. Every failure is one line naming the pick and what would have be
 
 from __future__ import annotations
 
-import json
 import operator
 import re
 from pathlib import Path
@@ -40,12 +39,12 @@ def _fmt(name: str, value: float) -> str:
 
 
 def _load(front: dict[str, Any] | str | Path) -> dict[str, Any]:
+    from hwnas.search.pareto import read_front
+
     if isinstance(front, dict):
         return front
     path = Path(front)
-    if path.is_dir():
-        path = path / "front.json"
-    return json.loads(path.read_text())
+    return read_front(path if path.is_dir() else path.parent)
 
 
 def pick_member(front: dict[str, Any] | str | Path, pick: str | int) -> tuple[int, dict[str, Any]]:

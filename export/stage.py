@@ -11,9 +11,12 @@ is needed), picks the member, extracts its weights (optionally fine-tunes them),
     <out>/model.int8.onnx      ONNX Runtime quantization following the arch's weight bits
     <out>/report.md, report.json   params, validation loss (torch, ONNX fp32, int8), parity,
                                predicted vs re-measured latency, fine-tuning, a sample
+    <out>/manifest.json        size and sha256 of each file above (`hwnas.export.load` checks it)
 
 Everything is built in a temporary folder beside the target and renamed into place only after
-ONNX Runtime matched torch, so a failed export leaves the target as it was.
+ONNX Runtime matched torch, so a failed export leaves the target as it was. Every input (the
+supernet, the corpus, front.json, validation.json, the latency tables) is checked against the
+manifest of the stage that wrote it first.
 """
 
 from __future__ import annotations
@@ -33,14 +36,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from hwnas.search.pareto import read_front, read_validation
 from hwnas.search_space import ArchConfig, SearchSpace, SearchSpaceConfig
+from hwnas.search_space.manifest import EXPORT_COMMAND, Manifest
 from hwnas.search_space.progress import progress_bar
-from hwnas.supernet.checkpoint import read_meta
+from hwnas.supernet.checkpoint import check_finite, read_meta
 from hwnas.supernet.config import TrainConfig
 from hwnas.supernet.data import Corpus
 from hwnas.supernet.finetune import train_standalone
 from hwnas.supernet.subnet import Subnet, extract_subnet, save_subnet
-from hwnas.supernet.train import load_supernet
+from hwnas.supernet.train import load_supernet, verify_supernet
 
 from .config import ExportConfig
 from .deploy import (
@@ -59,24 +64,29 @@ from .report import render_report
 from .standalone import EXPORT_FORMAT, ExportedModel
 
 STAGES = ("extract", "onnx", "quantize", "parity", "latency", "write")  # progress steps (plus fine-tuning steps)
+EXPORT_FILES = ("config.json", "model.safetensors", "model.onnx", "model.int8.onnx", "report.json", "report.md")
 
 
 # --- the run ----------------------------------------------------------------------------------------
 def read_run(run_dir: Path) -> tuple[SearchSpaceConfig, TrainConfig, dict[str, Any]]:
     """The search space and training settings stored in the run's checkpoint, and front.json."""
+    if not run_dir.is_dir():
+        raise ExportError(f"{run_dir}: no such run directory")
     ckpt = run_dir / "train" / "checkpoint.safetensors"
     if not ckpt.is_file():
         raise ExportError(f"{ckpt}: no trained supernet; run `hwnas train CONFIG` first")
+    verify_supernet(run_dir)
     meta = read_meta(ckpt)
     try:
         space_cfg = SearchSpaceConfig.model_validate(meta["space"])
         train_cfg = TrainConfig.model_validate(meta["train"])
     except (KeyError, ValueError) as e:
-        raise ExportError(f"{ckpt}: checkpoint metadata lacks a valid search space or train config ({e})") from None
+        reason = " ".join(str(e).split())[:200]
+        raise ExportError(f"{ckpt}: checkpoint metadata lacks a valid search space or train config ({reason})") from None
     front_path = run_dir / "search" / "front.json"
     if not front_path.is_file():
         raise ExportError(f"{front_path}: no search results; run `hwnas search CONFIG` first")
-    return space_cfg, train_cfg, json.loads(front_path.read_text())
+    return space_cfg, train_cfg, read_front(front_path.parent)
 
 
 def is_export(path: Path) -> bool:
@@ -316,10 +326,7 @@ def _facts(space: SearchSpace, arch: ArchConfig, subnet: Subnet, train_cfg: Trai
         got = {b for name, b in bits.items() if name.startswith(f"blocks.{i}.")}
         per_layer.append({"layer": i, "arch_bits": layer.weight_bits,
                           "int8_model": {4: "int4 (MatMulNBits)", 8: "int8 (dynamic, per channel)"}.get(max(got) if got else 0, "fp32")})
-    validation = run_dir / "search" / "validation.json"
-    search_row = None
-    if validation.is_file():
-        search_row = next((r for r in json.loads(validation.read_text()).get("rows", []) if r.get("key") == arch.key()), None)
+    search_row = next((r for r in read_validation(run_dir / "search") if r["key"] == arch.key()), None)
     sample = None
     if cfg.sample_tokens and space.dims.vocab_size >= 256:
         text = ExportedModel(subnet, arch).generate(cfg.sample_prompt, cfg.sample_tokens, temperature=0.8, top_k=40, seed=cfg.seed)
@@ -348,6 +355,7 @@ def _facts(space: SearchSpace, arch: ArchConfig, subnet: Subnet, train_cfg: Trai
 def _write(target: Path, force: bool, subnet: Subnet, fp32, int8, report: dict[str, Any], space_cfg: SearchSpaceConfig) -> None:
     import onnx
 
+    check_finite(subnet.state_dict(), f"the subnet {report['key']}")  # a diverged fine-tuning is not shipped
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
@@ -372,6 +380,7 @@ def _write(target: Path, force: bool, subnet: Subnet, fp32, int8, report: dict[s
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
         (tmp / "report.md").write_text(render_report(report))
+        Manifest(tmp, EXPORT_COMMAND).add(*EXPORT_FILES)
         for f in tmp.iterdir():
             os.chmod(f, 0o666 & ~umask)
         commit(tmp, target, force)

@@ -7,12 +7,13 @@
     logits = m(tokens)                         # (B, T) int64 byte ids -> (B, T, vocab)
 
 Only `model.safetensors` (weights, arch and model dims in its metadata) is read, plus
-`config.json` when present as a cross-check: no supernet, no run directory, no pickle.
+`config.json` when present as a cross-check: no supernet, no run directory, no pickle. An export
+folder's files are checked against its manifest.json first (a weights file given alone, against
+the manifest beside it when there is one); weights holding NaN or inf are refused by name.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hwnas.search_space import ArchConfig, ModelDims
+from hwnas.search_space import ArchConfig, ArchError, ModelDims
+from hwnas.search_space.io import read_json
+from hwnas.search_space.manifest import EXPORT_COMMAND, NAME, Manifest
 from hwnas.supernet.subnet import Subnet, load_subnet
 
 from .deploy import ExportError
@@ -89,6 +92,9 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> ExportedModel:
     weights = path / "model.safetensors" if path.is_dir() else path
     if not weights.is_file():
         raise ExportError(f"{weights}: no exported model here (expected an `hwnas export` folder or its model.safetensors)")
+    cfg_path = weights.parent / "config.json"
+    if path.is_dir() or (weights.parent / NAME).exists():
+        Manifest(weights.parent, EXPORT_COMMAND).verify(weights.name, *(["config.json"] if cfg_path.exists() else []))
     try:
         model = load_subnet(weights, device=device).eval()
     except ExportError:
@@ -96,10 +102,12 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> ExportedModel:
     except Exception as e:  # not a safetensors file, or not an hwnas subnet
         raise ExportError(f"{weights}: cannot load the exported model ({str(e).splitlines()[0]})") from None
     config: dict[str, Any] = {}
-    cfg_path = weights.parent / "config.json"
     if cfg_path.is_file():
-        config = json.loads(cfg_path.read_text())
-        saved = ArchConfig.from_dict(config["arch"]) if "arch" in config else None
+        config = read_json(cfg_path, "export config", f"run `{EXPORT_COMMAND}`")
+        try:
+            saved = ArchConfig.from_dict(config["arch"]) if "arch" in config else None
+        except (ArchError, TypeError, ValueError, AttributeError) as e:
+            raise ExportError(f"{cfg_path}: arch: not an architecture ({e})") from None
         if saved is not None and saved != model.arch:
             raise ExportError(f"{cfg_path}: its arch {saved.key()} is not the arch of {weights.name} ({model.arch.key()})")
     return ExportedModel(model=model, arch=model.arch, config=config)

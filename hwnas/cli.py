@@ -26,6 +26,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from hwnas.supernet.train import train
 
     cfg = load_config(args.config)
+    cfg.claim_run_dir()
     train_cfg = cfg.train if args.wandb is None else cfg.train.model_copy(update={"wandb": args.wandb})
     summary = train(cfg.search_space, train_cfg, cfg.run_path, seed=cfg.seed, progress=not args.no_progress)
     if summary:  # rank 0
@@ -44,6 +45,7 @@ def _cmd_latency(args: argparse.Namespace) -> int:
     from hwnas.search_space import SearchSpace
 
     cfg = load_config(args.config)
+    cfg.claim_run_dir()
     space = SearchSpace(cfg.search_space)
     devices = [args.device] if args.device else cfg.latency.devices
     backends = [args.backend] if args.backend else cfg.latency.backends
@@ -66,6 +68,7 @@ def _cmd_predictors(args: argparse.Namespace) -> int:
     from hwnas.predictors.stage import run_predictors
 
     cfg = load_config(args.config)
+    cfg.claim_run_dir()
     r = run_predictors(cfg.search_space, cfg.predictors, cfg.run_path, seed=cfg.seed, progress=not args.no_progress)
     h = r["heldout"]
     print(f"predictor {r['model']} fitted on {r['n_fit']} subnets -> {cfg.run_path / 'predictors'}")
@@ -81,6 +84,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from hwnas.search.stage import run_search
 
     cfg = load_config(args.config)
+    cfg.claim_run_dir()
     summary = run_search(cfg.search_space, cfg.search, cfg.run_path, seed=cfg.seed, latency_cfg=cfg.latency,
                          workers=args.workers, progress=not args.no_progress)
     print(f"searched {summary['candidates']} candidates in {summary['seconds']:.1f} s "
@@ -123,7 +127,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.config:
         from hwnas.config import load_config
 
-        cfg = load_config(args.config).export
+        experiment = load_config(args.config)
+        if (Path(args.run_dir) / "run.json").exists():  # the config must be the run's own
+            experiment.claim_run_dir(args.run_dir)
+        cfg = experiment.export
     report = run_export(args.run_dir, args.pick if args.pick is not None else cfg.pick, out_dir=args.out, force=args.force,
                         finetune_steps=cfg.finetune_steps if args.finetune_steps is None else args.finetune_steps, cfg=cfg,
                         progress=not args.no_progress)
@@ -137,6 +144,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from hwnas.report import print_front
 
     cfg = load_config(args.config)
+    cfg.claim_run_dir()
     Pipeline(cfg, progress=not args.no_progress).run()
     rd = cfg.run_path
     print_front(rd / "search")

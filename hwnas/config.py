@@ -59,6 +59,13 @@ class ExperimentConfig(Section):
     def run_path(self) -> Path:
         return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
 
+    def claim_run_dir(self, run_dir: str | Path | None = None) -> None:
+        """Refuse a run directory (default: this config's) that belongs to another experiment
+        before anything is written there; record this one as its owner (`search_space.rundir`)."""
+        from hwnas.search_space.rundir import claim_run_dir
+
+        claim_run_dir(run_dir or self.run_path, self.search_space.model_dump(mode="json"), self.seed, self.name)
+
 
 def _loc(loc: tuple) -> str:
     out = ""

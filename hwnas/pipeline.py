@@ -1,7 +1,8 @@
 """`hwnas run`: train -> latency -> predictors -> search -> export in one run directory.
 
-A stage whose outputs are complete and were made from the same config section is skipped; an
-interrupted stage resumes (each stage keeps its own resumable state: training checkpoints,
+A stage whose outputs are complete, intact (each listed unchanged in its folder's manifest, see
+`search_space.manifest`) and were made from the same config section is skipped; an interrupted
+stage resumes (each stage keeps its own resumable state: training checkpoints,
 partial latency tables, appended evaluation records, the Optuna study). `<run_dir>/pipeline.json`
 records, per finished stage, a hash of the config it ran with; changing a section re-runs that
 stage and every later one.
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hwnas.search_space.io import atomic_write_json
+from hwnas.search_space.manifest import EXPORT_COMMAND, Manifest
 
 from .config import ExperimentConfig
 
@@ -39,7 +41,11 @@ def stage_inputs(cfg: ExperimentConfig, stage: str) -> dict[str, Any]:
 class Stage:
     name: str
     run: Callable[[], dict[str, Any] | None]
-    outputs: Callable[[], list[Path]]  # files that must exist for the stage to count as complete
+    outputs: list[tuple[Manifest, tuple[str, ...]]]  # files that must be listed and intact for the stage to count as complete
+
+    def damaged(self) -> str | None:
+        """Why the stage's outputs are not complete and intact (None: they are)."""
+        return next((why for manifest, names in self.outputs if (why := manifest.check(*names))), None)
 
 
 class Pipeline:
@@ -59,11 +65,20 @@ class Pipeline:
 
     def complete(self, stage: Stage, state: dict[str, Any]) -> bool:
         done = state["stages"].get(stage.name)
-        return bool(done) and done.get("config") == _hash(stage_inputs(self.cfg, stage.name)) and all(
-            p.exists() for p in stage.outputs())
+        if not done or done.get("config") != _hash(stage_inputs(self.cfg, stage.name)):
+            return False
+        why = stage.damaged()
+        if why:
+            self.log(f"[{stage.name}] finished before, but its outputs are not intact: {why}")
+        return why is None
 
     # --- the stages -------------------------------------------------------------------------------
     def stages(self) -> list[Stage]:
+        from hwnas.export.stage import EXPORT_FILES
+        from hwnas.predictors.stage import OUTPUTS as PREDICTOR_OUTPUTS
+        from hwnas.search.pareto import FRONT_FILES
+        from hwnas.supernet.data import FILES as CORPUS_FILES
+
         cfg, rd = self.cfg, self.run_dir
 
         def runner(name: str) -> Callable[[], dict[str, Any] | None]:
@@ -73,16 +88,19 @@ class Pipeline:
             return lambda: run_isolated(run_stage, cfg, name, self.progress)
 
         export_dir = Path(cfg.export.out_dir) if cfg.export.out_dir else rd / "export"
-        latency_files = [rd / "latency" / f"{d}-{b}.json" for d in self.cfg.latency.devices for b in self.cfg.latency.backends]
+        pairs = [(d, b) for d in cfg.latency.devices for b in cfg.latency.backends]
+        latency_files = [f"{d}-{b}.json" for d, b in pairs] + ([f"fidelity-{d}-{b}.json" for d, b in pairs] if cfg.latency.n_fidelity else [])
         return [
-            Stage("train", runner("train"), lambda: [rd / "train" / "summary.json", rd / "train" / "checkpoint.safetensors"]),
-            Stage("latency", runner("latency"), lambda: latency_files),
-            Stage("predictors", runner("predictors"), lambda: [rd / "predictors" / "report.json"]),
-            Stage("search", runner("search"), lambda: [rd / "search" / "front.json", rd / "search" / "summary.json"]),
-            Stage("export", runner("export"), lambda: [export_dir / "report.json", export_dir / "model.onnx"]),
+            Stage("train", runner("train"), [(Manifest.of(rd, "train"), ("checkpoint.safetensors", "summary.json")),
+                                             (Manifest.of(rd, "corpus"), CORPUS_FILES)]),
+            Stage("latency", runner("latency"), [(Manifest.of(rd, "latency"), tuple(latency_files))]),
+            Stage("predictors", runner("predictors"), [(Manifest.of(rd, "predictors"), ("records.jsonl", *PREDICTOR_OUTPUTS))]),
+            Stage("search", runner("search"), [(Manifest.of(rd, "search"), (*FRONT_FILES, "validation.json", "summary.json"))]),
+            Stage("export", runner("export"), [(Manifest(export_dir, EXPORT_COMMAND), EXPORT_FILES)]),
         ]
 
     def run(self) -> dict[str, Any]:
+        self.cfg.claim_run_dir()
         state = self.state()
         invalid = False
         for stage in self.stages():
@@ -104,6 +122,7 @@ class Pipeline:
 def run_stage(cfg: ExperimentConfig, name: str, progress: bool = True) -> dict[str, Any] | None:
     """Run one stage of `cfg` in this process; returns its JSON-able summary."""
     rd = cfg.run_path
+    cfg.claim_run_dir()
     if name == "train":
         from hwnas.supernet.train import train
 

@@ -59,13 +59,11 @@ def print_space_summary(cfg: ExperimentConfig, samples: int, seed: int, console:
 
 def print_front(search_dir, console: Console | None = None) -> None:
     """The saved Pareto front as a table, with re-measured values where the search validated them."""
-    import json
-    from pathlib import Path
+    from hwnas.search.pareto import read_front, read_validation
 
     console = console or Console(width=200)
-    data = json.loads((Path(search_dir) / "front.json").read_text())
-    vpath = Path(search_dir) / "validation.json"
-    measured = {r["key"]: r for r in json.loads(vpath.read_text())["rows"]} if vpath.exists() else {}
+    data = read_front(search_dir)
+    measured = {r["key"]: r for r in read_validation(search_dir)}
     names = data["objectives"]
     table = Table(title=f"Pareto front: {len(data['front'])} of {data['n_candidates']} candidates, hypervolume "
                         f"{data['hypervolume']:.4g} (reference point {[round(x, 4) for x in data['ref_point']]})")

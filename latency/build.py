@@ -38,6 +38,8 @@ import torch
 
 from hwnas.search_space import ArchConfig, SearchSpace
 from hwnas.search_space.isolate import run_isolated
+from hwnas.search_space.manifest import Manifest
+from hwnas.search_space.rundir import claim_run_dir
 
 from .backends import Backend, make_backend
 from .config import LatencyConfig
@@ -297,10 +299,13 @@ def _compatible(old: LatencyTable, new: LatencyTable) -> list[str]:
     return why + fingerprint_diff(old.fingerprint, new.fingerprint, new.backend)
 
 
-def open_table(path: Path, fresh: LatencyTable, strict: bool) -> LatencyTable:
-    """The table to continue: the one at `path` if its measurements still apply, else `fresh`."""
+def open_table(path: Path, fresh: LatencyTable, strict: bool, manifest: Manifest | None = None) -> LatencyTable:
+    """The table to continue: the one at `path` if its measurements still apply, else `fresh`.
+    `manifest`: the folder's manifest, which must list the table as it is."""
     if not path.exists():
         return fresh
+    if manifest is not None:
+        manifest.verify(path.name)  # ArtifactError if damaged or not ours: never silently overwritten
     old = LatencyTable.load(path, check_device=False)  # TableError if corrupt: never silently overwritten
     why = _compatible(old, fresh)
     if not why:
@@ -308,17 +313,19 @@ def open_table(path: Path, fresh: LatencyTable, strict: bool) -> LatencyTable:
     msg = f"{path}: existing latency table was measured differently ({'; '.join(why)})"
     if strict:
         raise FingerprintMismatchError(msg + "; remove it or run without --strict to re-measure")
-    stale = path.with_suffix(".stale.json")
-    path.replace(stale)
+    stale = next(p for i in range(1, 10**6) if not (p := path.with_suffix(".stale.json" if i == 1 else f".stale-{i}.json")).exists())
+    path.replace(stale)  # an older stale table is kept too
     warnings.warn(f"{msg}; re-measuring (old table kept as {stale.name})", stacklevel=3)
     return fresh
 
 
 def build_table(space: SearchSpace, cfg: LatencyConfig, path: str | Path, device: str = "cpu", backend: str = "torch",
-                strict: bool = False, progress: bool = True, measurer: Measurer | None = None) -> LatencyTable:
+                strict: bool = False, progress: bool = True, measurer: Measurer | None = None,
+                manifest: Manifest | None = None) -> LatencyTable:
     """Measure the pieces of `space` not yet in the table at `path` and the calibration subnets
     not yet measured, fit the correction, save. Returns the finished table. Without `measurer`
-    every window is timed by a freshly spawned process, as the table is used (see `run_isolated`)."""
+    every window is timed by a freshly spawned process, as the table is used (see `run_isolated`).
+    `manifest`: the manifest of the table's folder, which lists every save."""
     path = Path(path)
     if measurer is None:
         measurer = make_measurer(space, cfg, device, backend)
@@ -335,7 +342,7 @@ def build_table(space: SearchSpace, cfg: LatencyConfig, path: str | Path, device
     reference = reference_arch(space, cfg.seed) if cfg.speed_reference else None
     fresh = LatencyTable(device=device, backend=backend, fingerprint=fingerprint, protocol=measurer.protocol,
                          workload=measurer.work, dims=space.dims, statistic=cfg.statistic, reference=reference)
-    table = open_table(path, fresh, strict)
+    table = open_table(path, fresh, strict, manifest)
     table.statistic = cfg.statistic  # every measurement holds every statistic: choosing one re-measures nothing
     pieces = space_pieces(space)
     todo = [p for p in pieces if p.key not in table.entries]
@@ -350,7 +357,7 @@ def build_table(space: SearchSpace, cfg: LatencyConfig, path: str | Path, device
         nonlocal last_save
         if force or time.perf_counter() - last_save >= SAVE_EVERY_S:
             table.meta = {**table.meta, "seconds": spent, "pieces_in_space": len(pieces), "complete": False}
-            table.save(path)
+            table.save(path, manifest)
             last_save = time.perf_counter()
 
     def steady(time_window: Callable[..., dict[str, Measurement]], items: list, stage: str) -> dict[str, Measurement]:
@@ -381,7 +388,7 @@ def build_table(space: SearchSpace, cfg: LatencyConfig, path: str | Path, device
     table.fit_correction()
     table.meta = {**table.meta, "seconds": spent, "pieces_in_space": len(pieces), "complete": True,
                   "this_run_seconds": time.perf_counter() - t_start, "measured_this_run": len(todo) + len(calib_todo)}
-    table.save(path)
+    table.save(path, manifest)
     return table
 
 
@@ -391,12 +398,19 @@ def run_latency(space: SearchSpace, cfg: LatencyConfig, run_dir: str | Path, dev
     run directory and return it."""
     if device not in ("cpu", "cuda"):
         raise LatencyError(f"device {device!r} is not one of cpu, cuda")
-    return build_table(space, cfg, table_path(run_dir, device, backend), device, backend, strict, progress)
+    claim_run_dir(run_dir, space.config.model_dump(mode="json"))
+    return build_table(space, cfg, table_path(run_dir, device, backend), device, backend, strict, progress,
+                       manifest=Manifest.of(run_dir, "latency"))
 
 
 def load_table(run_dir: str | Path, device: str = "cpu", backend: str = "torch", strict: bool = False) -> LatencyTable:
-    """The finished table of a run directory (raises `TableError` if absent or unfinished)."""
-    table = LatencyTable.load(table_path(run_dir, device, backend), strict=strict)
+    """The finished table of a run directory (raises `TableError` if absent or unfinished,
+    `ArtifactError` if it is not the file its build wrote)."""
+    path = table_path(run_dir, device, backend)
+    if not path.exists():
+        raise TableError(f"{path}: latency table not found; build it with `hwnas latency CONFIG`")
+    Manifest.of(run_dir, "latency").verify(path.name)
+    table = LatencyTable.load(path, strict=strict)
     if not table.meta.get("complete"):
         raise TableError(f"{table_path(run_dir, device, backend)}: the table build was interrupted; "
                          "run `hwnas latency` again to finish it")

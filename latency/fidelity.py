@@ -22,6 +22,7 @@ import numpy as np
 
 from hwnas.search_space import ArchConfig, SearchSpace
 from hwnas.search_space.io import atomic_write_json, atomic_write_text
+from hwnas.search_space.manifest import RUN_FOLDERS, Manifest
 
 from .build import WINDOW_ARCHS, Measurer, heldout_archs, make_measurer, progress_bar, steady_window, windows
 from .config import LatencyConfig
@@ -226,14 +227,14 @@ def _read_cache(path: Path, table: LatencyTable) -> tuple[dict[str, Measurement]
     speed reference, and the reference's time in each of its windows."""
     try:
         doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        reference = table.reference.key() if table.reference else None
+        if doc.get("fingerprint") != table.fingerprint or doc.get("protocol") != table.protocol.to_dict() \
+                or doc.get("workload") != table.workload or doc.get("reference") != reference:
+            return {}, []
+        speed = [(SpeedWindow.from_dict(w["window"]), list(w["keys"])) for w in doc.get("speed", [])]
+        return {k: Measurement.from_dict(v) for k, v in doc.get("measured", {}).items()}, speed
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # a damaged cache: measure again
         return {}, []
-    reference = table.reference.key() if table.reference else None
-    if doc.get("fingerprint") != table.fingerprint or doc.get("protocol") != table.protocol.to_dict() \
-            or doc.get("workload") != table.workload or doc.get("reference") != reference:
-        return {}, []
-    speed = [(SpeedWindow.from_dict(w["window"]), list(w["keys"])) for w in doc.get("speed", [])]
-    return {k: Measurement.from_dict(v) for k, v in doc.get("measured", {}).items()}, speed
 
 
 def _write_cache(path: Path, table: LatencyTable, cache: dict[str, Measurement],
@@ -311,10 +312,11 @@ def speed_markdown(sp: dict[str, Any]) -> str:
 
 
 def write_report(report: dict[str, Any], out_dir: Path, stem: str) -> dict[str, Path]:
+    """The report as JSON (listed in the folder's manifest: the search reads it), markdown and plots."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md", "png": out_dir / f"{stem}.png",
              "html": out_dir / f"{stem}.html"}
-    atomic_write_json(paths["json"], report)
+    Manifest(out_dir, RUN_FOLDERS["latency"]).write_json(paths["json"].name, report)
     atomic_write_text(paths["md"], markdown(report))
     plot_png(report, paths["png"])
     plot_html(report, paths["html"])

@@ -33,6 +33,7 @@ import numpy as np
 
 from hwnas.search_space import ArchConfig, ModelDims
 from hwnas.search_space.io import atomic_write_text
+from hwnas.search_space.manifest import RUN_FOLDERS, Manifest
 
 from .errors import TableError
 from .fingerprint import check_fingerprint, device_fingerprint
@@ -41,6 +42,7 @@ from .protocol import Measurement, Protocol
 
 FORMAT = "hwnas-latency-table-1"
 CORRECTION_FEATURES = ("table_sum", "depth", "moe_layers")
+_REMAKE = f"; delete the file and run `{RUN_FOLDERS['latency']}` to measure it again"
 
 
 def canonical_json(obj: Any) -> str:
@@ -248,11 +250,16 @@ class LatencyTable:
             },
         }
 
-    def save(self, path: str | Path) -> Path:
-        """Write the table atomically (a crash never leaves half a file)."""
+    def save(self, path: str | Path, manifest: Manifest | None = None) -> Path:
+        """Write the table atomically (a crash never leaves half a file); `manifest`: the manifest
+        of its folder, which then lists it."""
         payload = self.payload()
         doc = {"format": FORMAT, "sha256": content_hash(payload), "payload": payload}
-        atomic_write_text(path, json.dumps(doc, indent=1, sort_keys=True, allow_nan=False) + "\n")
+        text = json.dumps(doc, indent=1, sort_keys=True, allow_nan=False) + "\n"
+        if manifest is not None:
+            manifest.write_text(Path(path).name, text, resume=True)
+        else:
+            atomic_write_text(path, text)
         return Path(path)
 
     @classmethod
@@ -282,7 +289,7 @@ class LatencyTable:
                 window_of={k: int(w) for k, w in speed["window_of"].items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise TableError(f"{source}: malformed latency table payload ({type(e).__name__}: {e})") from None
+            raise TableError(f"{source}: malformed latency table payload ({type(e).__name__}: {e}){_REMAKE}") from None
 
     @classmethod
     def load(cls, path: str | Path, strict: bool = False, check_device: bool = True) -> LatencyTable:
@@ -295,21 +302,21 @@ class LatencyTable:
         except FileNotFoundError:
             raise TableError(f"{path}: latency table not found; build it with `hwnas latency`") from None
         except (OSError, UnicodeDecodeError) as e:
-            raise TableError(f"{path}: cannot read latency table: {e}") from None
+            raise TableError(f"{path}: cannot read latency table: {e}{_REMAKE}") from None
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as e:
             raise TableError(f"{path}: not a complete JSON document (truncated or corrupt at line {e.lineno}, "
-                             f"column {e.colno}); rebuild it with `hwnas latency`") from None
+                             f"column {e.colno}){_REMAKE}") from None
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
-            raise TableError(f"{path}: not an hwnas latency table (format {got!r}, expected {FORMAT!r})")
+            raise TableError(f"{path}: not an hwnas latency table (format {got!r}, expected {FORMAT!r}){_REMAKE}")
         if not isinstance(doc.get("payload"), dict) or not isinstance(doc.get("sha256"), str):
-            raise TableError(f"{path}: latency table lacks its payload or content hash")
+            raise TableError(f"{path}: latency table lacks its payload or content hash{_REMAKE}")
         actual = content_hash(doc["payload"])
         if actual != doc["sha256"]:
             raise TableError(f"{path}: content hash mismatch (recorded {doc['sha256'][:12]}..., actual {actual[:12]}...): "
-                             "the file was altered or damaged after it was written; rebuild it with `hwnas latency`")
+                             f"the file was altered or damaged after it was written{_REMAKE}")
         table = cls.from_payload(doc["payload"], str(path))
         if check_device:
             here = device_fingerprint(table.device, table.fingerprint.get("threads", 1), table.fingerprint.get("dtype", "float32"))

@@ -12,32 +12,22 @@ how many it skipped.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hwnas.search_space import ArchConfig, ArchError, HwnasError
-from hwnas.search_space.io import atomic_write_text
+from hwnas.search_space.io import atomic_write_text, file_lock
+from hwnas.search_space.manifest import Manifest
 
 RECORD_FORMAT = 1
 
 
 class RecordError(HwnasError, ValueError):
     """A record file that cannot be read; the message names the file, the line and the problem."""
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -109,26 +99,17 @@ class EvalRecord:
 
 class RecordStore:
     """The append-only record file `path` (JSONL). Reads it on creation; raises `RecordError` if
-    any line is not a valid record."""
+    any line is not a valid record. `manifest`: the manifest of the file's folder, which must
+    list the file as it is (checked on creation) and lists every append."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    def __init__(self, path: str | Path, manifest: Manifest | None = None):
+        self.path, self.manifest = Path(path), manifest
+        if manifest is not None and self.path.exists():
+            manifest.verify(self.path.name)
         self._read()
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX: no lock
-            yield
-            return
-        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+    def _locked(self):
+        return file_lock(self.path.with_name(self.path.name + ".lock"))
 
     def _stamp(self) -> tuple[int, int, int] | None:
         try:
@@ -183,7 +164,11 @@ class RecordStore:
             if any(r.key == record.key and r.context == record.context for r in self.records):
                 return False
             line = record.to_json()
-            atomic_write_text(self.path, "".join(x + "\n" for x in [*self._lines, line]))
+            text = "".join(x + "\n" for x in [*self._lines, line])
+            if self.manifest is not None:
+                self.manifest.write_text(self.path.name, text, resume=True)
+            else:
+                atomic_write_text(self.path, text)
             self.records.append(record)
             self._lines.append(line)
             self._seen = self._stamp()

@@ -6,7 +6,9 @@ Everything goes to `<run_dir>/predictors/`:
     plan.json              the fit and held-out arch keys, and the settings that drew them
     report.json / .md      CV scores of every candidate, held-out quality of each, the chosen one
     pred_vs_measured.png / .html
-    predictor.skops / .json   the chosen predictor (no pickle) and its manifest
+    predictor.skops / .json   the chosen predictor (no pickle) and what it is
+    manifest.json          size and sha256 of records, plan, report and predictor (`search_space.manifest`):
+                           the search refuses a predictor this stage did not finish writing
     metrics.jsonl, wandb/  the figures, logged (W&B offline by default)
 """
 
@@ -21,36 +23,58 @@ from typing import Any
 import numpy as np
 
 from hwnas.search_space import ArchConfig, SearchSpace, SearchSpaceConfig
-from hwnas.search_space.io import atomic_write_json, atomic_write_text
+from hwnas.search_space.io import atomic_write_text
+from hwnas.search_space.manifest import Manifest
+from hwnas.search_space.rundir import claim_run_dir
 
 from . import quality as q
 from .config import PredictorsConfig
 from .features import ArchFeaturizer
 from .models import AccuracyPredictor, make_model
-from .persist import PredictorError, library_versions, save_predictor
-from .records import EvalContext, EvalRecord, RecordStore, file_sha256
+from .persist import MANIFEST_FILE, PREDICTOR_FILE, PredictorError, library_versions, save_predictor
+from .records import EvalContext, EvalRecord, RecordStore
 from .sampling import plan
+
+OUTPUTS = ("plan.json", "report.json", PREDICTOR_FILE, MANIFEST_FILE)  # rewritten whole by every run of the stage
 
 
 def eval_context(run_dir: Path, space_cfg: SearchSpaceConfig, cfg: PredictorsConfig):
-    """The trained supernet's checkpoint path, the loaded corpus, and the `EvalContext` of this run."""
+    """The trained supernet's checkpoint path, the loaded corpus, and the `EvalContext` of this run
+    (both checked against their manifests)."""
     from hwnas.supernet.data import Corpus
+    from hwnas.supernet.train import verify_supernet
 
     ckpt = run_dir / "train" / "checkpoint.safetensors"
     if not ckpt.is_file():
-        raise PredictorError(f"{ckpt}: no trained supernet; run `hwnas train` first")
+        raise PredictorError(f"{ckpt}: no trained supernet; run `hwnas train CONFIG` first")
+    ckpt_sha256 = verify_supernet(run_dir)
     corpus = Corpus.load(run_dir / "corpus")
     seq_len = cfg.seq_len or space_cfg.block_size
     if seq_len > space_cfg.block_size:
         raise PredictorError(f"predictors.seq_len: {seq_len} exceeds search_space.block_size {space_cfg.block_size}")
-    return ckpt, corpus, EvalContext(file_sha256(ckpt), corpus.info.files_sha256, cfg.eval_tokens, seq_len)
+    return ckpt, corpus, EvalContext(ckpt_sha256, corpus.info.files_sha256, cfg.eval_tokens, seq_len)
+
+
+def load_evaluated_supernet(run_dir: Path, space_cfg: SearchSpaceConfig, cfg: PredictorsConfig):
+    """The run's supernet on the device the config asks for (`predictors.device`, `threads`)."""
+    import torch
+
+    from hwnas.supernet.train import load_supernet
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise PredictorError("predictors.device: 'cuda' was asked for but no CUDA device is available; use cpu or auto")
+    return load_supernet(run_dir, space_cfg, device=device)
 
 
 def evaluate_archs(archs: list[ArchConfig], store: RecordStore, context: EvalContext, run_dir: Path, space_cfg: SearchSpaceConfig,
                    cfg: PredictorsConfig, corpus, progress: bool = True,
-                   on_record: Callable[[int, EvalRecord], None] | None = None) -> int:
+                   on_record: Callable[[int, EvalRecord], None] | None = None, model=None) -> int:
     """Evaluate the archs not yet recorded in `context`, appending a record after each one (so an
-    interrupted batch resumes where it stopped). Returns how many were evaluated."""
+    interrupted batch resumes where it stopped), on `model` (default: the run's supernet, loaded
+    here). Returns how many were evaluated."""
     done, _ = store.current(context)
     todo = [a for a in archs if a.key() not in done]
     if not todo:
@@ -59,14 +83,9 @@ def evaluate_archs(archs: list[ArchConfig], store: RecordStore, context: EvalCon
 
     from hwnas.search_space.progress import progress_bar
     from hwnas.supernet.evaluate import evaluate
-    from hwnas.supernet.train import load_supernet
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise PredictorError("predictors.device: 'cuda' was asked for but no CUDA device is available; use cpu or auto")
-    model = load_supernet(run_dir, space_cfg, device=device)
+    model = model if model is not None else load_evaluated_supernet(run_dir, space_cfg, cfg)
+    device = next(model.parameters()).device.type
     with progress_bar("evaluate subnets", len(archs), progress, unit="subnet", completed=len(archs) - len(todo),
                       fields="loss {task.fields[loss]:.3f}", initial={"loss": float("nan")}) as advance:
         for i, arch in enumerate(todo):
@@ -131,20 +150,26 @@ def run_predictors(space_cfg: SearchSpaceConfig, cfg: PredictorsConfig, run_dir:
     is called after each newly evaluated subnet."""
     run_dir = Path(run_dir)
     out = run_dir / "predictors"
-    seed = cfg.seed if cfg.seed is not None else seed
+    claim_run_dir(run_dir, space_cfg.model_dump(mode="json"), seed)
     ckpt, corpus, context = eval_context(run_dir, space_cfg, cfg)
+    manifest = Manifest.of(run_dir, "predictors")
+    store = RecordStore(out / "records.jsonl", manifest)  # checked before anything here is written
+    seed = cfg.seed if cfg.seed is not None else seed
     space = SearchSpace(space_cfg)
     fit, heldout = plan(space, cfg.n_fit, cfg.n_heldout, seed, cfg.stratify, cfg.stratify_fraction, cfg.strata, cfg.pool_size)
-    atomic_write_json(out / "plan.json", {"seed": seed, "n_fit": cfg.n_fit, "n_heldout": cfg.n_heldout, "stratify": cfg.stratify,
-                                          "stratify_fraction": cfg.stratify_fraction, "strata": cfg.strata,
-                                          "fit": [a.key() for a in fit], "heldout": [a.key() for a in heldout]})
-    store = RecordStore(out / "records.jsonl")
+    done, _ = store.current(context)
+    # the supernet is loaded (and a damaged one refused) before anything is written
+    model = load_evaluated_supernet(run_dir, space_cfg, cfg) if any(a.key() not in done for a in fit + heldout) else None
+    manifest.forget(*OUTPUTS)
+    manifest.write_json("plan.json", {"seed": seed, "n_fit": cfg.n_fit, "n_heldout": cfg.n_heldout, "stratify": cfg.stratify,
+                                      "stratify_fraction": cfg.stratify_fraction, "strata": cfg.strata,
+                                      "fit": [a.key() for a in fit], "heldout": [a.key() for a in heldout]})
     _, stale = store.current(context)
     if stale:
         warnings.warn(f"{store.path}: skipping {stale} records measured with another supernet checkpoint, corpus or "
                       f"evaluation budget (this run: checkpoint sha256 {context.supernet_sha256[:12]}..., "
                       f"{context.eval_tokens} tokens); they are not mixed in", stacklevel=2)
-    n_new = evaluate_archs(fit + heldout, store, context, run_dir, space_cfg, cfg, corpus, progress, on_record)
+    n_new = evaluate_archs(fit + heldout, store, context, run_dir, space_cfg, cfg, corpus, progress, on_record, model)
     records, _ = store.current(context)
     y_fit = np.array([records[a.key()].metrics[cfg.target] for a in fit])
     y_heldout = np.array([records[a.key()].metrics[cfg.target] for a in heldout])
@@ -160,7 +185,7 @@ def run_predictors(space_cfg: SearchSpaceConfig, cfg: PredictorsConfig, run_dir:
         "target_range_fit": [float(y_fit.min()), float(y_fit.max())],
         "versions": library_versions(),
     }
-    atomic_write_json(out / "report.json", report)
+    manifest.write_json("report.json", report)
     atomic_write_text(out / "report.md", q.markdown(report))
     if heldout:
         mean, std = predictor.predict(heldout, return_std=True)
@@ -175,6 +200,7 @@ def run_predictors(space_cfg: SearchSpaceConfig, cfg: PredictorsConfig, run_dir:
         "data_sha256": context.data_sha256, "eval_tokens": cfg.eval_tokens, "seq_len": context.seq_len,
         "heldout": report["heldout"], "interval": cfg.interval,
     })
+    manifest.add(PREDICTOR_FILE, MANIFEST_FILE)
     _log(out, cfg, report, y_heldout, heldout, predictor)
     return report
 

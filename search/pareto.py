@@ -2,20 +2,29 @@
 
 All objectives are minimized. A candidate is feasible when every constraint value is <= 0 (the
 Optuna / pymoo convention); the front holds feasible candidates only.
+
+A saved front (`front.json`) is read through `read_front`, which checks it against its folder's
+manifest and checks every field a reader uses, so a damaged or edited front is refused with one
+line instead of exporting the wrong member.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hwnas.search_space import ArchConfig
-from hwnas.search_space.io import atomic_path, atomic_write_json
+from hwnas.search_space import ArchConfig, ArchError
+from hwnas.search_space.io import ArtifactError, read_json
+from hwnas.search_space.manifest import RUN_FOLDERS, Manifest
+
+SEARCH_COMMAND = RUN_FOLDERS["search"]
+FRONT_FILES = ("front.json", "front.csv", "candidates.csv")
 
 
 @dataclass(frozen=True)
@@ -104,12 +113,13 @@ class ParetoFront:
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:
         """Write front.csv, front.json (front, reference point, hypervolume history) and
-        candidates.csv into `out_dir`, atomically."""
+        candidates.csv into `out_dir`, atomically, and list them in its manifest."""
         out_dir = Path(out_dir)
+        manifest = Manifest(out_dir, SEARCH_COMMAND)
         paths = {"front_csv": out_dir / "front.csv", "front_json": out_dir / "front.json", "candidates_csv": out_dir / "candidates.csv"}
-        _write_csv(paths["front_csv"], self.rows())
-        _write_csv(paths["candidates_csv"], self.rows(self.candidates))
-        atomic_write_json(paths["front_json"], {
+        _write_csv(manifest, "front.csv", self.rows())
+        _write_csv(manifest, "candidates.csv", self.rows(self.candidates))
+        manifest.write_json("front.json", {
             "objectives": self.objective_names, "constraints": self.constraint_names,
             "ref_point": self.ref_point.tolist(), "hypervolume": self.hypervolume(),
             "hypervolume_history": [{"candidates": n, "hypervolume": hv} for n, hv in self.history],
@@ -123,7 +133,7 @@ class ParetoFront:
     @classmethod
     def load(cls, out_dir: str | Path) -> ParetoFront:
         """The front saved by `save` (front members and history; not every candidate)."""
-        data = json.loads((Path(out_dir) / "front.json").read_text())
+        data = read_front(out_dir)
         front = cls(data["objectives"], data["ref_point"], data["constraints"])
         front.add([Candidate(ArchConfig.from_dict(m["arch"]), tuple(m["objectives"]), tuple(m["constraints"]), m.get("extra", {}))
                    for m in data["front"]], record=False)
@@ -139,9 +149,80 @@ def _jsonable(v: Any) -> bool:
         return False
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+def _write_csv(manifest: Manifest, name: str, rows: list[dict[str, Any]]) -> None:
     fields = list(dict.fromkeys(k for r in rows for k in r)) or ["key"]
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+    with manifest.write(name) as tmp, tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
+
+
+# --- reading a saved search -------------------------------------------------------------------------
+def _numbers(value: Any, n: int | None = None) -> bool:
+    """A list of finite numbers (of length `n`)."""
+    return isinstance(value, list) and (n is None or len(value) == n) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+
+
+def check_front(data: dict[str, Any], source: str | Path) -> dict[str, Any]:
+    """`data` (a parsed front.json) if every field a reader uses is there and well-formed; else
+    `ArtifactError` naming the file and the field."""
+    def bad(field: str, why: str) -> ArtifactError:
+        return ArtifactError(f"{source}: {field}: {why}; run `{SEARCH_COMMAND}` to write it again")
+
+    names = data.get("objectives")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise bad("objectives", f"expected a list of objective names, got {names!r}")
+    if not isinstance(data.get("constraints", []), list):
+        raise bad("constraints", "expected a list of constraint names")
+    if not _numbers(data.get("ref_point"), len(names)):
+        raise bad("ref_point", f"expected {len(names)} finite numbers, got {data.get('ref_point')!r}")
+    for number in ("hypervolume", "n_candidates"):
+        if not _numbers([data.get(number)]):
+            raise bad(number, f"expected a finite number, got {data.get(number)!r}")
+    history = data.get("hypervolume_history")
+    if not isinstance(history, list) or not all(isinstance(h, dict) and _numbers([h.get("candidates"), h.get("hypervolume")])
+                                                 for h in history):
+        raise bad("hypervolume_history", "expected a list of {candidates, hypervolume} numbers")
+    members = data.get("front")
+    if not isinstance(members, list):
+        raise bad("front", f"expected a list of members, got {type(members).__name__}")
+    for i, m in enumerate(members):
+        if not isinstance(m, dict):
+            raise bad(f"front[{i}]", f"expected an object, got {type(m).__name__}")
+        if not isinstance(m.get("key"), str):
+            raise bad(f"front[{i}].key", f"missing or not a string ({m.get('key')!r})")
+        try:
+            arch = ArchConfig.from_dict(m.get("arch"))
+        except (ArchError, TypeError, ValueError, AttributeError) as e:
+            raise bad(f"front[{i}].arch", f"not an architecture ({e})") from None
+        if arch.key() != m["key"]:
+            raise bad(f"front[{i}].key", f"{m['key']!r} is not the key of its arch ({arch.key()!r})")
+        if not _numbers(m.get("objectives"), len(names)):
+            raise bad(f"front[{i}].objectives", f"expected {len(names)} finite numbers, got {m.get('objectives')!r}")
+        if not _numbers(m.get("constraints", [])):
+            raise bad(f"front[{i}].constraints", f"expected finite numbers, got {m.get('constraints')!r}")
+    return data
+
+
+def read_front(search_dir: str | Path) -> dict[str, Any]:
+    """The saved front of a search folder (front.json), checked against the folder's manifest and
+    by `check_front`."""
+    search_dir = Path(search_dir)
+    Manifest(search_dir, SEARCH_COMMAND).verify("front.json")
+    path = search_dir / "front.json"
+    return check_front(read_json(path, "Pareto front", f"run `{SEARCH_COMMAND}`"), path)
+
+
+def read_validation(search_dir: str | Path) -> list[dict[str, Any]]:
+    """The re-measured front members of a search folder (validation.json; [] when absent), checked
+    against the folder's manifest."""
+    search_dir = Path(search_dir)
+    path = search_dir / "validation.json"
+    if not path.exists():
+        return []
+    Manifest(search_dir, SEARCH_COMMAND).verify(path.name)
+    rows = read_json(path, "front validation", f"run `{SEARCH_COMMAND}`").get("rows")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and isinstance(r.get("key"), str) for r in rows):
+        raise ArtifactError(f"{path}: rows: expected a list of objects with a key; run `{SEARCH_COMMAND}` to write it again")
+    return rows

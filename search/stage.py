@@ -3,13 +3,14 @@ tables, run the configured engine, save the front, validate its members for real
 
 Outputs in `<run_dir>/search/`: front.csv / front.json (members, reference point, hypervolume
 history), candidates.csv, validation.json (predicted vs re-measured values of front members),
-plots (PNG + HTML), and the W&B offline run.
+summary.json, manifest.json (their sizes and sha256: the export refuses a front this stage did not
+finish writing), plots (PNG + HTML), and the W&B offline run. Every input (predictor, latency
+tables and their fidelity reports, the supernet and corpus) is checked against its manifest first.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import multiprocessing as mp
 import time
 from pathlib import Path
@@ -18,14 +19,16 @@ from typing import Any
 import numpy as np
 
 from hwnas.search_space import ArchConfig, SearchSpace, SearchSpaceConfig
-from hwnas.search_space.io import atomic_write_json
+from hwnas.search_space.io import ArtifactError, read_json
+from hwnas.search_space.manifest import RUN_FOLDERS, Manifest
 from hwnas.search_space.progress import progress_bar
+from hwnas.search_space.rundir import claim_run_dir
 
 from .config import SearchConfig
 from .engines import OptunaEngine, PymooEngine, SearchError, default_storage, random_search
 from .linas import LinasSettings, linas_search
 from .objectives import ObjectiveSet, build_objectives
-from .pareto import ParetoFront
+from .pareto import FRONT_FILES, ParetoFront, read_front, read_validation
 from .plots import front_plots, hypervolume_plot, validation_plots
 
 
@@ -40,11 +43,16 @@ def latency_error(run_dir: Path, device: str, backend: str) -> float | None:
     path = run_dir / "latency" / f"fidelity-{device}-{backend}.json"
     if not path.exists():
         return None
-    rows = json.loads(path.read_text()).get("rows") or []
-    if not rows:
-        return None
-    rel = np.array([r["predicted_ms"] / r["measured_ms"] - 1 for r in rows])
-    return float(np.sqrt(np.mean(rel**2)))
+    Manifest.of(run_dir, "latency").verify(path.name)
+    rows = read_json(path, "latency fidelity report", f"run `{RUN_FOLDERS['latency']}`").get("rows") or []
+    try:
+        rel = np.array([r["predicted_ms"] / r["measured_ms"] - 1 for r in rows], dtype=float)
+    except (KeyError, TypeError, ZeroDivisionError):
+        rel = np.array([np.nan])
+    if not np.isfinite(rel).all():
+        raise ArtifactError(f"{path}: rows: predicted_ms / measured_ms are not positive numbers; "
+                            f"run `{RUN_FOLDERS['latency']}` to write it again")
+    return float(np.sqrt(np.mean(rel**2))) if rows else None
 
 
 def load_objectives(space: SearchSpace, cfg: SearchConfig, run_dir: Path) -> ObjectiveSet:
@@ -54,8 +62,9 @@ def load_objectives(space: SearchSpace, cfg: SearchConfig, run_dir: Path) -> Obj
     needs = _needs(cfg)
     predictor = None
     if "loss" in needs and cfg.engine != "linas":
-        from hwnas.predictors.persist import load_predictor
+        from hwnas.predictors.persist import MANIFEST_FILE, PREDICTOR_FILE, load_predictor
 
+        Manifest.of(run_dir, "predictors").verify(PREDICTOR_FILE, MANIFEST_FILE)
         predictor = load_predictor(run_dir / "predictors")
     devices = sorted(n.removeprefix("latency@") for n in needs if n.startswith("latency@"))
     tables = {d: load_table(run_dir, d, cfg.latency_backend) for d in devices}
@@ -95,7 +104,14 @@ class RealLoss:
 
 def _predictor_eval_tokens(run_dir: Path) -> int:
     path = run_dir / "predictors" / "report.json"
-    return json.loads(path.read_text()).get("eval_tokens", 65536) if path.exists() else 65536
+    if not path.exists():
+        return 65536
+    Manifest.of(run_dir, "predictors").verify(path.name)
+    tokens = read_json(path, "predictor report", f"run `{RUN_FOLDERS['predictors']}`").get("eval_tokens", 65536)
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens <= 0:
+        raise ArtifactError(f"{path}: eval_tokens: expected a positive integer, got {tokens!r}; "
+                            f"run `{RUN_FOLDERS['predictors']}` to write it again")
+    return tokens
 
 
 def reference_point(space: SearchSpace, objectives: ObjectiveSet, cfg: SearchConfig, seed: int) -> np.ndarray:
@@ -147,15 +163,17 @@ def run_optuna(space: SearchSpace, cfg: SearchConfig, objectives: ObjectiveSet, 
     return engine.front_of(study, objectives, front)
 
 
-def validate_front(space: SearchSpace, front: ParetoFront, cfg: SearchConfig, run_dir: Path, latency_cfg=None) -> list[dict[str, Any]]:
+def validate_front(space: SearchSpace, front: ParetoFront, cfg: SearchConfig, run_dir: Path, latency_cfg=None,
+                   real_loss: RealLoss | None = None) -> list[dict[str, Any]]:
     """Evaluate up to `validate_top` front members (spread along it) for real: validation loss on
-    the supernet, latency measured on the extracted subnet."""
+    the supernet (`real_loss`, made here if None), latency measured on the extracted subnet."""
     from .linas import _pick_spread
 
     members = _pick_spread(front.members(), cfg.validate_top, set())
     if not members:
         return []
-    real_loss = RealLoss(space, run_dir) if "loss" in front.objective_names else None
+    if real_loss is None and "loss" in front.objective_names:
+        real_loss = RealLoss(space, run_dir)
     latency_devices = [n.removeprefix("latency@") for n in front.objective_names if n.startswith("latency@")]
     measured_ms: dict[str, dict[str, float]] = {}
     if latency_cfg is not None:
@@ -186,8 +204,13 @@ def run_search(space_cfg: SearchSpaceConfig, cfg: SearchConfig, run_dir: str | P
 
     run_dir = Path(run_dir)
     out = run_dir / "search"
+    claim_run_dir(run_dir, space_cfg.model_dump(mode="json"), seed)
     space = SearchSpace(space_cfg)
     objectives = load_objectives(space, cfg, run_dir)
+    # the supernet, corpus and predictor report the validation reads: checked before anything is written
+    real_loss = RealLoss(space, run_dir) if "loss" in objectives.names and cfg.validate_top else None
+    manifest = Manifest.of(run_dir, "search")
+    manifest.forget(*FRONT_FILES, "validation.json", "summary.json")
     ref = reference_point(space, objectives, cfg, seed)
     front = ParetoFront(objectives.names, ref, objectives.constraint_names)
     t0 = time.perf_counter()
@@ -209,15 +232,15 @@ def run_search(space_cfg: SearchSpaceConfig, cfg: SearchConfig, run_dir: str | P
         raise SearchError(f"no feasible candidate among {len(front.candidates)}: the constraints {cfg.constraints} exclude "
                           "everything evaluated; relax them or raise search.budget")
     paths = front.save(out)
-    validation = validate_front(space, front, cfg, run_dir, latency_cfg)
-    atomic_write_json(out / "validation.json", {"rows": validation})
+    validation = validate_front(space, front, cfg, run_dir, latency_cfg, real_loss)
+    manifest.write_json("validation.json", {"rows": validation})
     summary = {
         "engine": cfg.engine, "algorithm": cfg.algorithm, "candidates": len(front.candidates), "front_size": len(front.members()),
         "hypervolume": front.hypervolume(), "ref_point": ref.tolist(), "objectives": objectives.names,
         "constraints": objectives.constraint_names, "seconds": seconds, "candidates_per_second": len(front.candidates) / max(seconds, 1e-9),
         "validated": len(validation),
     }
-    atomic_write_json(out / "summary.json", summary)
+    manifest.write_json("summary.json", summary)
     plots = write_plots(out)
     tracker = Tracker(out, "metrics", mode=cfg.wandb, job_type="search", config={"search": cfg.model_dump(mode="json")})
     log_search(tracker, front, validation, paths, plots)
@@ -228,16 +251,26 @@ def run_search(space_cfg: SearchSpaceConfig, cfg: SearchConfig, run_dir: str | P
 
 def write_plots(out: Path) -> list[Path]:
     """All plots of a saved search (front pairs, hypervolume history, validation)."""
-    data = json.loads((out / "front.json").read_text())
+    data = read_front(out)
     names = data["objectives"]
-    with (out / "candidates.csv").open() as f:
-        cands = [{**r, **{n: float(r[n]) for n in names}} for r in csv.DictReader(f)]
+    cands = read_candidates(out, names)
     front = [{"key": m["key"], **dict(zip(names, m["objectives"], strict=True))} for m in data["front"]]
     paths = front_plots(cands, front, names, out) + hypervolume_plot(data["hypervolume_history"], out)
-    vpath = out / "validation.json"
-    if vpath.exists():
-        paths += validation_plots(json.loads(vpath.read_text())["rows"], names, out)
+    rows = read_validation(out)
+    if rows:
+        paths += validation_plots(rows, names, out)
     return paths
+
+
+def read_candidates(out: Path, names: list[str]) -> list[dict[str, Any]]:
+    """candidates.csv of a search folder (checked against its manifest), objectives as floats."""
+    Manifest(out, RUN_FOLDERS["search"]).verify("candidates.csv")
+    try:
+        with (out / "candidates.csv").open(newline="") as f:
+            return [{**r, **{n: float(r[n]) for n in names}} for r in csv.DictReader(f)]
+    except (KeyError, TypeError, ValueError, csv.Error) as e:
+        raise ArtifactError(f"{out / 'candidates.csv'}: not the candidates table of this front ({type(e).__name__}: {e}); "
+                            f"run `{RUN_FOLDERS['search']}` to write it again") from None
 
 
 def log_search(tracker, front: ParetoFront, validation: list[dict[str, Any]], files: dict[str, Path], plots: list[Path]) -> None:

@@ -1,6 +1,7 @@
 """Byte-level corpora for supernet training: build once into raw uint8 files, then sample batches.
 
-`build_corpus(source, out_dir)` turns a source into three files, all written atomically:
+`build_corpus(source, out_dir)` turns a source into three files, all written atomically and listed
+with their sha256 in out_dir/manifest.json (`search_space.manifest`):
 
     out_dir/train.bin    raw bytes of the train split (token = byte, vocab 256)
     out_dir/val.bin      raw bytes of the validation split
@@ -13,6 +14,9 @@ folder, only UTF-8 text files count (no NUL byte; hidden entries and __pycache__
 Files are split into train / validation by a hash of their relative path, so the split is the
 same on every machine; a single file is split by bytes instead (its last `val_fraction`).
 Validation happens before anything is written: a bad source leaves `out_dir` untouched.
+
+A corpus whose files no longer match the manifest is rebuilt by `build_corpus` (it is derived from
+its source) and refused by `Corpus.load`.
 
 `Corpus.load(out_dir)` memory-maps the two splits (never read whole into RAM); `batch` draws
 random windows with a caller-owned `torch.Generator`, `val_batches` walks a fixed set of windows.
@@ -38,7 +42,7 @@ import torch
 from torch import Tensor
 
 from hwnas.search_space.errors import HwnasError
-from hwnas.search_space.io import atomic_path, atomic_write_json
+from hwnas.search_space.manifest import RUN_FOLDERS, Manifest
 
 __all__ = [
     "CORPUS_FORMAT", "Corpus", "CorpusError", "CorpusInfo", "HF_DEFAULT_MAX_BYTES", "SEPARATOR",
@@ -51,6 +55,11 @@ CORPUS_FORMAT = 1  # bump when the layout or the split rule changes (old corpus.
 HF_DEFAULT_MAX_BYTES = 2_000_000  # train cap for "hf:" sources when max_bytes is None: keep it small
 _EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__"})
 _CHUNK = 1 << 20
+FILES = ("train.bin", "val.bin", "corpus.json")
+
+
+def _manifest(out_dir: Path) -> Manifest:
+    return Manifest(out_dir, RUN_FOLDERS["corpus"])
 
 
 class CorpusError(HwnasError, ValueError):
@@ -334,13 +343,14 @@ def _write_split(tmp: Path, pieces: list[_Piece], cap: int | None) -> tuple[int,
 
 
 def _read_info(out_dir: Path) -> CorpusInfo | None:
-    """The corpus already in out_dir, if it is complete (corpus.json readable, sizes matching)."""
+    """The corpus already in out_dir, if it is complete and intact (its manifest verifies)."""
     try:
+        _manifest(out_dir).verify(*FILES)
         info = CorpusInfo.from_dict(json.loads((out_dir / "corpus.json").read_text()))
         for split in SPLITS:
             if (out_dir / f"{split}.bin").stat().st_size != info.n_bytes(split):
                 return None
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError):  # ArtifactError and CorpusError are ValueErrors
         return None
     return info
 
@@ -407,10 +417,11 @@ def build_corpus(source: str | os.PathLike[str] | None, out_dir: str | Path, val
     created = [d for d in (out_dir, *out_dir.parents) if not d.exists()]  # innermost first
     try:
         with contextlib.ExitStack() as stack:
-            json_tmp = stack.enter_context(atomic_path(out_dir / "corpus.json"))  # renamed last
+            manifest = _manifest(out_dir)
+            json_tmp = stack.enter_context(manifest.write("corpus.json"))  # renamed last
             stats = {}
             for split, split_pieces, split_cap in (("train", train, train_cap), ("val", val, val_cap)):
-                tmp = stack.enter_context(atomic_path(out_dir / f"{split}.bin"))
+                tmp = stack.enter_context(manifest.write(f"{split}.bin"))
                 stats[split] = _write_split(tmp, split_pieces, split_cap)
             info = CorpusInfo(
                 source=key, root=root, n_files=len(pieces), files_sha256=files_sha256,
@@ -420,7 +431,7 @@ def build_corpus(source: str | os.PathLike[str] | None, out_dir: str | Path, val
                 train_entropy=stats["train"][1], val_entropy=stats["val"][1],
                 train_sha256=stats["train"][2], val_sha256=stats["val"][2],
             )
-            atomic_write_json(json_tmp, info.to_dict())
+            json_tmp.write_text(json.dumps(info.to_dict(), indent=2, sort_keys=True) + "\n")
     except BaseException:
         for d in created:  # leave no folder behind (the temp files are already gone)
             with contextlib.suppress(OSError):
@@ -445,6 +456,7 @@ class Corpus:
         meta = out_dir / "corpus.json"
         if not meta.is_file():
             raise CorpusError(meta, "path does not exist (build the corpus first)")
+        _manifest(out_dir).verify(*FILES)  # ArtifactError naming the file; `hwnas train` rebuilds it
         try:
             info = CorpusInfo.from_dict(json.loads(meta.read_text()))
         except CorpusError as e:

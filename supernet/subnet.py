@@ -177,10 +177,17 @@ def load_subnet(path: str | Path, device: str | torch.device = "cpu") -> Subnet:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
+    from .checkpoint import check_finite
+
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
     if meta.get("format") != "hwnas-subnet-1":
         raise ValueError(f"{path}: not an hwnas subnet file (metadata format {meta.get('format')!r})")
-    sub = Subnet(ArchConfig.from_json(meta["arch"]), ModelDims(**json.loads(meta["dims"])))
-    sub.load_state_dict(load_file(str(path), device=str(device)), strict=True)
+    try:
+        sub = Subnet(ArchConfig.from_json(meta["arch"]), ModelDims(**json.loads(meta["dims"])))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: metadata 'arch' or 'dims' is missing or not what hwnas writes ({type(e).__name__}: {e})") from None
+    tensors = load_file(str(path), device=str(device))
+    check_finite(tensors, path)
+    sub.load_state_dict(tensors, strict=True)
     return sub.to(device)

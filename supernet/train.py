@@ -25,8 +25,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from hwnas.search_space import ArchConfig, HwnasError, SearchSpaceConfig
-from hwnas.search_space.io import atomic_write_json
+from hwnas.search_space.manifest import Manifest
 from hwnas.search_space.progress import progress_bar
+from hwnas.search_space.rundir import claim_run_dir
 from hwnas.search_space.tracking import Tracker
 
 from .checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint
@@ -166,6 +167,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.train_dir = self.run_dir / "train"
         self.ckpt_path = self.train_dir / "checkpoint.safetensors"
+        self.manifest = Manifest.of(self.run_dir, "train")
         self.progress, self.on_step_end = progress, on_step_end
         kind = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         if kind == "cuda" and not torch.cuda.is_available():
@@ -200,7 +202,10 @@ class Trainer:
             meta = read_meta(self.ckpt_path)
             if meta.get("space") != self.space_cfg.model_dump(mode="json"):
                 raise TrainingError(f"{self.ckpt_path}: checkpoint of a different search space; use another run_dir")
-            state.update(load_checkpoint(self.ckpt_path, model, opt, average=stored)["state"])
+            saved = load_checkpoint(self.ckpt_path, model, opt, average=stored).get("state")
+            if not isinstance(saved, dict) or set(saved) != set(state):
+                raise CheckpointError(f"{self.ckpt_path}: checkpoint metadata lacks the training loop's state")
+            state.update(saved)
         self.average = WeightAverage(model, self.cfg.ema_decay, stored) if self.cfg.ema_decay > 0 else None
         return model, opt, state
 
@@ -208,7 +213,7 @@ class Trainer:
         if self.dist.is_main:
             save_checkpoint(self.ckpt_path, model, opt, {"state": state, "space": self.space_cfg.model_dump(mode="json"),
                                                          "train": self.cfg.model_dump(mode="json")},
-                            average=self.average.tensors if self.average else None)
+                            average=self.average.tensors if self.average else None, manifest=self.manifest)
 
     # --- one step ---------------------------------------------------------------------------------
     def _autocast(self):
@@ -261,8 +266,14 @@ class Trainer:
     # --- the loop ---------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
+        if self.dist.is_main:
+            claim_run_dir(self.run_dir, self.space_cfg.model_dump(mode="json"), self.seed)
+            if self.ckpt_path.exists():
+                self.manifest.verify(self.ckpt_path.name)  # before anything is written: a damaged one is refused as it is
         corpus = self._corpus()
         model, opt, state = self._build()
+        if self.dist.is_main:
+            self.manifest.forget("summary.json")  # until this run finishes, later stages see an unfinished supernet
         self.model = model
         model.train()
         sampler = SandwichSampler(model.space, cfg, self.seed)
@@ -317,7 +328,7 @@ class Trainer:
             }
             tracker.summary(summary)
             tracker.finish()
-            atomic_write_json(self.train_dir / "summary.json", summary)
+            self.manifest.write_json("summary.json", summary)
         return summary
 
     def _evaluate(self, model, corpus, sampler) -> dict[str, float]:
@@ -336,15 +347,20 @@ def train(space_cfg: SearchSpaceConfig, cfg: TrainConfig, run_dir: str | Path, s
     return Trainer(space_cfg, cfg, run_dir, seed=seed, progress=progress).run()
 
 
+def verify_supernet(run_dir: str | Path) -> str:
+    """Check that the run's training finished and its checkpoint is the one it wrote (the train
+    folder's manifest); returns the checkpoint's sha256."""
+    return Manifest.of(run_dir, "train").verify("checkpoint.safetensors", "summary.json")["checkpoint.safetensors"]
+
+
 def load_supernet(run_dir: str | Path, space_cfg: SearchSpaceConfig, device: str = "cpu") -> Supernet:
     """The trained supernet of a run directory (weights only, no pickle): the moving average of
-    its weights where training kept one."""
+    its weights where training kept one. Refuses an unfinished or damaged one (`verify_supernet`)."""
     path = Path(run_dir) / "train" / "checkpoint.safetensors"
-    if not path.exists():
-        raise CheckpointError(f"{path}: no trained supernet; run `hwnas train` first")
+    verify_supernet(run_dir)
     model = Supernet(space_cfg).to(device)
     load_checkpoint(path, model, averaged=True)
     return model.eval()
 
 
-__all__ = ["Dist", "SandwichSampler", "Trainer", "TrainingError", "load_supernet", "lr_at", "train"]
+__all__ = ["Dist", "SandwichSampler", "Trainer", "TrainingError", "load_supernet", "lr_at", "train", "verify_supernet"]

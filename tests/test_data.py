@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from hwnas.search_space import HwnasError
+from hwnas.search_space.io import ArtifactError
 from hwnas.supernet import data as D
 from hwnas.supernet.data import SEPARATOR, Corpus, CorpusError, CorpusInfo, build_corpus, default_corpus_files
 
@@ -328,21 +329,40 @@ def test_load_memory_maps_both_splits_read_only(built):
 
 
 @pytest.mark.parametrize("name, damage, problem", [
-    ("train.bin", "truncate", "holds 10 bytes, corpus.json says {n} (truncated or changed)"),
-    ("val.bin", "delete", "path does not exist"),
+    ("train.bin", "truncate", "holds 10 bytes, {manifest} lists {n} (truncated or changed since `hwnas train CONFIG` wrote it); "
+                              "run `hwnas train CONFIG` to write it again"),
+    ("val.bin", "flip", "changed since `hwnas train CONFIG` wrote it (sha256 "),
+    ("train.bin", "edit", "changed since `hwnas train CONFIG` wrote it (sha256 "),
+    ("corpus.json", "edit", "changed since `hwnas train CONFIG` wrote it (sha256 "),
+    ("val.bin", "delete", "missing (listed in {manifest}); run `hwnas train CONFIG` to write it again"),
     ("corpus.json", "delete", "path does not exist (build the corpus first)"),
 ])
-def test_load_rejects_missing_or_truncated_files(built, name, damage, problem):
+def test_load_rejects_missing_damaged_or_edited_files(built, name, damage, problem):
     path = built.out_dir / name
     n = path.stat().st_size
+    data = bytearray(path.read_bytes())
     if damage == "truncate":
-        with open(path, "r+b") as f:
-            f.truncate(10)
+        path.write_bytes(data[:10])
+    elif damage == "flip":
+        data[n // 2] ^= 0x01
+        path.write_bytes(data)
+    elif damage == "edit":  # same size, other bytes: only a checksum can tell
+        data[:4] = b"zzzz" if data[:4] != b"zzzz" else b"yyyy"
+        path.write_bytes(data)
     else:
         path.unlink()
-    with pytest.raises(CorpusError) as err:
+    with pytest.raises((CorpusError, ArtifactError)) as err:
         Corpus.load(built.out_dir)
-    assert str(err.value) == f"corpus: {path}: {problem.format(n=n)}"
+    assert str(err.value).removeprefix("corpus: ").startswith(f"{path}: " + problem.format(n=n, manifest=built.out_dir / "manifest.json"))
+
+
+def test_build_rebuilds_a_damaged_corpus(tmp_path, folder):
+    info = build_corpus(str(folder[0]), tmp_path / "c", val_fraction=0.25)
+    good = (tmp_path / "c" / "train.bin").read_bytes()
+    (tmp_path / "c" / "train.bin").write_bytes(b"x" * len(good))  # same size: only the manifest can tell
+    assert build_corpus(str(folder[0]), tmp_path / "c", val_fraction=0.25) == info
+    assert (tmp_path / "c" / "train.bin").read_bytes() == good
+    assert Corpus.load(tmp_path / "c").info == info
 
 
 def test_batch_shapes_shift_and_offsets(built):

@@ -27,10 +27,12 @@ from hwnas.export.deploy import (
     session,
     window_attention_gather,
 )
+from hwnas.export.stage import EXPORT_FILES
 from hwnas.latency import LatencyTable, Measurement, Protocol, device_fingerprint, table_path
 from hwnas.latency.keys import arch_keys
 from hwnas.search.pareto import Candidate, ParetoFront
 from hwnas.search_space import ArchConfig, HwnasError, LayerConfig, SearchSpace, SearchSpaceConfig
+from hwnas.search_space.manifest import Manifest
 from hwnas.supernet import Supernet, extract_subnet, ops
 from hwnas.supernet.config import TrainConfig
 from hwnas.supernet.data import Corpus
@@ -209,7 +211,7 @@ def run_dir(tmp_path_factory) -> Path:
                      workload={"batch_size": 1, "seq_len": 24}, dims=space.dims,
                      entries={k: Measurement(t, t, 5, True) for k in arch_keys(COVERING[0])
                               for t in [1e-4 if k == "call" else ms * 1e-3]},
-                     meta={"complete": True}).save(table_path(run, "cpu", backend))
+                     meta={"complete": True}).save(table_path(run, "cpu", backend), Manifest.of(run, "latency"))
     return run
 
 
@@ -226,8 +228,9 @@ def exported(run_dir, tmp_path_factory) -> tuple[Path, dict]:
 
 def test_export_writes_a_verified_model(run_dir, exported):
     out, report = exported
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.int8.onnx", "model.onnx", "model.safetensors",
-                                                     "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "manifest.json", "model.int8.onnx", "model.onnx",
+                                                     "model.safetensors", "report.json", "report.md"]
+    assert sorted(Manifest(out, "hwnas export RUN_DIR --force").verify(*EXPORT_FILES)) == sorted(EXPORT_FILES)
     config = json.loads((out / "config.json").read_text())
     assert ArchConfig.from_dict(config["arch"]) == COVERING[0] and config["key"] == COVERING[0].key()
     assert config["model"] | {"params": 0} == {"vocab_size": 256, "block_size": 32, "head_dim": 8, "embed_dim": 32, "depth": 3,

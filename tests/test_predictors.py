@@ -40,6 +40,8 @@ from hwnas.predictors import (
     save_predictor,
 )
 from hwnas.search_space import SearchSpace, SearchSpaceConfig
+from hwnas.search_space.io import ArtifactError
+from hwnas.search_space.manifest import Manifest
 from hwnas.search_space.tracking import read_wandb_history
 from hwnas.supernet.config import TrainConfig
 from hwnas.supernet.train import train
@@ -88,6 +90,7 @@ def trained_run(tmp_path_factory) -> Path:
 def copy_run(run: Path, dst: Path) -> Path:
     for part in ("train", "corpus"):
         shutil.copytree(run / part, dst / part)
+    shutil.copy(run / "run.json", dst / "run.json")
     return dst
 
 
@@ -335,7 +338,7 @@ def test_records_of_another_checkpoint_are_skipped_with_a_warning(tmp_path, trai
     run = copy_run(trained_run, tmp_path / "run")
     cfg = fast_cfg(n_fit=6, n_heldout=3, models=["ridge"])
     foreign = EvalRecord.create(SPACE.sample(123), {"loss": 0.0, "bpb": 0.0, "tokens": 256}, EvalContext("f" * 64, "0" * 64, 256, 32), 0.1)
-    RecordStore(run / "predictors/records.jsonl").append(foreign)
+    RecordStore(run / "predictors/records.jsonl", Manifest.of(run, "predictors")).append(foreign)  # as an earlier run would
     with pytest.warns(UserWarning, match="skipping 1 records measured with another supernet checkpoint"):
         report = run_predictors(TINY, cfg, run, progress=False)
     assert report["stale_records_skipped"] == 1 and report["evaluated_now"] == 9
@@ -346,12 +349,16 @@ def test_corrupt_record_file_stops_the_stage_before_evaluating(tmp_path, trained
     run = copy_run(trained_run, tmp_path / "run")
     (run / "predictors").mkdir()
     (run / "predictors/records.jsonl").write_text(record(0).to_json() + "\n}{\n")
+    with pytest.raises(ArtifactError, match="records.jsonl: no .*manifest.json lists it .*; delete it and run `hwnas predictors CONFIG`"):
+        run_predictors(TINY, fast_cfg(), run, progress=False)
+    Manifest.of(run, "predictors").add("records.jsonl")  # listed, yet not records: the lines are checked too
     with pytest.raises(RecordError, match="line 2: corrupt evaluation record"):
         run_predictors(TINY, fast_cfg(), run, progress=False)
+    assert not (run / "predictors/plan.json").exists()  # refused before anything was written
 
 
 def test_stage_without_a_trained_supernet_says_so(tmp_path):
-    with pytest.raises(PredictorError, match="no trained supernet; run `hwnas train` first"):
+    with pytest.raises(PredictorError, match="no trained supernet; run `hwnas train CONFIG` first"):
         run_predictors(TINY, fast_cfg(), tmp_path, progress=False)
 
 

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 import hwnas.supernet.train as train_mod
 from hwnas.search_space import SearchSpace, SearchSpaceConfig
+from hwnas.search_space.rundir import RunDirError
 from hwnas.search_space.tracking import read_wandb_history
 from hwnas.supernet.config import TrainConfig
 from hwnas.supernet.data import Corpus, CorpusError
@@ -162,8 +163,10 @@ def test_weight_average_is_the_moving_average_and_later_stages_load_it(tmp_path,
 def test_checkpoint_of_another_space_is_refused(tmp_path, text_dir):
     train(TINY, tiny_cfg(text_dir, steps=3), tmp_path / "run", progress=False)
     other = TINY.model_copy(update={"embed_dim": [16, 48]})
-    with pytest.raises(TrainingError, match="checkpoint of a different search space"):
+    before = (tmp_path / "run" / "train" / "checkpoint.safetensors").read_bytes()
+    with pytest.raises(RunDirError, match=r"another search space \(search_space.embed_dim\[1\]: 32 there, 48 in this config\)"):
         train(other, tiny_cfg(text_dir, steps=4), tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "train" / "checkpoint.safetensors").read_bytes() == before
 
 
 def test_evaluate_is_deterministic_and_in_bits_per_byte(tmp_path, text_dir):

@@ -1,0 +1,107 @@
+"""A run directory belongs to one experiment: every stage refuses, before it writes anything, a run
+directory of another experiment (another name, search space or seed) or a folder that is not a
+run directory, with one line saying what differs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hwnas.config import load_config
+from hwnas.latency.build import run_latency
+from hwnas.search_space import SearchSpace
+from hwnas.search_space.rundir import RunDirError, claim_run_dir
+from hwnas.supernet.train import train
+from tests.tiny import assert_refused, digest, hwnas, write_config
+
+
+def other_config(config: Path, tmp_path: Path, **changes) -> Path:
+    """A copy of `config` with top-level `changes` (nested dicts merged one level deep)."""
+    cfg = yaml.safe_load(config.read_text())
+    for key, value in changes.items():
+        cfg[key] = cfg[key] | value if isinstance(value, dict) and isinstance(cfg.get(key), dict) else value
+    return write_config(tmp_path / "other.yaml", cfg)
+
+
+def test_latency_with_another_experiments_config_keeps_the_table(tiny_run, tmp_path):
+    """The reported data loss: `hwnas latency` with another experiment's config replaced the run's table."""
+    config, run = tiny_run
+    other = other_config(config, tmp_path, name="other", search_space={"embed_dim": [16, 48]})
+    before = digest(run)
+    assert_refused(hwnas("latency", str(other), "--no-progress"), f"{run}: belongs to experiment 'tiny'")
+    assert digest(run) == before
+
+
+@pytest.mark.parametrize("command", ["train", "latency", "predictors", "search", "run"])
+@pytest.mark.parametrize("change, says", [
+    ({"name": "other"}, "belongs to experiment 'tiny', not to this config's experiment 'other'"),
+    ({"seed": 7}, "belongs to experiment 'tiny' with seed 0; this config has seed 7"),
+    ({"search_space": {"depth": [1, 3]}}, "belongs to experiment 'tiny' with another search space (search_space.depth[1]: 2 there, 3 in this config)"),
+    ({"search_space": {"weight_bits": {"choices": [16, 8, 4]}}}, "belongs to experiment 'tiny' with another search space (search_space.weight_bits.choices"),
+])
+def test_every_stage_refuses_another_experiments_run_dir(tiny_run, tmp_path, command, change, says):
+    config, run = tiny_run
+    other = other_config(config, tmp_path, **change)
+    before = digest(run)
+    assert_refused(hwnas(command, str(other), "--no-progress"), f"{run}: {says}", "set run_dir (or name) to a new folder")
+    assert digest(run) == before
+
+
+def test_export_with_another_experiments_config_is_refused(tiny_run, tmp_path):
+    config, run = tiny_run
+    other = other_config(config, tmp_path, name="other")
+    before = digest(run)
+    assert_refused(hwnas("export", str(run), "--config", str(other), "--force"), "belongs to experiment 'tiny'")
+    assert digest(run) == before
+
+
+def test_a_folder_that_is_not_a_run_is_left_alone(tiny_run, tmp_path):
+    config, _ = tiny_run
+    mine = tmp_path / "photos"
+    mine.mkdir()
+    (mine / "cat.jpg").write_bytes(b"\xff\xd8 a cat")
+    other = other_config(config, tmp_path, run_dir=str(mine))
+    for command in ("train", "latency", "run"):
+        assert_refused(hwnas(command, str(other), "--no-progress"), f"{mine}: holds files but no run.json")
+    assert sorted(p.name for p in mine.iterdir()) == ["cat.jpg"]
+
+
+def test_a_run_dir_that_is_a_file_is_one_line(tiny_run, tmp_path):
+    config, _ = tiny_run
+    (tmp_path / "afile").write_text("mine")
+    other = other_config(config, tmp_path, run_dir=str(tmp_path / "afile"))
+    assert_refused(hwnas("train", str(other), "--no-progress"), "run_dir exists and is not a folder")
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_a_damaged_run_record_is_one_line(tiny_run):
+    config, run = tiny_run
+    (run / "run.json").write_text('{"format": "hwnas-run-1", "na')
+    before = digest(run)
+    assert_refused(hwnas("search", str(config), "--no-progress"), f"{run / 'run.json'}: the run record is not valid JSON")
+    assert digest(run) == before
+
+
+def test_the_first_stage_records_the_owner_and_library_calls_check_the_space(tiny_run, tmp_path):
+    config, run = tiny_run
+    cfg = load_config(config)
+    record = json.loads((run / "run.json").read_text())
+    assert record["name"] == "tiny" and record["seed"] == 0 and record["search_space"] == cfg.search_space.model_dump(mode="json")
+    other_space = cfg.search_space.model_copy(update={"embed_dim": [16, 48]})
+    before = digest(run)
+    with pytest.raises(RunDirError, match=r"another search space \(search_space.embed_dim\[1\]: 32 there, 48"):
+        run_latency(SearchSpace(other_space), cfg.latency, run, progress=False)
+    with pytest.raises(RunDirError, match="seed 0; this config has seed 3"):
+        train(cfg.search_space, cfg.train, run, seed=3, progress=False)
+    assert digest(run) == before
+    # a library call that knows no name claims a new folder; the first call that knows the name records it
+    fresh = tmp_path / "fresh"
+    claim_run_dir(fresh, cfg.search_space.model_dump(mode="json"))
+    assert json.loads((fresh / "run.json").read_text())["name"] is None
+    claim_run_dir(fresh, cfg.search_space.model_dump(mode="json"), 0, "tiny")
+    assert json.loads((fresh / "run.json").read_text())["name"] == "tiny"
+    with pytest.raises(RunDirError, match="not to this config's experiment 'other'"):
+        claim_run_dir(fresh, cfg.search_space.model_dump(mode="json"), 0, "other")

@@ -42,12 +42,17 @@ class Tracker:
             )
 
     def _truncate_after(self, step: int) -> None:
-        """Drop rows logged after `step` by an interrupted run, so a resumed run does not repeat them."""
+        """Drop rows logged after `step` by an interrupted run, so a resumed run does not repeat them,
+        and lines that are not a JSON row (the torn last line of a killed run)."""
         if not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line).get("step", -1) <= step]
         from .io import atomic_write_text
 
+        kept = []
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            row = _row(line)
+            if row is not None and isinstance(row.get("step", -1), int) and row.get("step", -1) <= step:
+                kept.append(line)
         atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def log(self, row: dict[str, Any], step: int | None = None) -> None:
@@ -75,6 +80,15 @@ class Tracker:
         if self.wandb_run is not None:
             self.wandb_run.finish()
             self.wandb_run = None
+
+
+def _row(line: str) -> dict[str, Any] | None:
+    """One JSONL row, or None for a line that is not a JSON object (torn or damaged)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) else None
 
 
 def _wandb_records(path: Path):

@@ -54,7 +54,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "TreeNode": frozenset({"sklearn.tree._tree.Tree"}),
     "LossNode": frozenset({"sklearn._loss._loss.CyHalfSquaredError"}),
     "RandomStateNode": frozenset({"numpy.random.mtrand.RandomState"}),
-    "NdArrayNode": frozenset({"numpy.ndarray", "numpy.float64", "numpy.int64", "numpy.bool"}),
+    "NdArrayNode": frozenset({"numpy.ndarray", "numpy.float64"}),
     "DictNode": frozenset({"builtins.dict"}),
     "ListNode": frozenset({"builtins.list"}),
     "TupleNode": frozenset({"builtins.tuple"}),
@@ -185,9 +185,9 @@ def _check_node(state: dict[str, Any], kinds: dict[str, frozenset[str]], ids: di
     if kind == "MethodNode" and isinstance(content, dict):
         name += f".{content.get('func')}"
     if kind not in kinds:
-        raise _refused(file, name, REFUSED_KINDS.get(kind) or f"a {kind} node, which an hwnas predictor has nowhere here")
+        raise _refused(file, name, REFUSED_KINDS.get(kind) or f"node kind {kind!r}, which an hwnas predictor has nowhere here")
     if name not in kinds[kind]:
-        raise _refused(file, name, f"a {kind} of a type no hwnas predictor holds")
+        raise _refused(file, name, f"{kind}: not a type an hwnas predictor holds")
     # skops reuses the node first built for an id: one id must not stand for two different things
     if node_id is not None and ids.setdefault(node_id, (kind, name)) != (kind, name):
         raise _refused(file, name, f"node id {node_id} is also a {ids[node_id][0]} of {ids[node_id][1]}")
@@ -308,8 +308,8 @@ def check_native_arrays(predictor: Any, file: Path) -> None:
     from .models import AccuracyPredictor
 
     if not isinstance(predictor, AccuracyPredictor) or not {"model_", "featurizer_"} <= set(vars(predictor)):
-        raise PredictorError(f"{file}: holds a {type(predictor).__name__}, not a fitted AccuracyPredictor; "
-                             "rebuild it with `hwnas predictors`")
+        what = "an AccuracyPredictor never fitted" if isinstance(predictor, AccuracyPredictor) else f"a {type(predictor).__name__}"
+        raise PredictorError(f"{file}: holds {what}, not a fitted AccuracyPredictor; rebuild it with `hwnas predictors`")
     for est in _estimators(predictor):
         problem = (_tree_problem(est) or (isinstance(est, GradientBoostingRegressor) and _boosting_problem(est))
                    or (isinstance(est, SVR) and _svr_problem(est)))

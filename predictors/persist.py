@@ -125,9 +125,12 @@ def load_manifest(path: str | Path) -> dict[str, Any]:
     if not manifest.is_file():
         raise PredictorError(f"{manifest}: no predictor manifest; run `hwnas predictors` first")
     try:
-        return json.loads(manifest.read_text())
-    except ValueError as e:
-        raise PredictorError(f"{manifest}: unreadable manifest ({e})") from None
+        data = json.loads(manifest.read_text())
+    except (OSError, ValueError) as e:
+        raise PredictorError(f"{manifest}: unreadable manifest ({_one_line(e)})") from None
+    if not isinstance(data, dict):
+        raise PredictorError(f"{manifest}: unreadable manifest (a JSON {type(data).__name__}, not an object)")
+    return data
 
 
 def load_predictor(path: str | Path):
@@ -139,13 +142,16 @@ def load_predictor(path: str | Path):
     file, manifest = _paths(path)
     if not file.is_file():
         raise PredictorError(f"{file}: no saved predictor; run `hwnas predictors` first")
-    data = file.read_bytes()  # checked and loaded from the same bytes
+    try:
+        data = file.read_bytes()  # checked and loaded from the same bytes
+    except OSError as e:
+        raise PredictorError(f"{file}: cannot read the predictor ({_one_line(e)})") from None
     trusted = audit_schema(read_schema(data, file), file)
     if manifest.is_file():
-        saved = load_manifest(file).get("versions", {})
+        saved = load_manifest(file).get("versions")
         now = library_versions()
         for lib in ("scikit-learn", "numpy"):
-            if saved.get(lib) and saved[lib] != now[lib]:
+            if isinstance(saved, dict) and saved.get(lib) and saved[lib] != now[lib]:
                 warnings.warn(f"{file}: saved with {lib} {saved[lib]}, loading with {now[lib]}; predictions may differ",
                               stacklevel=2)
     try:

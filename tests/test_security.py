@@ -17,6 +17,7 @@ import io
 import json
 import math
 import re
+import shutil
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -211,9 +212,9 @@ def code_writing(marker: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def small(saved) -> Path:
+def small(tmp_path_factory) -> Path:
     """A small real predictor file to tamper with (EnsembleRegressor's defaults: a ridge and a tree)."""
-    return saved["ensemble-defaults"][1]
+    return save_predictor(fit(EnsembleRegressor()), tmp_path_factory.mktemp("small"))
 
 
 @pytest.mark.parametrize("name", RUNS_CODE)
@@ -258,6 +259,7 @@ DAMAGED: dict[str, Callable[[bytes, dict[str, bytes]], bytes | dict[str, bytes]]
 }
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.InconsistentVersionWarning")  # the hand-made Ridge has no version
 @pytest.mark.parametrize("name", list(DAMAGED))
 def test_damaged_predictor_file_is_one_line(small, tmp_path, name):
     path = tmp_path / "predictor.skops"
@@ -269,6 +271,17 @@ def test_damaged_predictor_file_is_one_line(small, tmp_path, name):
     assert message.startswith(f"{path}: ") and "\n" not in message and len(message) < 600, message
     assert re.search(r"not a readable skops file|cannot load the predictor|not a skops object file|not a fitted AccuracyPredictor",
                      message), message
+
+
+@pytest.mark.parametrize("manifest", [b"{not json", b"[1, 2]", b"\xff\xfe{}", b'{"versions": [1]}'])
+def test_damaged_manifest_is_one_line(small, tmp_path, manifest):
+    shutil.copytree(small.parent, tmp_path / "p")
+    (tmp_path / "p" / "predictor.json").write_bytes(manifest)
+    if manifest == b'{"versions": [1]}':  # only the version check reads it: skipped
+        assert load_predictor(tmp_path / "p").predict(TEST_ARCHS).shape == (len(TEST_ARCHS),)
+        return
+    with pytest.raises(PredictorError, match=rf"^{re.escape(str(tmp_path / 'p' / 'predictor.json'))}: unreadable manifest \([^\n]*\)$"):
+        load_predictor(tmp_path / "p")
 
 
 # --- arrays that native code indexes without bounds checks ---------------------------------------

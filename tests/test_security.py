@@ -463,7 +463,8 @@ def test_config_yaml_with_a_python_tag_is_one_line_from_the_cli(tmp_path):
 
 # every call in the source tree that could unpickle or evaluate, and why each one that remains is safe
 UNSAFE = re.compile(r"\bpickle\.loads?\(|\btorch\.load\((?![^)]*weights_only=True)|\byaml\.(?:load|load_all|full_load|unsafe_load)\("
-                    r"|\b(?:np|numpy)\.load\((?![^)]*allow_pickle=False)|(?<![\w.])(?:eval|exec)\(|\b(?:joblib|dill|cloudpickle|shelve|marshal)\.")
+                    r"|\b(?:np|numpy)\.load\((?![^)]*allow_pickle=False)|(?<![\w.])(?:eval|exec)\(|\b(?:joblib|dill|cloudpickle|shelve|marshal)\."
+                    r"|\bfrom (?:pickle|torch|yaml|numpy|joblib|dill|marshal) import (?:.*\b(?:loads?|unsafe_load|full_load)\b)")
 KNOWN_SAFE = {
     ("hwnas/config.py", "yaml.load(text, Loader=_Loader)"),  # _Loader is a SafeLoader (asserted below)
     ("search_space/isolate.py", "pickle.loads(pickle.dumps(exc))"),  # an exception made in this process, never a file
@@ -485,3 +486,18 @@ def test_the_source_tree_calls_no_unsafe_loader():
     assert not offenders, "unsafe loaders:\n" + "\n".join(offenders)
     for f, snippet in KNOWN_SAFE:  # the exceptions are still there (else drop them)
         assert snippet in (REPO / f).read_text(), (f, snippet)
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_the_study_storage_and_samplers_have_no_pickle_path(tmp_path):
+    """Optuna unpickles in two places: CMA-ES sampler state kept in the study, and journal snapshots
+    (Redis). A tampered study database must reach neither: hwnas uses neither."""
+    from optuna.samplers import CmaEsSampler
+    from optuna.storages.journal._base import BaseJournalSnapshot
+
+    from hwnas.search.engines import OPTUNA_ALGORITHMS, make_sampler, open_storage
+
+    for algorithm in OPTUNA_ALGORITHMS:
+        assert not isinstance(make_sampler(algorithm, 0, 20), CmaEsSampler), algorithm
+    journal = open_storage(f"journal:{tmp_path / 'study.log'}")
+    assert not isinstance(journal._backend, BaseJournalSnapshot)

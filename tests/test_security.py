@@ -241,20 +241,54 @@ def test_tampered_predictor_is_refused_naming_the_type_and_nothing_runs(small, t
     assert not marker.exists()
 
 
-# name -> the damaged file from (the file's bytes, its members): bytes, or members to zip
-DAMAGED: dict[str, Callable[[bytes, dict[str, bytes]], bytes | dict[str, bytes]]] = {
-    "not a zip": lambda data, m: b"PK\x03\x04 not a zip at all",
-    "truncated zip": lambda data, m: data[: len(data) // 2],
-    "no schema.json": lambda data, m: {k: v for k, v in m.items() if k != "schema.json"},
-    "schema not JSON": lambda data, m: m | {"schema.json": b'{"__loader__": "ObjectNode", '},
-    "schema not UTF-8": lambda data, m: m | {"schema.json": b"\xff\xfe\x00{}"},
-    "schema a list": lambda data, m: m | {"schema.json": b"[1, 2, 3]"},
-    "schema nested too deep": lambda data, m: m | {"schema.json": b"[" * 200_000 + b"]" * 200_000},
-    "an array file missing": lambda data, m: {k: v for k, v in m.items() if not k.endswith(".npy")},
-    "an array file not an array": lambda data, m: {k: (b"\x93NUMPY junk" if k.endswith(".npy") else v) for k, v in m.items()},
-    "a Ridge, not a predictor": lambda data, m: m | {"schema.json": json.dumps(
+class _Exec:
+    """Pickles as a call of exec(code): what a pickle-based loader would run."""
+
+    def __init__(self, code: str):
+        self.code = code
+
+    def __reduce__(self):
+        return exec, (self.code,)
+
+
+def pickled_code(marker: Path) -> bytes:
+    import pickle
+
+    return pickle.dumps(_Exec(code_writing(marker)))
+
+
+def pickled_array(marker: Path) -> bytes:
+    """An .npy file of an object array: unpickling it would run code."""
+    buf = io.BytesIO()
+    np.save(buf, np.array([_Exec(code_writing(marker))], dtype=object), allow_pickle=True)
+    return buf.getvalue()
+
+
+def test_the_pickle_payloads_are_real(tmp_path):
+    """Proof for the pickle cases here and below: unpickled, they run code."""
+    import pickle
+
+    pickle.loads(pickled_code(tmp_path / "a"))
+    np.load(io.BytesIO(pickled_array(tmp_path / "b")), allow_pickle=True)
+    assert (tmp_path / "a").read_text() == (tmp_path / "b").read_text() == "ran"
+
+
+# name -> the damaged file from (the file's bytes, its members, a marker path): bytes, or members to zip
+DAMAGED: dict[str, Callable[[bytes, dict[str, bytes], Path], bytes | dict[str, bytes]]] = {
+    "a pickle": lambda data, m, marker: pickled_code(marker),
+    "not a zip": lambda data, m, marker: b"PK\x03\x04 not a zip at all",
+    "truncated zip": lambda data, m, marker: data[: len(data) // 2],
+    "no schema.json": lambda data, m, marker: {k: v for k, v in m.items() if k != "schema.json"},
+    "schema not JSON": lambda data, m, marker: m | {"schema.json": b'{"__loader__": "ObjectNode", '},
+    "schema not UTF-8": lambda data, m, marker: m | {"schema.json": b"\xff\xfe\x00{}"},
+    "schema a list": lambda data, m, marker: m | {"schema.json": b"[1, 2, 3]"},
+    "schema nested too deep": lambda data, m, marker: m | {"schema.json": b"[" * 200_000 + b"]" * 200_000},
+    "an array file missing": lambda data, m, marker: {k: v for k, v in m.items() if not k.endswith(".npy")},
+    "an array file not an array": lambda data, m, marker: {k: (b"\x93NUMPY junk" if k.endswith(".npy") else v) for k, v in m.items()},
+    "an array file holding a pickle": lambda data, m, marker: {k: (pickled_array(marker) if k.endswith(".npy") else v) for k, v in m.items()},
+    "a Ridge, not a predictor": lambda data, m, marker: m | {"schema.json": json.dumps(
         {**node("ObjectNode", "sklearn.linear_model._ridge", "Ridge", content=dict_node()), "protocol": 2}).encode()},
-    "an unfitted predictor": lambda data, m: m | {"schema.json": json.dumps(
+    "an unfitted predictor": lambda data, m, marker: m | {"schema.json": json.dumps(
         {**node("ObjectNode", "hwnas.predictors.models", "AccuracyPredictor", content=dict_node()), "protocol": 2}).encode()},
 }
 
@@ -262,8 +296,8 @@ DAMAGED: dict[str, Callable[[bytes, dict[str, bytes]], bytes | dict[str, bytes]]
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.InconsistentVersionWarning")  # the hand-made Ridge has no version
 @pytest.mark.parametrize("name", list(DAMAGED))
 def test_damaged_predictor_file_is_one_line(small, tmp_path, name):
-    path = tmp_path / "predictor.skops"
-    damaged = DAMAGED[name](small.read_bytes(), members_of(small))
+    path, marker = tmp_path / "predictor.skops", tmp_path / "ran"
+    damaged = DAMAGED[name](small.read_bytes(), members_of(small), marker)
     path.write_bytes(damaged) if isinstance(damaged, bytes) else write_members(path, damaged)
     with pytest.raises(PredictorError) as err:
         load_predictor(path)
@@ -271,6 +305,7 @@ def test_damaged_predictor_file_is_one_line(small, tmp_path, name):
     assert message.startswith(f"{path}: ") and "\n" not in message and len(message) < 600, message
     assert re.search(r"not a readable skops file|cannot load the predictor|not a skops object file|not a fitted AccuracyPredictor",
                      message), message
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("manifest", [b"{not json", b"[1, 2]", b"\xff\xfe{}", b'{"versions": [1]}'])
@@ -383,22 +418,6 @@ def test_search_refuses_a_tampered_predictor_and_changes_nothing(tiny_run, tmp_p
 
 
 # --- no pickle, no unsafe YAML, no code from metadata --------------------------------------------
-class _Exec:
-    """Pickles as a call of exec(code): what a pickle-based loader would run."""
-
-    def __init__(self, code: str):
-        self.code = code
-
-    def __reduce__(self):
-        return exec, (self.code,)
-
-
-def pickled_code(marker: Path) -> bytes:
-    import pickle
-
-    return pickle.dumps(_Exec(code_writing(marker)))
-
-
 def test_checkpoint_and_export_load_no_pickle_and_no_code_from_metadata(tiny_run, tmp_path):
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file

@@ -9,7 +9,8 @@ refuses, with one line naming the type, every node outside `ALLOWED`: an exact l
 array and container types per node kind. No kind that names or calls a function is on it
 (FunctionNode, MethodNode, PartialNode, OperatorFuncNode, ConstructorFromReduceNode,
 DefaultDictNode, and TypeNode except for a dict's `str` keys). After loading, the arrays that native
-code indexes without bounds checks (decision trees, gradient boosting, libsvm) must agree in size.
+code indexes without bounds checks (decision trees, gradient boosting, libsvm) must agree in size,
+and the predictor must make one finite prediction.
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ def load_predictor(path: str | Path):
         predictor = sio.loads(data, trusted=sorted(trusted))
     except Exception as e:
         raise PredictorError(f"{file}: cannot load the predictor ({_one_line(e)})") from None
-    check_native_arrays(predictor, file)
+    check_loaded(predictor, file)
     return predictor
 
 
@@ -228,7 +229,8 @@ def audit_schema(schema: Any, file: Path) -> set[str]:
 
 # --- after loading: the sizes native code trusts ---------------------------------------------------
 def _estimators(root: Any):
-    """Every scikit-learn estimator reachable from `root` (through attributes, lists, dicts, object arrays)."""
+    """Every scikit-learn estimator reachable from `root` (through attributes of any object, lists,
+    dicts, object arrays)."""
     import numpy as np
     from sklearn.base import BaseEstimator
 
@@ -241,6 +243,7 @@ def _estimators(root: Any):
         seen.add(id(obj))
         if isinstance(obj, BaseEstimator):
             yield obj
+        if hasattr(obj, "__dict__") and not isinstance(obj, type):
             stack.extend(vars(obj).values())
         elif isinstance(obj, list | tuple):
             stack.extend(obj)
@@ -304,17 +307,25 @@ def _svr_problem(est: Any) -> str | None:
     return None if ok else "support vectors, coefficients and intercept do not agree in size"
 
 
-def check_native_arrays(predictor: Any, file: Path) -> None:
-    """Refuse a loaded predictor that is not a fitted `AccuracyPredictor`, or whose trees, boosting
-    stages or support vectors disagree in size: native code (the tree walkers, libsvm) indexes them
-    without bounds checks, so a tampered array could make it read or write out of bounds."""
+def check_loaded(predictor: Any, file: Path) -> None:
+    """Refuse a loaded predictor that is not a fitted `AccuracyPredictor`; whose trees, boosting
+    stages or support vectors disagree in size (native code, the tree walkers and libsvm, indexes
+    them without bounds checks, so a tampered array could make it read or write out of bounds); or
+    that cannot make one finite prediction on an arch of its own space (so it fails here, in one
+    line, not in the middle of a search)."""
+    import numpy as np
     from sklearn.ensemble import GradientBoostingRegressor
     from sklearn.svm import SVR
 
+    from .features import ArchFeaturizer, space_of
     from .models import AccuracyPredictor
 
-    if not isinstance(predictor, AccuracyPredictor) or not {"model_", "featurizer_"} <= set(vars(predictor)):
-        what = "an AccuracyPredictor never fitted" if isinstance(predictor, AccuracyPredictor) else f"a {type(predictor).__name__}"
+    attrs = vars(predictor) if isinstance(predictor, AccuracyPredictor) else {}
+    featurizer = attrs.get("featurizer_")
+    if "model_" not in attrs or not isinstance(featurizer, ArchFeaturizer):
+        what = (f"a {type(predictor).__name__}" if not isinstance(predictor, AccuracyPredictor) else
+                "an AccuracyPredictor never fitted" if "model_" not in attrs else
+                f"an AccuracyPredictor whose featurizer_ is a {type(featurizer).__name__}")
         raise PredictorError(f"{file}: holds {what}, not a fitted AccuracyPredictor; rebuild it with `hwnas predictors`")
     for est in _estimators(predictor):
         problem = (_tree_problem(est) or (isinstance(est, GradientBoostingRegressor) and _boosting_problem(est))
@@ -322,3 +333,14 @@ def check_native_arrays(predictor: Any, file: Path) -> None:
         if problem:
             raise PredictorError(f"{file}: refused: its {type(est).__name__} {problem} (a damaged or tampered file); "
                                  "rebuild it with `hwnas predictors`")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mean, std = predictor.predict([space_of(predictor.featurizer_.space_config).sample(0)], return_std=True)
+        finite = np.shape(mean) == np.shape(std) == (1,) and np.isfinite(mean).all() and np.isfinite(std).all()
+    except Exception as e:
+        raise PredictorError(f"{file}: the loaded predictor cannot predict ({_one_line(e)}); rebuild it with "
+                             "`hwnas predictors`") from None
+    if not finite:
+        raise PredictorError(f"{file}: the loaded predictor predicts {np.ravel(mean)[:3]} +- {np.ravel(std)[:3]} for one arch, "
+                             "not one finite value each; rebuild it with `hwnas predictors`")

@@ -286,6 +286,8 @@ DAMAGED: dict[str, Callable[[bytes, dict[str, bytes], Path], bytes | dict[str, b
     "an array file missing": lambda data, m, marker: {k: v for k, v in m.items() if not k.endswith(".npy")},
     "an array file not an array": lambda data, m, marker: {k: (b"\x93NUMPY junk" if k.endswith(".npy") else v) for k, v in m.items()},
     "an array file holding a pickle": lambda data, m, marker: {k: (pickled_array(marker) if k.endswith(".npy") else v) for k, v in m.items()},
+    "a list, not a predictor": lambda data, m, marker: m | {"schema.json": json.dumps(
+        {**node("ListNode", "builtins", "list", content=[json_node(1)]), "protocol": 2}).encode()},
     "a Ridge, not a predictor": lambda data, m, marker: m | {"schema.json": json.dumps(
         {**node("ObjectNode", "sklearn.linear_model._ridge", "Ridge", content=dict_node()), "protocol": 2}).encode()},
     "an unfitted predictor": lambda data, m, marker: m | {"schema.json": json.dumps(
@@ -366,6 +368,36 @@ def test_arrays_native_code_would_overrun_are_refused(saved, tmp_path, name):
     with pytest.raises(PredictorError, match=rf"^{re.escape(str(evil))}: refused: its {needle} .*tampered") as err:
         load_predictor(evil)
     assert "\n" not in str(err.value)
+
+
+def set_attr(name: str, state: Callable[[dict], dict]) -> Callable:
+    """An edit: the predictor's attribute `name` becomes state(its attribute states)."""
+    return lambda schema, members: schema["content"]["content"].__setitem__(name, state(schema["content"]["content"]))
+
+
+def nan_coefficients(schema, members):
+    edit_array(members, fitted_node(schema, "Ridge", "coef_")["coef_"], lambda a: a * np.nan)
+
+
+def bad_space(schema, members):
+    schema["content"]["content"]["featurizer_"]["content"]["content"]["space_config"] = json_node({"depth": [-1]})
+
+
+UNUSABLE = {
+    "featurizer_ is an estimator": (set_attr("featurizer_", lambda attrs: attrs["model_"]), "not a fitted AccuracyPredictor"),
+    "no model_": (lambda schema, members: schema["content"]["content"].__setitem__("model_", json_node(None)), "cannot predict"),
+    "std_scale_ is text": (set_attr("std_scale_", lambda attrs: json_node("abc")), "cannot predict"),
+    "featurizer space invalid": (bad_space, "cannot predict"),
+    "coefficients NaN": (nan_coefficients, "not one finite value"),
+}
+
+
+@pytest.mark.parametrize("name", list(UNUSABLE))
+def test_predictor_that_loads_but_cannot_predict_is_one_line(small, tmp_path, name):
+    edit, needle = UNUSABLE[name]
+    evil = tamper(small, tmp_path / "predictor.skops", edit)
+    with pytest.raises(PredictorError, match=rf"^{re.escape(str(evil))}: [^\n]*{needle}[^\n]*hwnas predictors`$"):
+        load_predictor(evil)
 
 
 # --- the exact list is what real predictors hold -------------------------------------------------

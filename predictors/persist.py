@@ -15,6 +15,7 @@ and the predictor must make one finite prediction.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import platform
@@ -333,10 +334,12 @@ def check_loaded(predictor: Any, file: Path) -> None:
         if problem:
             raise PredictorError(f"{file}: refused: its {type(est).__name__} {problem} (a damaged or tampered file); "
                                  "rebuild it with `hwnas predictors`")
+    probe = copy.copy(predictor)  # the featurizer caches its space: predict on copies, leave the loaded one as it was
+    probe.featurizer_ = copy.copy(featurizer)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            mean, std = predictor.predict([space_of(predictor.featurizer_.space_config).sample(0)], return_std=True)
+            mean, std = probe.predict([space_of(featurizer.space_config).sample(0)], return_std=True)
         finite = np.shape(mean) == np.shape(std) == (1,) and np.isfinite(mean).all() and np.isfinite(std).all()
     except Exception as e:
         raise PredictorError(f"{file}: the loaded predictor cannot predict ({_one_line(e)}); rebuild it with "

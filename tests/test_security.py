@@ -3,11 +3,13 @@
 - `predictor.skops`: a node that names or calls a function (function, method, partial, operator,
   type, constructor call, defaultdict), a type off the exact list (also one that merely starts with a
   trusted prefix), a damaged zip or schema, and arrays that native code would index out of bounds
-  are refused with one line naming the type and the file, before anything in the file is built.
-  `hwnas search` on a run holding such a file exits 2 and changes nothing.
+  are refused with one line naming the type and the file, before anything in the file is built;
+  so is a predictor that loads but cannot make one finite prediction. `hwnas search` on a run
+  holding such a file exits 2 and changes nothing.
 - The exact list is what real predictors hold: every model kind is fitted, saved, checked, loaded.
 - No pickle anywhere: checkpoints and exports load with safetensors (code in their metadata is
-  refused), configs with a safe YAML loader, and the source tree calls no unsafe loader.
+  refused), configs with a safe YAML loader, Optuna's unpickling samplers and storages are not
+  used, and the source tree calls no unsafe loader.
 """
 
 from __future__ import annotations

@@ -58,9 +58,13 @@ class Pipeline:
     def state(self) -> dict[str, Any]:
         if self.state_path.exists():
             try:
-                return json.loads(self.state_path.read_text())
-            except json.JSONDecodeError:
-                self.log(f"{self.state_path}: unreadable; re-checking every stage")
+                state = json.loads(self.state_path.read_text())
+                if isinstance(state, dict) and isinstance(state.get("stages"), dict) and all(
+                        isinstance(v, dict) for v in state["stages"].values()):
+                    return state
+            except (OSError, ValueError):
+                pass
+            self.log(f"{self.state_path}: unreadable; re-checking every stage")
         return {"stages": {}}
 
     def complete(self, stage: Stage, state: dict[str, Any]) -> bool:

@@ -35,6 +35,7 @@ from hwnas.predictors.features import FEATURE_GROUPS, ArchFeaturizer
 from hwnas.predictors.models import AccuracyPredictor, EnsembleRegressor, make_model
 from hwnas.predictors.persist import ALLOWED, KEY_TYPES, PredictorError, load_predictor, save_predictor
 from hwnas.search_space import ConfigError, SearchSpace, SearchSpaceConfig
+from hwnas.search_space.manifest import Manifest
 from tests.tiny import assert_refused, digest, hwnas
 
 REPO = Path(__file__).resolve().parents[1]
@@ -398,7 +399,7 @@ UNUSABLE = {
 def test_predictor_that_loads_but_cannot_predict_is_one_line(small, tmp_path, name):
     edit, needle = UNUSABLE[name]
     evil = tamper(small, tmp_path / "predictor.skops", edit)
-    with pytest.raises(PredictorError, match=rf"^{re.escape(str(evil))}: [^\n]*{needle}[^\n]*hwnas predictors`$"):
+    with pytest.raises(PredictorError, match=rf"^{re.escape(str(evil))}: [^\n]*{needle}[^\n]*hwnas predictors CONFIG`$"):
         load_predictor(evil)
 
 
@@ -445,6 +446,9 @@ def test_search_refuses_a_tampered_predictor_and_changes_nothing(tiny_run, tmp_p
         edit, needle = payloads(code_writing(marker))[name]
         tamper(path, tmp_path / "evil.skops", edit).replace(path)
     before = digest(run)
+    assert_refused(hwnas("search", str(config), "--no-progress"), str(path), "changed since `hwnas predictors CONFIG` wrote it")
+    Manifest.of(run, "predictors").add(path.name)  # an attacker who also lists the file: the audit is what is left
+    before = digest(run)
     proc = hwnas("search", str(config), "--no-progress")
     assert_refused(proc, str(path), needle)
     assert not marker.exists()
@@ -488,6 +492,7 @@ def test_checkpoint_and_export_load_no_pickle_and_no_code_from_metadata(tiny_run
     with pytest.raises(ExportError, match="cannot load the exported model"):
         load(pickle_file)
     (run / "train" / "checkpoint.safetensors").write_bytes(pickled_code(marker))
+    Manifest.of(run, "train").add("checkpoint.safetensors")  # listed, so the file itself is what is tested
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         load_supernet(run, CFG)
     assert not marker.exists()

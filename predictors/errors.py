@@ -1,0 +1,9 @@
+"""The predictor package's error."""
+
+from __future__ import annotations
+
+from hwnas.search_space import HwnasError
+
+
+class PredictorError(HwnasError, ValueError):
+    """A predictor (or its inputs) that cannot be built, saved or loaded."""

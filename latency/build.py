@@ -38,6 +38,7 @@ import torch
 
 from hwnas.search_space import ArchConfig, SearchSpace
 from hwnas.search_space.isolate import run_isolated
+from hwnas.supernet.memory import check_fits
 
 from .backends import Backend, make_backend
 from .config import LatencyConfig
@@ -391,6 +392,7 @@ def run_latency(space: SearchSpace, cfg: LatencyConfig, run_dir: str | Path, dev
     run directory and return it."""
     if device not in ("cpu", "cuda"):
         raise LatencyError(f"device {device!r} is not one of cpu, cuda")
+    check_fits(space.config, "latency", cfg.batch_size, cfg.seq_len or space.config.block_size, "latency.batch_size")
     return build_table(space, cfg, table_path(run_dir, device, backend), device, backend, strict, progress)
 
 

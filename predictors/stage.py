@@ -22,6 +22,7 @@ import numpy as np
 
 from hwnas.search_space import ArchConfig, SearchSpace, SearchSpaceConfig
 from hwnas.search_space.io import atomic_write_json, atomic_write_text
+from hwnas.supernet.memory import check_fits
 
 from . import quality as q
 from .config import PredictorsConfig
@@ -132,6 +133,7 @@ def run_predictors(space_cfg: SearchSpaceConfig, cfg: PredictorsConfig, run_dir:
     run_dir = Path(run_dir)
     out = run_dir / "predictors"
     seed = cfg.seed if cfg.seed is not None else seed
+    check_fits(space_cfg, "evaluate", cfg.eval_batch_size, cfg.seq_len or space_cfg.block_size, "predictors.eval_batch_size")
     ckpt, corpus, context = eval_context(run_dir, space_cfg, cfg)
     space = SearchSpace(space_cfg)
     fit, heldout = plan(space, cfg.n_fit, cfg.n_heldout, seed, cfg.stratify, cfg.stratify_fraction, cfg.strata, cfg.pool_size)

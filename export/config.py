@@ -64,3 +64,10 @@ class ExportConfig(Section):
     @classmethod
     def _power_of_two(cls, v: int) -> int:
         return power_of_two(v)
+
+    @field_validator("pick")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("needs a front index, an arch key or a rule, got only spaces")
+        return v

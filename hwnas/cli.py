@@ -173,6 +173,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         from hwnas.config import load_config
 
         cfg = load_config(args.config).export
+    if not Path(args.run_dir).is_dir():
+        raise HwnasError(f"{args.run_dir}: not a run directory (no such folder)")
     out = args.out if args.out is not None else cfg.out_dir
     _check_folder(out if out is not None else Path(args.run_dir) / "export", "--out" if args.out is not None else "export folder")
     report = run_export(args.run_dir, args.pick if args.pick is not None else cfg.pick, out_dir=args.out, force=args.force,

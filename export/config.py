@@ -10,7 +10,20 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from hwnas.search_space.config import Section, power_of_two
+from hwnas.search_space.config import (
+    MAX_BATCH,
+    MAX_INT4_BLOCK,
+    MAX_PICK,
+    MAX_SECONDS,
+    MAX_STEPS,
+    MAX_THREADS,
+    MAX_TOKENS,
+    Section,
+    Seed,
+    power_of_two,
+)
+
+MAX_SAMPLE_TOKENS = 10**5  # bytes generated one forward pass at a time for report.md
 
 
 class ExportConfig(Section):
@@ -23,30 +36,38 @@ class ExportConfig(Section):
     exist (else the `latency:` section's defaults); `latency_max_seconds` caps each measurement.
     """
 
-    pick: str = Field(default="min loss", description="front index, arch key, or 'min|max <objective> [where ...]'")
+    pick: str = Field(default="min loss", min_length=1, max_length=MAX_PICK,
+                      description="front index, arch key, or 'min|max <objective> [where ...]'")
     out_dir: str | None = Field(default=None, description="default: <run_dir>/export")
     # fine-tuning of the exported subnet (0: none)
-    finetune_steps: int = Field(default=0, ge=0)
+    finetune_steps: int = Field(default=0, ge=0, le=MAX_STEPS, description=f"0..{MAX_STEPS}")
     finetune_lr: float = Field(default=3e-4, gt=0, description="peak lr (warmup over a tenth of the steps, then cosine)")
-    finetune_batch_size: int | None = Field(default=None, gt=0, description="default: the run's train.batch_size")
+    finetune_batch_size: int | None = Field(default=None, gt=0, le=MAX_BATCH, description="default: the run's train.batch_size")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="fine-tuning device; ONNX runs on CPU")
     # checks
-    eval_tokens: int = Field(default=65536, gt=0, description="validation tokens for every loss and the parity check")
-    eval_batch_size: int = Field(default=16, gt=0)
+    eval_tokens: int = Field(default=65536, gt=0, le=MAX_TOKENS, description="validation tokens for every loss and the parity check")
+    eval_batch_size: int = Field(default=16, gt=0, le=MAX_BATCH)
     parity_atol: float = Field(default=1e-4, gt=0, description="max |ONNX Runtime fp32 - torch| of the logits")
     # quantized model
     full_precision_layers: Literal["int8", "fp32"] = "int8"
-    int4_block_size: int = Field(default=32, ge=16)
+    int4_block_size: int = Field(default=32, ge=16, le=MAX_INT4_BLOCK)
     # latency on this machine
     measure_latency: bool = True
-    latency_max_seconds: float | None = Field(default=None, gt=0, description="cap on each measurement's timing")
-    threads: int | None = Field(default=None, gt=0, description="CPU threads (default: the latency table's, else all usable)")
+    latency_max_seconds: float | None = Field(default=None, gt=0, le=MAX_SECONDS, description="cap on each measurement's timing")
+    threads: int | None = Field(default=None, gt=0, le=MAX_THREADS, description="CPU threads (default: the latency table's, else all usable)")
     # the sample in report.md
     sample_prompt: str = "def "
-    sample_tokens: int = Field(default=80, ge=0)
-    seed: int = 0
+    sample_tokens: int = Field(default=80, ge=0, le=MAX_SAMPLE_TOKENS)
+    seed: Seed = 0
 
     @field_validator("int4_block_size")
     @classmethod
     def _power_of_two(cls, v: int) -> int:
         return power_of_two(v)
+
+    @field_validator("pick")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("needs a front index, an arch key or a rule, got only spaces")
+        return v

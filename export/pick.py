@@ -7,7 +7,9 @@
 A rule is `min|max <objective> [where <constraint> [and <constraint> ...]]`; constraints are
 written as in the search config (`search.objectives.Constraint`: `latency@cpu <= 5ms`,
 `params <= 2e6`, `memory < 1MiB`) and compare the front's own objective values. Ties go to the
-earlier member. Every failure is one line naming the pick and what would have been allowed.
+earlier member. Every failure is one line naming the pick (cut short if long) and what would
+have been allowed; an index of any length, even beyond Python's integer-parsing limit, is refused
+by its length before it is parsed.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ RULE_FORM = "'min|max <objective> [where <constraint> [and <constraint> ...]]'"
 _OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
 _INDEX = re.compile(r"^[+-]?\d+$")
 _ARCH_KEY = re.compile(r"^e\d+-L\d+:")
+MAX_INDEX_DIGITS = 18  # no front has 10**18 members
 
 
 class PickError(HwnasError, ValueError):
@@ -36,6 +39,11 @@ def _fmt(name: str, value: float) -> str:
     if name == "memory":
         return f"{value / 2**20:.3g} MiB"
     return f"{value:.4g}"
+
+
+def _shown(text: str) -> str:
+    """repr of a pick, cut short: a pick of thousands of characters still makes a one-line error."""
+    return repr(text) if len(text) <= 80 else f"{text[:60]!r}... ({len(text)} characters)"
 
 
 def _load(front: dict[str, Any] | str | Path) -> dict[str, Any]:
@@ -52,14 +60,19 @@ def pick_member(front: dict[str, Any] | str | Path, pick: str | int) -> tuple[in
     (or its path, or the folder holding it). Raises `PickError` with a one-line reason."""
     data = _load(front)
     members, names = data.get("front") or [], list(data.get("objectives") or [])
-    text = str(pick).strip()
+    if isinstance(pick, bool) or not isinstance(pick, (str, int)):
+        raise PickError(f"pick: expected a front index, an arch key or a rule {RULE_FORM}, got {type(pick).__name__}")
+    # an int pick is shown through its digits only when it has few (str() refuses past 4300 digits)
+    text = pick.strip() if isinstance(pick, str) else str(pick) if pick.bit_length() <= 60 else "9" * 19
     if not members:
-        raise PickError(f"pick {text!r}: the front holds no members")
+        raise PickError(f"pick {_shown(text)}: the front holds no members")
     n = len(members)
     if _INDEX.match(text):
-        i = int(text)
-        if not 0 <= i < n:
-            raise PickError(f"pick {text!r}: no front member #{i}; the front has {n} member{'s' * (n != 1)} "
+        digits = len(text.lstrip("+-"))
+        i = int(text) if digits <= MAX_INDEX_DIGITS else None
+        if i is None or not 0 <= i < n:
+            which = f"#{i}" if i is not None else f"with an index of {digits} digits"
+            raise PickError(f"pick {_shown(text)}: no front member {which}; the front has {n} member{'s' * (n != 1)} "
                             f"(indices 0..{n - 1})")
         return i, members[i]
     for i, m in enumerate(members):
@@ -68,9 +81,9 @@ def pick_member(front: dict[str, Any] | str | Path, pick: str | int) -> tuple[in
     if re.match(r"^(min|max)\b", text, re.IGNORECASE):
         return _pick_by_rule(text, members, names)
     if _ARCH_KEY.match(text):
-        raise PickError(f"pick {text!r}: no front member has this arch key; the front has {n} member{'s' * (n != 1)} "
+        raise PickError(f"pick {_shown(text)}: no front member has this arch key; the front has {n} member{'s' * (n != 1)} "
                         "(list them with `hwnas pareto RUN_DIR`)")
-    raise PickError(f"pick {text!r}: expected a front index (0..{n - 1}), an arch key, or a rule {RULE_FORM}, "
+    raise PickError(f"pick {_shown(text)}: expected a front index (0..{n - 1}), an arch key, or a rule {RULE_FORM}, "
                     f"e.g. 'min {names[0] if names else 'loss'}' (objectives: {', '.join(names)})")
 
 
@@ -80,25 +93,25 @@ def _pick_by_rule(rule: str, members: list[dict[str, Any]], names: list[str]) ->
     sense, rest = sense.lower(), rest.strip()
     objective, _, tail = rest.partition(" ")
     if not objective:
-        raise PickError(f"pick {rule!r}: expected an objective after {sense!r} (the front has: {have}); form: {RULE_FORM}")
+        raise PickError(f"pick {_shown(rule)}: expected an objective after {sense!r} (the front has: {have}); form: {RULE_FORM}")
     if objective not in names:
-        raise PickError(f"pick {rule!r}: unknown objective {objective!r}; the front has: {have}")
+        raise PickError(f"pick {_shown(rule)}: unknown objective {_shown(objective)}; the front has: {have}")
     tail = tail.strip()
     constraints: list[Constraint] = []
     if tail:
         word, _, cond = tail.partition(" ")
         if word.lower() != "where":
-            raise PickError(f"pick {rule!r}: expected 'where <constraint>' after {objective!r}, got {tail!r}; form: {RULE_FORM}")
+            raise PickError(f"pick {_shown(rule)}: expected 'where <constraint>' after {objective!r}, got {_shown(tail)}; form: {RULE_FORM}")
         parts = re.split(r"\s+and\s+", cond.strip(), flags=re.IGNORECASE) if cond.strip() else []
         if not parts or any(not p.strip() for p in parts):
-            raise PickError(f"pick {rule!r}: expected a constraint after 'where'/'and', e.g. 'latency@cpu <= 5ms'")
+            raise PickError(f"pick {_shown(rule)}: expected a constraint after 'where'/'and', e.g. 'latency@cpu <= 5ms'")
         for part in parts:
             try:
                 c = Constraint.parse(part)
             except ObjectiveError as e:
-                raise PickError(f"pick {rule!r}: {e}") from None
+                raise PickError(f"pick {_shown(rule)}: {e}") from None
             if c.objective not in names:
-                raise PickError(f"pick {rule!r}: unknown objective {c.objective!r} in {c.text!r}; the front has: {have}")
+                raise PickError(f"pick {_shown(rule)}: unknown objective {_shown(c.objective)} in {_shown(c.text)}; the front has: {have}")
             constraints.append(c)
     col = {name: [float(m["objectives"][j]) for m in members] for j, name in enumerate(names)}
 
@@ -107,7 +120,7 @@ def _pick_by_rule(rule: str, members: list[dict[str, Any]], names: list[str]) ->
 
     ok = [i for i in range(len(members)) if all(holds(c, i) for c in constraints)]
     if not ok:
-        raise PickError(f"pick {rule!r}: {_why_none(constraints, col, holds, len(members))}")
+        raise PickError(f"pick {_shown(rule)}: {_why_none(constraints, col, holds, len(members))}")
     values = col[objective]
     best = min(ok, key=lambda i: (values[i] if sense == "min" else -values[i], i))
     return best, members[best]

@@ -44,6 +44,7 @@ from hwnas.supernet.checkpoint import check_finite, read_meta
 from hwnas.supernet.config import TrainConfig
 from hwnas.supernet.data import Corpus
 from hwnas.supernet.finetune import train_standalone
+from hwnas.supernet.memory import check_fits
 from hwnas.supernet.subnet import Subnet, extract_subnet, save_subnet
 from hwnas.supernet.train import load_supernet, verify_supernet
 
@@ -262,6 +263,7 @@ def run_export(run_dir: str | Path, pick: str | int | None = None, out_dir: str 
         raise ExportError(f"finetune_steps: must be >= 0, got {steps}")
     target = Path(out_dir or cfg.out_dir or run_dir / "export")
     space_cfg, train_cfg, front = read_run(run_dir)
+    check_fits(space_cfg, "evaluate", cfg.eval_batch_size, train_cfg.seq_len or space_cfg.block_size, "export.eval_batch_size")
     index, member = pick_member(front, pick)
     check_target(target, run_dir, force)
     arch = ArchConfig.from_dict(member["arch"])

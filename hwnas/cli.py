@@ -1,6 +1,8 @@
 """The `hwnas` command line: one subcommand per pipeline stage, each reading the experiment YAML.
 
 Errors in user input print one line (`hwnas: error: ...`) and exit with status 2, no traceback.
+Numbers on the command line are bounded as the config's are (argparse prints usage and exits 2),
+and every folder a command will write is checked before any work.
 """
 
 from __future__ import annotations
@@ -9,7 +11,54 @@ import argparse
 import sys
 from pathlib import Path
 
-from hwnas.search_space import HwnasError
+from hwnas.search_space import ConfigError, HwnasError
+from hwnas.search_space.config import MAX_PICK, MAX_SEED, MAX_STEPS, MAX_WORKERS
+
+MAX_SAMPLES = 10**4  # random archs `hwnas space` prints, one table row each
+
+
+def _short(text: str) -> str:
+    return repr(text) if len(text) <= 40 else f"{text[:20]!r}... ({len(text)} characters)"
+
+
+def _int_in(lo: int, hi: int):
+    """An argparse type: an integer in lo..hi."""
+    def integer(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:  # not a number, or more digits than Python converts
+            raise argparse.ArgumentTypeError(f"expected an integer in {lo}..{hi}, got {_short(text)}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be an integer in {lo}..{hi}, got {_short(text)}")
+        return value
+    return integer
+
+
+def _pick(text: str) -> str:
+    """An argparse type: a front index, arch key or rule of reasonable length."""
+    if not text.strip() or len(text) > MAX_PICK:
+        raise argparse.ArgumentTypeError(f"expected a front index, arch key or rule of 1..{MAX_PICK} characters, "
+                                         f"got {_short(text)}")
+    return text
+
+
+def _check_folder(path: str | Path, what: str) -> None:
+    """Refuse, before any work, a folder a command would write that cannot be written."""
+    from hwnas.search_space.io import unwritable
+
+    why = unwritable(path, folder=True)
+    if why:
+        raise ConfigError(f"{what} {path}: {why}")
+
+
+def _load(args: argparse.Namespace):
+    """The experiment config, its run directory checked to be writable."""
+    from hwnas.config import load_config
+
+    cfg = load_config(args.config)
+    _check_folder(cfg.run_path, f"{args.config}: run_dir")
+    cfg.check_run_dir()
+    return cfg
 
 
 def _cmd_space(args: argparse.Namespace) -> int:
@@ -22,13 +71,11 @@ def _cmd_space(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from hwnas.config import load_config
     from hwnas.supernet.train import train
 
-    cfg = load_config(args.config)
-    cfg.claim_run_dir()
+    cfg = _load(args)
     train_cfg = cfg.train if args.wandb is None else cfg.train.model_copy(update={"wandb": args.wandb})
-    summary = train(cfg.search_space, train_cfg, cfg.run_path, seed=cfg.seed, progress=not args.no_progress)
+    summary = train(cfg.search_space, train_cfg, cfg.run_path, seed=cfg.seed, progress=not args.no_progress, name=cfg.name)
     if summary:  # rank 0
         print(
             f"trained {summary['steps']} steps in {summary['train_seconds']:.0f} s -> {cfg.run_path / 'train'}\n"
@@ -39,19 +86,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_latency(args: argparse.Namespace) -> int:
-    from hwnas.config import load_config
     from hwnas.latency.build import run_latency
     from hwnas.latency.fidelity import fidelity_report_fresh
     from hwnas.search_space import SearchSpace
 
-    cfg = load_config(args.config)
-    cfg.claim_run_dir()
+    cfg = _load(args)
     space = SearchSpace(cfg.search_space)
     devices = [args.device] if args.device else cfg.latency.devices
     backends = [args.backend] if args.backend else cfg.latency.backends
     for device in devices:
         for backend in backends:
-            table = run_latency(space, cfg.latency, cfg.run_path, device, backend, strict=args.strict, progress=not args.no_progress)
+            table = run_latency(space, cfg.latency, cfg.run_path, device, backend, strict=args.strict, progress=not args.no_progress,
+                                seed=cfg.seed, name=cfg.name)
             print(f"latency table {device}/{backend}: {len(table.entries)} pieces -> {cfg.run_path / 'latency'}")
             if not args.no_fidelity and cfg.latency.n_fidelity:
                 r = fidelity_report_fresh(cfg.search_space, cfg.latency, cfg.run_path, device, backend,
@@ -64,12 +110,10 @@ def _cmd_latency(args: argparse.Namespace) -> int:
 
 
 def _cmd_predictors(args: argparse.Namespace) -> int:
-    from hwnas.config import load_config
     from hwnas.predictors.stage import run_predictors
 
-    cfg = load_config(args.config)
-    cfg.claim_run_dir()
-    r = run_predictors(cfg.search_space, cfg.predictors, cfg.run_path, seed=cfg.seed, progress=not args.no_progress)
+    cfg = _load(args)
+    r = run_predictors(cfg.search_space, cfg.predictors, cfg.run_path, seed=cfg.seed, progress=not args.no_progress, name=cfg.name)
     h = r["heldout"]
     print(f"predictor {r['model']} fitted on {r['n_fit']} subnets -> {cfg.run_path / 'predictors'}")
     if h:
@@ -79,14 +123,16 @@ def _cmd_predictors(args: argparse.Namespace) -> int:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from hwnas.config import load_config
     from hwnas.report import print_front
+    from hwnas.search.config import workers_problem
     from hwnas.search.stage import run_search
 
-    cfg = load_config(args.config)
-    cfg.claim_run_dir()
+    cfg = _load(args)
+    why = workers_problem(args.workers, cfg.search.engine, cfg.search.storage) if args.workers else None
+    if why:
+        raise ConfigError(f"--workers: {why} (search.engine in {args.config})")
     summary = run_search(cfg.search_space, cfg.search, cfg.run_path, seed=cfg.seed, latency_cfg=cfg.latency,
-                         workers=args.workers, progress=not args.no_progress)
+                         workers=args.workers, progress=not args.no_progress, name=cfg.name)
     print(f"searched {summary['candidates']} candidates in {summary['seconds']:.1f} s "
           f"({summary['candidates_per_second']:.0f}/s); hypervolume {summary['hypervolume']:.4g}")
     print_front(cfg.run_path / "search")
@@ -100,6 +146,7 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
     out = Path(args.run_dir) / "search"
     if not (out / "front.json").exists():
         raise HwnasError(f"{out / 'front.json'}: no search results; run `hwnas search CONFIG` first")
+    _check_folder(out, "plots folder")
     print_front(out)
     plots = write_plots(out)
     print(f"plots: {', '.join(str(p) for p in plots)}")
@@ -129,8 +176,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
         experiment = load_config(args.config)
         if (Path(args.run_dir) / "run.json").exists():  # the config must be the run's own
-            experiment.claim_run_dir(args.run_dir)
+            experiment.check_run_dir(args.run_dir)
         cfg = experiment.export
+    if not Path(args.run_dir).is_dir():
+        raise HwnasError(f"{args.run_dir}: not a run directory (no such folder)")
+    out = args.out if args.out is not None else cfg.out_dir
+    _check_folder(out if out is not None else Path(args.run_dir) / "export", "--out" if args.out is not None else "export folder")
     report = run_export(args.run_dir, args.pick if args.pick is not None else cfg.pick, out_dir=args.out, force=args.force,
                         finetune_steps=cfg.finetune_steps if args.finetune_steps is None else args.finetune_steps, cfg=cfg,
                         progress=not args.no_progress)
@@ -139,12 +190,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from hwnas.config import load_config
     from hwnas.pipeline import Pipeline
     from hwnas.report import print_front
 
-    cfg = load_config(args.config)
-    cfg.claim_run_dir()
+    cfg = _load(args)
+    if cfg.export.out_dir:
+        _check_folder(cfg.export.out_dir, f"{args.config}: export.out_dir")
     Pipeline(cfg, progress=not args.no_progress).run()
     rd = cfg.run_path
     print_front(rd / "search")
@@ -178,8 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
         "FLOPs, and N random sample archs.",
     )
     p.add_argument("config", help="experiment YAML, e.g. experiments/quickstart.yaml")
-    p.add_argument("-n", "--samples", type=int, default=5, help="number of random archs to show (default 5)")
-    p.add_argument("--seed", type=int, default=None, help="sampling seed (default: the config's seed)")
+    p.add_argument("-n", "--samples", type=_int_in(0, MAX_SAMPLES), default=5,
+                   help=f"number of random archs to show (default 5, at most {MAX_SAMPLES})")
+    p.add_argument("--seed", type=_int_in(0, MAX_SEED), default=None, help="sampling seed (default: the config's seed)")
     p.set_defaults(func=_cmd_space)
 
     p = sub.add_parser(
@@ -225,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
         "predictor-in-the-loop driver), save the Pareto front, re-measure its members and log everything to W&B.",
     )
     p.add_argument("config", help="experiment YAML")
-    p.add_argument("--workers", type=int, default=None, help="Optuna worker processes sharing the study (default: search.workers)")
+    p.add_argument("--workers", type=_int_in(1, MAX_WORKERS), default=None,
+                   help="Optuna worker processes sharing the study (default: search.workers)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_search)
 
@@ -245,10 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
         "config.json, model.safetensors, model.onnx, model.int8.onnx and report.md, checking ONNX Runtime against torch.",
     )
     p.add_argument("run_dir", help="run directory, e.g. runs/quickstart")
-    p.add_argument("--pick", default=None, help="front index, arch key or rule (default: export.pick, 'min loss')")
+    p.add_argument("--pick", type=_pick, default=None, help="front index, arch key or rule (default: export.pick, 'min loss')")
     p.add_argument("--out", default=None, help="export directory (default: <run_dir>/export)")
     p.add_argument("--force", action="store_true", help="replace an existing export directory")
-    p.add_argument("--finetune-steps", type=int, default=None, help="fine-tune the subnet for N steps before exporting")
+    p.add_argument("--finetune-steps", type=_int_in(0, MAX_STEPS), default=None,
+                   help="fine-tune the subnet for N steps before exporting")
     p.add_argument("--config", default=None, help="experiment YAML whose export: section gives the defaults")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_export)

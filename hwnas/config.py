@@ -1,7 +1,7 @@
 """The experiment config: one YAML file validated into typed, frozen objects.
 
 Every stage reads the same file. A wrong field, type or value raises `ConfigError` with one line
-naming the field, the bad value and what is allowed; unknown keys are errors.
+naming the field, the bad value and what is allowed; unknown keys and duplicate keys are errors.
 """
 
 from __future__ import annotations
@@ -11,23 +11,49 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from yaml.constructor import ConstructorError
 
 from hwnas.export.config import ExportConfig
 from hwnas.latency.config import LatencyConfig
 from hwnas.predictors.config import PredictorsConfig
 from hwnas.search.config import SearchConfig
 from hwnas.search_space import ConfigError, SearchSpaceConfig
-from hwnas.search_space.config import Section
+from hwnas.search_space.config import Section, Seed, field_error
 from hwnas.supernet.config import TrainConfig
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`)."""
+    """SafeLoader that also reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`) and refuses a key
+    given twice in one mapping (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` keys may be overridden one by one
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the base class refuses it
+                continue
+            if first is not None:
+                raise ConstructorError(None, None, f"duplicate key {key!r} (first given at line {first + 1})",
+                                       key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:  # Python refuses to parse integers of more than 4300 digits
+            raise ConstructorError(None, None, f"an integer of {len(node.value)} characters is too long",
+                                   node.start_mark) from None
 
 
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -38,9 +64,10 @@ _Loader.add_implicit_resolver(
 class ExperimentConfig(Section):
     """Top level of an experiment YAML."""
 
-    name: str = Field(description="run name; the run directory defaults to runs/<name>")
+    name: str = Field(max_length=100, description="run name (at most 100 characters: it names a folder); the run "
+                                                  "directory defaults to runs/<name>")
     run_dir: str | None = None
-    seed: int = 0
+    seed: Seed = 0
     search_space: SearchSpaceConfig = SearchSpaceConfig()
     train: TrainConfig = TrainConfig()
     latency: LatencyConfig = LatencyConfig()
@@ -54,6 +81,15 @@ class ExperimentConfig(Section):
         if not _NAME.match(v):
             raise ValueError(f"must be letters, digits, '.', '_' or '-' (not starting with a symbol), got {v!r}")
         return v
+
+    @model_validator(mode="after")
+    def _fits_block(self) -> ExperimentConfig:
+        block = self.search_space.block_size
+        for name in ("train", "latency", "predictors"):
+            seq_len = getattr(self, name).seq_len
+            if seq_len is not None and seq_len > block:
+                raise field_error(f"{name}.seq_len", f"{seq_len} exceeds search_space.block_size {block}")
+        return self
 
     @property
     def run_path(self) -> Path:
@@ -79,15 +115,27 @@ def _loc(loc: tuple) -> str:
     return out or "config"
 
 
+# errors whose message does not show the bad value: it is appended as "(got ...)"
+_SHOW_INPUT = ("literal_error", "int_parsing", "greater_than", "greater_than_equal", "less_than", "less_than_equal",
+               "finite_number", "string_too_short", "string_too_long")
+
+
+def _show(value: Any) -> str:
+    """repr of a bad value, cut short: a value of thousands of digits or characters is one line too."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value).bit_length() > 200:
+        return f"an integer of about {int(abs(value).bit_length() * 0.30103) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
+
+
 def _one_line(err: dict[str, Any]) -> str:
     loc = tuple(err["loc"]) + ((err["ctx"]["field"],) if "field" in err.get("ctx", {}) else ())
     field = _loc(loc)
-    msg = err["msg"].removeprefix("Value error, ")
+    msg = " ".join(err["msg"].removeprefix("Value error, ").split())
     if err["type"] in ("missing",):
         return f"{field}: required field is missing"
-    bad = err.get("input")
-    if err["type"].endswith("_type") or err["type"] in ("literal_error", "int_parsing", "greater_than"):
-        return f"{field}: {msg.rstrip('.')} (got {bad!r})"
+    if err["type"].endswith("_type") or err["type"] in _SHOW_INPUT:
+        return f"{field}: {msg.rstrip('.')} (got {_show(err.get('input'))})"
     return f"{field}: {msg}"
 
 
@@ -123,4 +171,8 @@ def load_config(path: str | Path) -> ExperimentConfig:
         where = f" at line {mark.line + 1}" if mark else ""
         problem = " ".join(str(getattr(e, "problem", None) or e).split())  # e.g. a ReaderError spans lines
         raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    except ValueError as e:  # a value YAML parses but Python cannot hold, e.g. an integer of 5000 digits
+        raise ConfigError(f"{path}: not a usable YAML value: {' '.join(str(e).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     return parse_config(data, str(path))

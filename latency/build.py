@@ -40,6 +40,7 @@ from hwnas.search_space import ArchConfig, SearchSpace
 from hwnas.search_space.isolate import run_isolated
 from hwnas.search_space.manifest import Manifest
 from hwnas.search_space.rundir import claim_run_dir
+from hwnas.supernet.memory import check_fits
 
 from .backends import Backend, make_backend
 from .config import LatencyConfig
@@ -393,12 +394,14 @@ def build_table(space: SearchSpace, cfg: LatencyConfig, path: str | Path, device
 
 
 def run_latency(space: SearchSpace, cfg: LatencyConfig, run_dir: str | Path, device: str = "cpu", backend: str = "torch",
-                strict: bool = False, progress: bool = True) -> LatencyTable:
+                strict: bool = False, progress: bool = True, seed: int | None = None, name: str | None = None) -> LatencyTable:
     """The `hwnas latency` stage for one device and backend: build or resume the table in the
-    run directory and return it."""
+    run directory and return it. `seed`, `name`: the experiment's (the run directory must belong
+    to it, `search_space.rundir`)."""
     if device not in ("cpu", "cuda"):
         raise LatencyError(f"device {device!r} is not one of cpu, cuda")
-    claim_run_dir(run_dir, space.config.model_dump(mode="json"))
+    check_fits(space.config, "latency", cfg.batch_size, cfg.seq_len or space.config.block_size, "latency.batch_size")
+    claim_run_dir(run_dir, space.config.model_dump(mode="json"), seed, name)
     return build_table(space, cfg, table_path(run_dir, device, backend), device, backend, strict, progress,
                        manifest=Manifest.of(run_dir, "latency"))
 

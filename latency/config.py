@@ -6,10 +6,29 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from hwnas.search_space.config import Section, field_error, power_of_two
+from hwnas.search_space.config import (
+    MAX_BATCH,
+    MAX_BLOCK,
+    MAX_INT4_BLOCK,
+    MAX_SECONDS,
+    MAX_THREADS,
+    Section,
+    Seed,
+    field_error,
+    power_of_two,
+)
 
 Device = Literal["cpu", "cuda"]
 BackendName = Literal["torch", "onnxruntime"]
+
+# Bounds of the protocol's counts, each far beyond a useful measurement: timed runs of one
+# measurement (10**6 runs of even 1 ms is 17 minutes, per piece), pieces timed together, passes
+# and retakes of a window, and whole subnets timed (each takes seconds)
+MAX_RUNS = 10**6
+MAX_INTERLEAVE = 10**4
+MAX_PASSES = 1000
+MAX_RETAKES = 100
+MAX_SUBNETS = 10**5
 
 
 class LatencyConfig(Section):
@@ -48,30 +67,30 @@ class LatencyConfig(Section):
     check the table (the fidelity report), which is logged to W&B in mode `wandb`.
     """
 
-    batch_size: int = Field(default=1, gt=0)
-    seq_len: int | None = Field(default=None, gt=0)
+    batch_size: int = Field(default=1, gt=0, le=MAX_BATCH)
+    seq_len: int | None = Field(default=None, gt=0, le=MAX_BLOCK, description="default (and at most): the space's block_size")
     devices: list[Device] = Field(default_factory=lambda: ["cpu"])
     backends: list[BackendName] = Field(default_factory=lambda: ["torch", "onnxruntime"])
-    threads: int | None = Field(default=1, gt=0)
-    warmup: int = Field(default=10, ge=0)
-    min_repeats: int = Field(default=20, gt=0)
-    max_repeats: int = Field(default=300, gt=0)
-    max_seconds: float = Field(default=2.0, gt=0)
-    check_every: int = Field(default=10, gt=0)
+    threads: int | None = Field(default=1, gt=0, le=MAX_THREADS)
+    warmup: int = Field(default=10, ge=0, le=MAX_RUNS)
+    min_repeats: int = Field(default=20, gt=0, le=MAX_RUNS)
+    max_repeats: int = Field(default=300, gt=0, le=MAX_RUNS)
+    max_seconds: float = Field(default=2.0, gt=0, le=MAX_SECONDS)
+    check_every: int = Field(default=10, gt=0, le=MAX_RUNS)
     tolerance: float = Field(default=0.005, gt=0, lt=1)
-    interleave: int = Field(default=16, gt=0)
-    passes: int = Field(default=3, gt=0)
+    interleave: int = Field(default=16, gt=0, le=MAX_INTERLEAVE)
+    passes: int = Field(default=3, gt=0, le=MAX_PASSES)
     statistic: Literal["median", "p10", "min"] = "min"
     clock: Literal["auto", "wall", "thread"] = "auto"
     speed_reference: bool = True
     speed_tolerance: float = Field(default=0.05, gt=0, lt=1)
-    speed_retakes: int = Field(default=3, ge=0)
-    speed_backoff_s: float = Field(default=10.0, ge=0)
-    n_correction: int = Field(default=60, ge=0)
-    n_fidelity: int = Field(default=100, ge=0)
-    seed: int = 0
+    speed_retakes: int = Field(default=3, ge=0, le=MAX_RETAKES)
+    speed_backoff_s: float = Field(default=10.0, ge=0, le=MAX_SECONDS)
+    n_correction: int = Field(default=60, ge=0, le=MAX_SUBNETS)
+    n_fidelity: int = Field(default=100, ge=0, le=MAX_SUBNETS)
+    seed: Seed = 0
     onnx_exporter: Literal["torchscript", "dynamo"] = "torchscript"
-    int4_block_size: int = Field(default=32, ge=16)
+    int4_block_size: int = Field(default=32, ge=16, le=MAX_INT4_BLOCK)
     wandb: Literal["offline", "online", "disabled"] = "offline"
 
     @field_validator("devices", "backends")

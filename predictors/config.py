@@ -7,28 +7,43 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from hwnas.search_space.config import Section, field_error
+from hwnas.search_space.config import (
+    MAX_BATCH,
+    MAX_BLOCK,
+    MAX_THREADS,
+    MAX_TOKENS,
+    Section,
+    Seed,
+    field_error,
+)
 
 ModelName = Literal["ridge", "svr", "rf", "et", "gbr", "mlp", "gp", "ensemble"]
 MODEL_NAMES: tuple[str, ...] = ("ridge", "svr", "rf", "et", "gbr", "mlp", "gp", "ensemble")
 FeatureGroup = Literal["onehot", "counts", "ends", "cost"]
 
+# Bounds: each subnet of the fit and held-out sets is evaluated for real (a second or more each), so
+# 10**5 is days of work; the pool is sampled and costed in Python (10**6 takes minutes); more strata
+# or folds than 1000 leave nothing in each
+MAX_SUBNETS = 10**5
+MAX_POOL = 10**6
+MAX_BINS = 1000
+
 
 class PredictorsConfig(Section):
     # which subnets are evaluated
-    n_fit: int = Field(default=150, gt=1, description="subnets evaluated to fit the predictors")
-    n_heldout: int = Field(default=60, ge=0, description="held-out subnets (own seed, never fitted) for the quality report")
+    n_fit: int = Field(default=150, gt=1, le=MAX_SUBNETS, description="subnets evaluated to fit the predictors")
+    n_heldout: int = Field(default=60, ge=0, le=MAX_SUBNETS, description="held-out subnets (own seed, never fitted) for the quality report")
     stratify: bool = Field(default=True, description="draw part of the fit set stratified by FLOPs, so small and large nets are covered")
     stratify_fraction: float = Field(default=0.5, ge=0, le=1, description="share of the fit set drawn stratified")
-    strata: int = Field(default=6, ge=2, description="equal-width bins of log FLOPs for the stratified draw")
-    pool_size: int = Field(default=5000, ge=100, description="uniform samples the strata are drawn from")
+    strata: int = Field(default=6, ge=2, le=MAX_BINS, description="equal-width bins of log FLOPs for the stratified draw")
+    pool_size: int = Field(default=5000, ge=100, le=MAX_POOL, description="uniform samples the strata are drawn from")
     # how one subnet is evaluated
-    eval_tokens: int = Field(default=65536, gt=0, description="validation tokens per subnet")
-    eval_batch_size: int = Field(default=16, gt=0)
-    seq_len: int | None = Field(default=None, gt=0, description="default: the space's block_size")
+    eval_tokens: int = Field(default=65536, gt=0, le=MAX_TOKENS, description="validation tokens per subnet")
+    eval_batch_size: int = Field(default=16, gt=0, le=MAX_BATCH)
+    seq_len: int | None = Field(default=None, gt=0, le=MAX_BLOCK, description="default (and at most): the space's block_size")
     target: Literal["loss", "bpb"] = "loss"
     device: Literal["auto", "cpu", "cuda"] = "cpu"
-    threads: int | None = Field(default=None, gt=0, description="CPU threads (default: torch's choice)")
+    threads: int | None = Field(default=None, gt=0, le=MAX_THREADS, description="CPU threads (default: torch's choice)")
     # which predictors, and how they are chosen
     features: list[FeatureGroup] = Field(default_factory=lambda: ["onehot", "counts", "ends", "cost"])
     alt_features: list[list[FeatureGroup]] = Field(
@@ -37,9 +52,9 @@ class PredictorsConfig(Section):
                     "best (feature set, model) pair by CV Kendall tau is chosen")
     models: list[ModelName] = Field(default_factory=lambda: list(MODEL_NAMES))
     ensemble_members: list[ModelName] = Field(default_factory=lambda: ["ridge", "gp", "rf", "gbr"])
-    cv_folds: int = Field(default=5, ge=2, description="cross-validation folds for model selection (by Kendall tau)")
+    cv_folds: int = Field(default=5, ge=2, le=MAX_BINS, description="cross-validation folds for model selection (by Kendall tau)")
     interval: float = Field(default=0.9, gt=0, lt=1, description="predicted interval whose held-out coverage is reported")
-    seed: int | None = Field(default=None, description="default: the experiment's seed")
+    seed: Seed | None = Field(default=None, description="default: the experiment's seed")
     wandb: Literal["offline", "online", "disabled"] = "offline"
     wandb_project: str = "hwnas"
 

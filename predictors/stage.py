@@ -26,6 +26,7 @@ from hwnas.search_space import ArchConfig, SearchSpace, SearchSpaceConfig
 from hwnas.search_space.io import atomic_write_text
 from hwnas.search_space.manifest import Manifest
 from hwnas.search_space.rundir import claim_run_dir
+from hwnas.supernet.memory import check_fits
 
 from . import quality as q
 from .config import PredictorsConfig
@@ -143,14 +144,17 @@ def fit_and_report(space_cfg: SearchSpaceConfig, cfg: PredictorsConfig, fit: lis
 
 
 def run_predictors(space_cfg: SearchSpaceConfig, cfg: PredictorsConfig, run_dir: str | Path, seed: int = 0,
-                   progress: bool = True, on_record: Callable[[int, EvalRecord], None] | None = None) -> dict[str, Any]:
+                   progress: bool = True, on_record: Callable[[int, EvalRecord], None] | None = None,
+                   name: str | None = None) -> dict[str, Any]:
     """Run the predictor stage in `run_dir` (see the module doc); returns the report dict.
 
     `seed` is the experiment's seed (the config's `predictors.seed` overrides it). `on_record(i, rec)`
-    is called after each newly evaluated subnet."""
+    is called after each newly evaluated subnet. `name`: the experiment's (the run directory must
+    belong to it, `search_space.rundir`)."""
     run_dir = Path(run_dir)
     out = run_dir / "predictors"
-    claim_run_dir(run_dir, space_cfg.model_dump(mode="json"), seed)
+    check_fits(space_cfg, "evaluate", cfg.eval_batch_size, cfg.seq_len or space_cfg.block_size, "predictors.eval_batch_size")
+    claim_run_dir(run_dir, space_cfg.model_dump(mode="json"), seed, name)
     ckpt, corpus, context = eval_context(run_dir, space_cfg, cfg)
     manifest = Manifest.of(run_dir, "predictors")
     store = RecordStore(out / "records.jsonl", manifest)  # checked before anything here is written

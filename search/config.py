@@ -1,22 +1,36 @@
-"""The `search:` section of the experiment config."""
+"""The `search:` section of the experiment config.
+
+A storage URL is checked when the config loads: its SQLAlchemy driver must be installed, and a
+SQLite or journal file must be writable where it points, so a typo is one line, not a traceback
+after the search has started.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from hwnas.search_space.config import Section, field_error
+from hwnas.search_space.config import MAX_WORKERS, Section, field_error
+from hwnas.search_space.io import unwritable
 
 from .objectives import Constraint
 
 ENGINES = ("pymoo", "optuna", "linas", "random")
 
+# Bounds: predictor evaluations take well under a millisecond each, so 10**8 candidates is a day;
+# a real evaluation (linas, validate_top) takes a second or more, so 10**5 is days; populations
+# beyond this are typos on any machine (worker processes: MAX_WORKERS)
+MAX_BUDGET = 10**8
+MAX_REAL = 10**5
+MAX_POPULATION = 10**5
+
 
 class LinasConfig(Section):
-    initial: int = Field(default=20, gt=0, description="random archs evaluated for real before the first fit")
-    per_iteration: int = Field(default=10, gt=0, description="real evaluations per iteration")
-    inner_budget: int = Field(default=3000, gt=0, description="predictor evaluations per inner search")
+    initial: int = Field(default=20, gt=0, le=MAX_REAL, description="random archs evaluated for real before the first fit")
+    per_iteration: int = Field(default=10, gt=0, le=MAX_REAL, description="real evaluations per iteration")
+    inner_budget: int = Field(default=3000, gt=0, le=MAX_BUDGET, description="predictor evaluations per inner search")
 
 
 class SearchConfig(Section):
@@ -24,14 +38,14 @@ class SearchConfig(Section):
     constraints: list[str] = Field(default_factory=list, description="e.g. 'latency@cpu <= 5ms', 'params <= 2e6'")
     engine: Literal["pymoo", "optuna", "linas", "random"] = "pymoo"
     algorithm: str = Field(default="nsga2", description="pymoo: nsga2|nsga3|smsemoa; optuna: nsga2|nsga3|tpe|random")
-    budget: int = Field(default=10000, gt=0, description="candidates evaluated (on predictors; real ones for linas)")
-    population: int = Field(default=100, gt=1)
+    budget: int = Field(default=10000, gt=0, le=MAX_BUDGET, description="candidates evaluated (on predictors; real ones for linas)")
+    population: int = Field(default=100, gt=1, le=MAX_POPULATION)
     storage: str | None = Field(default=None, description="Optuna storage URL; default: SQLite in the run dir; 'journal:<path>' for a journal file")
-    workers: int = Field(default=1, gt=0, description="Optuna worker processes sharing the study")
+    workers: int = Field(default=1, gt=0, le=MAX_WORKERS, description="Optuna worker processes sharing the study")
     risk: float | None = Field(default=None, gt=0.5, lt=1, description="constraints must hold at this upper bound of the prediction")
     ref_point: list[float] | None = Field(default=None, description="hypervolume reference point (default: 1.1 x the worst corner)")
     latency_backend: Literal["torch", "onnxruntime"] = "torch"
-    validate_top: int = Field(default=8, ge=0, description="front members evaluated for real after the search")
+    validate_top: int = Field(default=8, ge=0, le=MAX_REAL, description="front members evaluated for real after the search")
     linas: LinasConfig = LinasConfig()
     wandb: Literal["offline", "online", "disabled"] = "offline"
 
@@ -51,7 +65,16 @@ class SearchConfig(Section):
     @classmethod
     def check_constraints(cls, v: list[str]) -> list[str]:
         for text in v:
-            Constraint.parse(text)  # raises with the expected form
+            if not math.isfinite(Constraint.parse(text).bound):  # parse raises with the expected form
+                raise ValueError(f"{text!r}: the bound must be a finite number")
+        return v
+
+    @field_validator("storage")
+    @classmethod
+    def check_storage(cls, v: str | None) -> str | None:
+        why = storage_problem(v) if v is not None else None
+        if why:
+            raise ValueError(why)
         return v
 
     @model_validator(mode="after")
@@ -63,6 +86,56 @@ class SearchConfig(Section):
             raise field_error("algorithm", f"{self.algorithm!r} is not one of {', '.join(allowed)} for engine {self.engine!r}")
         if self.ref_point is not None and len(self.ref_point) != len(self.objectives):
             raise field_error("ref_point", f"has {len(self.ref_point)} values for {len(self.objectives)} objectives")
-        if self.workers > 1 and self.engine != "optuna":
-            raise field_error("workers", f"{self.workers} workers need engine 'optuna' (got {self.engine!r})")
+        why = workers_problem(self.workers, self.engine, self.storage)
+        if why:
+            raise field_error("workers", why)
         return self
+
+
+def workers_problem(workers: int, engine: str, storage: str | None) -> str | None:
+    """Why `workers` processes cannot share this search (None if they can): only an Optuna study
+    in a storage that other processes reach is shared."""
+    if workers > 1 and engine != "optuna":
+        return f"{workers} workers need engine 'optuna' (got {engine!r})"
+    if workers > 1 and storage is not None and storage.startswith("sqlite:") and _sqlite_file(storage) is None:
+        return f"{workers} workers cannot share an in-memory SQLite study; give storage a file (sqlite:///path/study.db)"
+    return None
+
+
+def _sqlite_file(url: str) -> str | None:
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    return database if database and database != ":memory:" and not database.startswith("file::memory:") else None
+
+
+def storage_problem(url: str) -> str | None:
+    """Why the Optuna storage `url` cannot be opened here (None if it can): a journal file or SQLite
+    database that cannot be written where it points, a URL SQLAlchemy cannot parse, or a driver
+    that is not installed. The URL itself is not repeated (it may hold a password)."""
+    if url.startswith("journal:"):
+        path = url.removeprefix("journal:")
+        if not path.strip():
+            return "'journal:' needs a file path, e.g. journal:runs/NAME/study.log"
+        why = unwritable(path, folder=False)
+        return f"journal file {path}: {why}" if why else None
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as e:
+        return (f"not a storage URL ({' '.join(str(e).split())}); expected journal:<path>, sqlite:///<path>, "
+                "postgresql+<driver>://... or another SQLAlchemy URL")
+    try:
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        return f"no SQLAlchemy dialect or driver {parsed.drivername!r} is installed (e.g. sqlite, postgresql+psycopg2)"
+    try:
+        dialect.import_dbapi()
+    except ImportError as e:
+        return f"the driver of {parsed.drivername!r} is not installed ({e}); pip install it or use another URL"
+    if parsed.get_backend_name() == "sqlite" and _sqlite_file(url):
+        why = unwritable(_sqlite_file(url), folder=False)
+        return f"SQLite file {_sqlite_file(url)}: {why}" if why else None
+    return None

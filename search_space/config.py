@@ -8,16 +8,40 @@ top-k to the `moe` FFN kind.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
+
+# --- bounds ---------------------------------------------------------------------------------------
+# Every size and count has an upper bound, checked when the config loads, so a slip (an extra zero,
+# `1e9`) is one line naming the field instead of an allocation failure or a run that never ends.
+# The bounds sit far above anything one machine trains; whether a config's supernet really fits
+# in this machine's memory is checked by the stages that build it (hwnas.supernet.memory).
+MAX_SEED = 2**31 - 1  # numpy's legacy RandomState (pymoo, Optuna's samplers, scikit-learn) takes seeds
+#                       below 2**32, and hwnas derives a few seeds by adding small offsets to yours
+MAX_VOCAB = 2**20  # tokens: above every tokenizer in use (~256k); hwnas models bytes (256)
+MAX_BLOCK = 2**20  # context length in tokens (and every seq_len and attention window)
+MAX_WIDTH = 2**20  # embed_dim and head_dim (the widest language models are ~25k wide)
+MAX_DEPTH = 1024  # layers (the deepest language models have ~130)
+MAX_HEADS = 1024  # attention heads per layer
+MAX_EXPERTS = 4096  # MoE experts per layer, and top-k (the largest MoE models route over 256)
+MAX_MLP_RATIO = 64.0  # hidden units per embedding dimension (4 is usual)
+MAX_BATCH = 2**16  # sequences in one batch
+MAX_STEPS = 10**8  # optimizer steps (and checkpoint, evaluation and log intervals): 10**8 steps
+#                    of even 10 ms each is a year
+MAX_TOKENS = 2**30  # tokens of one evaluation (1 GiB of bytes)
+MAX_CORPUS_BYTES = 2**50  # a cap on the corpus size (1 PiB)
+MAX_THREADS = 4096  # CPU threads
+MAX_SECONDS = 3600.0  # a time limit or pause of one measurement
+MAX_INT4_BLOCK = 2**16  # a weight block of int4 MatMulNBits (a power of two; 32 is usual)
+MAX_WORKERS = 1024  # search worker processes sharing one study
+MAX_PICK = 1000  # characters of an export pick: an index, an arch key or a rule is far shorter
 
 NormKind = Literal["layernorm", "rmsnorm", "dyt"]
 Placement = Literal["pre", "post", "peri"]
 AttentionKind = Literal["softmax", "linear", "window"]
 FfnKind = Literal["mlp", "swiglu", "moe"]
-WeightBits = Literal[16, 8, 4]
 
 NORM_KINDS: tuple[str, ...] = ("layernorm", "rmsnorm", "dyt")
 PLACEMENTS: tuple[str, ...] = ("pre", "post", "peri")
@@ -26,10 +50,29 @@ FFN_KINDS: tuple[str, ...] = ("mlp", "swiglu", "moe")
 WEIGHT_BITS: tuple[int, ...] = (16, 8, 4)
 
 
-class Section(BaseModel):
-    """A config section: strict types, unknown keys rejected with the list of allowed keys."""
+def int_choice(*allowed: int):
+    """An integer that must be one of `allowed`. A `Literal[16, 8, 4]` would also take 8.0; this
+    follows the rule of every other integer field (strict: no floats, no booleans, no strings)."""
+    expected = ", ".join(map(str, allowed[:-1])) + f" or {allowed[-1]}" if len(allowed) > 1 else str(allowed[0])
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    def check(v: int) -> int:
+        if v not in allowed:
+            raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+        return v
+
+    return Annotated[int, AfterValidator(check)]
+
+
+WeightBits = int_choice(*WEIGHT_BITS)
+# a seed: numpy, torch, Optuna, pymoo and scikit-learn all take it (see MAX_SEED)
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description=f"random seed, an integer in 0..{MAX_SEED}")]
+
+
+class Section(BaseModel):
+    """A config section: strict types (an integer field takes integers only, never 12.0 or true),
+    finite numbers, unknown keys rejected with the list of allowed keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -62,26 +105,29 @@ def _choices_ok(values: list, what: str) -> list:
     return values
 
 
-def _positive_ints(values: list[int]) -> list[int]:
+def _positive_ints(values: list[int], most: int) -> list[int]:
     _choices_ok(values, "choice")
     bad = [v for v in values if v <= 0]
     if bad:
         raise ValueError(f"must be positive integers, got {bad[0]}")
+    big = [v for v in values if v > most]
+    if big:
+        raise ValueError(f"must be at most {most}, got {big[0]}")
     return sorted(values)
 
 
 class PositiveIntDim(Section):
-    choices: list[int]
+    choices: list[int] = Field(description=f"attention heads per layer, each in 1..{MAX_HEADS}")
     per_layer: bool = True
+
     @field_validator("choices")
     @classmethod
     def check_choices(cls, v):
-        return _positive_ints(v)
-
+        return _positive_ints(v, MAX_HEADS)
 
 
 class RatioDim(Section):
-    choices: list[float]
+    choices: list[float] = Field(description=f"hidden units per embedding dimension, each in (0, {MAX_MLP_RATIO:g}]")
     per_layer: bool = True
 
     @field_validator("choices", mode="before")
@@ -98,33 +144,37 @@ class RatioDim(Section):
         bad = [x for x in v if x <= 0]
         if bad:
             raise ValueError(f"must be positive numbers, got {bad[0]}")
+        big = [x for x in v if x > MAX_MLP_RATIO]
+        if big:
+            raise ValueError(f"must be at most {MAX_MLP_RATIO:g}, got {big[0]:g}")
         return sorted(v)
 
 
 class NormDim(Section):
     choices: list[NormKind]
     per_layer: bool = True
+
     @field_validator("choices")
     @classmethod
     def check_choices(cls, v):
         return _choices_ok(v, "norm kind")
 
 
-
 class PlacementDim(Section):
     choices: list[Placement]
     per_layer: bool = False
+
     @field_validator("choices")
     @classmethod
     def check_choices(cls, v):
         return _choices_ok(v, "placement")
 
 
-
 class AttentionDim(Section):
     choices: list[AttentionKind]
     per_layer: bool = True
-    windows: list[int] = Field(default_factory=lambda: [32])
+    windows: list[int] = Field(default_factory=lambda: [32], description=f"window sizes in tokens, each in 1..{MAX_BLOCK}")
+
     @field_validator("choices")
     @classmethod
     def check_choices(cls, v):
@@ -133,30 +183,24 @@ class AttentionDim(Section):
     @field_validator("windows")
     @classmethod
     def check_windows(cls, v):
-        return _positive_ints(v)
-
+        return _positive_ints(v, MAX_BLOCK)
 
 
 class FfnDim(Section):
     choices: list[FfnKind]
     per_layer: bool = True
-    experts: list[int] = Field(default_factory=lambda: [4])
-    top_k: list[int] = Field(default_factory=lambda: [1, 2])
+    experts: list[int] = Field(default_factory=lambda: [4], description=f"experts per MoE layer, each in 2..{MAX_EXPERTS}")
+    top_k: list[int] = Field(default_factory=lambda: [1, 2], description=f"experts per token, each in 1..{MAX_EXPERTS}")
+
     @field_validator("choices")
     @classmethod
     def check_choices(cls, v):
         return _choices_ok(v, "FFN kind")
 
-    @field_validator("experts")
+    @field_validator("experts", "top_k")
     @classmethod
-    def check_experts(cls, v):
-        return _positive_ints(v)
-
-    @field_validator("top_k")
-    @classmethod
-    def check_k(cls, v):
-        return _positive_ints(v)
-
+    def check_counts(cls, v):
+        return _positive_ints(v, MAX_EXPERTS)
 
     @model_validator(mode="after")
     def _k_fits(self) -> FfnDim:
@@ -170,21 +214,21 @@ class FfnDim(Section):
 class BitsDim(Section):
     choices: list[WeightBits]
     per_layer: bool = True
+
     @field_validator("choices")
     @classmethod
     def check_choices(cls, v):
         return _choices_ok(v, "bit width")
 
 
-
 class SearchSpaceConfig(Section):
     """Choices of every searchable dimension, plus the fixed model hyperparameters they live in."""
 
-    vocab_size: int = Field(default=256, gt=0)
-    block_size: int = Field(default=128, gt=0)
-    head_dim: int = Field(default=16, gt=0)
-    depth: list[int] = Field(default_factory=lambda: [2, 3, 4])
-    embed_dim: list[int] = Field(default_factory=lambda: [64, 96, 128])
+    vocab_size: int = Field(default=256, gt=0, le=MAX_VOCAB, description=f"tokens, 1..{MAX_VOCAB}")
+    block_size: int = Field(default=128, gt=0, le=MAX_BLOCK, description=f"context length in tokens, 1..{MAX_BLOCK}")
+    head_dim: int = Field(default=16, gt=0, le=MAX_WIDTH, description=f"width of one attention head, 1..{MAX_WIDTH}")
+    depth: list[int] = Field(default_factory=lambda: [2, 3, 4], description=f"layer counts, each in 1..{MAX_DEPTH}")
+    embed_dim: list[int] = Field(default_factory=lambda: [64, 96, 128], description=f"widths, each in 1..{MAX_WIDTH}")
     n_heads: PositiveIntDim = PositiveIntDim(choices=[2, 4])
     mlp_ratio: RatioDim = RatioDim(choices=[2.0, 3.0, 4.0])
     norm: NormDim = NormDim(choices=["layernorm", "rmsnorm", "dyt"])
@@ -201,13 +245,12 @@ class SearchSpaceConfig(Section):
     @field_validator("depth")
     @classmethod
     def check_depth(cls, v):
-        return _positive_ints(v)
+        return _positive_ints(v, MAX_DEPTH)
 
     @field_validator("embed_dim")
     @classmethod
     def check_embed_dim(cls, v):
-        return _positive_ints(v)
-
+        return _positive_ints(v, MAX_WIDTH)
 
     @model_validator(mode="after")
     def _consistent(self) -> SearchSpaceConfig:

@@ -98,3 +98,36 @@ def read_json(path: str | Path, what: str, fix: str, kind: type = dict) -> Any:
     if not isinstance(doc, kind):
         raise ArtifactError(f"{path}: the {what} should be a JSON {kind.__name__}, got {type(doc).__name__}; {fix}")
     return doc
+
+
+def unwritable(path: str | Path, folder: bool) -> str | None:
+    """Why `path` (a folder when `folder`, else a file) cannot be written or created, or None if
+    it can: it exists as the other kind, a parent is a file, or the nearest existing folder refuses
+    a new file. Creates nothing (the probe file is anonymous), so it is safe before any work."""
+    if not str(path).strip() or "\0" in str(path):
+        return "is not a path (empty, or holds a NUL character)"
+    try:
+        return _unwritable(Path(path).absolute(), folder)
+    except (OSError, ValueError) as e:  # a name too long, a NUL byte, a loop of links
+        return f"cannot be used as a path ({getattr(e, 'strerror', None) or e})"
+
+
+def _unwritable(path: Path, folder: bool) -> str | None:
+    if path.exists():
+        if folder != path.is_dir():
+            return "exists and is not a folder" if folder else "is a folder"
+        if not os.access(path, os.W_OK | (os.X_OK if folder else 0)):
+            return "is not writable"
+        if not folder:
+            return None
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        return f"cannot write in {existing} ({e.strerror or e})"
+    return None

@@ -34,6 +34,7 @@ from .checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkp
 from .config import TrainConfig
 from .data import Corpus, build_corpus
 from .evaluate import evaluate
+from .memory import check_fits
 from .model import Supernet
 
 
@@ -181,6 +182,8 @@ class Trainer:
             raise TrainingError(f"train.seq_len: {self.seq_len} exceeds search_space.block_size {space_cfg.block_size}")
         if cfg.batch_size % self.dist.world:
             raise TrainingError(f"train.batch_size: {cfg.batch_size} is not divisible by the {self.dist.world} ranks")
+        check_fits(space_cfg, "train", cfg.batch_size // self.dist.world, self.seq_len, "train.batch_size", str(self.device),
+                   ema=cfg.ema_decay > 0)
 
     # --- setup ------------------------------------------------------------------------------------
     def _corpus(self) -> Corpus:

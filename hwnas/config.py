@@ -95,12 +95,13 @@ class ExperimentConfig(Section):
     def run_path(self) -> Path:
         return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
 
-    def claim_run_dir(self, run_dir: str | Path | None = None) -> None:
-        """Refuse a run directory (default: this config's) that belongs to another experiment
-        before anything is written there; record this one as its owner (`search_space.rundir`)."""
+    def check_run_dir(self, run_dir: str | Path | None = None) -> None:
+        """Refuse a run directory (default: this config's) that belongs to another experiment or is
+        not a run directory (`search_space.rundir`); writes nothing (each stage records the owner
+        when it starts writing)."""
         from hwnas.search_space.rundir import claim_run_dir
 
-        claim_run_dir(run_dir or self.run_path, self.search_space.model_dump(mode="json"), self.seed, self.name)
+        claim_run_dir(run_dir or self.run_path, self.search_space.model_dump(mode="json"), self.seed, self.name, write=False)
 
 
 def _loc(loc: tuple) -> str:

@@ -104,7 +104,7 @@ class Pipeline:
         ]
 
     def run(self) -> dict[str, Any]:
-        self.cfg.claim_run_dir()
+        self.cfg.check_run_dir()
         state = self.state()
         invalid = False
         for stage in self.stages():
@@ -126,11 +126,10 @@ class Pipeline:
 def run_stage(cfg: ExperimentConfig, name: str, progress: bool = True) -> dict[str, Any] | None:
     """Run one stage of `cfg` in this process; returns its JSON-able summary."""
     rd = cfg.run_path
-    cfg.claim_run_dir()
     if name == "train":
         from hwnas.supernet.train import train
 
-        return train(cfg.search_space, cfg.train, rd, seed=cfg.seed, progress=progress)
+        return train(cfg.search_space, cfg.train, rd, seed=cfg.seed, progress=progress, name=cfg.name)
     if name == "latency":
         from hwnas.latency.build import run_latency
         from hwnas.latency.fidelity import fidelity_report_fresh
@@ -140,7 +139,7 @@ def run_stage(cfg: ExperimentConfig, name: str, progress: bool = True) -> dict[s
         out = {}
         for device in cfg.latency.devices:
             for backend in cfg.latency.backends:
-                run_latency(space, cfg.latency, rd, device, backend, progress=progress)
+                run_latency(space, cfg.latency, rd, device, backend, progress=progress, seed=cfg.seed, name=cfg.name)
                 if cfg.latency.n_fidelity:
                     r = fidelity_report_fresh(cfg.search_space, cfg.latency, rd, device, backend, progress=progress)
                     out[f"{device}/{backend}"] = r["prediction"] | {"proxies": r["proxies"]}
@@ -148,12 +147,12 @@ def run_stage(cfg: ExperimentConfig, name: str, progress: bool = True) -> dict[s
     if name == "predictors":
         from hwnas.predictors.stage import run_predictors
 
-        r = run_predictors(cfg.search_space, cfg.predictors, rd, seed=cfg.seed, progress=progress)
+        r = run_predictors(cfg.search_space, cfg.predictors, rd, seed=cfg.seed, progress=progress, name=cfg.name)
         return {"model": r["model"], "heldout": r["heldout"], "eval_seconds_per_subnet": r["eval_seconds_per_subnet"]}
     if name == "search":
         from hwnas.search.stage import run_search
 
-        return run_search(cfg.search_space, cfg.search, rd, seed=cfg.seed, latency_cfg=cfg.latency, progress=progress)
+        return run_search(cfg.search_space, cfg.search, rd, seed=cfg.seed, latency_cfg=cfg.latency, progress=progress, name=cfg.name)
     if name == "export":
         from hwnas.export import run_export
 

@@ -198,13 +198,14 @@ def validate_front(space: SearchSpace, front: ParetoFront, cfg: SearchConfig, ru
 
 
 def run_search(space_cfg: SearchSpaceConfig, cfg: SearchConfig, run_dir: str | Path, seed: int = 0, latency_cfg=None,
-               workers: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run the search stage in `run_dir`; returns a summary."""
+               workers: int | None = None, progress: bool = True, name: str | None = None) -> dict[str, Any]:
+    """Run the search stage in `run_dir`; returns a summary. `name`: the experiment's (the run
+    directory must belong to it, `search_space.rundir`)."""
     from hwnas.search_space.tracking import Tracker
 
     run_dir = Path(run_dir)
     out = run_dir / "search"
-    claim_run_dir(run_dir, space_cfg.model_dump(mode="json"), seed)
+    claim_run_dir(run_dir, space_cfg.model_dump(mode="json"), seed, name)
     space = SearchSpace(space_cfg)
     objectives = load_objectives(space, cfg, run_dir)
     # the supernet, corpus and predictor report the validation reads: checked before anything is written

@@ -54,25 +54,29 @@ def _lookup(doc: Any, path: str) -> Any:
     return doc
 
 
-def claim_run_dir(run_dir: str | Path, search_space: dict[str, Any], seed: int | None = None, name: str | None = None) -> None:
+def claim_run_dir(run_dir: str | Path, search_space: dict[str, Any], seed: int | None = None, name: str | None = None,
+                  write: bool = True) -> None:
     """Refuse `run_dir` if it belongs to another experiment (another name, search space or seed)
-    or is not a run directory; else record this experiment as its owner (when not yet recorded).
-    `search_space`: the search-space section as JSON (`model_dump(mode="json")`). `seed`, `name`:
-    None when the caller does not know them (a library call): they are not compared then, and
-    recorded by the first call that knows them."""
+    or is not a run directory; else record this experiment as its owner (when not yet recorded;
+    `write=False`: only check, as a command does before the stage that writes). `search_space`:
+    the search-space section as JSON (`model_dump(mode="json")`). `seed`, `name`: None when the
+    caller does not know them (a library call): they are not compared then, and recorded by the
+    first call that knows them."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"{run_dir}: run_dir exists and is not a folder; set run_dir to a folder")
     path = run_dir / RUN_FILE
     ours = {"name": name, "search_space": search_space, "seed": seed}
     if path.exists():
-        _check_owner(path, ours)
+        _check_owner(path, ours, write)
         return
     _refuse_foreign(run_dir)  # before anything is made: nothing is written into a foreign folder
+    if not write:
+        return
     run_dir.mkdir(parents=True, exist_ok=True)
     with file_lock(run_dir):
         if path.exists():  # another process claimed it meanwhile
-            _check_owner(path, ours)
+            _check_owner(path, ours, write)
             return
         _refuse_foreign(run_dir)
         import hwnas
@@ -88,7 +92,7 @@ def _refuse_foreign(run_dir: Path) -> None:
                           "hwnas made it); set run_dir (or name) to a new folder")
 
 
-def _check_owner(path: Path, ours: dict[str, Any]) -> None:
+def _check_owner(path: Path, ours: dict[str, Any], write: bool) -> None:
     theirs = read_json(path, "run record", "it records which experiment the run directory belongs to; restore it, or "
                                            "set run_dir to a new folder")
     if theirs.get("format") != FORMAT:
@@ -106,5 +110,5 @@ def _check_owner(path: Path, ours: dict[str, Any]) -> None:
         raise RunDirError(f"{path.parent}: belongs to {owner} with another search space (search_space.{where}: "
                           f"{there!r} there, {here!r} in this config); {advice}")
     learnt = {k: ours[k] for k in ("name", "seed") if ours[k] is not None and theirs.get(k) is None}
-    if learnt:  # a library call claimed it first: record what this caller knows
+    if learnt and write:  # a library call claimed it first: record what this caller knows
         atomic_write_json(path, theirs | learnt)

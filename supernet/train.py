@@ -163,8 +163,8 @@ class Trainer:
     """Train the supernet of `space_cfg` in `run_dir` (resuming from its checkpoint if present)."""
 
     def __init__(self, space_cfg: SearchSpaceConfig, cfg: TrainConfig, run_dir: str | Path, seed: int = 0,
-                 progress: bool = True, on_step_end: Callable[[int], None] | None = None):
-        self.space_cfg, self.cfg, self.seed = space_cfg, cfg, seed
+                 progress: bool = True, on_step_end: Callable[[int], None] | None = None, name: str | None = None):
+        self.space_cfg, self.cfg, self.seed, self.name = space_cfg, cfg, seed, name
         self.run_dir = Path(run_dir)
         self.train_dir = self.run_dir / "train"
         self.ckpt_path = self.train_dir / "checkpoint.safetensors"
@@ -270,7 +270,7 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         if self.dist.is_main:
-            claim_run_dir(self.run_dir, self.space_cfg.model_dump(mode="json"), self.seed)
+            claim_run_dir(self.run_dir, self.space_cfg.model_dump(mode="json"), self.seed, self.name)
             if self.ckpt_path.exists():
                 self.manifest.verify(self.ckpt_path.name)  # before anything is written: a damaged one is refused as it is
         corpus = self._corpus()
@@ -345,9 +345,11 @@ class Trainer:
         return out
 
 
-def train(space_cfg: SearchSpaceConfig, cfg: TrainConfig, run_dir: str | Path, seed: int = 0, progress: bool = True) -> dict[str, Any]:
-    """Train (or resume training) the supernet in `run_dir`; returns the final summary."""
-    return Trainer(space_cfg, cfg, run_dir, seed=seed, progress=progress).run()
+def train(space_cfg: SearchSpaceConfig, cfg: TrainConfig, run_dir: str | Path, seed: int = 0, progress: bool = True,
+          name: str | None = None) -> dict[str, Any]:
+    """Train (or resume training) the supernet in `run_dir`; returns the final summary. `name`:
+    the experiment's, recorded as the run directory's owner (`search_space.rundir`)."""
+    return Trainer(space_cfg, cfg, run_dir, seed=seed, progress=progress, name=name).run()
 
 
 def verify_supernet(run_dir: str | Path) -> str:

@@ -54,6 +54,30 @@ class _Loader(yaml.SafeLoader):
 
 
 _Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+MAX_NODES = 100_000  # values a config may hold once its YAML aliases are expanded (the quickstart: ~100)
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """How many values the document rooted at `root` holds once every alias is expanded (a shared
+    node counts once per use), computed without expanding anything; a `ConstructorError` for an
+    alias that contains itself."""
+    size: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in size:
+            continue
+        kids = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else \
+            node.value if isinstance(node, yaml.SequenceNode) else []
+        if children_done:
+            size[id(node)] = 1 + sum(size[id(k)] for k in kids)
+            continue
+        if any(k is node for k in kids) or (id(node), None) in size:
+            raise ConstructorError(None, None, "an alias that contains itself", node.start_mark)
+        size[(id(node), None)] = 0  # on the path: meeting it again below is a cycle
+        stack.append((node, True))
+        stack.extend((k, False) for k in kids if id(k) not in size)
+    return size[id(root)]
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -166,7 +190,15 @@ def load_config(path: str | Path) -> ExperimentConfig:
     except (OSError, UnicodeDecodeError) as e:  # unreadable, or not text: still one line, no traceback
         raise ConfigError(f"{path}: cannot read config file: {e}") from None
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+        loader = _Loader(text)
+        try:
+            node = loader.get_single_node()
+            if node is not None and (n := _expanded_size(node)) > MAX_NODES:
+                raise ConstructorError(None, None, f"it expands to {n:,} values through its aliases (at most {MAX_NODES:,})",
+                                       node.start_mark)
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

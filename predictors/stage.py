@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from hwnas.search_space import ArchConfig, SearchSpace, SearchSpaceConfig
+from hwnas.search_space import ArchConfig, SearchSpace, SearchSpaceConfig, legacy_seed
 from hwnas.search_space.io import atomic_write_text
 from hwnas.search_space.manifest import Manifest
 from hwnas.search_space.rundir import claim_run_dir
@@ -121,6 +121,7 @@ def fit_and_report(space_cfg: SearchSpaceConfig, cfg: PredictorsConfig, fit: lis
     `alt_features`, named `model` and `model[groups]`) on the fit set, pick the best Kendall tau,
     refit each on the whole fit set and judge it on the held-out set. Returns (chosen predictor,
     report)."""
+    seed = legacy_seed(seed)  # scikit-learn takes 32-bit seeds
     sets = {"": tuple(cfg.features)} | {f"[{'+'.join(g)}]": tuple(g) for g in cfg.alt_features}
     candidates: dict[str, dict[str, Any]] = {}
     fitted: dict[str, AccuracyPredictor] = {}

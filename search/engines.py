@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hwnas.search_space import ArchConfig, HwnasError, SearchSpace, as_rng
+from hwnas.search_space import ArchConfig, HwnasError, SearchSpace, as_rng, legacy_seed
 
 from .objectives import ObjectiveSet
 from .pareto import Candidate, ParetoFront
@@ -73,6 +73,7 @@ def make_sampler(algorithm: str, seed: int, population: int):
     """An Optuna sampler; constraints reach it through `trial.set_constraint` (Optuna >= 5)."""
     import optuna
 
+    seed = legacy_seed(seed)
     if algorithm == "nsga2":
         return optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
     if algorithm == "nsga3":
@@ -170,7 +171,7 @@ class PymooEngine(SearchEngine):
         ops = dict(sampling=ArchSampling(self.space), crossover=ArchCrossover(self.space), mutation=ArchMutation(self.space, self.mutation_p),
                    eliminate_duplicates=ArchDuplicates())
         if self.algorithm == "nsga3":
-            ref_dirs = get_reference_directions("energy", n_objectives, self.population, seed=self.seed) if n_objectives > 1 else np.array([[1.0]])
+            ref_dirs = get_reference_directions("energy", n_objectives, self.population, seed=legacy_seed(self.seed)) if n_objectives > 1 else np.array([[1.0]])
             return NSGA3(ref_dirs=ref_dirs, pop_size=self.population, **ops)
         if self.algorithm == "smsemoa":
             return SMSEMOA(pop_size=self.population, **ops)
@@ -200,7 +201,7 @@ class PymooEngine(SearchEngine):
                     progress(len(archs))
 
         minimize(ArchProblem(), engine._algorithm(len(objectives.names)), get_termination("n_eval", budget),
-                 seed=self.seed, verbose=False)
+                 seed=legacy_seed(self.seed), verbose=False)
         return front
 
 

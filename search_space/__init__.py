@@ -4,9 +4,9 @@ from .arch import ArchConfig, LayerConfig
 from .config import SearchSpaceConfig
 from .errors import ArchError, ConfigError, HwnasError
 from .metrics import LINEAR_CHUNK, ModelDims
-from .space import Gene, SearchSpace, as_rng
+from .space import Gene, SearchSpace, as_rng, legacy_seed
 
 __all__ = [
     "ArchConfig", "ArchError", "ConfigError", "Gene", "HwnasError", "LINEAR_CHUNK", "LayerConfig",
-    "ModelDims", "SearchSpace", "SearchSpaceConfig", "as_rng",
+    "ModelDims", "SearchSpace", "SearchSpaceConfig", "as_rng", "legacy_seed",
 ]

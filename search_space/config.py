@@ -18,8 +18,9 @@ from pydantic_core import PydanticCustomError
 # `1e9`) is one line naming the field instead of an allocation failure or a run that never ends.
 # The bounds sit far above anything one machine trains; whether a config's supernet really fits
 # in this machine's memory is checked by the stages that build it (hwnas.supernet.memory).
-MAX_SEED = 2**31 - 1  # numpy's legacy RandomState (pymoo, Optuna's samplers, scikit-learn) takes seeds
-#                       below 2**32, and hwnas derives a few seeds by adding small offsets to yours
+MAX_SEED = 2**63 - 1  # a signed 64-bit integer, as torch takes it; libraries that take only 32-bit seeds
+#                       (numpy's legacy RandomState: pymoo, Optuna's samplers, scikit-learn) get one derived
+#                       from all of its bits (search_space.space.legacy_seed)
 MAX_VOCAB = 2**20  # tokens: above every tokenizer in use (~256k); hwnas models bytes (256)
 MAX_BLOCK = 2**20  # context length in tokens (and every seq_len and attention window)
 MAX_WIDTH = 2**20  # embed_dim and head_dim (the widest language models are ~25k wide)
@@ -64,7 +65,7 @@ def int_choice(*allowed: int):
 
 
 WeightBits = int_choice(*WEIGHT_BITS)
-# a seed: numpy, torch, Optuna, pymoo and scikit-learn all take it (see MAX_SEED)
+# a seed: numpy and torch take it as is, 32-bit libraries a seed derived from it (see MAX_SEED)
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description=f"random seed, an integer in 0..{MAX_SEED}")]
 
 

@@ -31,6 +31,13 @@ def as_rng(rng: Rng) -> np.random.Generator:
     return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
 
 
+def legacy_seed(seed: int) -> int:
+    """`seed` for a library that takes numpy's legacy RandomState seeds, 0..2**32-1 (pymoo, Optuna's
+    samplers, scikit-learn): the seed itself when it fits, else a 32-bit seed derived from all of
+    its bits (so seeds up to 2**63-1 work everywhere, and the usual small ones change nothing)."""
+    return seed if 0 <= seed < 2**32 else int(np.random.SeedSequence(seed).generate_state(1)[0])
+
+
 @dataclass(frozen=True)
 class Gene:
     name: str  # "depth", "embed_dim", "norm" (shared by all layers) or "norm[2]" (layer 2's)

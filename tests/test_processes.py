@@ -5,6 +5,7 @@
 - `OptunaEngine.fill`, the loop every worker runs: several processes racing for the last trials,
   RUNNING trials left by a killed process, and another process's live trial never push a study
   past its budget, and a dead trial never makes a resume wait.
+- Data-parallel training: the ranks of `torchrun ... hwnas train` die with a killed agent.
 - `die_with_parent` / `wait_all`: a child whose parent died before it could arrange to die with it
   exits at once; a failing child stops its siblings.
 """
@@ -29,7 +30,7 @@ from hwnas.search.engines import OptunaEngine, open_storage
 from hwnas.search.pareto import ParetoFront
 from hwnas.search_space.isolate import Isolated, wait_all
 from tests.test_search import SPACE, analytic
-from tests.tiny import HWNAS, hwnas
+from tests.tiny import HWNAS, hwnas, stdlib_text, tiny_config, write_config
 
 COMPLETE, RUNNING, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL
 BUDGET = 24  # the tiny search's trials take ~0.1-0.5 s each on 2 cores (SQLite commits)
@@ -66,19 +67,23 @@ def _descendants(root: int) -> dict[int, str]:
 
 
 def _survivors(procs: dict[int, str], wait_s: float = 10) -> list[int]:
-    """The processes of `procs` still alive (the same start time) after up to `wait_s` seconds."""
+    """The processes of `procs` still alive (the same start time) after up to `wait_s` seconds;
+    killed, so that a failing test leaves nothing running."""
     deadline = time.time() + wait_s
     while True:
         alive = [pid for pid, start in procs.items() if _start_time(pid) == start]
         if not alive or time.time() > deadline:
-            return alive
+            break
         time.sleep(0.1)
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    return alive
 
 
 # --- the tiny run, searched by Optuna with two workers ------------------------------------------
 def _optuna_config(config: Path, storage: str | None = None) -> Path:
     cfg = yaml.safe_load(config.read_text())
-    cfg["search"].update(engine="optuna", budget=BUDGET, population=10, validate_top=1)
+    cfg["search"].update(engine="optuna", budget=BUDGET, population=10, validate_top=0)
     if storage:
         cfg["search"]["storage"] = storage
     config.write_text(yaml.safe_dump(cfg))
@@ -295,6 +300,38 @@ def test_a_stale_running_trial_is_failed_not_completed_later(tmp_path):
     engine._evaluate(study, held, engine.objective(analytic()), None)  # the owner finishes anyway
     (trial,) = _trials(storage)
     assert trial.state == FAIL
+
+
+# --- data-parallel training ----------------------------------------------------------------------
+def test_ddp_ranks_die_with_a_killed_torchrun(tmp_path):
+    """torchrun starts the ranks in sessions of their own: killed, it used to leave them training."""
+    import socket
+
+    cfg = tiny_config(tmp_path / "run", stdlib_text(tmp_path / "text"))
+    cfg["train"].update(steps=5000, ckpt_every=100, eval_every=5000)
+    config = write_config(tmp_path / "tiny.yaml", cfg)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    hwnas_bin = str(Path(sys.executable).parent / "hwnas")
+    agent = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                              f"--master_port={port}", hwnas_bin, "train", str(config), "--no-progress"],
+                             env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "train" / "metrics.jsonl"
+    deadline = time.time() + 180
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        assert agent.poll() is None, agent.communicate()[1][-3000:]
+        assert time.time() < deadline, "no training steps after 180 s"
+        time.sleep(0.3)
+    ranks = _descendants(agent.pid)
+    assert len(ranks) >= 2, ranks
+    agent.send_signal(signal.SIGKILL)
+    agent.communicate(timeout=30)
+    assert not _survivors(ranks), "the ranks outlived their killed torchrun agent"
+    steps = len(metrics.read_text().splitlines())
+    time.sleep(2)
+    assert len(metrics.read_text().splitlines()) == steps
 
 
 # --- die_with_parent, wait_all -------------------------------------------------------------------

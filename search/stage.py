@@ -145,7 +145,7 @@ def run_optuna(space: SearchSpace, cfg: SearchConfig, objectives: ObjectiveSet, 
             shown = done
 
         args = (space.config.model_dump_json(), cfg.model_dump_json(), str(run_dir), seed)
-        wait_all([Isolated(_optuna_worker, *args, i, storage) for i in range(workers)], poll=poll if progress else None)
+        wait_all([Isolated(_optuna_worker, *args, i, storage) for i in range(workers)], grace=2, poll=poll if progress else None)
     else:
         engine.fill(objectives, cfg.budget, progress=progress, study=study)
     return engine.front_of(study, objectives, front, cfg.budget)

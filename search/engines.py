@@ -60,6 +60,37 @@ def default_storage(run_dir: str | Path) -> str:
     return f"sqlite:///{Path(run_dir).resolve() / 'study.db'}"
 
 
+def _journal_lock(path: Path):
+    """The journal file's lock as an `flock` on `<path>.flock`, which the kernel releases when its
+    holder dies: a worker killed while appending (the lock is held through an fsync) does not leave
+    the study locked, as Optuna's default symlink lock does for its 30 s grace period."""
+    import fcntl
+
+    from optuna.storages.journal import JournalFileOpenLock
+
+    class FlockLock(JournalFileOpenLock):  # (Optuna's lock base class is not public: reuse its interface)
+        def __init__(self) -> None:
+            super().__init__(str(path))
+            self.fd: int | None = None
+
+        def acquire(self) -> bool:
+            fd = os.open(f"{path}.flock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(fd)
+                raise
+            self.fd = fd
+            return True
+
+        def release(self) -> None:
+            fd, self.fd = self.fd, None
+            if fd is not None:
+                os.close(fd)  # closing the only descriptor drops the lock
+
+    return FlockLock()
+
+
 def open_storage(url: str):
     """An Optuna storage from a URL: `journal:<path>` for a journal file, else an RDB URL."""
     import optuna
@@ -68,7 +99,7 @@ def open_storage(url: str):
     if url.startswith("journal:"):
         path = Path(url.removeprefix("journal:"))
         path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=_journal_lock(path)))
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.RDBStorage(url)  # no heartbeat: `fill` tells a dead trial by its owner (see `_is_stale`)
@@ -201,7 +232,7 @@ class OptunaEngine(SearchEngine):
             trial = self._ask(study)
             if self._claimed_before(study, trial.number) >= budget:  # others claimed the last ones meanwhile
                 trial.set_user_attr("over_budget", True)
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                self._tell(study, trial.number, state=optuna.trial.TrialState.FAIL)
                 continue
             self._evaluate(study, trial, objective, progress)
 

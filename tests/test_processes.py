@@ -33,7 +33,6 @@ from tests.test_search import SPACE, analytic
 from tests.tiny import HWNAS, hwnas, stdlib_text, tiny_config, write_config
 
 COMPLETE, RUNNING, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL
-BUDGET = 24  # the tiny search's trials take ~0.1-0.5 s each on 2 cores (SQLite commits)
 
 
 # --- processes ---------------------------------------------------------------------------------
@@ -81,92 +80,114 @@ def _survivors(procs: dict[int, str], wait_s: float = 10) -> list[int]:
 
 
 # --- the tiny run, searched by Optuna with two workers ------------------------------------------
-def _optuna_config(config: Path, storage: str | None = None) -> Path:
-    cfg = yaml.safe_load(config.read_text())
-    cfg["search"].update(engine="optuna", budget=BUDGET, population=10, validate_top=0)
-    if storage:
-        cfg["search"]["storage"] = storage
-    config.write_text(yaml.safe_dump(cfg))
-    return config
+# Budgets: enough trials that the search is still running when it is killed (SQLite commits make
+# its trials ~0.1-0.5 s each on 2 cores; the journal's are ~20x faster), few enough to resume fast.
+BUDGETS = {"sqlite": 24, "journal": 200}
 
 
-def _study(run_dir: Path, storage: str | None):
-    url = storage or f"sqlite:///{run_dir / 'search' / 'study.db'}"
-    return optuna.load_study(study_name="hwnas", storage=open_storage(url))
+class Search:
+    """`hwnas search CONFIG --workers 2` on a copy of the tiny run, engine optuna, in a session of
+    its own (so a test can signal its whole process group, as a terminal's Ctrl-C does)."""
+
+    def __init__(self, tiny_run, kind: str):
+        self.config, self.run_dir = tiny_run
+        self.budget = BUDGETS[kind]
+        self.storage = f"journal:{self.run_dir / 'search' / 'study.journal'}" if kind == "journal" else None
+        cfg = yaml.safe_load(self.config.read_text())
+        cfg["search"].update(engine="optuna", budget=self.budget, population=10, validate_top=0, storage=self.storage)
+        self.config.write_text(yaml.safe_dump(cfg))
+        self.proc: subprocess.Popen | None = None
+
+    def states(self) -> dict[str, int]:
+        """{state name: trials} of the run's study; {} before it exists."""
+        url = self.storage or f"sqlite:///{self.run_dir / 'search' / 'study.db'}"
+        try:
+            trials = optuna.load_study(study_name="hwnas", storage=open_storage(url)).get_trials(deepcopy=False)
+        except KeyError:  # no study yet
+            return {}
+        out: dict[str, int] = {}
+        for t in trials:
+            out[t.state.name] = out.get(t.state.name, 0) + 1
+        return out
+
+    def start(self, at_least: int = 4) -> dict[int, str]:
+        """Start the search; return its descendants (the workers) once its study holds `at_least`
+        complete trials."""
+        self.stderr = open(self.run_dir.parent / "search.stderr", "w+")  # noqa: SIM115  (closed in stop)
+        self.proc = subprocess.Popen([*HWNAS, "search", str(self.config), "--workers", "2", "--no-progress"],
+                                     env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
+                                     stdout=subprocess.DEVNULL, stderr=self.stderr, text=True)
+        deadline = time.time() + 180
+        while self.states().get("COMPLETE", 0) < at_least:
+            assert self.proc.poll() is None, f"the search ended early ({self.proc.returncode}): {self.error()}"
+            assert time.time() < deadline, "no trials after 180 s"
+            time.sleep(0.2)
+        workers = _descendants(self.proc.pid)
+        assert len(workers) >= 2, workers
+        return workers
+
+    def error(self) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read()[-3000:]
+
+    def stop(self) -> None:
+        """Kill whatever of the search's process group is left (after a failed check)."""
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+            self.stderr.close()
+
+    def stops_growing(self) -> int:
+        """The number of trials, after checking it does not change for 2 s."""
+        before = sum(self.states().values())
+        time.sleep(2)
+        after = sum(self.states().values())
+        assert after == before, f"trials went on being added after the search was killed: {before} -> {after}"
+        return after
+
+    def resume_ends_at_budget(self) -> None:
+        t0 = time.time()
+        proc = hwnas("search", str(self.config), "--workers", "2", "--no-progress", timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        states = self.states()
+        assert states.get("COMPLETE") == self.budget, states
+        assert "RUNNING" not in states, states  # the killed run's trials were failed, none left hanging
+        summary = yaml.safe_load((self.run_dir / "search" / "summary.json").read_text())
+        assert summary["candidates"] <= self.budget  # distinct archs among the first `budget` trials
+        assert time.time() - t0 < 150  # no wait for a dead trial (or a lock) to time out
 
 
-def _states(run_dir: Path, storage: str | None) -> dict[str, int]:
-    """{state name: trials} of the run's study; {} before it exists."""
-    try:
-        trials = _study(run_dir, storage).get_trials(deepcopy=False)
-    except KeyError:  # no study yet
-        return {}
-    out: dict[str, int] = {}
-    for t in trials:
-        out[t.state.name] = out.get(t.state.name, 0) + 1
-    return out
+@pytest.fixture
+def search(tiny_run, request):
+    s = Search(tiny_run, request.param)
+    yield s
+    s.stop()
 
 
-def _search_until_trials(config: Path, run_dir: Path, storage: str | None, at_least: int = 6) -> tuple[subprocess.Popen, dict[int, str]]:
-    """`hwnas search CONFIG --workers 2` started in its own session, once its study holds
-    `at_least` complete trials; with its descendants (the workers) as they are then."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([*HWNAS, "search", str(config), "--workers", "2", "--no-progress"], env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 180
-    while _states(run_dir, storage).get("COMPLETE", 0) < at_least:
-        assert proc.poll() is None, f"the search ended early ({proc.returncode}): {proc.communicate()[1][-3000:]}"
-        assert time.time() < deadline, "no trials after 180 s"
-        time.sleep(0.3)
-    workers = _descendants(proc.pid)
-    assert len(workers) >= 2, workers
-    return proc, workers
-
-
-def _trials_stop_growing(run_dir: Path, storage: str | None) -> int:
-    before = sum(_states(run_dir, storage).values())
-    time.sleep(2)
-    after = sum(_states(run_dir, storage).values())
-    assert after == before, f"trials went on being added after the search was killed: {before} -> {after}"
-    return after
-
-
-def _resume_ends_at_budget(config: Path, run_dir: Path, storage: str | None) -> None:
-    t0 = time.time()
-    proc = hwnas("search", str(config), "--workers", "2", "--no-progress", timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    states = _states(run_dir, storage)
-    assert states.get("COMPLETE") == BUDGET, states
-    assert "RUNNING" not in states, states  # the killed run's trials were failed, none left hanging
-    summary = yaml.safe_load((run_dir / "search" / "summary.json").read_text())
-    assert summary["candidates"] <= BUDGET  # distinct archs among the first BUDGET trials
-    assert time.time() - t0 < 150  # no wait for a dead trial to time out
-
-
-@pytest.mark.parametrize("sig,storage", [(signal.SIGKILL, None), (signal.SIGTERM, "journal")], ids=["SIGKILL-sqlite", "SIGTERM-journal"])
-def test_killed_search_leaves_no_worker_and_resumes_to_exactly_its_budget(tiny_run, sig, storage):
-    config, run_dir = tiny_run
-    storage = storage and f"journal:{run_dir / 'search' / 'study.journal'}"
-    _optuna_config(config, storage)
-    proc, workers = _search_until_trials(config, run_dir, storage)
-    proc.send_signal(sig)
-    proc.communicate(timeout=30)
-    assert proc.returncode == -sig
+@pytest.mark.parametrize("sig,search", [(signal.SIGKILL, "sqlite"), (signal.SIGTERM, "journal")], indirect=["search"],
+                         ids=["SIGKILL-sqlite", "SIGTERM-journal"])
+def test_killed_search_leaves_no_worker_and_resumes_to_exactly_its_budget(search, sig):
+    workers = search.start()
+    search.proc.send_signal(sig)
+    search.proc.wait(timeout=30)
+    assert search.proc.returncode == -sig, search.error()
     assert not _survivors(workers), f"workers outlived the search killed by {sig.name}"
-    assert _trials_stop_growing(run_dir, storage) < BUDGET
-    _resume_ends_at_budget(config, run_dir, storage)
+    assert search.stops_growing() < search.budget
+    search.resume_ends_at_budget()
 
 
-def test_ctrl_c_stops_the_workers(tiny_run):
+@pytest.mark.parametrize("search", ["sqlite"], indirect=True)
+def test_ctrl_c_stops_the_workers(search):
     """Ctrl-C in a terminal reaches the whole process group."""
-    config, run_dir = tiny_run
-    _optuna_config(config)
-    proc, workers = _search_until_trials(config, run_dir, None)
-    os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "hwnas: interrupted" in err, err[-3000:]
+    workers = search.start()
+    os.killpg(search.proc.pid, signal.SIGINT)
+    search.proc.wait(timeout=60)
+    assert search.proc.returncode == 130 and "hwnas: interrupted" in search.error(), search.error()
     assert not _survivors(workers), "workers outlived the interrupted search"
-    _trials_stop_growing(run_dir, None)
+    search.stops_growing()
 
 
 # --- fill: the budget, whoever else fills the study ----------------------------------------------
@@ -319,15 +340,18 @@ def test_ddp_ranks_die_with_a_killed_torchrun(tmp_path):
                              env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "run" / "train" / "metrics.jsonl"
-    deadline = time.time() + 180
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
-        assert agent.poll() is None, agent.communicate()[1][-3000:]
-        assert time.time() < deadline, "no training steps after 180 s"
-        time.sleep(0.3)
-    ranks = _descendants(agent.pid)
-    assert len(ranks) >= 2, ranks
-    agent.send_signal(signal.SIGKILL)
-    agent.communicate(timeout=30)
+    ranks: dict[int, str] = {}
+    try:
+        deadline = time.time() + 180
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+            assert agent.poll() is None, agent.communicate()[1][-3000:]
+            assert time.time() < deadline, "no training steps after 180 s"
+            time.sleep(0.3)
+        ranks = _descendants(agent.pid)
+        assert len(ranks) >= 2, ranks
+    finally:
+        agent.kill()
+        agent.communicate(timeout=30)
     assert not _survivors(ranks), "the ranks outlived their killed torchrun agent"
     steps = len(metrics.read_text().splitlines())
     time.sleep(2)

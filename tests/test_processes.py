@@ -191,12 +191,15 @@ def test_ctrl_c_stops_the_workers(search):
 
 
 # --- fill: the budget, whoever else fills the study ----------------------------------------------
-def _fill(storage: str, budget: int, worker: int) -> None:
-    OptunaEngine(SPACE, "nsga2", storage, population=10, seed=0).fill(analytic(), budget, worker=worker)
+def _fill(storage: str, budget: int, worker: int, studies: int = 1) -> None:
+    """`fill` each of `studies` studies ("hwnas", "hwnas-1", ...) of `storage` to `budget` trials."""
+    for i in range(studies):
+        name = "hwnas" if i == 0 else f"hwnas-{i}"
+        OptunaEngine(SPACE, "nsga2", storage, study_name=name, population=10, seed=0).fill(analytic(), budget, worker=worker)
 
 
-def _trials(storage: str):
-    return optuna.load_study(study_name="hwnas", storage=open_storage(storage)).get_trials(deepcopy=False)
+def _trials(storage: str, name: str = "hwnas"):
+    return optuna.load_study(study_name=name, storage=open_storage(storage)).get_trials(deepcopy=False)
 
 
 def _count(trials, state) -> int:
@@ -209,13 +212,15 @@ def _storages(tmp_path) -> list[str]:
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_racing_workers_fill_exactly_the_budget(tmp_path, kind):
+    """4 processes fill 6 studies in turn, each to 8 trials: 6 races for the last trials."""
     storage = dict(zip(["sqlite", "journal"], _storages(tmp_path), strict=True))[kind]
-    OptunaEngine(SPACE, "nsga2", storage, population=10, seed=0).study(analytic())
-    wait_all([Isolated(_fill, storage, 30, i) for i in range(4)])
-    trials = _trials(storage)
-    assert _count(trials, COMPLETE) == 30 and _count(trials, RUNNING) == 0
-    # a trial refused at the end was refused before it evaluated anything
-    assert all(t.user_attrs.get("over_budget") and not t.params for t in trials if t.state == FAIL)
+    OptunaEngine(SPACE, "nsga2", storage, population=10, seed=0).study(analytic())  # the schema, once
+    wait_all([Isolated(_fill, storage, 8, i, 6) for i in range(4)])
+    for name in ["hwnas"] + [f"hwnas-{i}" for i in range(1, 6)]:
+        trials = _trials(storage, name)
+        assert (_count(trials, COMPLETE), _count(trials, RUNNING)) == (8, 0), name
+        # a trial refused at the end was refused before it evaluated anything
+        assert all(t.user_attrs.get("over_budget") and not t.params for t in trials if t.state == FAIL)
 
 
 def test_racing_workers_on_postgresql(postgres_url):

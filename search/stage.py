@@ -11,7 +11,6 @@ tables and their fidelity reports, the supernet and corpus) is checked against i
 from __future__ import annotations
 
 import csv
-import multiprocessing as mp
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import numpy as np
 
 from hwnas.search_space import ArchConfig, SearchSpace, SearchSpaceConfig
 from hwnas.search_space.io import ArtifactError, read_json
+from hwnas.search_space.isolate import Isolated, wait_all
 from hwnas.search_space.manifest import RUN_FOLDERS, Manifest
 from hwnas.search_space.progress import progress_bar
 from hwnas.search_space.rundir import claim_run_dir
@@ -136,31 +136,35 @@ def fit_predictor_factory(space: SearchSpace):
     return fit
 
 
-def _optuna_worker(args: tuple) -> None:
-    space_json, cfg_json, run_dir, seed, n_trials, worker, storage = args
+def _optuna_worker(space_json: str, cfg_json: str, run_dir: str, seed: int, worker: int, storage: str) -> None:
     space = SearchSpace(SearchSpaceConfig.model_validate_json(space_json))
     cfg = SearchConfig.model_validate_json(cfg_json)
     objectives = load_objectives(space, cfg, Path(run_dir))
-    OptunaEngine(space, cfg.algorithm, storage, population=cfg.population, seed=seed).optimize(objectives, n_trials, worker=worker)
+    OptunaEngine(space, cfg.algorithm, storage, population=cfg.population, seed=seed).fill(objectives, cfg.budget, worker=worker)
 
 
 def run_optuna(space: SearchSpace, cfg: SearchConfig, objectives: ObjectiveSet, run_dir: Path, front: ParetoFront, seed: int,
                workers: int, progress=None) -> ParetoFront:
-    """The Optuna engine; with `workers` > 1, that many processes share the study's storage, each
-    running its share of the missing trials."""
+    """The Optuna engine; with `workers` > 1, that many processes (which die with this one) fill
+    the study's storage together, up to exactly `cfg.budget` complete trials."""
     storage = cfg.storage or default_storage(run_dir / "search")
     engine = OptunaEngine(space, cfg.algorithm, storage, population=cfg.population, seed=seed)
     study = engine.study(objectives)
-    remaining = cfg.budget - engine.complete_trials(study)
-    if remaining > 0 and workers > 1:
-        shares = [remaining // workers + (i < remaining % workers) for i in range(workers)]
-        args = [(space.config.model_dump_json(), cfg.model_dump_json(), str(run_dir), seed, n, i, storage)
-                for i, n in enumerate(shares) if n]
-        with mp.get_context("spawn").Pool(len(args)) as pool:
-            pool.map(_optuna_worker, args)
-    elif remaining > 0:
-        engine.optimize(objectives, remaining, progress=progress, study=study)
-    return engine.front_of(study, objectives, front)
+    shown = min(engine.complete_trials(study), cfg.budget)  # a resumed study's trials so far
+    if progress:
+        progress(shown)
+    if workers > 1 and shown < cfg.budget:
+        def poll() -> None:  # the workers' trials, on this process's progress bar
+            nonlocal shown
+            done = min(engine.complete_trials(study), cfg.budget)
+            progress(done - shown)
+            shown = done
+
+        args = (space.config.model_dump_json(), cfg.model_dump_json(), str(run_dir), seed)
+        wait_all([Isolated(_optuna_worker, *args, i, storage) for i in range(workers)], grace=2, poll=poll if progress else None)
+    else:
+        engine.fill(objectives, cfg.budget, progress=progress, study=study)
+    return engine.front_of(study, objectives, front, cfg.budget)
 
 
 def validate_front(space: SearchSpace, front: ParetoFront, cfg: SearchConfig, run_dir: Path, latency_cfg=None,

@@ -6,15 +6,20 @@ pieces timed by a fresh process (glibc heap and caches left by training; 40 trai
 enough for ~10%). So `hwnas run` runs every stage in its own process, and the search re-measures
 its front members in one.
 
-The child dies with its parent (Linux `PR_SET_PDEATHSIG`): a killed `hwnas run` leaves no stage
-running on behind it. An exception in the child is raised again in the parent: the same exception
-when it pickles, else a `HwnasError` (for hwnas errors: the same one-line message) or a
-`RuntimeError` carrying the child's traceback.
+The child dies with its parent (Linux `PR_SET_PDEATHSIG`, see `die_with_parent`): a killed `hwnas
+run` leaves no stage running on behind it. An exception in the child is raised again in the parent:
+the same exception when it pickles, else a `HwnasError` (for hwnas errors: the same one-line
+message) or a `RuntimeError` carrying the child's traceback.
+
+    value = run_isolated(fn, *args)                  # one child, waited for
+    children = [Isolated(fn, a) for a in work]       # several at once (the search's Optuna workers)
+    values = wait_all(children)
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import multiprocessing.connection as mp_connection
 import os
 import pickle
 import signal
@@ -26,7 +31,12 @@ from typing import Any
 from .errors import HwnasError
 
 
-def _die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int) -> None:
+    """Make this process die (SIGKILL) when `parent`, the process that started it, dies; exit at
+    once if it is already gone. Call it first thing in a child, with the pid the parent passed.
+
+    Linux only (`PR_SET_PDEATHSIG`; elsewhere a no-op). The signal comes when the parent *thread*
+    that started the child exits, so children are started from the main thread."""
     try:
         import ctypes
 
@@ -38,7 +48,7 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _child(conn, parent: int, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
-    _die_with_parent(parent)
+    die_with_parent(parent)
     try:
         result = ("ok", fn(*args, **kwargs))
     except BaseException as exc:  # noqa: BLE001  (everything goes back to the parent)
@@ -66,32 +76,70 @@ def _portable(exc: BaseException) -> BaseException:
     return RuntimeError(f"{type(exc).__name__}: {exc}\n{''.join(traceback.format_exception(exc))}")
 
 
+class Isolated:
+    """`fn(*args, **kwargs)` running in a spawned process that dies with this one (fn, args and
+    result must pickle). Start it from the main thread (see `die_with_parent`)."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any):
+        for stream in (sys.stdout, sys.stderr):  # the child writes to the same streams: keep the order
+            stream.flush()
+        ctx = mp.get_context("spawn")
+        self.name = getattr(fn, "__name__", str(fn))
+        self._recv, send = ctx.Pipe(duplex=False)
+        self.process = ctx.Process(target=_child, args=(send, os.getpid(), fn, args, kwargs), daemon=False)
+        self.process.start()
+        send.close()
+
+    @property
+    def sentinel(self) -> int:
+        """Ready (for `multiprocessing.connection.wait`) when the child has sent its result or died."""
+        return self._recv.fileno()
+
+    def result(self) -> Any:
+        """Wait for the child; its return value, or its exception raised here."""
+        try:
+            status, value = self._recv.recv()
+        except EOFError:
+            self.process.join()
+            raise RuntimeError(f"the isolated process running {self.name} died (exit code {self.process.exitcode})") from None
+        finally:
+            self._recv.close()
+        self.process.join()
+        if status == "error":
+            raise value
+        return value
+
+    def stop(self, grace: float = 10) -> None:
+        """If the child still runs, give it `grace` seconds (a Ctrl-C reaches it too), then kill it."""
+        if self.process.is_alive():
+            self.process.join(timeout=grace)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join()
+        self._recv.close()
+
+
 def run_isolated(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """`fn(*args, **kwargs)` in a spawned process (fn, args and result must pickle)."""
-    for stream in (sys.stdout, sys.stderr):  # the child writes to the same streams: keep the order
-        stream.flush()
-    ctx = mp.get_context("spawn")
-    recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(send, os.getpid(), fn, args, kwargs), daemon=False)
-    proc.start()
-    send.close()
+    return wait_all([Isolated(fn, *args, **kwargs)])[0]
+
+
+def wait_all(children: list[Isolated], grace: float = 10, poll: Callable[[], None] | None = None,
+             every: float = 0.5) -> list[Any]:
+    """The results of `children`, in order. The first error (raised by a child, or a child that
+    died) kills the others and is raised here. On Ctrl-C (which reaches the children too) they get
+    `grace` seconds to stop cleanly first. `poll()`, if given, is called every `every` seconds while
+    they run (a progress bar)."""
+    results: dict[int, Any] = {}
     try:
-        try:
-            status, value = recv.recv()
-        except EOFError:
-            proc.join()
-            raise RuntimeError(f"the isolated process running {getattr(fn, '__name__', fn)} died "
-                               f"(exit code {proc.exitcode})") from None
-        proc.join()
-    except BaseException:
-        if proc.is_alive():  # Ctrl-C reached both; give the child a moment to stop cleanly
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+        while len(results) < len(children):
+            pending = {c.sentinel: i for i, c in enumerate(children) if i not in results}
+            for ready in mp_connection.wait(list(pending), timeout=every if poll else None):
+                results[pending[ready]] = children[pending[ready]].result()
+            if poll:
+                poll()
+    except BaseException as exc:
+        for child in children:
+            child.stop(grace if isinstance(exc, KeyboardInterrupt) else 0)
         raise
-    finally:
-        recv.close()
-    if status == "error":
-        raise value
-    return value
+    return [results[i] for i in range(len(children))]

@@ -25,6 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from hwnas.search_space import ArchConfig, HwnasError, SearchSpaceConfig
+from hwnas.search_space.isolate import die_with_parent
 from hwnas.search_space.manifest import Manifest
 from hwnas.search_space.progress import progress_bar
 from hwnas.search_space.rundir import claim_run_dir
@@ -54,10 +55,14 @@ class Dist:
 
 
 def init_distributed(device_kind: str) -> Dist:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1). The rank dies with its
+    torchrun agent: the agent starts ranks in sessions of their own, so a killed agent would leave
+    them training on behind it (an agent killed even earlier leaves them no store to join)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun's agent, our parent
+        die_with_parent(os.getppid())
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
     return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))

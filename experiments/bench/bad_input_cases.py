@@ -942,9 +942,6 @@ def cases() -> list[Case]:
             why="another experiment's command changed this run's files")
     add(dl, "another experiment's corpus -> train", COMMANDS["train"], both(foreign_corpus, steps_16), foreign=True,
         why="another experiment's command changed this run's files")
-    add(dl, "another experiment's config -> export --config (into this run's export)",
-        ["export", "{run}", "--config", "{config}", "--force", "--no-progress"], foreign_space, foreign=True,
-        ok=("clear", "recovered"), check=lambda ctx: None)
 
     # --- damaged artifacts, each read by the next stage -----------------------------------------------------
     ck = "train/checkpoint.safetensors"
@@ -1183,8 +1180,7 @@ def cases() -> list[Case]:
     add(mk, "export --out is run/train, --force", ["export", "{run}", "--config", "{config}", "--out", "{run}/train",
                                                   "--force", "--no-progress"])
     add(mk, "export --out exists, no --force", ["export", "{run}", "--config", "{config}", "--no-progress"])
-    add(mk, "export.out_dir under /proc -> run (search re-run)", COMMANDS["run"],
-        both(set_value("export.out_dir", "/proc/hwnas-out"), rerun_search))
+    add(mk, "export.out_dir under /proc -> run (export re-run)", COMMANDS["run"], set_value("export.out_dir", "/proc/hwnas-out"))
     add(mk, "config path is the run dir", ["space", "{run}"])
     add(mk, "config file missing", ["space", "{dir}/missing.yaml"], fresh=True)
     add(mk, "config is a folder", ["train", "{dir}"], fresh=True)
@@ -1271,10 +1267,13 @@ def cases() -> list[Case]:
     val("predictors.n_fit", big, "predictors", timeout=60)
     for path, value in (("objectives", []), ("objectives", ["accuracy"]), ("objectives", ["loss", "loss"]),
                         ("objectives", ["latency@gpu"]), ("constraints", ["latency@cpu <= abc"]), ("constraints", ["params <= -1"]),
-                        ("engine", "gradient"), ("algorithm", "foo"), ("budget", 0), ("population", 1),
-                        ("storage", "notadb://x"), ("workers", 0), ("workers", 2), ("risk", 1.5),
+                        ("engine", "gradient"), ("algorithm", "foo"), ("budget", 0), ("population", 1), ("workers", 0), ("workers", 2), ("risk", 1.5),
                         ("ref_point", [float("nan"), float("nan")]), ("latency_backend", "onnxruntime"), ("generations", 5)):
         val(f"search.{path}", value, "search")
+    add(v, "search.storage: 'notadb://x' (engine optuna) -> search", COMMANDS["search"],
+        both(optuna_setup, set_value("search.storage", "notadb://x")))
+    add(v, "search.storage: a journal file in a missing folder (engine optuna) -> search", COMMANDS["search"],
+        both(optuna_setup, set_value("search.storage", "journal:/proc/hwnas/journal.log")))
     val("search.budget", 10**12, "search", timeout=60)
     val("search.population", big, "search", timeout=60)
     for path, value in (("pick", ""), ("pick", "99"), ("pick", "1" * 5000), ("eval_tokens", 0),

@@ -54,6 +54,12 @@ def test_clear_line_is_the_error_line():
     assert classify(REFUSE, result(2, "warning: slow\nhwnas: error: x.y: bad\n")) == ("clear", "hwnas: error: x.y: bad")
 
 
+def test_an_error_whose_fix_is_the_failed_command_is_unclear():
+    err = "hwnas: error: latency/cpu-torch.json: truncated; rebuild it with `hwnas latency`\n"
+    assert classify(REFUSE, Result(["latency", "c.yaml"], 2, "", err, 1.0))[0] == "unclear"
+    assert classify(REFUSE, Result(["search", "c.yaml"], 2, "", err, 1.0))[0] == "clear"
+
+
 def test_traceback_line_is_the_exception():
     err = "Traceback (most recent call last):\n  File \"a.py\", line 3, in f\n    json.loads(s)\njson.decoder.JSONDecodeError: Expecting value\n"
     assert classify(REFUSE, result(1, err)) == ("traceback", "json.decoder.JSONDecodeError: Expecting value")

@@ -14,7 +14,8 @@ Outcomes:
     recovered        exit 0 where recovery is acceptable and the result is right (e.g. a torn log line dropped)
     accepted         exit 0 on input that should be refused, or a damaged artifact used silently
     traceback        a Python traceback on stderr
-    unclear          non-zero exit without exactly one final `hwnas: error:` line
+    unclear          non-zero exit without exactly one final `hwnas: error:` line, or one whose fix is to run
+                     the very command that failed
     crash            killed by a signal it did not get from the battery
     data-lost        a file that existed changed or vanished (a failed command, or another experiment's one)
     code-ran         the marker file that smuggled code would create appeared
@@ -146,6 +147,8 @@ def classify(case: Case, res: Result, *, code_ran: bool = False, orphans: int = 
     err = [ln for ln in res.err.splitlines() if ln.strip()]
     errors = [ln for ln in err if ERROR_LINE.match(ln)]
     if len(errors) == 1 and err[-1] == errors[0]:
+        if res.args and re.search(rf"`hwnas {re.escape(res.args[0])}\b", errors[0]):  # the fix it names is what just failed
+            return "unclear", f"the error's fix is the command that failed: {errors[0]}"
         return "clear", errors[0]
     if errors:
         return "unclear", f"{len(errors)} error lines, then {len(err) - 1 - err.index(errors[-1])} more lines: {errors[-1][:300]}"

@@ -106,6 +106,13 @@ class ExperimentConfig(Section):
             raise ValueError(f"must be letters, digits, '.', '_' or '-' (not starting with a symbol), got {v!r}")
         return v
 
+    @field_validator("run_dir")
+    @classmethod
+    def check_run_dir_text(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or "\0" in v):
+            raise ValueError(f"must be a folder's path (omit it for runs/<name>), got {v!r}")
+        return v
+
     @model_validator(mode="after")
     def _fits_block(self) -> ExperimentConfig:
         block = self.search_space.block_size

@@ -27,6 +27,7 @@ the caller (`fixed_threads`).
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -93,9 +94,14 @@ class Measurement:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Measurement:
+        """The measurement `to_dict` wrote; ValueError unless every time is a positive finite number."""
         opt = {k: float(data[f"{k}_s"]) for k in ("p10", "min") if data.get(f"{k}_s") is not None}
-        return cls(median=float(data["median_s"]), p90=float(data["p90_s"]), n=int(data["n"]), stable=bool(data["stable"]),
-                   pass_min=tuple(float(t) for t in data.get("pass_min_s", ())), **opt)
+        m = cls(median=float(data["median_s"]), p90=float(data["p90_s"]), n=int(data["n"]), stable=bool(data["stable"]),
+                pass_min=tuple(float(t) for t in data.get("pass_min_s", ())), **opt)
+        times = [m.median, m.p90, *opt.values(), *m.pass_min]
+        if not all(math.isfinite(t) and t > 0 for t in times) or m.n < 1:
+            raise ValueError(f"a measurement holds a time that is not a positive number, or no runs ({data!r:.120})")
+        return m
 
     @classmethod
     def of(cls, times: list[float], stable: bool, pass_min: tuple[float, ...] = ()) -> Measurement:

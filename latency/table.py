@@ -313,7 +313,10 @@ class LatencyTable:
             raise TableError(f"{path}: not an hwnas latency table (format {got!r}, expected {FORMAT!r}){_REMAKE}")
         if not isinstance(doc.get("payload"), dict) or not isinstance(doc.get("sha256"), str):
             raise TableError(f"{path}: latency table lacks its payload or content hash{_REMAKE}")
-        actual = content_hash(doc["payload"])
+        try:
+            actual = content_hash(doc["payload"])
+        except ValueError:  # NaN or inf, which a table never holds
+            raise TableError(f"{path}: latency table holds NaN or infinity{_REMAKE}") from None
         if actual != doc["sha256"]:
             raise TableError(f"{path}: content hash mismatch (recorded {doc['sha256'][:12]}..., actual {actual[:12]}...): "
                              f"the file was altered or damaged after it was written{_REMAKE}")

@@ -105,6 +105,20 @@ def open_storage(url: str):
     return optuna.storages.RDBStorage(url)  # no heartbeat: `fill` tells a dead trial by its owner (see `_is_stale`)
 
 
+def shown_storage(url: str | None) -> str:
+    """A storage URL fit for a message: a file's path, or the URL with its password hidden."""
+    if not url:
+        return "(in memory)"
+    if url.startswith(("journal:", "sqlite:///")):
+        return url.split(":", 1)[1].removeprefix("///")
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 (unparseable: say nothing of it)
+        return "(the configured URL)"
+
+
 def make_sampler(algorithm: str, seed: int, population: int):
     """An Optuna sampler; constraints reach it through `trial.set_constraint` (Optuna >= 5)."""
     import optuna
@@ -176,11 +190,16 @@ class OptunaEngine(SearchEngine):
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = open_storage(self.storage_url) if self.storage_url else None
         sampler = make_sampler(self.algorithm, self.seed + worker, self.population)
-        study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=sampler, load_if_exists=True,
-                                    directions=["minimize"] * len(objectives.names))
-        study.set_metric_names(objectives.names)
+        try:
+            storage = open_storage(self.storage_url) if self.storage_url else None
+            study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=sampler, load_if_exists=True,
+                                        directions=["minimize"] * len(objectives.names))
+            study.set_metric_names(objectives.names)
+        except Exception as e:  # a damaged database, a server that refuses, a study made for other objectives
+            reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+            raise SearchError(f"search.storage {shown_storage(self.storage_url)}: cannot open the Optuna study "
+                              f"{self.study_name!r} ({reason}); repair or delete it, or set search.storage to another") from None
         return study
 
     def objective(self, objectives: ObjectiveSet):
@@ -345,6 +364,7 @@ class PymooEngine(SearchEngine):
 
         space, engine = self.space, self
         xl, xu = space.pymoo_bounds()
+        evaluated = 0
 
         class ArchProblem(Problem):
             def __init__(self):
@@ -352,14 +372,22 @@ class PymooEngine(SearchEngine):
                                  xl=xl, xu=xu, vtype=int)
 
             def _evaluate(self, X, out, *args, **kwargs):
-                archs = [space.decode(np.asarray(x, dtype=np.int64)) for x in X]
+                """A generation's candidates, within the budget: pymoo evaluates whole populations,
+                so those of the last one beyond the budget are not evaluated (they get the worst
+                values of the evaluated ones, and the search ends with this generation)."""
+                nonlocal evaluated
+                n = min(len(X), budget - evaluated)
+                archs = [space.decode(np.asarray(x, dtype=np.int64)) for x in X[:n]]
                 cands = candidates_of(archs, objectives)
                 front.add(cands)
-                out["F"] = np.array([c.objectives for c in cands])
+                evaluated += n
+                F = np.array([c.objectives for c in cands]).reshape(n, -1)
+                out["F"] = np.vstack([F, np.repeat(F.max(axis=0, keepdims=True), len(X) - n, axis=0)])
                 if objectives.constraints:
-                    out["G"] = np.array([c.constraints for c in cands])
+                    G = np.array([c.constraints for c in cands]).reshape(n, -1)
+                    out["G"] = np.vstack([G, np.repeat(G.max(axis=0, keepdims=True), len(X) - n, axis=0)])
                 if progress:
-                    progress(len(archs))
+                    progress(n)
 
         minimize(ArchProblem(), engine._algorithm(len(objectives.names)), get_termination("n_eval", budget),
                  seed=legacy_seed(self.seed), verbose=False)

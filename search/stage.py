@@ -62,9 +62,18 @@ def load_objectives(space: SearchSpace, cfg: SearchConfig, run_dir: Path) -> Obj
     needs = _needs(cfg)
     predictor = None
     if "loss" in needs and cfg.engine != "linas":
-        from hwnas.predictors.persist import MANIFEST_FILE, PREDICTOR_FILE, load_predictor
+        from hwnas.predictors.persist import (
+            MANIFEST_FILE,
+            PREDICTOR_FILE,
+            PredictorError,
+            load_manifest,
+            load_predictor,
+        )
 
         Manifest.of(run_dir, "predictors").verify(PREDICTOR_FILE, MANIFEST_FILE)
+        if load_manifest(run_dir / "predictors").get("search_space") != space.config.model_dump(mode="json"):
+            raise PredictorError(f"{run_dir / 'predictors' / MANIFEST_FILE}: the predictor was fitted on another search space; "
+                                 f"run `{RUN_FOLDERS['predictors']}`")
         predictor = load_predictor(run_dir / "predictors")
     devices = sorted(n.removeprefix("latency@") for n in needs if n.startswith("latency@"))
     tables = {d: load_table(run_dir, d, cfg.latency_backend) for d in devices}

@@ -99,6 +99,16 @@ def test_pymoo_engines_yield_valid_archs_and_a_true_front(algorithm):
     assert front.history[-1][1] == pytest.approx(front.hypervolume()) and front.hypervolume() > 0
 
 
+@pytest.mark.parametrize("budget, population", [(210, 20), (45, 20), (5, 20), (60, 20)])
+def test_pymoo_evaluates_exactly_its_budget(budget, population):
+    """pymoo evaluates whole populations; the last one is cut at the budget (it was 220 for 210)."""
+    objectives = analytic(["memory <= 1MiB"])
+    seen = []
+    front = ParetoFront(objectives.names, [3e8, 1.2e6], objectives.constraint_names)
+    PymooEngine(SPACE, "nsga2", population=population, seed=2).run(objectives, budget, front, progress=seen.append)
+    assert len(front.candidates) == sum(seen) == budget
+
+
 def test_pymoo_beats_random_at_equal_budget():
     objectives = analytic()
     ref = [3e8, 1.2e6]

@@ -40,6 +40,7 @@ from hwnas.search.pareto import read_front, read_validation
 from hwnas.search_space import ArchConfig, SearchSpace, SearchSpaceConfig
 from hwnas.search_space.manifest import EXPORT_COMMAND, Manifest
 from hwnas.search_space.progress import progress_bar
+from hwnas.search_space.rundir import stage_lock
 from hwnas.supernet.checkpoint import check_finite, read_meta
 from hwnas.supernet.config import TrainConfig
 from hwnas.supernet.data import Corpus
@@ -71,8 +72,6 @@ EXPORT_FILES = ("config.json", "model.safetensors", "model.onnx", "model.int8.on
 # --- the run ----------------------------------------------------------------------------------------
 def read_run(run_dir: Path) -> tuple[SearchSpaceConfig, TrainConfig, dict[str, Any]]:
     """The search space and training settings stored in the run's checkpoint, and front.json."""
-    if not run_dir.is_dir():
-        raise ExportError(f"{run_dir}: no such run directory")
     ckpt = run_dir / "train" / "checkpoint.safetensors"
     if not ckpt.is_file():
         raise ExportError(f"{ckpt}: no trained supernet; run `hwnas train CONFIG` first")
@@ -254,9 +253,16 @@ def run_export(run_dir: str | Path, pick: str | int | None = None, out_dir: str 
                finetune_steps: int | None = None, cfg: ExportConfig | None = None, progress: bool = True) -> dict[str, Any]:
     """Export the front member `pick` (default `cfg.pick`) of the run in `run_dir` into `out_dir`
     (default `cfg.out_dir`, else <run_dir>/export); returns the report (also in report.json)."""
-    t_start = time.perf_counter()
-    cfg = cfg or ExportConfig()
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ExportError(f"{run_dir}: no such run directory")
+    with stage_lock(run_dir, "export"):
+        return _run_export(run_dir, pick, out_dir, force, finetune_steps, cfg or ExportConfig(), progress)
+
+
+def _run_export(run_dir: Path, pick: str | int | None, out_dir: str | Path | None, force: bool, finetune_steps: int | None,
+                cfg: ExportConfig, progress: bool) -> dict[str, Any]:
+    t_start = time.perf_counter()
     pick = cfg.pick if pick is None else pick
     steps = cfg.finetune_steps if finetune_steps is None else int(finetune_steps)
     if steps < 0:

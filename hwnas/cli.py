@@ -86,26 +86,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_latency(args: argparse.Namespace) -> int:
-    from hwnas.latency.build import run_latency
-    from hwnas.latency.fidelity import fidelity_report_fresh
-    from hwnas.search_space import SearchSpace
+    from hwnas.latency.stage import run_latency_stage
 
     cfg = _load(args)
-    space = SearchSpace(cfg.search_space)
-    devices = [args.device] if args.device else cfg.latency.devices
-    backends = [args.backend] if args.backend else cfg.latency.backends
-    for device in devices:
-        for backend in backends:
-            table = run_latency(space, cfg.latency, cfg.run_path, device, backend, strict=args.strict, progress=not args.no_progress,
-                                seed=cfg.seed, name=cfg.name)
-            print(f"latency table {device}/{backend}: {len(table.entries)} pieces -> {cfg.run_path / 'latency'}")
-            if not args.no_fidelity and cfg.latency.n_fidelity:
-                r = fidelity_report_fresh(cfg.search_space, cfg.latency, cfg.run_path, device, backend,
-                                          progress=not args.no_progress)
-                p, x = r["prediction"], r["proxies"]
-                print(f"  fidelity on {r['n']} held-out subnets: {100 * p['within_10pct']:.1f}% within +-10%, "
-                      f"{100 * p['within_5pct']:.1f}% within +-5%, MAPE {p['mape_pct']:.2f}%, Kendall tau {p['kendall_tau']:.3f} "
-                      f"(FLOPs {x['flops_kendall_tau']:.3f}, params {x['params_kendall_tau']:.3f})")
+
+    def show(device: str, backend: str, table, r) -> None:
+        print(f"latency table {device}/{backend}: {len(table.entries)} pieces -> {cfg.run_path / 'latency'}")
+        if r:
+            p, x = r["prediction"], r["proxies"]
+            print(f"  fidelity on {r['n']} held-out subnets: {100 * p['within_10pct']:.1f}% within +-10%, "
+                  f"{100 * p['within_5pct']:.1f}% within +-5%, MAPE {p['mape_pct']:.2f}%, Kendall tau {p['kendall_tau']:.3f} "
+                  f"(FLOPs {x['flops_kendall_tau']:.3f}, params {x['params_kendall_tau']:.3f})")
+
+    run_latency_stage(cfg.search_space, cfg.latency, cfg.run_path, [args.device] if args.device else None,
+                      [args.backend] if args.backend else None, strict=args.strict, fidelity=not args.no_fidelity,
+                      progress=not args.no_progress, seed=cfg.seed, name=cfg.name, on_table=show)
     return 0
 
 

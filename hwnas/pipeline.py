@@ -131,19 +131,9 @@ def run_stage(cfg: ExperimentConfig, name: str, progress: bool = True) -> dict[s
 
         return train(cfg.search_space, cfg.train, rd, seed=cfg.seed, progress=progress, name=cfg.name)
     if name == "latency":
-        from hwnas.latency.build import run_latency
-        from hwnas.latency.fidelity import fidelity_report_fresh
-        from hwnas.search_space import SearchSpace
+        from hwnas.latency.stage import run_latency_stage
 
-        space = SearchSpace(cfg.search_space)
-        out = {}
-        for device in cfg.latency.devices:
-            for backend in cfg.latency.backends:
-                run_latency(space, cfg.latency, rd, device, backend, progress=progress, seed=cfg.seed, name=cfg.name)
-                if cfg.latency.n_fidelity:
-                    r = fidelity_report_fresh(cfg.search_space, cfg.latency, rd, device, backend, progress=progress)
-                    out[f"{device}/{backend}"] = r["prediction"] | {"proxies": r["proxies"]}
-        return out
+        return run_latency_stage(cfg.search_space, cfg.latency, rd, progress=progress, seed=cfg.seed, name=cfg.name)
     if name == "predictors":
         from hwnas.predictors.stage import run_predictors
 

@@ -10,7 +10,8 @@
 Modules: `fingerprint` (device fingerprint), `protocol` (warm-up, repeat until the median is
 stable), `modules` and `keys` (the timed pieces of a subnet), `backends` (torch eager, ONNX Runtime
 with real int8 / int4 kernels), `table` (`LatencyTable`, correction, file format), `build`
-(resumable table build), `fidelity` (the held-out report).
+(resumable table build), `fidelity` (the held-out report), `stage` (`hwnas latency`: every table and
+its report, the run directory locked).
 """
 
 from .backends import BACKENDS, Backend, OnnxRuntimeBackend, TorchBackend, make_backend
@@ -29,12 +30,14 @@ from .fidelity import fidelity_report
 from .fingerprint import device_fingerprint
 from .keys import Piece, arch_keys, arch_pieces, space_pieces
 from .protocol import Measurement, Protocol, measure
+from .stage import run_latency_stage
 from .table import Correction, LatencyTable
 
 __all__ = [
     "BACKENDS", "Backend", "Correction", "FingerprintMismatchError", "FingerprintWarning", "LatencyConfig",
     "LatencyError", "LatencyTable", "Measurement", "Measurer", "OnnxRuntimeBackend", "Piece", "Protocol", "TableError",
     "TorchBackend", "arch_keys", "arch_pieces", "build_table", "calibration_archs", "device_fingerprint",
-    "fidelity_report", "heldout_archs", "load_table", "make_backend", "measure", "run_latency", "space_pieces",
+    "fidelity_report", "heldout_archs", "load_table", "make_backend", "measure", "run_latency", "run_latency_stage",
+    "space_pieces",
     "table_path",
 ]

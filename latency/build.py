@@ -39,7 +39,7 @@ import torch
 from hwnas.search_space import ArchConfig, SearchSpace
 from hwnas.search_space.isolate import run_isolated
 from hwnas.search_space.manifest import Manifest
-from hwnas.search_space.rundir import claim_run_dir
+from hwnas.search_space.rundir import claim_run_dir, stage_lock
 from hwnas.supernet.memory import check_fits
 
 from .backends import Backend, make_backend
@@ -402,8 +402,9 @@ def run_latency(space: SearchSpace, cfg: LatencyConfig, run_dir: str | Path, dev
         raise LatencyError(f"device {device!r} is not one of cpu, cuda")
     check_fits(space.config, "latency", cfg.batch_size, cfg.seq_len or space.config.block_size, "latency.batch_size")
     claim_run_dir(run_dir, space.config.model_dump(mode="json"), seed, name)
-    return build_table(space, cfg, table_path(run_dir, device, backend), device, backend, strict, progress,
-                       manifest=Manifest.of(run_dir, "latency"))
+    with stage_lock(run_dir, "latency"):
+        return build_table(space, cfg, table_path(run_dir, device, backend), device, backend, strict, progress,
+                           manifest=Manifest.of(run_dir, "latency"))
 
 
 def load_table(run_dir: str | Path, device: str = "cpu", backend: str = "torch", strict: bool = False) -> LatencyTable:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from hwnas.search_space import ArchConfig, ModelDims
-from hwnas.search_space.io import atomic_write_text
+from hwnas.search_space.io import ArtifactError, atomic_write_text, read_json
 from hwnas.search_space.manifest import RUN_FOLDERS, Manifest
 
 from .errors import TableError
@@ -297,17 +297,12 @@ class LatencyTable:
         another format; warns (`FingerprintWarning`) or, strict, raises
         (`FingerprintMismatchError`) if it was measured on a device with another fingerprint."""
         path = Path(path)
+        if not path.exists():
+            raise TableError(f"{path}: latency table not found; build it with `{RUN_FOLDERS['latency']}`")
         try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise TableError(f"{path}: latency table not found; build it with `hwnas latency`") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise TableError(f"{path}: cannot read latency table: {e}{_REMAKE}") from None
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise TableError(f"{path}: not a complete JSON document (truncated or corrupt at line {e.lineno}, "
-                             f"column {e.colno}){_REMAKE}") from None
+            doc = read_json(path, "latency table", _REMAKE.removeprefix("; "), kind=object)
+        except ArtifactError as e:  # unreadable, or not JSON (truncated)
+            raise TableError(str(e)) from None
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
             raise TableError(f"{path}: not an hwnas latency table (format {got!r}, expected {FORMAT!r}){_REMAKE}")

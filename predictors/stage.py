@@ -25,7 +25,7 @@ import numpy as np
 from hwnas.search_space import ArchConfig, SearchSpace, SearchSpaceConfig, legacy_seed
 from hwnas.search_space.io import atomic_write_text
 from hwnas.search_space.manifest import Manifest
-from hwnas.search_space.rundir import claim_run_dir
+from hwnas.search_space.rundir import claim_run_dir, stage_lock
 from hwnas.supernet.memory import check_fits
 
 from . import quality as q
@@ -153,9 +153,15 @@ def run_predictors(space_cfg: SearchSpaceConfig, cfg: PredictorsConfig, run_dir:
     is called after each newly evaluated subnet. `name`: the experiment's (the run directory must
     belong to it, `search_space.rundir`)."""
     run_dir = Path(run_dir)
-    out = run_dir / "predictors"
     check_fits(space_cfg, "evaluate", cfg.eval_batch_size, cfg.seq_len or space_cfg.block_size, "predictors.eval_batch_size")
     claim_run_dir(run_dir, space_cfg.model_dump(mode="json"), seed, name)
+    with stage_lock(run_dir, "predictors"):
+        return _run_predictors(space_cfg, cfg, run_dir, seed, progress, on_record)
+
+
+def _run_predictors(space_cfg: SearchSpaceConfig, cfg: PredictorsConfig, run_dir: Path, seed: int, progress: bool,
+                    on_record: Callable[[int, EvalRecord], None] | None) -> dict[str, Any]:
+    out = run_dir / "predictors"
     ckpt, corpus, context = eval_context(run_dir, space_cfg, cfg)
     manifest = Manifest.of(run_dir, "predictors")
     store = RecordStore(out / "records.jsonl", manifest)  # checked before anything here is written

@@ -22,12 +22,13 @@ from hwnas.search_space.io import ArtifactError, read_json
 from hwnas.search_space.isolate import Isolated, wait_all
 from hwnas.search_space.manifest import RUN_FOLDERS, Manifest
 from hwnas.search_space.progress import progress_bar
-from hwnas.search_space.rundir import claim_run_dir
+from hwnas.search_space.rundir import claim_run_dir, stage_lock
 
 from .config import SearchConfig
-from .engines import OptunaEngine, PymooEngine, SearchError, default_storage, random_search
+from .engines import PymooEngine, SearchError, random_search
 from .linas import LinasSettings, linas_search
 from .objectives import ObjectiveSet, build_objectives
+from .optuna_engine import OptunaEngine, default_storage
 from .pareto import FRONT_FILES, ParetoFront, read_front, read_validation
 from .plots import front_plots, hypervolume_plot, validation_plots
 
@@ -214,11 +215,17 @@ def run_search(space_cfg: SearchSpaceConfig, cfg: SearchConfig, run_dir: str | P
                workers: int | None = None, progress: bool = True, name: str | None = None) -> dict[str, Any]:
     """Run the search stage in `run_dir`; returns a summary. `name`: the experiment's (the run
     directory must belong to it, `search_space.rundir`)."""
+    run_dir = Path(run_dir)
+    claim_run_dir(run_dir, space_cfg.model_dump(mode="json"), seed, name)
+    with stage_lock(run_dir, "search"):
+        return _run_search(space_cfg, cfg, run_dir, seed, latency_cfg, workers, progress)
+
+
+def _run_search(space_cfg: SearchSpaceConfig, cfg: SearchConfig, run_dir: Path, seed: int, latency_cfg, workers: int | None,
+                progress: bool) -> dict[str, Any]:
     from hwnas.search_space.tracking import Tracker
 
-    run_dir = Path(run_dir)
     out = run_dir / "search"
-    claim_run_dir(run_dir, space_cfg.model_dump(mode="json"), seed, name)
     space = SearchSpace(space_cfg)
     objectives = load_objectives(space, cfg, run_dir)
     # the supernet, corpus and predictor report the validation reads: checked before anything is written

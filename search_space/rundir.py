@@ -4,12 +4,17 @@ The first stage that writes into a run directory records in `<run_dir>/run.json`
 belongs to: its name, search space and seed (what every artifact of the run depends on). Every
 stage calls `claim_run_dir` before it writes anything; a directory that belongs to another
 experiment, or that holds files but no run.json (not an hwnas run directory), is refused with one
-line saying what differs.
+line saying what differs. While a stage runs it holds `stage_lock`, so a second command running
+the same stage on the same run directory at the same time is refused instead of interleaving its
+writes with the first's.
 """
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +117,48 @@ def _check_owner(path: Path, ours: dict[str, Any], write: bool) -> None:
     learnt = {k: ours[k] for k in ("name", "seed") if ours[k] is not None and theirs.get(k) is None}
     if learnt and write:  # a library call claimed it first: record what this caller knows
         atomic_write_json(path, theirs | learnt)
+
+
+_held: dict[Path, int] = {}  # the stage locks this process holds, and how many times over
+
+
+@contextmanager
+def stage_lock(run_dir: str | Path, stage: str) -> Iterator[None]:
+    """Hold `<run_dir>/.<stage>.lock` for the block (an flock, which the kernel drops if the process
+    dies; the file is removed on the way out). Another process holding it is refused at once,
+    naming its pid; this process may take it again inside the block (a stage calling its parts)."""
+    import fcntl
+
+    path = (Path(run_dir) / f".{stage}.lock").absolute()
+    if path in _held:
+        _held[path] += 1
+        try:
+            yield
+        finally:
+            _held[path] -= 1
+        return
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunDirError(f"{run_dir}: another `hwnas {stage}` ({holder}) is writing this run directory now; wait for it "
+                              "to finish") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:  # the holder before us removed it as we opened it
+            same = False
+        if same:
+            break
+        os.close(fd)  # locked a file that is no longer the lock: take the new one
+    _held[path] = 1
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        yield
+    finally:
+        del _held[path]
+        path.unlink(missing_ok=True)  # before the unlock: whoever opens it next makes a new one
+        os.close(fd)

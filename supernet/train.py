@@ -28,7 +28,7 @@ from hwnas.search_space import ArchConfig, HwnasError, SearchSpaceConfig
 from hwnas.search_space.isolate import die_with_parent
 from hwnas.search_space.manifest import Manifest
 from hwnas.search_space.progress import progress_bar
-from hwnas.search_space.rundir import claim_run_dir
+from hwnas.search_space.rundir import claim_run_dir, stage_lock
 from hwnas.search_space.tracking import Tracker
 
 from .checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint
@@ -273,11 +273,16 @@ class Trainer:
 
     # --- the loop ---------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        cfg = self.cfg
+        """Train (or resume); the run directory is checked first and locked while it trains."""
         if self.dist.is_main:
             claim_run_dir(self.run_dir, self.space_cfg.model_dump(mode="json"), self.seed, self.name)
             if self.ckpt_path.exists():
                 self.manifest.verify(self.ckpt_path.name)  # before anything is written: a damaged one is refused as it is
+        with stage_lock(self.run_dir, "train") if self.dist.is_main else nullcontext():
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
+        cfg = self.cfg
         corpus = self._corpus()
         model, opt, state = self._build()
         if self.dist.is_main:

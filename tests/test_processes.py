@@ -26,7 +26,7 @@ import optuna
 import pytest
 import yaml
 
-from hwnas.search.engines import OptunaEngine, open_storage
+from hwnas.search.optuna_engine import OptunaEngine, open_storage
 from hwnas.search.pareto import ParetoFront
 from hwnas.search_space.isolate import Isolated, wait_all
 from tests.test_search import SPACE, analytic
@@ -237,7 +237,7 @@ def test_racing_workers_on_postgresql(postgres_url):
 
 KILLED_WORKER = textwrap.dedent("""
     import os, signal, sys
-    from hwnas.search.engines import OptunaEngine
+    from hwnas.search.optuna_engine import OptunaEngine
     from tests.test_search import SPACE, analytic
     engine = OptunaEngine(SPACE, "nsga2", sys.argv[1], population=10, seed=0)
     study = engine.study(analytic())
@@ -295,7 +295,7 @@ def test_a_live_trial_of_another_worker_counts_until_it_ends(tmp_path, outcome):
 def test_an_ownerless_running_trial_is_dead_after_a_while(tmp_path, monkeypatch):
     """A trial without a recorded owner (its process killed right after creating it, or an older
     hwnas) counts as live only for STALE_AFTER_S."""
-    from hwnas.search import engines
+    from hwnas.search import optuna_engine as engines
 
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     study = OptunaEngine(SPACE, "nsga2", storage, population=10, seed=0).study(analytic())
@@ -392,7 +392,7 @@ def test_wait_all_returns_in_order_and_a_failing_child_stops_the_others():
 
 def test_an_age_decides_only_for_an_owner_this_machine_cannot_check():
     """A local owner is checked by its process, however old the trial; others by the trial's age."""
-    from hwnas.search.engines import _is_stale, _pid_namespace, trial_owner
+    from hwnas.search.optuna_engine import _is_stale, _pid_namespace, trial_owner
 
     now, old = datetime.datetime.now(), datetime.datetime.now() - datetime.timedelta(hours=1)
 

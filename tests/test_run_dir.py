@@ -5,6 +5,7 @@ run directory, with one line saying what differs."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import yaml
 from hwnas.config import load_config
 from hwnas.latency.build import run_latency
 from hwnas.search_space import SearchSpace
-from hwnas.search_space.rundir import RunDirError, claim_run_dir
+from hwnas.search_space.rundir import RunDirError, claim_run_dir, stage_lock
 from hwnas.supernet.train import train
 from tests.tiny import assert_refused, digest, hwnas, write_config
 
@@ -73,7 +74,9 @@ def test_a_run_dir_that_is_a_file_is_one_line(tiny_run, tmp_path):
     config, _ = tiny_run
     (tmp_path / "afile").write_text("mine")
     other = other_config(config, tmp_path, run_dir=str(tmp_path / "afile"))
-    assert_refused(hwnas("train", str(other), "--no-progress"), "run_dir exists and is not a folder")
+    assert_refused(hwnas("train", str(other), "--no-progress"), f"run_dir {tmp_path / 'afile'}: exists and is not a folder")
+    with pytest.raises(RunDirError, match="run_dir exists and is not a folder"):  # a library call
+        claim_run_dir(tmp_path / "afile", {})
     assert (tmp_path / "afile").read_text() == "mine"
 
 
@@ -105,3 +108,26 @@ def test_the_first_stage_records_the_owner_and_library_calls_check_the_space(tin
     assert json.loads((fresh / "run.json").read_text())["name"] == "tiny"
     with pytest.raises(RunDirError, match="not to this config's experiment 'other'"):
         claim_run_dir(fresh, cfg.search_space.model_dump(mode="json"), 0, "other")
+
+
+@pytest.mark.parametrize("command", ["train", "latency", "predictors", "search"])
+def test_a_stage_running_on_the_run_dir_keeps_a_second_one_out(tiny_run, command):
+    """Two commands running one stage on one run directory at once would interleave their writes;
+    the second is refused, naming the first (here this test process holds the lock)."""
+    config, run = tiny_run
+    with stage_lock(run, command):
+        before = digest(run)
+        line = assert_refused(hwnas(command, str(config), "--no-progress"),
+                              f"{run}: another `hwnas {command}` (pid {os.getpid()}) is writing this run directory now")
+        assert digest(run) == before, line
+    assert not (run / f".{command}.lock").exists()
+    with stage_lock(run, "export"):
+        assert_refused(hwnas("export", str(run), "--force"), f"another `hwnas export` (pid {os.getpid()})")
+
+
+def test_a_lock_left_by_a_killed_command_does_not_block(tiny_run):
+    config, run = tiny_run
+    (run / ".search.lock").write_text("pid 999999")  # the file stays when its holder is killed; the flock does not
+    proc = hwnas("search", str(config), "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not (run / ".search.lock").exists()

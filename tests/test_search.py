@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from hwnas.search.config import SearchConfig
-from hwnas.search.engines import OptunaEngine, PymooEngine, random_search
+from hwnas.search.engines import PymooEngine, random_search
 from hwnas.search.linas import LinasSettings, linas_search
 from hwnas.search.objectives import Constraint, Objective, ObjectiveError, ObjectiveSet, build_objectives
+from hwnas.search.optuna_engine import OptunaEngine
 from hwnas.search.pareto import Candidate, ParetoFront, hypervolume, non_dominated
 from hwnas.search_space import SearchSpace, SearchSpaceConfig
 
@@ -156,7 +157,7 @@ def _concurrent(storage: str, n_each: int = 15):
         pool.map(_worker, [(storage, n_each, 0), (storage, n_each, 1)])
     import optuna
 
-    from hwnas.search.engines import open_storage
+    from hwnas.search.optuna_engine import open_storage
 
     study = optuna.load_study(study_name="hwnas", storage=open_storage(storage))
     numbers = [t.number for t in study.trials]

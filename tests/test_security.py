@@ -553,7 +553,8 @@ def test_the_study_storage_and_samplers_have_no_pickle_path(tmp_path):
     from optuna.samplers import CmaEsSampler
     from optuna.storages.journal._base import BaseJournalSnapshot
 
-    from hwnas.search.engines import OPTUNA_ALGORITHMS, make_sampler, open_storage
+    from hwnas.search.engines import OPTUNA_ALGORITHMS
+    from hwnas.search.optuna_engine import make_sampler, open_storage
 
     for algorithm in OPTUNA_ALGORITHMS:
         assert not isinstance(make_sampler(algorithm, 0, 20), CmaEsSampler), algorithm

@@ -9,6 +9,7 @@ from typing import Any
 
 from hwnas.search_space import SearchSpace, SearchSpaceConfig
 from hwnas.search_space.rundir import claim_run_dir, stage_lock
+from hwnas.supernet.memory import check_fits
 
 from .build import run_latency
 from .config import LatencyConfig
@@ -24,6 +25,7 @@ def run_latency_stage(space_cfg: SearchSpaceConfig, cfg: LatencyConfig, run_dir:
     `fidelity` and `cfg.n_fidelity`, its fidelity report; `on_table(device, backend, table, report)`
     after each. Returns each report's prediction figures and proxies by "device/backend"."""
     space = SearchSpace(space_cfg)
+    check_fits(space_cfg, "latency", cfg.batch_size, cfg.seq_len or space_cfg.block_size, "latency.batch_size")  # before any write
     claim_run_dir(run_dir, space_cfg.model_dump(mode="json"), seed, name)
     out: dict[str, Any] = {}
     with stage_lock(run_dir, "latency"):

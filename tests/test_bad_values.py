@@ -187,6 +187,7 @@ def test_seeds_at_the_bounds_load(path):
         assert parse_config(with_value(path, value)) is not None
 
 
+@pytest.mark.slow
 def test_the_largest_seeds_run_every_stage(tmp_path):
     """Seeds up to 2**63-1 are valid: every stage runs with them (the 32-bit libraries, pymoo,
     Optuna's samplers and scikit-learn, get seeds derived from them)."""

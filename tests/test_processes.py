@@ -167,8 +167,9 @@ def search(tiny_run, request):
     s.stop()
 
 
-@pytest.mark.parametrize("sig,search", [(signal.SIGKILL, "sqlite"), (signal.SIGTERM, "journal")], indirect=["search"],
-                         ids=["SIGKILL-sqlite", "SIGTERM-journal"])
+@pytest.mark.parametrize("sig,search", [(signal.SIGKILL, "sqlite"),
+                                        pytest.param(signal.SIGTERM, "journal", marks=pytest.mark.slow)],
+                         indirect=["search"], ids=["SIGKILL-sqlite", "SIGTERM-journal"])
 def test_killed_search_leaves_no_worker_and_resumes_to_exactly_its_budget(search, sig):
     workers = search.start()
     search.proc.send_signal(sig)
@@ -179,6 +180,7 @@ def test_killed_search_leaves_no_worker_and_resumes_to_exactly_its_budget(search
     search.resume_ends_at_budget()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("search", ["sqlite"], indirect=True)
 def test_ctrl_c_stops_the_workers(search):
     """Ctrl-C in a terminal reaches the whole process group."""

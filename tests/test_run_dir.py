@@ -36,14 +36,20 @@ def test_latency_with_another_experiments_config_keeps_the_table(tiny_run, tmp_p
     assert digest(run) == before
 
 
-@pytest.mark.parametrize("command", ["train", "latency", "predictors", "search", "run"])
-@pytest.mark.parametrize("change, says", [
-    ({"name": "other"}, "belongs to experiment 'tiny', not to this config's experiment 'other'"),
-    ({"seed": 7}, "belongs to experiment 'tiny' with seed 0; this config has seed 7"),
-    ({"search_space": {"depth": [1, 3]}}, "belongs to experiment 'tiny' with another search space (search_space.depth[1]: 2 there, 3 in this config)"),
-    ({"search_space": {"weight_bits": {"choices": [16, 8, 4]}}}, "belongs to experiment 'tiny' with another search space (search_space.weight_bits.choices"),
-])
-def test_every_stage_refuses_another_experiments_run_dir(tiny_run, tmp_path, command, change, says):
+CHANGES = {
+    "name": ({"name": "other"}, "belongs to experiment 'tiny', not to this config's experiment 'other'"),
+    "seed": ({"seed": 7}, "belongs to experiment 'tiny' with seed 0; this config has seed 7"),
+    "depth": ({"search_space": {"depth": [1, 3]}},
+              "belongs to experiment 'tiny' with another search space (search_space.depth[1]: 2 there, 3 in this config)"),
+    "bits": ({"search_space": {"weight_bits": {"choices": [16, 8, 4]}}},
+             "belongs to experiment 'tiny' with another search space (search_space.weight_bits.choices"),
+}
+
+
+@pytest.mark.parametrize("command, change", [(c, "name") for c in ("train", "latency", "predictors", "search", "run")]
+                         + [("train", "seed"), ("search", "seed"), ("predictors", "depth"), ("run", "depth"), ("latency", "bits")])
+def test_every_stage_refuses_another_experiments_run_dir(tiny_run, tmp_path, command, change):
+    change, says = CHANGES[change]
     config, run = tiny_run
     other = other_config(config, tmp_path, **change)
     before = digest(run)
@@ -65,7 +71,7 @@ def test_a_folder_that_is_not_a_run_is_left_alone(tiny_run, tmp_path):
     mine.mkdir()
     (mine / "cat.jpg").write_bytes(b"\xff\xd8 a cat")
     other = other_config(config, tmp_path, run_dir=str(mine))
-    for command in ("train", "latency", "run"):
+    for command in ("train", "run"):
         assert_refused(hwnas(command, str(other), "--no-progress"), f"{mine}: holds files but no run.json")
     assert sorted(p.name for p in mine.iterdir()) == ["cat.jpg"]
 

@@ -323,6 +323,10 @@ def main(argv: list[str] | None = None) -> int:
     except HwnasError as e:
         print(f"hwnas: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the machine refused (a full disk, a permission, a path that is a folder): still one line
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"hwnas: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("hwnas: interrupted", file=sys.stderr)
         return 130

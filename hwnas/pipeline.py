@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hwnas.search_space import HwnasError
 from hwnas.search_space.io import atomic_write_json
 from hwnas.search_space.manifest import EXPORT_COMMAND, Manifest
 
@@ -56,6 +57,9 @@ class Pipeline:
 
     # --- state --------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
+        if self.state_path.exists() and not self.state_path.is_file():
+            raise HwnasError(f"{self.state_path}: exists and is not a file (hwnas records the finished stages there); "
+                             "move it away")
         if self.state_path.exists():
             try:
                 state = json.loads(self.state_path.read_text())

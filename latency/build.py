@@ -407,9 +407,11 @@ def run_latency(space: SearchSpace, cfg: LatencyConfig, run_dir: str | Path, dev
                            manifest=Manifest.of(run_dir, "latency"))
 
 
-def load_table(run_dir: str | Path, device: str = "cpu", backend: str = "torch", strict: bool = False) -> LatencyTable:
-    """The finished table of a run directory (raises `TableError` if absent or unfinished,
-    `ArtifactError` if it is not the file its build wrote)."""
+def load_table(run_dir: str | Path, device: str = "cpu", backend: str = "torch", strict: bool = False,
+               space: SearchSpace | None = None) -> LatencyTable:
+    """The finished table of a run directory (raises `TableError` if absent, unfinished or, given
+    `space`, measured for another one's model dims; `ArtifactError` if it is not the file its
+    build wrote)."""
     path = table_path(run_dir, device, backend)
     if not path.exists():
         raise TableError(f"{path}: latency table not found; build it with `hwnas latency CONFIG`")
@@ -417,5 +419,8 @@ def load_table(run_dir: str | Path, device: str = "cpu", backend: str = "torch",
     table = LatencyTable.load(path, strict=strict)
     if not table.meta.get("complete"):
         raise TableError(f"{table_path(run_dir, device, backend)}: the table build was interrupted; "
-                         "run `hwnas latency` again to finish it")
+                         "run `hwnas latency CONFIG` again to finish it")
+    if space is not None and table.dims != space.dims:
+        raise TableError(f"{path}: measured for model dims {table.dims}, the search space has {space.dims}; "
+                         f"delete it and run `hwnas latency CONFIG`")
     return table

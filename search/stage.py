@@ -77,7 +77,7 @@ def load_objectives(space: SearchSpace, cfg: SearchConfig, run_dir: Path) -> Obj
                                  f"run `{RUN_FOLDERS['predictors']}`")
         predictor = load_predictor(run_dir / "predictors")
     devices = sorted(n.removeprefix("latency@") for n in needs if n.startswith("latency@"))
-    tables = {d: load_table(run_dir, d, cfg.latency_backend) for d in devices}
+    tables = {d: load_table(run_dir, d, cfg.latency_backend, space=space) for d in devices}
     errors = {d: latency_error(run_dir, d, cfg.latency_backend) for d in devices}
     if "loss" in needs and cfg.engine == "linas":
         predictor = RealLoss(space, run_dir)
@@ -230,6 +230,8 @@ def _run_search(space_cfg: SearchSpaceConfig, cfg: SearchConfig, run_dir: Path, 
     objectives = load_objectives(space, cfg, run_dir)
     # the supernet, corpus and predictor report the validation reads: checked before anything is written
     real_loss = RealLoss(space, run_dir) if "loss" in objectives.names and cfg.validate_top else None
+    if cfg.engine == "optuna":  # a study that cannot be opened is refused before anything is written
+        OptunaEngine(space, cfg.algorithm, cfg.storage or default_storage(out), population=cfg.population, seed=seed).study(objectives)
     manifest = Manifest.of(run_dir, "search")
     manifest.forget(*FRONT_FILES, "validation.json", "summary.json")
     ref = reference_point(space, objectives, cfg, seed)

@@ -58,6 +58,8 @@ def test_an_error_whose_fix_is_the_failed_command_is_unclear():
     err = "hwnas: error: latency/cpu-torch.json: truncated; rebuild it with `hwnas latency`\n"
     assert classify(REFUSE, Result(["latency", "c.yaml"], 2, "", err, 1.0))[0] == "unclear"
     assert classify(REFUSE, Result(["search", "c.yaml"], 2, "", err, 1.0))[0] == "clear"
+    delete = "hwnas: error: latency/cpu-torch.json: truncated; delete it and run `hwnas latency CONFIG`\n"
+    assert classify(REFUSE, Result(["latency", "c.yaml"], 2, "", delete, 1.0))[0] == "clear"
 
 
 def test_traceback_line_is_the_exception():

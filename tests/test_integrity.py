@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from hwnas.config import load_config
@@ -309,3 +310,37 @@ def test_a_resumed_run_of_a_damaged_stage_reruns_it(tiny_run):
     assert "[predictors] finished before, but its outputs are not intact" in proc.stdout
     assert "[search] running" in proc.stdout and "[export] running" in proc.stdout
     Manifest.of(run, "predictors").verify("predictor.skops")
+
+
+# --- artifacts that are whole and listed, yet not this run's --------------------------------------------
+def test_a_latency_table_of_other_model_dims_is_refused(tiny_run):
+    from dataclasses import replace
+
+    from hwnas.latency.table import LatencyTable
+
+    config, run = tiny_run
+    path = run / "latency" / "cpu-torch.json"
+    table = LatencyTable.load(path)
+    table.dims = replace(table.dims, head_dim=table.dims.head_dim * 2)
+    table.save(path, Manifest.of(run, "latency"))  # a whole table, listed: only its dims tell
+    cfg = load_config(config)
+    with pytest.raises(HwnasError, match=re.escape(f"{path}: measured for model dims")):
+        run_search(cfg.search_space, cfg.search, run, seed=cfg.seed, latency_cfg=cfg.latency, progress=False)
+
+
+def test_a_damaged_optuna_study_is_refused_before_anything_is_written(tiny_run):
+    config, run = tiny_run
+    cfg = yaml.safe_load(config.read_text())
+    cfg["search"] |= {"engine": "optuna", "budget": 30, "population": 10}
+    config.write_text(yaml.safe_dump(cfg))
+    (run / "search" / "study.db").write_bytes(b"SQLite format 3\0" + b"\x07" * 4000)
+    before = digest(run)
+    assert_refused(hwnas("search", str(config), "--no-progress"), f"search.storage {run / 'search' / 'study.db'}: cannot open")
+    assert digest(run) == before
+
+
+def test_a_pipeline_state_that_is_a_folder_is_one_line(tiny_run):
+    config, run = tiny_run
+    (run / "pipeline.json").unlink()
+    (run / "pipeline.json").mkdir()
+    assert_refused(hwnas("run", str(config), "--no-progress"), f"{run / 'pipeline.json'}: exists and is not a file")

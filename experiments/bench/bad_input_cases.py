@@ -650,6 +650,12 @@ def rebuilt(*rels: str) -> Callable[[Ctx], str | None]:
                     [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
                 except ValueError:
                     return f"{rel} still has a line that is not JSON"
+            if (p.parent / "manifest.json").is_file():  # hwnas lists what it writes: the new file must be listed as it is
+                from hwnas.search_space.manifest import Manifest
+
+                why = Manifest(p.parent, "(the stage)").check(p.name)
+                if why:
+                    return f"{rel} is not listed as it is in its manifest: {why}"
         return None
     return check
 
@@ -914,7 +920,8 @@ def cases() -> list[Case]:
     on(sec, "predictor.skops runstring pipeline, hashes resealed", "search", skops_model(runstring_model, sealed=True),
        why="code from a tampered predictor file ran")
     on(sec, "predictor.skops runstring pipeline, search re-run", "run", both(skops_model(runstring_model), rerun_search),
-       why="code from a tampered predictor file ran")
+       why="code from a tampered predictor file ran", ok=("clear", "recovered"),
+       check=run_rebuilt("predictors/predictor.skops"))  # `hwnas run` fits the predictor again (no code ran: checked apart)
     on(sec, "predictor.skops FunctionTransformer(os.system)", "search", skops_model(function_model(os.system)))
     on(sec, "predictor.skops FunctionTransformer(builtins.eval)", "search", skops_model(function_model(eval)))
     on(sec, "predictor.skops FunctionTransformer(numpy.log1p), resealed", "search",
@@ -923,7 +930,8 @@ def cases() -> list[Case]:
     on(sec, "pickle (os.system) as checkpoint.safetensors", "predictors", pickle_at("train/checkpoint.safetensors"))
     on(sec, "pickle (os.system) as checkpoint.safetensors", "export", pickle_at("train/checkpoint.safetensors"))
     on(sec, "pickle (os.system) as predictor.skops", "search", pickle_at("predictors/predictor.skops"))
-    on(sec, "pickle (os.system) as export/model.safetensors", "run", pickle_at("export/model.safetensors"))
+    on(sec, "pickle (os.system) as export/model.safetensors", "run", pickle_at("export/model.safetensors"),
+       ok=("clear", "recovered"), check=run_rebuilt("export/model.safetensors"))
     on(sec, "pickle (os.system) as front.json", "export", pickle_at("search/front.json"))
     add(sec, "YAML !!python/object/apply:os.system", COMMANDS["space"],
         yaml_text("name: tiny\nseed: !!python/object/apply:os.system ['touch {marker}']\n"), fresh=True)
@@ -1119,6 +1127,7 @@ def cases() -> list[Case]:
     add(dl, "study.db garbage -> search (optuna)", COMMANDS["search"],
         both(optuna_setup, lambda ctx: (ctx.run / "search" / "study.db").write_bytes(b"SQLite format 3\0" + b"\x07" * 4000)))
 
+    # `hwnas run` finds a damaged export (its manifest) and makes it again: recovered, if the new one is intact
     for name, setup in (("export/config.json not JSON", not_json("export/config.json")),
                         ("export/config.json arch of another member", edit_json("export/config.json", lambda d: d.update(
                             arch=deep_arch(1)(d["arch"])))),
@@ -1134,7 +1143,8 @@ def cases() -> list[Case]:
                         ("model.safetensors metadata dims vocab 10**12",
                          sft_header("export/model.safetensors", meta_json("dims", lambda d: d | {"vocab_size": 10**12}))),
                         ("model.safetensors tensor tok_emb removed", sft_header("export/model.safetensors", drop_tensor))):
-        on(dl, name, "run", setup)
+        rel = "export/config.json" if name.startswith("export/config.json") else "export/model.safetensors"
+        on(dl, name, "run", setup, ok=("clear", "recovered"), check=run_rebuilt(rel))
     for name, rel, setup in (("export/config.json missing", "export/config.json", delete("export/config.json")),
                              ("model.safetensors missing", "export/model.safetensors", delete("export/model.safetensors")),
                              ("model.onnx truncated", "export/model.onnx", truncate("export/model.onnx")),

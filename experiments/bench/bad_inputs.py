@@ -15,7 +15,7 @@ Outcomes:
     accepted         exit 0 on input that should be refused, or a damaged artifact used silently
     traceback        a Python traceback on stderr
     unclear          non-zero exit without exactly one final `hwnas: error:` line, or one whose fix is to run
-                     the very command that failed
+                     the very command that failed (not after deleting the file it names)
     crash            killed by a signal it did not get from the battery
     data-lost        a file that existed changed or vanished (a failed command, or another experiment's one)
     code-ran         the marker file that smuggled code would create appeared
@@ -24,7 +24,8 @@ Outcomes:
     hang             no exit within the case's timeout
 
     python experiments/bench/bad_inputs.py [--only PATTERN] [--jobs 1] [--keep] [--write]
-        [--work runs/bench-bad-inputs] [--reuse-master] [--list]
+        [--work runs/bench-bad-inputs] [--reuse-master] [--list] [--baseline OLD/results.json --label TEXT]
+        [--from-results runs/bench-bad-inputs/results.json]
 
 Results: <work>/results.json and <work>/results.md (every case: class, case, command, outcome, the
 error line or the traceback's last line); `--write` also puts the summary in BENCHMARKS.md.
@@ -147,7 +148,8 @@ def classify(case: Case, res: Result, *, code_ran: bool = False, orphans: int = 
     err = [ln for ln in res.err.splitlines() if ln.strip()]
     errors = [ln for ln in err if ERROR_LINE.match(ln)]
     if len(errors) == 1 and err[-1] == errors[0]:
-        if res.args and re.search(rf"`hwnas {re.escape(res.args[0])}\b", errors[0]):  # the fix it names is what just failed
+        fix = re.search(rf"(delete \S+ and run )?`hwnas {re.escape(res.args[0])}\b", errors[0]) if res.args else None
+        if fix and not fix.group(1):  # the fix it names is what just failed (and not after deleting the damaged file)
             return "unclear", f"the error's fix is the command that failed: {errors[0]}"
         return "clear", errors[0]
     if errors:
@@ -222,11 +224,18 @@ def markdown(rows: list[dict[str, Any]], s: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def benchmarks_body(rows: list[dict[str, Any]], s: dict[str, Any]) -> str:
+def benchmarks_body(rows: list[dict[str, Any]], s: dict[str, Any], baseline: dict[str, Any] | None = None) -> str:
     body = [f"Command: `{command()}`  ", f"Machine: {machine()}", "",
             f"{s['cases']} bad inputs and faults on a finished tiny run: "
-            + ", ".join(f"{n} {o}" for o, n in s["outcomes"].items()) + f"; {s['not_acceptable']} not acceptable.", "",
-            "| class | " + " | ".join(OUTCOMES) + " |", "| --- |" + " ---: |" * len(OUTCOMES)]
+            + ", ".join(f"{n} {o}" for o, n in s["outcomes"].items()) + f"; {s['not_acceptable']} not acceptable.", ""]
+    if baseline:
+        b = baseline["summary"]
+        body += [f"Against `--baseline` ({b['cases']} cases of the same battery on the code before: {b.get('label', 'baseline')}):", "",
+                 "| outcome | before | now |", "| --- | ---: | ---: |"]
+        body += [f"| {o} | {b['outcomes'].get(o, 0)} | {s['outcomes'].get(o, 0)} |" for o in (*OUTCOMES, "setup-failed")
+                 if b["outcomes"].get(o) or s["outcomes"].get(o)]
+        body += [f"| not acceptable | {b['not_acceptable']} | {s['not_acceptable']} |", ""]
+    body += ["| class | " + " | ".join(OUTCOMES) + " |", "| --- |" + " ---: |" * len(OUTCOMES)]
     for c, counts in s["by_class"].items():
         body.append(f"| {c} | " + " | ".join(str(counts.get(o, 0)) for o in OUTCOMES) + " |")
     bad = [r for r in rows if not r["acceptable"]]
@@ -246,7 +255,19 @@ def main() -> None:
     p.add_argument("--mem-gb", type=float, default=6.0, help="address-space limit of each hwnas process (GiB)")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
     p.add_argument("--write", action="store_true", help="also write the summary to BENCHMARKS.md")
+    p.add_argument("--baseline", default=None, help="results.json of an earlier run (the code before a fix) to compare with")
+    p.add_argument("--label", default=None, help="with --baseline: what the baseline ran on, e.g. a commit")
+    p.add_argument("--from-results", default=None, help="do not run: report (and --write) the results.json of a finished run")
     args = p.parse_args()
+    baseline = json.loads(Path(args.baseline).read_text()) if args.baseline else None
+    if baseline and args.label:
+        baseline["summary"]["label"] = args.label
+    if args.from_results:
+        done = json.loads(Path(args.from_results).read_text())
+        print(markdown(done["cases"], done["summary"]))
+        if args.write:
+            write_section("Bad inputs and faults", benchmarks_body(done["cases"], done["summary"], baseline))
+        return
 
     selected = [(i, c) for i, c in enumerate(cases()) if not args.only or re.search(args.only, c.id, re.I)]
     if args.list or not selected:
@@ -276,7 +297,7 @@ def main() -> None:
         print(f"  {c:<11} " + ", ".join(f"{n} {o}" for o, n in counts.items()))
     print(f"{s['not_acceptable']} cases with an outcome they do not accept; results: {work / 'results.md'}")
     if args.write:
-        write_section("Bad inputs and faults", benchmarks_body(ordered, s))
+        write_section("Bad inputs and faults", benchmarks_body(ordered, s, baseline))
 
 
 if __name__ == "__main__":

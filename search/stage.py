@@ -232,8 +232,6 @@ def _run_search(space_cfg: SearchSpaceConfig, cfg: SearchConfig, run_dir: Path, 
     real_loss = RealLoss(space, run_dir) if "loss" in objectives.names and cfg.validate_top else None
     if cfg.engine == "optuna":  # a study that cannot be opened is refused before anything is written
         OptunaEngine(space, cfg.algorithm, cfg.storage or default_storage(out), population=cfg.population, seed=seed).study(objectives)
-    manifest = Manifest.of(run_dir, "search")
-    manifest.forget(*FRONT_FILES, "validation.json", "summary.json")
     ref = reference_point(space, objectives, cfg, seed)
     front = ParetoFront(objectives.names, ref, objectives.constraint_names)
     t0 = time.perf_counter()
@@ -254,6 +252,9 @@ def _run_search(space_cfg: SearchSpaceConfig, cfg: SearchConfig, run_dir: Path, 
     if not front.members():
         raise SearchError(f"no feasible candidate among {len(front.candidates)}: the constraints {cfg.constraints} exclude "
                           "everything evaluated; relax them or raise search.budget")
+    # the last front stays listed (and usable) until this one is complete: from here on it is written again
+    manifest = Manifest.of(run_dir, "search")
+    manifest.forget(*FRONT_FILES, "validation.json", "summary.json")
     paths = front.save(out)
     validation = validate_front(space, front, cfg, run_dir, latency_cfg, real_loss)
     manifest.write_json("validation.json", {"rows": validation})

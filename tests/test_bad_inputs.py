@@ -60,6 +60,11 @@ def test_an_error_whose_fix_is_the_failed_command_is_unclear():
     assert classify(REFUSE, Result(["search", "c.yaml"], 2, "", err, 1.0))[0] == "clear"
     delete = "hwnas: error: latency/cpu-torch.json: truncated; delete it and run `hwnas latency CONFIG`\n"
     assert classify(REFUSE, Result(["latency", "c.yaml"], 2, "", delete, 1.0))[0] == "clear"
+    twice = ("hwnas: error: train/checkpoint.safetensors: changed since `hwnas train CONFIG` wrote it; delete it and run "
+             "`hwnas train CONFIG`\n")
+    assert classify(REFUSE, Result(["train", "c.yaml"], 2, "", twice, 1.0))[0] == "clear"
+    again = "hwnas: error: x.json: deleted by `hwnas train CONFIG`; run `hwnas train CONFIG` to write it again\n"
+    assert classify(REFUSE, Result(["train", "c.yaml"], 2, "", again, 1.0))[0] == "unclear"
 
 
 def test_traceback_line_is_the_exception():

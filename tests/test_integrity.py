@@ -344,3 +344,16 @@ def test_a_pipeline_state_that_is_a_folder_is_one_line(tiny_run):
     (run / "pipeline.json").unlink()
     (run / "pipeline.json").mkdir()
     assert_refused(hwnas("run", str(config), "--no-progress"), f"{run / 'pipeline.json'}: exists and is not a file")
+
+
+def test_a_search_that_finds_nothing_feasible_keeps_the_last_front(tiny_run):
+    config, run = tiny_run
+    cfg = load_config(config)
+    before = digest(run / "search")
+    infeasible = cfg.search.model_copy(update={"constraints": ["params <= 1"]})
+    with pytest.raises(HwnasError, match="no feasible candidate"):
+        run_search(cfg.search_space, infeasible, run, seed=cfg.seed, latency_cfg=cfg.latency, progress=False)
+    assert digest(run / "search") == before
+    manifest = Manifest.of(run, "search")
+    assert {"front.json", "summary.json"} <= set(manifest.files())  # still listed, so the export can read it
+    assert manifest.check(*manifest.files()) is None

@@ -148,8 +148,11 @@ def classify(case: Case, res: Result, *, code_ran: bool = False, orphans: int = 
     err = [ln for ln in res.err.splitlines() if ln.strip()]
     errors = [ln for ln in err if ERROR_LINE.match(ln)]
     if len(errors) == 1 and err[-1] == errors[0]:
-        fix = re.search(rf"(delete \S+ and run )?`hwnas {re.escape(res.args[0])}\b", errors[0]) if res.args else None
-        if fix and not fix.group(1):  # the fix it names is what just failed (and not after deleting the damaged file)
+        # the fix is the last command the line names ("changed since `hwnas train CONFIG` wrote it; delete it and run
+        # `hwnas train CONFIG`" names it twice): unclear when it is what just failed, and not after deleting the file
+        names = list(re.finditer(r"(delete \S+ and run )?`hwnas (\w+)", errors[0]))
+        fix = names[-1] if names and res.args and names[-1].group(2) == res.args[0] else None
+        if fix and not fix.group(1):
             return "unclear", f"the error's fix is the command that failed: {errors[0]}"
         return "clear", errors[0]
     if errors:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import re
+import shlex
 import statistics
 import sys
 import time
@@ -64,4 +65,4 @@ def write_section(name: str, body: str) -> None:
 
 
 def command() -> str:
-    return "python " + " ".join([str(Path(sys.argv[0]).resolve().relative_to(ROOT))] + sys.argv[1:])
+    return "python " + shlex.join([str(Path(sys.argv[0]).resolve().relative_to(ROOT))] + sys.argv[1:])

@@ -163,11 +163,17 @@ class OptunaEngine(SearchEngine):
             storage = open_storage(self.storage_url) if self.storage_url else None
             study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=sampler, load_if_exists=True,
                                         directions=["minimize"] * len(objectives.names))
-            study.set_metric_names(objectives.names)
+            held = study.metric_names
+            if held is None or list(held) == list(objectives.names):
+                study.set_metric_names(objectives.names)
         except Exception as e:  # a damaged database, a server that refuses, a study made for other objectives
             reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
             raise SearchError(f"search.storage {shown_storage(self.storage_url)}: cannot open the Optuna study "
                               f"{self.study_name!r} ({reason}); repair or delete it, or set search.storage to another") from None
+        if list(held or objectives.names) != list(objectives.names):  # its trials hold values of other objectives
+            raise SearchError(f"search.storage {shown_storage(self.storage_url)}: the Optuna study {self.study_name!r} holds "
+                              f"trials of the objectives {list(held)}, this search's are {objectives.names}; delete it, "
+                              "or set search.storage to another")
         return study
 
     def objective(self, objectives: ObjectiveSet):

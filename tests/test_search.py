@@ -119,6 +119,19 @@ def test_pymoo_beats_random_at_equal_budget():
     assert evo.hypervolume() > rnd.hypervolume()
 
 
+def test_optuna_study_of_other_objectives_is_refused(tmp_path):
+    from hwnas.search.engines import SearchError
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    OptunaEngine(SPACE, "nsga2", storage, population=10, seed=0).run(analytic(), 5, ParetoFront(["flops", "params"], [3e8, 1.2e6]))
+    before = (tmp_path / "study.db").read_bytes()
+    other = build_objectives(["params", "flops"], [], SPACE)  # as many objectives, other values in each slot
+    with pytest.raises(SearchError, match=r"holds trials of the objectives \['flops', 'params'\], this search's are \['params', 'flops'\]"):
+        OptunaEngine(SPACE, "nsga2", storage, population=10, seed=0).study(other)
+    assert (tmp_path / "study.db").read_bytes() == before
+    OptunaEngine(SPACE, "nsga2", storage, population=10, seed=0).study(analytic())  # its own objectives still open it
+
+
 def test_optuna_resume_continues_the_same_study(tmp_path):
     objectives = analytic()
     storage = f"sqlite:///{tmp_path / 'study.db'}"

@@ -163,17 +163,22 @@ class OptunaEngine(SearchEngine):
             storage = open_storage(self.storage_url) if self.storage_url else None
             study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=sampler, load_if_exists=True,
                                         directions=["minimize"] * len(objectives.names))
-            held = study.metric_names
-            if held is None or list(held) == list(objectives.names):
-                study.set_metric_names(objectives.names)
+            # what its trials' values mean: the objectives, and the constraints their constraint values measure
+            wanted = {"objectives": list(objectives.names), "constraints": list(objectives.constraint_names)}
+            held = {"objectives": list(study.metric_names or wanted["objectives"]),
+                    "constraints": study.user_attrs.get("constraints", wanted["constraints"])}
+            if held == wanted:
+                study.set_metric_names(wanted["objectives"])
+                study.set_user_attr("constraints", wanted["constraints"])
         except Exception as e:  # a damaged database, a server that refuses, a study made for other objectives
             reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
             raise SearchError(f"search.storage {shown_storage(self.storage_url)}: cannot open the Optuna study "
                               f"{self.study_name!r} ({reason}); repair or delete it, or set search.storage to another") from None
-        if list(held or objectives.names) != list(objectives.names):  # its trials hold values of other objectives
-            raise SearchError(f"search.storage {shown_storage(self.storage_url)}: the Optuna study {self.study_name!r} holds "
-                              f"trials of the objectives {list(held)}, this search's are {objectives.names}; delete it, "
-                              "or set search.storage to another")
+        for field in ("objectives", "constraints"):
+            if held[field] != wanted[field]:  # its trials hold values of other objectives or constraints
+                raise SearchError(f"search.storage {shown_storage(self.storage_url)}: the Optuna study {self.study_name!r} "
+                                  f"holds trials of the {field} {held[field]}, this search's are {wanted[field]}; delete "
+                                  "it, or set search.storage to another")
         return study
 
     def objective(self, objectives: ObjectiveSet):

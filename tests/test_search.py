@@ -119,7 +119,7 @@ def test_pymoo_beats_random_at_equal_budget():
     assert evo.hypervolume() > rnd.hypervolume()
 
 
-def test_optuna_study_of_other_objectives_is_refused(tmp_path):
+def test_optuna_study_of_other_objectives_or_constraints_is_refused(tmp_path):
     from hwnas.search.engines import SearchError
 
     storage = f"sqlite:///{tmp_path / 'study.db'}"
@@ -128,6 +128,9 @@ def test_optuna_study_of_other_objectives_is_refused(tmp_path):
     other = build_objectives(["params", "flops"], [], SPACE)  # as many objectives, other values in each slot
     with pytest.raises(SearchError, match=r"holds trials of the objectives \['flops', 'params'\], this search's are \['params', 'flops'\]"):
         OptunaEngine(SPACE, "nsga2", storage, population=10, seed=0).study(other)
+    assert (tmp_path / "study.db").read_bytes() == before
+    with pytest.raises(SearchError, match=r"holds trials of the constraints \[\], this search's are \['params <= 1m'\]"):
+        OptunaEngine(SPACE, "nsga2", storage, population=10, seed=0).study(analytic(["params <= 1m"]))
     assert (tmp_path / "study.db").read_bytes() == before
     OptunaEngine(SPACE, "nsga2", storage, population=10, seed=0).study(analytic())  # its own objectives still open it
 

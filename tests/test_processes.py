@@ -124,6 +124,8 @@ class Search:
             time.sleep(0.2)
         workers = _descendants(self.proc.pid)
         assert len(workers) >= 2, workers
+        # on a loaded machine the study can fill between two polls: then there is nothing left to signal
+        assert self.proc.poll() is None and self.states().get("COMPLETE", 0) < self.budget, "the search ended before the signal"
         return workers
 
     def error(self) -> str:

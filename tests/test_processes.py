@@ -114,9 +114,14 @@ class Search:
         """Start the search; return its descendants (the workers) once its study holds `at_least`
         complete trials."""
         self.stderr = open(self.run_dir.parent / "search.stderr", "w+")  # noqa: SIM115  (closed in stop)
-        self.proc = subprocess.Popen([*HWNAS, "search", str(self.config), "--workers", "2", "--no-progress"],
-                                     env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
-                                     stdout=subprocess.DEVNULL, stderr=self.stderr, text=True)
+        # a shell's `pytest &` leaves SIGINT ignored, which the search would inherit: it gets the default Ctrl-C
+        handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            self.proc = subprocess.Popen([*HWNAS, "search", str(self.config), "--workers", "2", "--no-progress"],
+                                         env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
+                                         stdout=subprocess.DEVNULL, stderr=self.stderr, text=True)
+        finally:
+            signal.signal(signal.SIGINT, handler)
         deadline = time.time() + 180
         while self.states().get("COMPLETE", 0) < at_least:
             assert self.proc.poll() is None, f"the search ended early ({self.proc.returncode}): {self.error()}"

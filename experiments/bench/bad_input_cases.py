@@ -755,6 +755,20 @@ def optuna_setup(ctx: Ctx) -> None:
     ctx.cfg["search"].update(engine="optuna", budget=120, validate_top=0)
 
 
+def foreign_study(objectives: list[str], constraints: list[str]) -> Callable[[Ctx], None]:
+    """An Optuna study in the run's study.db, made by a search of other objectives or constraints."""
+    def setup(ctx: Ctx) -> None:
+        import optuna
+
+        optuna_setup(ctx)
+        study = optuna.create_study(study_name="hwnas", storage=f"sqlite:///{ctx.run / 'search' / 'study.db'}",
+                                    directions=["minimize"] * len(objectives))
+        study.set_metric_names(objectives)
+        study.set_user_attr("constraints", constraints)
+        study.add_trial(optuna.trial.create_trial(values=[1.0] * len(objectives)))
+    return setup
+
+
 def kill_search(sig: int, group: bool = False) -> Callable[[Ctx, Case], Result]:
     """Start `hwnas search --workers 2` (Optuna), send `sig` once trials are being added (to the
     process, or to its whole group as a terminal's Ctrl-C does), look for workers left running,
@@ -772,6 +786,8 @@ def kill_search(sig: int, group: bool = False) -> Callable[[Ctx, Case], Result]:
             ctx.notes.append(f"{signal.Signals(sig).name} after {complete_trials(db)} trials")
             os.killpg(first.p.pid, sig) if group else os.kill(first.p.pid, sig)
         killed = first.wait(60)
+        if killed.rc == 0 and not ctx.notes[-1].startswith("the search ended"):
+            ctx.flags.append(("accepted", f"exit 0 after {signal.Signals(sig).name}: the signal did not stop the search"))
         orphans = leftovers(ctx.token, 3.0)
         if orphans:
             ctx.flags.append(("orphans", f"{len(orphans)} processes still running after the interrupted search"))
@@ -1126,6 +1142,9 @@ def cases() -> list[Case]:
     on(dl, "validation.json not JSON", "pareto", not_json("search/validation.json"))
     add(dl, "study.db garbage -> search (optuna)", COMMANDS["search"],
         both(optuna_setup, lambda ctx: (ctx.run / "search" / "study.db").write_bytes(b"SQLite format 3\0" + b"\x07" * 4000)))
+    add(dl, "study.db of other objectives -> search (optuna)", COMMANDS["search"], foreign_study(["latency@cpu", "loss"], []))
+    add(dl, "study.db of other constraints -> search (optuna)", COMMANDS["search"], foreign_study(["loss", "latency@cpu"],
+                                                                                                 ["params <= 1m"]))
 
     # `hwnas run` finds a damaged export (its manifest) and makes it again: recovered, if the new one is intact
     for name, setup in (("export/config.json not JSON", not_json("export/config.json")),

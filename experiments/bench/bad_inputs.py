@@ -39,6 +39,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -249,6 +250,9 @@ def benchmarks_body(rows: list[dict[str, Any]], s: dict[str, Any], baseline: dic
 
 
 def main() -> None:
+    # a shell's `cmd &` starts it with SIGINT ignored, which every command it runs would inherit (and the
+    # Ctrl-C cases would test nothing): its commands get the default Ctrl-C
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default=str(ROOT / "runs" / "bench-bad-inputs"), help="work folder (master run, cases, results)")
     p.add_argument("--only", default=None, help="run the cases whose 'class/name' matches this regular expression")

@@ -234,7 +234,11 @@ def benchmarks_body(rows: list[dict[str, Any]], s: dict[str, Any], baseline: dic
             + ", ".join(f"{n} {o}" for o, n in s["outcomes"].items()) + f"; {s['not_acceptable']} not acceptable.", ""]
     if baseline:
         b = baseline["summary"]
-        body += [f"Against `--baseline` ({b['cases']} cases of the same battery on the code before: {b.get('label', 'baseline')}):", "",
+        old = {(c["class"], c["case"]) for c in baseline.get("cases", [])}
+        new = sum((r["class"], r["case"]) not in old for r in rows)
+        added = f"; {new} cases added since are counted only now" if new and old else ""
+        body += [f"Against `--baseline` ({b['cases']} cases of the same battery on the code before: {b.get('label', 'baseline')}"
+                 f"{added}):", "",
                  "| outcome | before | now |", "| --- | ---: | ---: |"]
         body += [f"| {o} | {b['outcomes'].get(o, 0)} | {s['outcomes'].get(o, 0)} |" for o in (*OUTCOMES, "setup-failed")
                  if b["outcomes"].get(o) or s["outcomes"].get(o)]

@@ -398,13 +398,27 @@ def run_latency(space: SearchSpace, cfg: LatencyConfig, run_dir: str | Path, dev
     """The `hwnas latency` stage for one device and backend: build or resume the table in the
     run directory and return it. `seed`, `name`: the experiment's (the run directory must belong
     to it, `search_space.rundir`)."""
-    if device not in ("cpu", "cuda"):
-        raise LatencyError(f"device {device!r} is not one of cpu, cuda")
+    check_stage(space, cfg, run_dir, [device], seed, name)
+    with stage_lock(run_dir, "latency"):
+        return build_in_run(space, cfg, run_dir, device, backend, strict, progress)
+
+
+def check_stage(space: SearchSpace, cfg: LatencyConfig, run_dir: str | Path, devices: list[str], seed: int | None,
+                name: str | None) -> None:
+    """Before anything is written: known devices, a model that fits in memory, a run directory of
+    this experiment (recorded as its owner)."""
+    for device in devices:
+        if device not in ("cpu", "cuda"):
+            raise LatencyError(f"device {device!r} is not one of cpu, cuda")
     check_fits(space.config, "latency", cfg.batch_size, cfg.seq_len or space.config.block_size, "latency.batch_size")
     claim_run_dir(run_dir, space.config.model_dump(mode="json"), seed, name)
-    with stage_lock(run_dir, "latency"):
-        return build_table(space, cfg, table_path(run_dir, device, backend), device, backend, strict, progress,
-                           manifest=Manifest.of(run_dir, "latency"))
+
+
+def build_in_run(space: SearchSpace, cfg: LatencyConfig, run_dir: str | Path, device: str, backend: str, strict: bool,
+                 progress: bool) -> LatencyTable:
+    """Build or resume the table of `device`/`backend` in the run directory (checked and locked by the caller)."""
+    return build_table(space, cfg, table_path(run_dir, device, backend), device, backend, strict, progress,
+                       manifest=Manifest.of(run_dir, "latency"))
 
 
 def load_table(run_dir: str | Path, device: str = "cpu", backend: str = "torch", strict: bool = False,

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from hwnas.search_space import SearchSpace, SearchSpaceConfig
-from hwnas.search_space.rundir import claim_run_dir, stage_lock
-from hwnas.supernet.memory import check_fits
+from hwnas.search_space.rundir import stage_lock
 
-from .build import run_latency
+from .build import build_in_run, check_stage
 from .config import LatencyConfig
 from .fidelity import fidelity_report_fresh
 from .table import LatencyTable
@@ -25,13 +24,13 @@ def run_latency_stage(space_cfg: SearchSpaceConfig, cfg: LatencyConfig, run_dir:
     `fidelity` and `cfg.n_fidelity`, its fidelity report; `on_table(device, backend, table, report)`
     after each. Returns each report's prediction figures and proxies by "device/backend"."""
     space = SearchSpace(space_cfg)
-    check_fits(space_cfg, "latency", cfg.batch_size, cfg.seq_len or space_cfg.block_size, "latency.batch_size")  # before any write
-    claim_run_dir(run_dir, space_cfg.model_dump(mode="json"), seed, name)
+    devices, backends = devices or cfg.devices, backends or cfg.backends
+    check_stage(space, cfg, run_dir, devices, seed, name)
     out: dict[str, Any] = {}
     with stage_lock(run_dir, "latency"):
-        for device in devices or cfg.devices:
-            for backend in backends or cfg.backends:
-                table = run_latency(space, cfg, run_dir, device, backend, strict, progress, seed, name)
+        for device in devices:
+            for backend in backends:
+                table = build_in_run(space, cfg, run_dir, device, backend, strict, progress)
                 report = None
                 if fidelity and cfg.n_fidelity:
                     report = fidelity_report_fresh(space_cfg, cfg, run_dir, device, backend, progress=progress)

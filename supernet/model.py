@@ -59,6 +59,15 @@ class ElasticNorms(nn.Module):
         return ops.norm(kind, x, **self.params(kind, x.shape[-1]))
 
 
+def fan_in_normal(*shape: int) -> Tensor:
+    """A weight of `shape` (out, in last) drawn at std 1/sqrt(in): each projection keeps its input's
+    scale, so every residual branch adds a unit-scale update from the first step. The usual 0.02
+    makes the branches ~50x smaller than the embedding at this width, and training spent its first
+    hundreds of steps growing them (BENCHMARKS.md, "Training recipe": 3.06 -> 2.61 bits/byte at
+    600 steps for the standard design)."""
+    return torch.randn(*shape) / shape[-1] ** 0.5
+
+
 def shared_or_per_kind(make: Callable[[], Tensor], kinds: Sequence[str] | None) -> nn.Parameter | nn.ParameterDict:
     """One parameter for every kind (`kinds` None), or one per kind."""
     return nn.Parameter(make()) if kinds is None else nn.ParameterDict({k: nn.Parameter(make()) for k in kinds})
@@ -76,8 +85,8 @@ class ElasticAttention(nn.Module):
         super().__init__()
         self.head_dim = head_dim
         a = heads_max * head_dim
-        self.qkv = shared_or_per_kind(lambda: torch.randn(3, a, d_max) * 0.02, kinds)  # (3, nh*hs, d): q, k, v
-        self.proj = shared_or_per_kind(lambda: torch.randn(d_max, a) * 0.02, kinds)
+        self.qkv = shared_or_per_kind(lambda: fan_in_normal(3, a, d_max), kinds)  # (3, nh*hs, d): q, k, v
+        self.proj = shared_or_per_kind(lambda: fan_in_normal(d_max, a), kinds)
 
     def full(self, kind: str) -> tuple[Tensor, Tensor]:
         """The whole (qkv, proj) tensors an attention of `kind` slices."""
@@ -105,9 +114,10 @@ class ElasticFFN(nn.Module):
 
     def __init__(self, d_max: int, hidden_max: int, expert_counts: list[int], kinds: Sequence[str] | None = None):
         super().__init__()
-        self.up = shared_or_per_kind(lambda: torch.randn(hidden_max, d_max) * 0.02, kinds)
-        self.gate = nn.Parameter(torch.randn(hidden_max, d_max) * 0.02)
-        self.down = shared_or_per_kind(lambda: torch.randn(d_max, hidden_max) * 0.02, kinds)
+        self.up = shared_or_per_kind(lambda: fan_in_normal(hidden_max, d_max), kinds)
+        self.gate = nn.Parameter(fan_in_normal(hidden_max, d_max))
+        self.down = shared_or_per_kind(lambda: fan_in_normal(d_max, hidden_max), kinds)
+        # routers start small, so every expert gets tokens while the experts are still alike
         self.routers = nn.ParameterDict({str(e): nn.Parameter(torch.randn(e, d_max) * 0.02) for e in expert_counts})
 
     def full(self, kind: str) -> tuple[Tensor, Tensor]:

@@ -39,7 +39,12 @@ class TrainConfig(Section):
     beta2: float = Field(default=0.99, ge=0, lt=1)
     grad_clip: float = Field(default=1.0, gt=0)
     # sandwich rule and in-place distillation (BigNAS / AttentiveNAS)
+    parent_fraction: float = Field(default=0.0, ge=0, lt=1, description="share of the steps, at the start, that train "
+                                   "only the largest subnet (parent first, as Minitron / Nemotron Elastic start from a "
+                                   "trained parent); the sandwich rule trains the rest")
     n_random: int = Field(default=2, ge=0, le=MAX_RANDOM_SUBNETS, description="random subnets per step besides the largest and smallest")
+    random_weight: float = Field(default=1.0, gt=0, le=1, description="weight of each random subnet's loss against the "
+                                "largest's and smallest's 1: below 1 they pull the shared weights less")
     distill: bool = True
     distill_weight: float = Field(default=1.0, ge=0, le=1, description="KD share of a child's loss; the rest is cross-entropy")
     complexity_aware: bool = Field(default=False, description="ElasticViT: bound the FLOPs gap between consecutive random subnets")

@@ -103,7 +103,13 @@ class SandwichSampler:
         self.prev_flops = float(self.space.flops(arch))
         return arch
 
+    def parent_only(self, step: int) -> bool:
+        """Whether `step` is in the parent-first phase, which trains the largest subnet alone."""
+        return step < round(self.cfg.parent_fraction * self.cfg.steps)
+
     def archs(self, step: int) -> list[tuple[str, ArchConfig]]:
+        if self.parent_only(step):
+            return [("largest", self.largest)]
         rng = np.random.default_rng(step_seed(self.seed, step, 0))
         return [("largest", self.largest), ("smallest", self.smallest)] + [
             ("random", self._random(rng)) for _ in range(self.cfg.n_random)
@@ -248,6 +254,8 @@ class Trainer:
                     kd = F.kl_div(F.log_softmax(logits, -1), teacher, reduction="none").sum(-1).mean()
                     loss = cfg.distill_weight * kd + (1 - cfg.distill_weight) * ce
                 loss = loss + cfg.balance_weight * aux
+                if role == "random":
+                    loss = cfg.random_weight * loss
             finite &= bool(torch.isfinite(loss))
             losses.setdefault(role, []).append(ce.item())
             loss.backward()

@@ -54,9 +54,12 @@ class Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize(("kill_at", "ema_decay"), [(4, 0.0), (6, 0.0), (4, 0.9)])
-def test_resumed_run_equals_uninterrupted(tmp_path, text_dir, kill_at, ema_decay):
-    cfg = tiny_cfg(text_dir, ema_decay=ema_decay)
+@pytest.mark.parametrize(("kill_at", "ema_decay", "recipe"), [
+    (4, 0.0, {}), (6, 0.0, {}), (4, 0.9, {}),
+    (4, 0.0, {"parent_fraction": 0.5, "random_weight": 0.5}),  # resumed at step 3, the parent-first phase ends at 4
+])
+def test_resumed_run_equals_uninterrupted(tmp_path, text_dir, kill_at, ema_decay, recipe):
+    cfg = tiny_cfg(text_dir, ema_decay=ema_decay, **recipe)
     train(TINY, cfg, tmp_path / "full", progress=False)
 
     def boom(step: int) -> None:
@@ -193,6 +196,27 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_at(55, cfg) == pytest.approx(0.55)
     assert lr_at(100, cfg) == pytest.approx(0.1)
     assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 100))
+
+
+def test_parent_first_phase_trains_the_largest_alone_then_the_sandwich():
+    space = SearchSpace(SearchSpaceConfig())
+    sampler = SandwichSampler(space, TrainConfig(steps=10, warmup_steps=1, parent_fraction=0.3, n_random=2), seed=0)
+    assert [sampler.archs(s) for s in range(3)] == [[("largest", space.largest())]] * 3
+    assert [r for r, _ in sampler.archs(3)] == ["largest", "smallest", "random", "random"]
+    with pytest.raises(ValueError, match="parent_fraction"):
+        TrainConfig(parent_fraction=1.0)
+
+
+def test_random_weight_scales_only_the_random_subnets(tmp_path, text_dir):
+    def trained(name: str, **kw) -> dict[str, torch.Tensor]:
+        train(TINY, tiny_cfg(text_dir, steps=3, ckpt_every=3, **kw), tmp_path / name, progress=False)
+        return {k: v for k, v in weights(tmp_path / name).items() if k.startswith("model/")}
+
+    def same(a, b) -> bool:
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    assert not same(trained("w1"), trained("w25", random_weight=0.25))
+    assert same(trained("n0w1", n_random=0), trained("n0w25", n_random=0, random_weight=0.25))
 
 
 def test_sandwich_has_largest_smallest_and_random_and_complexity_aware_bounds_the_gap():

@@ -60,9 +60,12 @@ def covering_archs(bits: int = 16) -> list[ArchConfig]:
 def net() -> Supernet:
     torch.manual_seed(0)
     model = Supernet(SMALL).eval()
-    with torch.no_grad():  # norms off identity, larger weights: differences would show
-        for name, p in model.named_parameters():
-            p.add_(0.1 * torch.randn_like(p)) if "norm" in name else p.mul_(10)
+    with torch.no_grad():  # norms off identity, larger embeddings and routers: differences would show (the
+        for name, p in model.named_parameters():  # projections already start at std 1/sqrt(fan_in))
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+            elif "emb" in name or "router" in name:
+                p.mul_(10)
     return model
 
 

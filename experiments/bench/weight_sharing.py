@@ -1,83 +1,230 @@
-"""Weight-sharing fidelity: do subnets inherited from the supernet rank like the same archs
-trained from scratch? Trains N archs (spread over FLOPs, smallest and largest included) from a
-fresh initialization for the supernet's token budget, then reports the Kendall tau between their
-stand-alone validation loss and the supernet's inherited loss, and the loss gap.
+"""Weight sharing: the tax and the rank fidelity of the supernet's inherited subnets.
 
-    python experiments/bench/weight_sharing.py [--config experiments/quickstart.yaml] [--n 8] [--steps S]
+Trains a supernet with the experiment's `train` section (`--steps` and `--set key=value` change it;
+the run goes to runs/bench-ws/<variant>, so the experiment's own run is untouched) and N archs from
+a fresh initialization with the same recipe and the same number of steps: the smallest, the
+largest, and N-2 drawn one from each of N-2 equal FLOPs strata of a large sample of the space.
+Then reports
+
+- the tax: the supernet's largest and smallest subnets (inherited weights) against the same archs
+  trained alone, in bits/byte on the same validation bytes;
+- the rank fidelity: Kendall tau between inherited and stand-alone loss over all N archs, with a
+  bootstrap 90% interval (archs resampled with replacement);
+- what each dimension costs: the largest arch with one choice changed, inherited.
+
+Stand-alone runs depend only on the arch, the seed and the stand-alone recipe (not on `--set`,
+which changes the supernet's sandwich), so they are cached in runs/bench-ws/alone.json and shared
+by variants. Every variant's summary is kept in runs/bench-ws/results.json; BENCHMARKS.md shows
+them all, with the details of the latest.
+
+    python experiments/bench/weight_sharing.py [--config experiments/quickstart.yaml] [--steps 600] [--n 20]
+        [--set random_weight=0.1 --set parent_fraction=0.3]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from scipy.stats import kendalltau
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command, machine, write_section  # noqa: E402
 
 from hwnas.config import load_config  # noqa: E402
+from hwnas.search_space import ArchConfig, HwnasError  # noqa: E402
+from hwnas.search_space.io import atomic_write_text  # noqa: E402
 from hwnas.supernet import Supernet, extract_subnet  # noqa: E402
+from hwnas.supernet.config import TrainConfig  # noqa: E402
 from hwnas.supernet.data import Corpus  # noqa: E402
 from hwnas.supernet.evaluate import evaluate  # noqa: E402
 from hwnas.supernet.finetune import train_standalone  # noqa: E402
-from hwnas.supernet.train import load_supernet  # noqa: E402
+from hwnas.supernet.train import load_supernet, train, verify_supernet  # noqa: E402
+
+LN2 = float(np.log(2))
+ROOT = Path("runs") / "bench-ws"
+# the train fields that only shape the sandwich (a stand-alone run ignores them)
+SANDWICH_ONLY = {"n_random", "random_weight", "parent_fraction", "distill", "distill_weight", "complexity_aware", "flops_gap",
+                 "ema_decay", "ckpt_every", "eval_every", "log_every", "wandb", "wandb_project", "threads", "device"}
 
 
-def spread_archs(space, n: int, seed: int):
-    """Smallest, largest, and n-2 random archs at evenly spaced FLOPs quantiles of a pool."""
+def stratified_archs(space, n: int, seed: int, pool_size: int = 4000) -> list[ArchConfig]:
+    """Smallest, largest, and one arch drawn at random from each of n-2 equal-count FLOPs strata
+    of `pool_size` samples (so small, middle and large subnets are all represented)."""
     rng = np.random.default_rng(seed)
-    pool = sorted((space.sample(rng) for _ in range(2000)), key=space.flops)
-    picks = [pool[int(q)] for q in np.linspace(0, len(pool) - 1, n - 2)]
+    pool = sorted({space.sample(rng) for _ in range(pool_size)}, key=lambda a: (space.flops(a), a.key()))
+    edges = np.linspace(0, len(pool), n - 1).astype(int)
+    picks = [pool[int(rng.integers(lo, hi))] for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
     return [space.smallest(), *picks, space.largest()]
+
+
+def one_change_archs(space) -> dict[str, ArchConfig]:
+    """The largest arch with one choice changed to each other value the space offers."""
+    c, big = space.config, space.largest()
+    out = {"largest": big}
+    for depth in sorted(set(c.depth) - {big.depth}):
+        out[f"depth {depth}"] = replace(big, layers=big.layers[:depth])
+    for d in sorted(set(c.embed_dim) - {big.embed_dim}):
+        out[f"embed_dim {d}"] = replace(big, embed_dim=d)
+    layer = big.layers[0]
+    for field, choices in (("n_heads", c.n_heads.choices), ("mlp_ratio", c.mlp_ratio.choices), ("norm", c.norm.choices),
+                           ("placement", c.norm_placement.choices), ("attention", c.attention.choices),
+                           ("ffn", c.ffn.choices), ("weight_bits", c.weight_bits.choices)):
+        for v in choices:
+            if v == getattr(layer, field):
+                continue
+            extra = {"window": min(c.attention.windows)} if v == "window" else {}
+            if v == "moe":
+                extra = {"n_experts": min(c.ffn.experts), "top_k": min(c.ffn.top_k)}
+            arch = replace(big, layers=tuple(replace(layer_, **{field: v}, **extra) for layer_ in big.layers))
+            try:
+                space.validate(arch)
+            except HwnasError:
+                continue
+            out[f"{field} {v}"] = arch
+    return out
+
+
+def bootstrap_tau(x: np.ndarray, y: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """The 5th and 95th percentiles of Kendall tau over resamples of the pairs."""
+    rng = np.random.default_rng(seed)
+    taus = []
+    for _ in range(n):
+        i = rng.integers(0, len(x), len(x))
+        if len(set(i)) > 2:
+            t = kendalltau(x[i], y[i]).statistic
+            if np.isfinite(t):
+                taus.append(t)
+    return float(np.percentile(taus, 5)), float(np.percentile(taus, 95))
+
+
+def alone(config: str, train_json: str, key_json: str, steps: int, seed: int, corpus_dir: str, eval_tokens: int) -> dict:
+    """Train one arch from the supernet's initialization for `steps` steps; one thread."""
+    torch.set_num_threads(1)
+    cfg = load_config(config)
+    torch.manual_seed(seed)
+    model = extract_subnet(Supernet(cfg.search_space), ArchConfig.from_json(key_json))
+    r = train_standalone(model, Corpus.load(corpus_dir), steps, TrainConfig.model_validate_json(train_json), seed=seed,
+                         eval_tokens=eval_tokens)
+    return {"alone": r["loss_after"] / LN2, "seconds": r["train_seconds"]}
+
+
+def parse_sets(sets: list[str]) -> dict:
+    out = {}
+    for s in sets:
+        key, sep, value = s.partition("=")
+        if not sep or key not in TrainConfig.model_fields:
+            sys.exit(f"--set: expected key=value with key one of the train fields, got {s!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--config", default="experiments/quickstart.yaml")
-    p.add_argument("--n", type=int, default=8)
-    p.add_argument("--steps", type=int, default=None, help="training steps per arch (default: the supernet's train.steps)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=None, help="supernet and stand-alone steps (default: the config's train.steps)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a train field of the supernet's run")
+    p.add_argument("--n", type=int, default=20, help="archs, smallest and largest included (>= 3)")
+    p.add_argument("--seed", type=int, default=0, help="draws the archs and the stand-alone runs' seeds")
+    p.add_argument("--jobs", type=int, default=2, help="stand-alone runs in parallel, one thread each")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.n < 3:
+        sys.exit("--n: must be at least 3 (smallest, largest and one stratum)")
     cfg = load_config(args.config)
     steps = args.steps or cfg.train.steps
-    net = load_supernet(cfg.run_path, cfg.search_space)
-    corpus = Corpus.load(cfg.run_path / "corpus")
-    archs = spread_archs(net.space, args.n, cfg.seed)
-    rows = []
-    for i, arch in enumerate(archs):
-        inherited = evaluate(net, arch, corpus, max_tokens=cfg.train.eval_tokens)["loss"]
-        torch.manual_seed(cfg.seed + 100 + i)
-        fresh = extract_subnet(Supernet(cfg.search_space), arch)  # the supernet's initialization, for this arch
-        r = train_standalone(fresh, corpus, steps, cfg.train, seed=cfg.seed + i, eval_tokens=cfg.train.eval_tokens)
-        rows.append({"key": arch.key(), "flops": net.space.flops(arch), "inherited": inherited, "standalone": r["loss_after"],
-                     "seconds": r["train_seconds"]})
-        print(f"{i}: inherited {inherited:.4f}  stand-alone {r['loss_after']:.4f}  ({r['train_seconds']:.0f} s)  {arch.key()}", flush=True)
-    inh, sa = np.array([r["inherited"] for r in rows]), np.array([r["standalone"] for r in rows])
-    tau = kendalltau(inh, sa).statistic
+    sets = parse_sets(args.set)
+    base = cfg.train.model_copy(update={"steps": steps, "warmup_steps": min(cfg.train.warmup_steps, steps)})
+    sup_cfg = TrainConfig.model_validate(base.model_dump() | sets | {"wandb": "disabled", "eval_every": steps, "ckpt_every": 100})
+    space_json = cfg.search_space.model_dump(mode="json")
+    label = ", ".join(f"{k}={v}" for k, v in sets.items()) or "the config's recipe"
+    variant = f"{steps}-{digest([space_json, sup_cfg.model_dump(mode='json'), cfg.seed])}"
+    run_dir = ROOT / variant
+    corpus_dir = ROOT / "corpus"
+    try:
+        verify_supernet(run_dir)
+    except HwnasError:
+        print(f"training the supernet ({label}, {steps} steps) in {run_dir}", flush=True)
+        train(cfg.search_space, sup_cfg, run_dir, seed=cfg.seed, name=f"bench-ws-{variant}")
+    if not (corpus_dir / "corpus.json").exists():
+        from hwnas.supernet.data import build_corpus
+
+        build_corpus(cfg.train.corpus, corpus_dir, val_fraction=cfg.train.val_fraction, max_bytes=cfg.train.max_corpus_bytes)
+    torch.set_num_threads(2)
+    net = load_supernet(run_dir, cfg.search_space)
+    corpus = Corpus.load(corpus_dir)
+    tokens = cfg.train.eval_tokens
+    archs = stratified_archs(net.space, args.n, args.seed)
+    inherited = [evaluate(net, a, corpus, max_tokens=tokens)["bpb"] for a in archs]
+    changes = {name: evaluate(net, a, corpus, max_tokens=tokens)["bpb"] for name, a in one_change_archs(net.space).items()}
+
+    # stand-alone runs, cached by (space, stand-alone recipe, steps, arch, seed)
+    alone_cfg = TrainConfig.model_validate({k: v for k, v in base.model_dump().items() if k not in SANDWICH_ONLY})
+    cache_path = ROOT / "alone.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    recipe = digest([space_json, alone_cfg.model_dump(mode="json"), steps, tokens])
+    seeds = [args.seed * 1000 + 100 + i for i in range(len(archs))]
+    keys = [f"{recipe}/{s}/{a.key()}" for a, s in zip(archs, seeds, strict=True)]
+    todo = [i for i, k in enumerate(keys) if k not in cache]
+    t0 = time.perf_counter()
+    if todo:
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+            futures = {i: pool.submit(alone, args.config, alone_cfg.model_dump_json(), archs[i].to_json(), steps, seeds[i],
+                                      str(corpus_dir), tokens) for i in todo}
+            for i, f in futures.items():
+                cache[keys[i]] = f.result()
+                atomic_write_text(cache_path, json.dumps(cache, indent=1, sort_keys=True))
+                print(f"{i:2d}: alone {cache[keys[i]]['alone']:.3f} bits/byte ({cache[keys[i]]['seconds']:.0f} s)  "
+                      f"{archs[i].key()}", flush=True)
+    inh = np.array(inherited)
+    sa = np.array([cache[k]["alone"] for k in keys])
+    tau = float(kendalltau(inh, sa).statistic)
+    lo, hi = bootstrap_tau(inh, sa, seed=args.seed)
     gap = inh - sa
-    print(f"Kendall tau (inherited vs stand-alone): {tau:.3f}; loss gap inherited - stand-alone: mean {gap.mean():+.4f}, "
-          f"range [{gap.min():+.4f}, {gap.max():+.4f}] nats/byte")
+    summary = json.loads((run_dir / "train" / "summary.json").read_text())
+    result = {"variant": variant, "label": label, "steps": steps, "n": len(archs), "tau": tau, "tau_90": [lo, hi],
+              "tax_largest": float(gap[-1]), "tax_smallest": float(gap[0]), "mid_gap": float(gap[1:-1].mean()),
+              "train_seconds": summary["train_seconds"]}
+    print(f"{label}: tax largest {gap[-1]:+.3f}, smallest {gap[0]:+.3f} bits/byte; Kendall tau {tau:.3f} on {len(archs)} archs "
+          f"(90% bootstrap {lo:.3f} to {hi:.3f}); stand-alone runs {time.perf_counter() - t0:.0f} s")
+    results_path = ROOT / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results[f"{variant}/{args.seed}/{args.n}"] = result
+    atomic_write_text(results_path, json.dumps(results, indent=1, sort_keys=True))
+    if args.no_write:
+        return
     body = [
-        f"Command: `{command()}`<br>",
-        f"Machine: {machine()}<br>",
-        f"{len(rows)} archs trained from scratch for {steps} steps x {cfg.train.batch_size} x "
-        f"{cfg.train.seq_len or cfg.search_space.block_size} tokens (the supernet's budget), validation loss in nats/byte "
-        f"on {cfg.train.eval_tokens} tokens. Anchors: once-for-all and MatFormer report inherited subnets matching "
-        "stand-alone ones.\n",
-        f"**Kendall tau {tau:.3f}**; loss gap (inherited - stand-alone) mean {gap.mean():+.4f}, range "
-        f"[{gap.min():+.4f}, {gap.max():+.4f}].\n",
-        "| arch | FLOPs/seq | inherited loss | stand-alone loss | gap |", "| --- | --- | --- | --- | --- |",
+        f"`{command()}` (every variant of the first table by the same command with its `--set`)", "",
+        f"Machine: {machine()}. Supernets: the experiment's space and `train` section, {steps} steps, with the changes named; "
+        f"stand-alone runs: one thread each, the same `train` section and steps from the supernet's initialization. "
+        f"Bits/byte on {tokens:,} validation bytes; the tax is inherited minus alone.", "",
+        "| supernet recipe | steps | train s | tax largest | tax smallest | mean gap, middle archs | Kendall tau (90% interval) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    body += [f"| `{r['key']}` | {r['flops']:.3g} | {r['inherited']:.4f} | {r['standalone']:.4f} | {r['inherited'] - r['standalone']:+.4f} |"
-             for r in rows]
-    if not args.no_write:
-        write_section("Weight-sharing fidelity (inherited vs stand-alone subnets)", "\n".join(body))
+    body += [f"| {r['label']} | {r['steps']} | {r['train_seconds']:.0f} | {r['tax_largest']:+.3f} | {r['tax_smallest']:+.3f} | "
+             f"{r['mid_gap']:+.3f} | {r['tau']:.3f} ({r['tau_90'][0]:.2f} to {r['tau_90'][1]:.2f}), {r['n']} archs |"
+             for r in sorted(results.values(), key=lambda r: (r["steps"], r["label"]))]
+    body += ["", f"Latest ({label}): what each dimension costs, the largest arch with one choice changed (inherited bits/byte):", "",
+             "| change | inherited | vs largest |", "| --- | --- | --- |"]
+    body += [f"| {name} | {v:.3f} | {v - changes['largest']:+.3f} |" for name, v in changes.items()]
+    body += ["", f"Latest ({label}), per arch:", "", "| arch | FLOPs/seq | inherited | alone | gap |", "| --- | --- | --- | --- | --- |"]
+    body += [f"| `{a.key()}` | {net.space.flops(a):.3g} | {i:.3f} | {s:.3f} | {i - s:+.3f} |"
+             for a, i, s in zip(archs, inh, sa, strict=True)]
+    write_section("Weight sharing: tax and rank fidelity (inherited vs stand-alone subnets)", "\n".join(body))
 
 
 if __name__ == "__main__":

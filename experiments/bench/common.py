@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import shlex
@@ -9,6 +10,8 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import torch
@@ -66,3 +69,11 @@ def write_section(name: str, body: str) -> None:
 
 def command() -> str:
     return "python " + shlex.join([str(Path(sys.argv[0]).resolve().relative_to(ROOT))] + sys.argv[1:])
+
+
+def worker_pool(jobs: int) -> ProcessPoolExecutor:
+    """`jobs` spawned worker processes that die with this one (a killed bench leaves no worker
+    training on behind it, slowing every later measurement)."""
+    from hwnas.search_space.isolate import die_with_parent
+
+    return ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=die_with_parent, initargs=(os.getpid(),))

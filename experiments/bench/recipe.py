@@ -20,8 +20,6 @@ import json
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 import torch
@@ -29,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command, machine, write_section  # noqa: E402
+from common import command, machine, worker_pool, write_section  # noqa: E402
 
 from hwnas.config import load_config  # noqa: E402
 from hwnas.search_space.io import atomic_write_text  # noqa: E402
@@ -162,7 +160,7 @@ def main() -> None:
                                              args.eval_tokens]).encode()).hexdigest()[:10]
     key = lambda kind, steps, seed, a: f"{space_train}/{kind}/{steps}/{seed}/{a}"  # noqa: E731
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+    with worker_pool(args.jobs) as pool:
         futures = {key(*j): pool.submit(job, j[0], args.config, str(corpus_dir), j[1], j[2], args.eval_tokens, j[3])
                    for j in jobs if key(*j) not in cache}
         for k, f in futures.items():

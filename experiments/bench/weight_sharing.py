@@ -28,9 +28,7 @@ import hashlib
 import json
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +37,7 @@ import yaml
 from scipy.stats import kendalltau
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command, machine, write_section  # noqa: E402
+from common import command, machine, worker_pool, write_section  # noqa: E402
 
 from hwnas.config import load_config  # noqa: E402
 from hwnas.search_space import ArchConfig, HwnasError  # noqa: E402
@@ -182,7 +180,7 @@ def main() -> None:
     todo = [i for i, k in enumerate(keys) if k not in cache]
     t0 = time.perf_counter()
     if todo:
-        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+        with worker_pool(args.jobs) as pool:
             futures = {i: pool.submit(alone, args.config, alone_cfg.model_dump_json(), archs[i].to_json(), steps, seeds[i],
                                       str(corpus_dir), tokens) for i in todo}
             for i, f in futures.items():

@@ -63,7 +63,7 @@ def fan_in_normal(*shape: int) -> Tensor:
     """A weight of `shape` (out, in last) drawn at std 1/sqrt(in): each projection keeps its input's
     scale, so every residual branch adds a unit-scale update from the first step. The usual 0.02
     makes the branches ~50x smaller than the embedding at this width, and training spent its first
-    hundreds of steps growing them (BENCHMARKS.md, "Training recipe": 3.06 -> 2.61 bits/byte at
+    hundreds of steps growing them (BENCHMARKS.md, "Training recipe": 3.06 -> 2.65 bits/byte at
     600 steps for the standard design)."""
     return torch.randn(*shape) / shape[-1] ** 0.5
 

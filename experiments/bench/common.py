@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import platform
 import re
@@ -77,3 +79,8 @@ def worker_pool(jobs: int) -> ProcessPoolExecutor:
     from hwnas.search_space.isolate import die_with_parent
 
     return ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=die_with_parent, initargs=(os.getpid(),))
+
+
+def digest(obj) -> str:
+    """A short stable hash of a JSON-able object (model_dump order is fixed), to key cached runs."""
+    return hashlib.sha256(json.dumps(obj).encode()).hexdigest()[:10]

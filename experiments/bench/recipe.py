@@ -15,7 +15,6 @@ differ. Ablation rows change one thing in hwnas's recipe (`--ablate`).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
 import sys
@@ -27,7 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command, machine, worker_pool, write_section  # noqa: E402
+from common import command, digest, machine, worker_pool, write_section  # noqa: E402
+from outcome import standard_design  # noqa: E402
 
 from hwnas.config import load_config  # noqa: E402
 from hwnas.search_space.io import atomic_write_text  # noqa: E402
@@ -86,12 +86,6 @@ def train_plain(corpus, steps: int, batch: int, seq_len: int, seed: int, eval_to
 
 
 # --- hwnas's recipe, and one-change ablations of it ----------------------------------------------
-def standard_design(space):
-    from outcome import standard_design as design
-
-    return design(space)
-
-
 @torch.no_grad()
 def _old_init(model) -> None:
     """The initialization before issue 22: every projection N(0, 0.02)."""
@@ -156,8 +150,7 @@ def main() -> None:
     # finished runs are kept (keyed by everything that shapes them), so an interrupted bench goes on where it stopped
     cache_path = corpus_dir.parent / "runs.json"
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
-    space_train = hashlib.sha256(json.dumps([cfg.search_space.model_dump(mode="json"), cfg.train.model_dump(mode="json"),
-                                             args.eval_tokens]).encode()).hexdigest()[:10]
+    space_train = digest([cfg.search_space.model_dump(mode="json"), cfg.train.model_dump(mode="json"), args.eval_tokens])
     key = lambda kind, steps, seed, a: f"{space_train}/{kind}/{steps}/{seed}/{a}"  # noqa: E731
     t0 = time.perf_counter()
     with worker_pool(args.jobs) as pool:

@@ -24,7 +24,6 @@ them all, with the details of the latest.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -37,7 +36,7 @@ import yaml
 from scipy.stats import kendalltau
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command, machine, worker_pool, write_section  # noqa: E402
+from common import command, digest, machine, worker_pool, write_section  # noqa: E402
 
 from hwnas.config import load_config  # noqa: E402
 from hwnas.search_space import ArchConfig, HwnasError  # noqa: E402
@@ -127,10 +126,6 @@ def parse_sets(sets: list[str]) -> dict:
     return out
 
 
-def digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:10]
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--config", default="experiments/quickstart.yaml")
@@ -152,16 +147,12 @@ def main() -> None:
     label = ", ".join(f"{k}={v}" for k, v in sets.items()) or "the config's recipe"
     variant = f"{steps}-{digest([space_json, sup_cfg.model_dump(mode='json'), cfg.seed])}"
     run_dir = ROOT / variant
-    corpus_dir = ROOT / "corpus"
+    corpus_dir = run_dir / "corpus"  # built by training; every variant's is the same bytes, so cached runs stay valid
     try:
         verify_supernet(run_dir)
     except HwnasError:
         print(f"training the supernet ({label}, {steps} steps) in {run_dir}", flush=True)
         train(cfg.search_space, sup_cfg, run_dir, seed=cfg.seed, name=f"bench-ws-{variant}")
-    if not (corpus_dir / "corpus.json").exists():
-        from hwnas.supernet.data import build_corpus
-
-        build_corpus(cfg.train.corpus, corpus_dir, val_fraction=cfg.train.val_fraction, max_bytes=cfg.train.max_corpus_bytes)
     torch.set_num_threads(2)
     net = load_supernet(run_dir, cfg.search_space)
     corpus = Corpus.load(corpus_dir)

@@ -9,7 +9,9 @@ Then reports
 - the tax: the supernet's largest and smallest subnets (inherited weights) against the same archs
   trained alone, in bits/byte on the same validation bytes;
 - the rank fidelity: Kendall tau between inherited and stand-alone loss over all N archs, with a
-  bootstrap 90% interval (archs resampled with replacement);
+  bootstrap 90% interval (archs resampled with replacement); the stand-alone loss is the mean over
+  `--alone-seeds` training seeds, and with two or more the Kendall tau of one seed's ranking
+  against another's is reported too: stand-alone training's own noise, the ceiling of any fidelity;
 - what each dimension costs: the largest arch with one choice changed, inherited.
 
 Stand-alone runs depend only on the arch, the seed and the stand-alone recipe (not on `--set`,
@@ -18,7 +20,7 @@ by variants. Every variant's summary is kept in runs/bench-ws/results.json; BENC
 them all, with the details of the latest.
 
     python experiments/bench/weight_sharing.py [--config experiments/quickstart.yaml] [--steps 600] [--n 20]
-        [--set random_weight=0.1 --set parent_fraction=0.3]
+        [--alone-seeds 2] [--set random_weight=0.1 --set parent_fraction=0.3]
 """
 
 from __future__ import annotations
@@ -133,9 +135,13 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a train field of the supernet's run")
     p.add_argument("--n", type=int, default=20, help="archs, smallest and largest included (>= 3)")
     p.add_argument("--seed", type=int, default=0, help="draws the archs and the stand-alone runs' seeds")
+    p.add_argument("--alone-seeds", type=int, default=2, help="stand-alone runs per arch (their mean is the reference; "
+                   "two or more also give the seed-against-seed tau, the ceiling of any fidelity)")
     p.add_argument("--jobs", type=int, default=2, help="stand-alone runs in parallel, one thread each")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
+    if args.alone_seeds < 1:
+        sys.exit("--alone-seeds: must be at least 1")
     if args.n < 3:
         sys.exit("--n: must be at least 3 (smallest, largest and one stratum)")
     cfg = load_config(args.config)
@@ -166,33 +172,39 @@ def main() -> None:
     cache_path = ROOT / "alone.json"
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     recipe = digest([space_json, alone_cfg.model_dump(mode="json"), steps, tokens])
-    seeds = [args.seed * 1000 + 100 + i for i in range(len(archs))]
-    keys = [f"{recipe}/{s}/{a.key()}" for a, s in zip(archs, seeds, strict=True)]
-    todo = [i for i, k in enumerate(keys) if k not in cache]
+    # runs[j][i]: arch i trained alone with its j-th seed
+    runs = [[(i, args.seed * 1000 + 100 + i + 10_000 * j) for i in range(len(archs))] for j in range(args.alone_seeds)]
+    key = {(i, s): f"{recipe}/{s}/{archs[i].key()}" for row in runs for i, s in row}
+    todo = [r for row in runs for r in row if key[r] not in cache]
     t0 = time.perf_counter()
     if todo:
         with worker_pool(args.jobs) as pool:
-            futures = {i: pool.submit(alone, args.config, alone_cfg.model_dump_json(), archs[i].to_json(), steps, seeds[i],
-                                      str(corpus_dir), tokens) for i in todo}
-            for i, f in futures.items():
-                cache[keys[i]] = f.result()
+            futures = {r: pool.submit(alone, args.config, alone_cfg.model_dump_json(), archs[r[0]].to_json(), steps, r[1],
+                                      str(corpus_dir), tokens) for r in todo}
+            for (i, s), f in futures.items():
+                cache[key[i, s]] = out = f.result()
                 atomic_write_text(cache_path, json.dumps(cache, indent=1, sort_keys=True))
-                print(f"{i:2d}: alone {cache[keys[i]]['alone']:.3f} bits/byte ({cache[keys[i]]['seconds']:.0f} s)  "
-                      f"{archs[i].key()}", flush=True)
+                print(f"{i:2d} (seed {s}): alone {out['alone']:.3f} bits/byte ({out['seconds']:.0f} s)  {archs[i].key()}", flush=True)
     inh = np.array(inherited)
-    sa = np.array([cache[k]["alone"] for k in keys])
+    per_seed = np.array([[cache[key[r]]["alone"] for r in row] for row in runs])  # (seeds, archs)
+    sa = per_seed.mean(axis=0)  # the reference: the mean over seeds
     tau = float(kendalltau(inh, sa).statistic)
     lo, hi = bootstrap_tau(inh, sa, seed=args.seed)
+    # the ceiling: how well stand-alone training ranks the archs against itself, seed against seed
+    seed_tau = float(np.mean([kendalltau(per_seed[a], per_seed[b]).statistic
+                              for a in range(len(runs)) for b in range(a + 1, len(runs))])) if len(runs) > 1 else None
     gap = inh - sa
     summary = json.loads((run_dir / "train" / "summary.json").read_text())
     result = {"variant": variant, "label": label, "steps": steps, "n": len(archs), "tau": tau, "tau_90": [lo, hi],
+              "alone_seeds": len(runs), "seed_tau": seed_tau,
               "tax_largest": float(gap[-1]), "tax_smallest": float(gap[0]), "mid_gap": float(gap[1:-1].mean()),
               "train_seconds": summary["train_seconds"]}
     print(f"{label}: tax largest {gap[-1]:+.3f}, smallest {gap[0]:+.3f} bits/byte; Kendall tau {tau:.3f} on {len(archs)} archs "
-          f"(90% bootstrap {lo:.3f} to {hi:.3f}); stand-alone runs {time.perf_counter() - t0:.0f} s")
+          f"(90% bootstrap {lo:.3f} to {hi:.3f}); stand-alone seed vs seed "
+          f"{'n/a' if seed_tau is None else f'{seed_tau:.3f}'}; stand-alone runs {time.perf_counter() - t0:.0f} s")
     results_path = ROOT / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results[f"{variant}/{args.seed}/{args.n}"] = result
+    results[f"{variant}/{args.seed}/{args.n}/{len(runs)}"] = result
     atomic_write_text(results_path, json.dumps(results, indent=1, sort_keys=True))
     if args.no_write:
         return
@@ -201,18 +213,20 @@ def main() -> None:
         f"Machine: {machine()}. Supernets: the experiment's space and `train` section, {steps} steps, with the changes named; "
         f"stand-alone runs: one thread each, the same `train` section and steps from the supernet's initialization. "
         f"Bits/byte on {tokens:,} validation bytes; the tax is inherited minus alone.", "",
-        "| supernet recipe | steps | train s | tax largest | tax smallest | mean gap, middle archs | Kendall tau (90% interval) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| supernet recipe | steps | train s | tax largest | tax smallest | mean gap, middle archs | Kendall tau (90% interval) "
+        "| stand-alone seeds: tau seed vs seed |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     body += [f"| {r['label']} | {r['steps']} | {r['train_seconds']:.0f} | {r['tax_largest']:+.3f} | {r['tax_smallest']:+.3f} | "
-             f"{r['mid_gap']:+.3f} | {r['tau']:.3f} ({r['tau_90'][0]:.2f} to {r['tau_90'][1]:.2f}), {r['n']} archs |"
+             f"{r['mid_gap']:+.3f} | {r['tau']:.3f} ({r['tau_90'][0]:.2f} to {r['tau_90'][1]:.2f}), {r['n']} archs | "
+             f"{r.get('alone_seeds', 1)}: {'n/a' if r.get('seed_tau') is None else format(r['seed_tau'], '.3f')} |"
              for r in sorted(results.values(), key=lambda r: (r["steps"], r["label"]))]
     body += ["", f"Latest ({label}): what each dimension costs, the largest arch with one choice changed (inherited bits/byte):", "",
              "| change | inherited | vs largest |", "| --- | --- | --- |"]
     body += [f"| {name} | {v:.3f} | {v - changes['largest']:+.3f} |" for name, v in changes.items()]
-    body += ["", f"Latest ({label}), per arch:", "", "| arch | FLOPs/seq | inherited | alone | gap |", "| --- | --- | --- | --- | --- |"]
-    body += [f"| `{a.key()}` | {net.space.flops(a):.3g} | {i:.3f} | {s:.3f} | {i - s:+.3f} |"
-             for a, i, s in zip(archs, inh, sa, strict=True)]
+    body += ["", f"Latest ({label}), per arch:", "", "| arch | FLOPs/seq | inherited | alone, mean | alone, each seed | gap |", "| --- | --- | --- | --- | --- | --- |"]
+    body += [f"| `{a.key()}` | {net.space.flops(a):.3g} | {i:.3f} | {s:.3f} | {' / '.join(f'{v:.3f}' for v in seeds)} | {i - s:+.3f} |"
+             for a, i, s, seeds in zip(archs, inh, sa, per_seed.T, strict=True)]
     write_section("Weight sharing: tax and rank fidelity (inherited vs stand-alone subnets)", "\n".join(body))
 
 

@@ -1,0 +1,50 @@
+"""The weight-sharing bench's own statistics (experiments/bench/weight_sharing.py): the FLOPs-stratified
+arch sample, the bootstrap interval of Kendall tau and the one-change archs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import kendalltau
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "bench"))
+
+from weight_sharing import bootstrap_tau, one_change_archs, stratified_archs  # noqa: E402
+
+
+def test_stratified_archs_span_the_space_by_flops(quickstart_space):
+    archs = stratified_archs(quickstart_space, 12, seed=3, pool_size=600)
+    assert len(archs) == 12 and len(set(archs)) == 12
+    assert archs[0] == quickstart_space.smallest() and archs[-1] == quickstart_space.largest()
+    flops = [quickstart_space.flops(a) for a in archs]
+    assert flops == sorted(flops)  # one per stratum, strata in FLOPs order
+    assert stratified_archs(quickstart_space, 12, seed=3, pool_size=600) == archs  # the seed decides
+    assert stratified_archs(quickstart_space, 12, seed=4, pool_size=600) != archs
+
+
+def test_bootstrap_interval_brackets_tau_and_narrows_with_agreement():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=40)
+    agree, noisy = x + 0.1 * rng.normal(size=40), x + 2.0 * rng.normal(size=40)
+    lo, hi = bootstrap_tau(x, agree, n=500)
+    assert lo <= kendalltau(x, agree).statistic <= hi and lo > 0.7
+    lo_n, hi_n = bootstrap_tau(x, noisy, n=500)
+    assert lo_n <= kendalltau(x, noisy).statistic <= hi_n
+    assert hi_n - lo_n > hi - lo
+    assert np.allclose(bootstrap_tau(x, x, n=200), 1.0)  # a perfect ranking stays perfect in every resample
+
+
+def test_one_change_archs_differ_from_the_largest_in_one_field(quickstart_space):
+    changes = one_change_archs(quickstart_space)
+    big = changes.pop("largest")
+    assert big == quickstart_space.largest()
+    assert {"placement post", "norm layernorm", "ffn moe", "embed_dim 64", "depth 2"} <= set(changes)
+    for name, arch in changes.items():
+        quickstart_space.validate(arch)
+        if name.startswith(("depth", "embed_dim")):
+            continue
+        field = name.split()[0]
+        assert {getattr(layer, field) for layer in arch.layers} != {getattr(layer, field) for layer in big.layers}
+        assert arch.embed_dim == big.embed_dim and arch.depth == big.depth

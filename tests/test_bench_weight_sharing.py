@@ -11,7 +11,7 @@ from scipy.stats import kendalltau
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "bench"))
 
-from weight_sharing import bootstrap_tau, one_change_archs, stratified_archs  # noqa: E402
+from weight_sharing import KIND_FIELDS, bootstrap_tau, one_change_archs, stratified_archs, uniform_kinds  # noqa: E402
 
 
 def test_stratified_archs_span_the_space_by_flops(quickstart_space):
@@ -48,3 +48,16 @@ def test_one_change_archs_differ_from_the_largest_in_one_field(quickstart_space)
         field = name.split()[0]
         assert {getattr(layer, field) for layer in arch.layers} != {getattr(layer, field) for layer in big.layers}
         assert arch.embed_dim == big.embed_dim and arch.depth == big.depth
+
+
+def test_uniform_kinds_ties_every_layer_to_the_first_and_keeps_sizes(quickstart_space):
+    mixed = stratified_archs(quickstart_space, 10, seed=1, pool_size=400)
+    assert any(len({layer.norm for layer in a.layers}) > 1 for a in mixed)  # the default draw mixes kinds
+    archs = stratified_archs(quickstart_space, 10, seed=1, pool_size=400, uniform=True)
+    for a in archs:
+        quickstart_space.validate(a)
+        assert all({getattr(layer, f) for layer in a.layers} == {getattr(a.layers[0], f)} for f in KIND_FIELDS)
+    arch = next(a for a in mixed if len({layer.attention for layer in a.layers}) > 1)
+    tied = uniform_kinds(arch)
+    assert [(x.n_heads, x.mlp_ratio, x.placement) for x in tied.layers] == [(x.n_heads, x.mlp_ratio, x.placement) for x in arch.layers]
+    assert tied.embed_dim == arch.embed_dim and tied.depth == arch.depth and tied != arch

@@ -57,11 +57,23 @@ SANDWICH_ONLY = {"n_random", "random_weight", "parent_fraction", "distill", "dis
                  "ema_decay", "ckpt_every", "eval_every", "log_every", "wandb", "wandb_project", "threads", "device"}
 
 
-def stratified_archs(space, n: int, seed: int, pool_size: int = 4000) -> list[ArchConfig]:
+# the per-layer choices of a layer's kind (its sizes, heads and MLP ratio, are left per layer)
+KIND_FIELDS = ("norm", "attention", "window", "ffn", "n_experts", "top_k", "weight_bits")
+
+
+def uniform_kinds(arch: ArchConfig) -> ArchConfig:
+    """`arch` with every layer of its first layer's kinds: norm, attention, FFN and bits."""
+    first = {f: getattr(arch.layers[0], f) for f in KIND_FIELDS}
+    return replace(arch, layers=tuple(replace(layer, **first) for layer in arch.layers))
+
+
+def stratified_archs(space, n: int, seed: int, pool_size: int = 4000, uniform: bool = False) -> list[ArchConfig]:
     """Smallest, largest, and one arch drawn at random from each of n-2 equal-count FLOPs strata
-    of `pool_size` samples (so small, middle and large subnets are all represented)."""
+    of `pool_size` samples (so small, middle and large subnets are all represented). `uniform`:
+    each sample takes one set of kinds for all its layers (`uniform_kinds`)."""
     rng = np.random.default_rng(seed)
-    pool = sorted({space.sample(rng) for _ in range(pool_size)}, key=lambda a: (space.flops(a), a.key()))
+    draw = (lambda: uniform_kinds(space.sample(rng))) if uniform else (lambda: space.sample(rng))
+    pool = sorted({draw() for _ in range(pool_size)}, key=lambda a: (space.flops(a), a.key()))
     edges = np.linspace(0, len(pool), n - 1).astype(int)
     picks = [pool[int(rng.integers(lo, hi))] for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
     return [space.smallest(), *picks, space.largest()]
@@ -137,6 +149,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="draws the archs and the stand-alone runs' seeds")
     p.add_argument("--alone-seeds", type=int, default=2, help="stand-alone runs per arch (their mean is the reference; "
                    "two or more also give the seed-against-seed tau, the ceiling of any fidelity)")
+    p.add_argument("--uniform-kinds", action="store_true", help="draw archs whose layers all share one set of kinds "
+                   "(norm, attention, FFN, bits), sizes still per layer: how much of the ranking per-layer mixing costs")
     p.add_argument("--jobs", type=int, default=2, help="stand-alone runs in parallel, one thread each")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
@@ -151,6 +165,7 @@ def main() -> None:
     sup_cfg = TrainConfig.model_validate(base.model_dump() | sets | {"wandb": "disabled", "eval_every": steps, "ckpt_every": 100})
     space_json = cfg.search_space.model_dump(mode="json")
     label = ", ".join(f"{k}={v}" for k, v in sets.items()) or "the config's recipe"
+    arch_set = "uniform kinds" if args.uniform_kinds else "per-layer kinds"
     variant = f"{steps}-{digest([space_json, sup_cfg.model_dump(mode='json'), cfg.seed])}"
     run_dir = ROOT / variant
     corpus_dir = run_dir / "corpus"  # built by training; every variant's is the same bytes, so cached runs stay valid
@@ -163,7 +178,7 @@ def main() -> None:
     net = load_supernet(run_dir, cfg.search_space)
     corpus = Corpus.load(corpus_dir)
     tokens = cfg.train.eval_tokens
-    archs = stratified_archs(net.space, args.n, args.seed)
+    archs = stratified_archs(net.space, args.n, args.seed, uniform=args.uniform_kinds)
     inherited = [evaluate(net, a, corpus, max_tokens=tokens)["bpb"] for a in archs]
     changes = {name: evaluate(net, a, corpus, max_tokens=tokens)["bpb"] for name, a in one_change_archs(net.space).items()}
 
@@ -195,16 +210,16 @@ def main() -> None:
                               for a in range(len(runs)) for b in range(a + 1, len(runs))])) if len(runs) > 1 else None
     gap = inh - sa
     summary = json.loads((run_dir / "train" / "summary.json").read_text())
-    result = {"variant": variant, "label": label, "steps": steps, "n": len(archs), "tau": tau, "tau_90": [lo, hi],
+    result = {"variant": variant, "label": label, "steps": steps, "n": len(archs), "tau": tau, "tau_90": [lo, hi], "archs": arch_set,
               "alone_seeds": len(runs), "seed_tau": seed_tau,
               "tax_largest": float(gap[-1]), "tax_smallest": float(gap[0]), "mid_gap": float(gap[1:-1].mean()),
               "train_seconds": summary["train_seconds"]}
-    print(f"{label}: tax largest {gap[-1]:+.3f}, smallest {gap[0]:+.3f} bits/byte; Kendall tau {tau:.3f} on {len(archs)} archs "
+    print(f"{label}, {arch_set}: tax largest {gap[-1]:+.3f}, smallest {gap[0]:+.3f} bits/byte; Kendall tau {tau:.3f} on {len(archs)} archs "
           f"(90% bootstrap {lo:.3f} to {hi:.3f}); stand-alone seed vs seed "
           f"{'n/a' if seed_tau is None else f'{seed_tau:.3f}'}; stand-alone runs {time.perf_counter() - t0:.0f} s")
     results_path = ROOT / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results[f"{variant}/{args.seed}/{args.n}/{len(runs)}"] = result
+    results[f"{variant}/{args.seed}/{args.n}/{len(runs)}" + ("/uniform" if args.uniform_kinds else "")] = result
     atomic_write_text(results_path, json.dumps(results, indent=1, sort_keys=True))
     if args.no_write:
         return
@@ -218,9 +233,10 @@ def main() -> None:
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     body += [f"| {r['label']} | {r['steps']} | {r['train_seconds']:.0f} | {r['tax_largest']:+.3f} | {r['tax_smallest']:+.3f} | "
-             f"{r['mid_gap']:+.3f} | {r['tau']:.3f} ({r['tau_90'][0]:.2f} to {r['tau_90'][1]:.2f}), {r['n']} archs | "
+             f"{r['mid_gap']:+.3f} | {r['tau']:.3f} ({r['tau_90'][0]:.2f} to {r['tau_90'][1]:.2f}), {r['n']} archs, "
+             f"{r.get('archs', 'per-layer kinds')} | "
              f"{r.get('alone_seeds', 1)}: {'n/a' if r.get('seed_tau') is None else format(r['seed_tau'], '.3f')} |"
-             for r in sorted(results.values(), key=lambda r: (r["steps"], r["label"]))]
+             for r in sorted(results.values(), key=lambda r: (r["steps"], r["label"], r.get("archs", "")))]
     body += ["", f"Latest ({label}): what each dimension costs, the largest arch with one choice changed (inherited bits/byte):", "",
              "| change | inherited | vs largest |", "| --- | --- | --- |"]
     body += [f"| {name} | {v:.3f} | {v - changes['largest']:+.3f} |" for name, v in changes.items()]

@@ -61,7 +61,6 @@ class PlainGPT(nn.Module):
         self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(block, d)
         self.blocks = nn.ModuleList(PlainBlock(d, n_heads) for _ in range(depth))
         self.ln_f, self.head = nn.LayerNorm(d), nn.Linear(d, vocab, bias=False)
-        self.config = type("Dims", (), {"block_size": block})
 
     def forward(self, idx):
         x = self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))
@@ -101,8 +100,7 @@ ABLATIONS = {
 }
 
 
-def train_hwnas(config: str, corpus, steps: int, seed: int, eval_tokens: int, ablation: str | None = None) -> dict:
-    cfg = load_config(config)
+def train_hwnas(cfg, corpus, steps: int, seed: int, eval_tokens: int, ablation: str | None = None) -> dict:
     torch.manual_seed(seed)
     net = Supernet(cfg.search_space)
     model = extract_subnet(net, standard_design(net.space))
@@ -123,7 +121,7 @@ def job(kind: str, config: str, corpus_dir: str, steps: int, seed: int, eval_tok
     if kind == "plain":
         r = train_plain(corpus, steps, cfg.train.batch_size, cfg.train.seq_len or cfg.search_space.block_size, seed, eval_tokens)
     else:
-        r = train_hwnas(config, corpus, steps, seed, eval_tokens, ablation)
+        r = train_hwnas(cfg, corpus, steps, seed, eval_tokens, ablation)
     row = {"model": kind if not ablation else f"hwnas, {ablation}", "steps": steps, "seed": seed, **r}
     print(f"{row['model']:>28}  {steps:5d} steps  seed {seed}  {r['bpb']:.4f} bits/byte  ({r['seconds']:.0f} s)", flush=True)
     return row

@@ -35,12 +35,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from pydantic import ValidationError
 from scipy.stats import kendalltau
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command, digest, machine, worker_pool, write_section  # noqa: E402
 
-from hwnas.config import load_config  # noqa: E402
+from hwnas.config import format_validation_error, load_config  # noqa: E402
 from hwnas.search_space import ArchConfig, HwnasError  # noqa: E402
 from hwnas.search_space.io import atomic_write_text  # noqa: E402
 from hwnas.supernet import Supernet, extract_subnet  # noqa: E402
@@ -162,7 +163,10 @@ def main() -> None:
     steps = args.steps or cfg.train.steps
     sets = parse_sets(args.set)
     base = cfg.train.model_copy(update={"steps": steps, "warmup_steps": min(cfg.train.warmup_steps, steps)})
-    sup_cfg = TrainConfig.model_validate(base.model_dump() | sets | {"wandb": "disabled", "eval_every": steps, "ckpt_every": 100})
+    try:
+        sup_cfg = TrainConfig.model_validate(base.model_dump() | sets | {"wandb": "disabled", "eval_every": steps, "ckpt_every": 100})
+    except ValidationError as e:
+        sys.exit(format_validation_error(e, "--set"))
     space_json = cfg.search_space.model_dump(mode="json")
     label = ", ".join(f"{k}={v}" for k, v in sets.items()) or "the config's recipe"
     arch_set = "uniform kinds" if args.uniform_kinds else "per-layer kinds"
@@ -234,9 +238,8 @@ def main() -> None:
     ]
     body += [f"| {r['label']} | {r['steps']} | {r['train_seconds']:.0f} | {r['tax_largest']:+.3f} | {r['tax_smallest']:+.3f} | "
              f"{r['mid_gap']:+.3f} | {r['tau']:.3f} ({r['tau_90'][0]:.2f} to {r['tau_90'][1]:.2f}), {r['n']} archs, "
-             f"{r.get('archs', 'per-layer kinds')} | "
-             f"{r.get('alone_seeds', 1)}: {'n/a' if r.get('seed_tau') is None else format(r['seed_tau'], '.3f')} |"
-             for r in sorted(results.values(), key=lambda r: (r["steps"], r["label"], r.get("archs", "")))]
+             f"{r['archs']} | {r['alone_seeds']}: {'n/a' if r['seed_tau'] is None else format(r['seed_tau'], '.3f')} |"
+             for r in sorted(results.values(), key=lambda r: (r["steps"], r["label"], r["archs"]))]
     body += ["", f"Latest ({label}): what each dimension costs, the largest arch with one choice changed (inherited bits/byte):", "",
              "| change | inherited | vs largest |", "| --- | --- | --- |"]
     body += [f"| {name} | {v:.3f} | {v - changes['largest']:+.3f} |" for name, v in changes.items()]

@@ -54,8 +54,12 @@ from hwnas.supernet.train import load_supernet, train, verify_supernet  # noqa: 
 LN2 = float(np.log(2))
 ROOT = Path("runs") / "bench-ws"
 # the train fields that only shape the sandwich (a stand-alone run ignores them)
-SANDWICH_ONLY = {"n_random", "random_weight", "parent_fraction", "distill", "distill_weight", "complexity_aware", "flops_gap",
+SANDWICH_ONLY = {"n_random", "random_weight", "parent_fraction", "kind_mixing", "distill", "distill_weight", "complexity_aware", "flops_gap",
                  "ema_decay", "ckpt_every", "eval_every", "log_every", "wandb", "wandb_project", "threads", "device"}
+
+
+# the search_space fields that only shape the supernet (stand-alone runs start from the config's)
+SPACE_ONLY = {"weight_sharing"}
 
 
 # the per-layer choices of a layer's kind (its sizes, heads and MLP ratio, are left per layer)
@@ -135,8 +139,9 @@ def parse_sets(sets: list[str]) -> dict:
     out = {}
     for s in sets:
         key, sep, value = s.partition("=")
-        if not sep or key not in TrainConfig.model_fields:
-            sys.exit(f"--set: expected key=value with key one of the train fields, got {s!r}")
+        if not sep or key not in set(TrainConfig.model_fields) | SPACE_ONLY:
+            sys.exit(f"--set: expected key=value with key one of the train fields or {', '.join(sorted(SPACE_ONLY))}, "
+                     f"got {s!r}")
         out[key] = yaml.safe_load(value)
     return out
 
@@ -145,7 +150,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--config", default="experiments/quickstart.yaml")
     p.add_argument("--steps", type=int, default=None, help="supernet and stand-alone steps (default: the config's train.steps)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a train field of the supernet's run")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a train field of the supernet's run, or search_space's weight_sharing")
     p.add_argument("--n", type=int, default=20, help="archs, smallest and largest included (>= 3)")
     p.add_argument("--seed", type=int, default=0, help="draws the archs and the stand-alone runs' seeds")
     p.add_argument("--alone-seeds", type=int, default=2, help="stand-alone runs per arch (their mean is the reference; "
@@ -163,23 +169,28 @@ def main() -> None:
     steps = args.steps or cfg.train.steps
     sets = parse_sets(args.set)
     base = cfg.train.model_copy(update={"steps": steps, "warmup_steps": min(cfg.train.warmup_steps, steps)})
+    train_sets = {k: v for k, v in sets.items() if k not in SPACE_ONLY}
     try:
-        sup_cfg = TrainConfig.model_validate(base.model_dump() | sets | {"wandb": "disabled", "eval_every": steps, "ckpt_every": 100})
+        sup_cfg = TrainConfig.model_validate(base.model_dump() | train_sets | {"wandb": "disabled", "eval_every": steps,
+                                                                             "ckpt_every": 100})
+        sup_space = type(cfg.search_space).model_validate(
+            cfg.search_space.model_dump() | {k: v for k, v in sets.items() if k in SPACE_ONLY})
     except ValidationError as e:
         sys.exit(format_validation_error(e, "--set"))
     space_json = cfg.search_space.model_dump(mode="json")
     label = ", ".join(f"{k}={v}" for k, v in sets.items()) or "the config's recipe"
     arch_set = "uniform kinds" if args.uniform_kinds else "per-layer kinds"
-    variant = f"{steps}-{digest([space_json, sup_cfg.model_dump(mode='json'), cfg.seed])}"
+    sup_json = sup_space.model_dump(mode="json")
+    variant = f"{steps}-{digest([sup_json, sup_cfg.model_dump(mode='json'), cfg.seed])}"
     run_dir = ROOT / variant
     corpus_dir = run_dir / "corpus"  # built by training; every variant's is the same bytes, so cached runs stay valid
     try:
         verify_supernet(run_dir)
     except HwnasError:
         print(f"training the supernet ({label}, {steps} steps) in {run_dir}", flush=True)
-        train(cfg.search_space, sup_cfg, run_dir, seed=cfg.seed, name=f"bench-ws-{variant}")
+        train(sup_space, sup_cfg, run_dir, seed=cfg.seed, name=f"bench-ws-{variant}")
     torch.set_num_threads(2)
-    net = load_supernet(run_dir, cfg.search_space)
+    net = load_supernet(run_dir, sup_space)
     corpus = Corpus.load(corpus_dir)
     tokens = cfg.train.eval_tokens
     archs = stratified_archs(net.space, args.n, args.seed, uniform=args.uniform_kinds)
@@ -190,7 +201,9 @@ def main() -> None:
     alone_cfg = TrainConfig.model_validate({k: v for k, v in base.model_dump().items() if k not in SANDWICH_ONLY})
     cache_path = ROOT / "alone.json"
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
-    recipe = digest([space_json, alone_cfg.model_dump(mode="json"), steps, tokens])
+    # the digest leaves the sandwich's fields out, so a new one does not void the cache
+    recipe = digest([space_json, {k: v for k, v in alone_cfg.model_dump(mode="json").items() if k not in SANDWICH_ONLY},
+                     steps, tokens])
     # runs[j][i]: arch i trained alone with its j-th seed
     runs = [[(i, args.seed * 1000 + 100 + i + 10_000 * j) for i in range(len(archs))] for j in range(args.alone_seeds)]
     key = {(i, s): f"{recipe}/{s}/{archs[i].key()}" for row in runs for i, s in row}

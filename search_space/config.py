@@ -240,9 +240,8 @@ class SearchSpaceConfig(Section):
     # how the supernet shares projection weights: "per_kind" (each attention / FFN kind its own, as
     # few-shot NAS splits a supernet: less interference between kinds, better-trained subnets; up to
     # 3x the attention / FFN weights to store) or "shared" (one Q/K/V/O set for every attention kind,
-    # one set of FFN hidden units for every FFN kind) or "per_placement" (per_kind, and one set of
-    # layers and final norm per norm placement, few-shot NAS split on the placement: 3x the layers)
-    weight_sharing: Literal["shared", "per_kind", "per_placement"] = "per_kind"
+    # one set of FFN hidden units for every FFN kind)
+    weight_sharing: Literal["shared", "per_kind"] = "per_kind"
 
     @field_validator("depth")
     @classmethod

@@ -24,7 +24,6 @@ from .errors import ArchError
 
 Rng = np.random.Generator | int | None
 LAYER_DIMS = ("n_heads", "mlp_ratio", "norm", "placement", "attention", "ffn", "weight_bits")
-KIND_DIMS = ("norm", "placement", "attention", "ffn")  # what a layer is, as opposed to its sizes and bits
 
 
 def as_rng(rng: Rng) -> np.random.Generator:
@@ -227,16 +226,6 @@ class SearchSpace:
         """A uniformly random arch: each active gene uniform over its choices."""
         gen = as_rng(rng)
         return self._build(lambda g: g.choices[gen.integers(len(g.choices))])
-
-    def with_random_kinds(self, arch: ArchConfig, rng: Rng = None) -> ArchConfig:
-        """`arch`'s sizes (depth, width, heads, MLP ratio) and bits, with each norm, placement,
-        attention and FFN gene drawn uniformly."""
-        gen = as_rng(rng)
-        vec = self.encode(arch)
-        for j, gene in enumerate(self.genes):
-            if gene.dim in KIND_DIMS and (gene.layer is None or gene.layer < arch.depth):
-                vec[j] = gen.integers(len(gene.choices))
-        return self.decode(vec)
 
     def mutate(self, arch: ArchConfig, rng: Rng = None, p: float = 0.2) -> ArchConfig:
         """Resample each active gene with probability `p` (to a different choice); layers that a

@@ -45,10 +45,6 @@ class TrainConfig(Section):
     n_random: int = Field(default=2, ge=0, le=MAX_RANDOM_SUBNETS, description="random subnets per step besides the largest and smallest")
     random_weight: float = Field(default=1.0, gt=0, le=1, description="weight of each random subnet's loss against the "
                                 "largest's and smallest's 1: below 1 they pull the shared weights less")
-    kind_mixing: float = Field(default=0.0, ge=0, le=1, description="probability that a step's largest (the teacher) "
-                               "and smallest subnets keep their sizes but draw their kinds (norm, placement, attention, "
-                               "FFN) at random, so every kind is trained at full and at least width; 0: the space's "
-                               "largest and smallest always")
     distill: bool = True
     distill_weight: float = Field(default=1.0, ge=0, le=1, description="KD share of a child's loss; the rest is cross-entropy")
     complexity_aware: bool = Field(default=False, description="ElasticViT: bound the FLOPs gap between consecutive random subnets")

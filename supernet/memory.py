@@ -43,8 +43,7 @@ def supernet_params(cfg: SearchSpaceConfig) -> int:
     d, layers = max(cfg.embed_dim), max(cfg.depth)
     attn = max(cfg.n_heads.choices) * cfg.head_dim
     hidden = int(round(max(cfg.mlp_ratio.choices) * d))
-    per_kind = cfg.weight_sharing != "shared"
-    placements = len(cfg.norm_placement.choices) if cfg.weight_sharing == "per_placement" else 1
+    per_kind = cfg.weight_sharing == "per_kind"
     attn_sets = len(cfg.attention.choices) if per_kind else 1
     ffn_sets = len(cfg.ffn.choices) if per_kind else 1
     norms = NORM_PARAMS * d + 1  # one ElasticNorms (dyt's alpha is a scalar)
@@ -52,7 +51,7 @@ def supernet_params(cfg: SearchSpaceConfig) -> int:
              + ffn_sets * 2 * hidden * d + hidden * d  # up and down per set, one SwiGLU gate
              + sum(cfg.ffn.experts) * d  # a router per expert count
              + 4 * norms)  # input and output norm of both sublayers
-    return (cfg.vocab_size + cfg.block_size) * d + placements * (layers * block + norms)
+    return (cfg.vocab_size + cfg.block_size) * d + layers * block + norms
 
 
 def machine_memory(device: str = "cpu") -> int:

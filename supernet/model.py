@@ -189,29 +189,14 @@ class Supernet(nn.Module):
         # tied head starts with logits of std <= 1.
         self.tok_emb = nn.Parameter(torch.randn(c.vocab_size, d_max) / d_max**0.5)  # tied with the LM head
         self.pos_emb = nn.Parameter(torch.randn(c.block_size, d_max) / d_max**0.5)
-        per_kind = c.weight_sharing != "shared"
+        per_kind = c.weight_sharing == "per_kind"
         kinds = {"attention_kinds": list(c.attention.choices) if per_kind else None,
                  "ffn_kinds": list(c.ffn.choices) if per_kind else None}
-
-        def layers() -> nn.ModuleList:
-            return nn.ModuleList(Block(d_max, heads_max, c.head_dim, hidden_max, list(c.ffn.experts), **kinds)
-                                 for _ in range(self.space.max_depth))
-
-        # per_placement: one set of layers (and final norm) per placement, chosen by each layer's
-        self.split = c.weight_sharing == "per_placement"
-        placements = c.norm_placement.choices
-        self.blocks = nn.ModuleDict({p: layers() for p in placements}) if self.split else layers()
-        self.norm_final = nn.ModuleDict({p: ElasticNorms(d_max) for p in placements}) if self.split else ElasticNorms(d_max)
+        self.blocks = nn.ModuleList(
+            Block(d_max, heads_max, c.head_dim, hidden_max, list(c.ffn.experts), **kinds) for _ in range(self.space.max_depth)
+        )
+        self.norm_final = ElasticNorms(d_max)
         self._checked: set[ArchConfig] = set()  # archs already validated (a cache; no effect on outputs)
-
-    def layer_blocks(self, arch: ArchConfig) -> list[Block]:
-        """The supernet layers `arch` runs, one per layer of it."""
-        if self.split:
-            return [self.blocks[layer.placement][i] for i, layer in enumerate(arch.layers)]
-        return list(self.blocks[:arch.depth])
-
-    def final_norm(self, arch: ArchConfig) -> ElasticNorms:
-        return self.norm_final[arch.layers[-1].placement] if self.split else self.norm_final
 
     def check(self, tokens: Tensor, arch: ArchConfig) -> None:
         """Raise `ArchError` for an arch outside the space, `InputError` for bad tokens."""
@@ -236,10 +221,10 @@ class Supernet(nn.Module):
         emb = corner(self.tok_emb, self.config.vocab_size, d)  # tied with the LM head
         x = ops.embed(tokens, emb, corner(self.pos_emb, T, d))  # (B, T, d)
         aux = x.new_zeros(())
-        for block, layer in zip(self.layer_blocks(arch), arch.layers, strict=True):
+        for block, layer in zip(self.blocks, arch.layers, strict=False):
             x, a = block(x, layer)
             if a is not None:
                 aux = aux + a
-        x = self.final_norm(arch)(x, arch.layers[-1].norm)
+        x = self.norm_final(x, arch.layers[-1].norm)
         logits = nn.functional.linear(x, emb)  # (B, T, vocab)
         return (logits, aux) if return_aux else logits

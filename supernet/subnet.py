@@ -136,7 +136,7 @@ def extract_subnet(supernet: Supernet, arch: ArchConfig) -> Subnet:
     sub = Subnet(arch, supernet.space.dims).to(supernet.tok_emb.device, supernet.tok_emb.dtype)
     sub.tok_emb.copy_(supernet.tok_emb[:, :d])
     sub.pos_emb.copy_(supernet.pos_emb[:, :d])
-    for src, dst, layer in zip(supernet.layer_blocks(arch), sub.blocks, arch.layers, strict=True):
+    for src, dst, layer in zip(supernet.blocks, sub.blocks, arch.layers, strict=False):
         a, h = layer.n_heads * supernet.config.head_dim, layer.hidden(d)
         qkv, proj = src.attn.full(layer.attention)
         dst.attn.qkv.copy_(qkv[:, :a, :d])
@@ -157,7 +157,7 @@ def extract_subnet(supernet: Supernet, arch: ArchConfig) -> Subnet:
         if layer.placement == "peri":
             _copy_norm(dst.norm_attn_out, src.norm_attn_out, d)
             _copy_norm(dst.norm_ffn_out, src.norm_ffn_out, d)
-    _copy_norm(sub.norm_final, supernet.final_norm(arch), d)
+    _copy_norm(sub.norm_final, supernet.norm_final, d)
     return sub
 
 

@@ -107,17 +107,11 @@ class SandwichSampler:
         """Whether `step` is in the parent-first phase, which trains the largest subnet alone."""
         return step < round(self.cfg.parent_fraction * self.cfg.steps)
 
-    def _extreme(self, arch: ArchConfig, rng: np.random.Generator) -> ArchConfig:
-        """`arch`, or with probability `kind_mixing` its sizes with kinds drawn at random."""
-        if self.cfg.kind_mixing and rng.random() < self.cfg.kind_mixing:
-            return self.space.with_random_kinds(arch, rng)
-        return arch
-
     def archs(self, step: int) -> list[tuple[str, ArchConfig]]:
         if self.parent_only(step):
             return [("largest", self.largest)]
         rng = np.random.default_rng(step_seed(self.seed, step, 0))
-        return [("largest", self._extreme(self.largest, rng)), ("smallest", self._extreme(self.smallest, rng))] + [
+        return [("largest", self.largest), ("smallest", self.smallest)] + [
             ("random", self._random(rng)) for _ in range(self.cfg.n_random)
         ]
 

@@ -351,7 +351,7 @@ def test_supernet_params_match_the_module():
     from hwnas.supernet.memory import supernet_params
     from hwnas.supernet.model import Supernet
 
-    for cfg in (SearchSpaceConfig(), SearchSpaceConfig(weight_sharing="shared"), SearchSpaceConfig(weight_sharing="per_placement"),
+    for cfg in (SearchSpaceConfig(), SearchSpaceConfig(weight_sharing="shared"),
                 SearchSpaceConfig(depth=[1, 5], embed_dim=[8, 24], n_heads={"choices": [3]}, mlp_ratio={"choices": [1.5, 3.0]},
                                   attention={"choices": ["linear"]}, ffn={"choices": ["moe", "mlp"], "experts": [2, 4], "top_k": [1]})):
         with torch.device("meta"):

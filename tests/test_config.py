@@ -67,7 +67,7 @@ BAD_CONFIGS = [
     ("zero-ratio", ss(mlp_ratio={"choices": [0, 2]}), "search_space.mlp_ratio.choices",
      "config: search_space.mlp_ratio.choices: must be positive numbers, got 0.0"),
     ("bad-weight-sharing", ss(weight_sharing="per_layer"), "search_space.weight_sharing",
-     "config: search_space.weight_sharing: Input should be 'shared', 'per_kind' or 'per_placement' (got 'per_layer')"),
+     "config: search_space.weight_sharing: Input should be 'shared' or 'per_kind' (got 'per_layer')"),
     ("zero-vocab", ss(vocab_size=0), "search_space.vocab_size",
      "config: search_space.vocab_size: Input should be greater than 0 (got 0)"),
     ("ratio-not-whole", ss(embed_dim=[64, 96], mlp_ratio={"choices": [2, 2.5, 2.01]}), "search_space.mlp_ratio.choices",

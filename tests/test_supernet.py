@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import replace
 
 import pytest
 import torch
@@ -19,7 +18,7 @@ FFNS = [("mlp", None, None), ("swiglu", None, None), ("moe", 4, 1), ("moe", 4, 2
 BITS = [16, 8, 4]
 
 
-@pytest.fixture(scope="module", params=["shared", "per_kind", "per_placement"])
+@pytest.fixture(scope="module", params=["shared", "per_kind"])
 def net(request) -> Supernet:
     torch.manual_seed(0)
     model = Supernet(SearchSpaceConfig(weight_sharing=request.param))
@@ -130,9 +129,8 @@ def _used_mask(net: Supernet, arch: ArchConfig) -> dict[str, torch.Tensor]:
     def of_kind(name: str, kind: str) -> str:  # per-kind weights are named <name>.<kind>
         return name if c.weight_sharing == "shared" else f"{name}.{kind}"
 
-    split = c.weight_sharing == "per_placement"  # one set of layers per placement: blocks.<placement>.<i>
     for i, layer in enumerate(arch.layers):
-        b = f"blocks.{layer.placement}.{i}" if split else f"blocks.{i}"
+        b = f"blocks.{i}"
         a, h = layer.n_heads * c.head_dim, layer.hidden(d)
         used[of_kind(f"{b}.attn.qkv", layer.attention)][:, :a, :d] = True
         used[of_kind(f"{b}.attn.proj", layer.attention)][:d, :a] = True
@@ -147,7 +145,7 @@ def _used_mask(net: Supernet, arch: ArchConfig) -> dict[str, torch.Tensor]:
         if layer.placement == "peri":
             mark_norm(f"{b}.norm_attn_out", layer.norm)
             mark_norm(f"{b}.norm_ffn_out", layer.norm)
-    mark_norm(f"norm_final.{arch.layers[-1].placement}" if split else "norm_final", arch.layers[-1].norm)
+    mark_norm("norm_final", arch.layers[-1].norm)
     return used
 
 
@@ -275,7 +273,7 @@ def test_a_checkpoint_of_one_weight_sharing_does_not_load_into_the_other(tmp_pat
         load_checkpoint(path, Supernet(SearchSpaceConfig(weight_sharing="per_kind")))
 
 
-@pytest.mark.parametrize("sharing", ["shared", "per_kind", "per_placement"])
+@pytest.mark.parametrize("sharing", ["shared", "per_kind"])
 def test_every_arch_of_a_tiny_space_matches_its_extraction(sharing):
     """Every arch of a tiny space (all gene vectors) runs and matches its extraction."""
     cfg = SearchSpaceConfig(weight_sharing=sharing,
@@ -295,18 +293,3 @@ def test_every_arch_of_a_tiny_space_matches_its_extraction(sharing):
         torch.testing.assert_close(extract_subnet(net, arch)(tokens), net(tokens, arch), atol=1e-5, rtol=0)
         count += 1
     assert count == space.size()
-
-
-def test_per_placement_sharing_gives_each_placement_its_own_layers():
-    per_kind = Supernet(SearchSpaceConfig())
-    net = Supernet(SearchSpaceConfig(weight_sharing="per_placement"))
-    placements = net.config.norm_placement.choices
-    assert sorted(net.blocks.keys()) == sorted(placements) and sorted(net.norm_final.keys()) == sorted(placements)
-    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    embeddings = per_kind.tok_emb.numel() + per_kind.pos_emb.numel()
-    assert n(net) - embeddings == len(placements) * (n(per_kind) - embeddings)
-    arch = net.space.sample(5)
-    moved = next(p for p in placements if p != arch.layers[0].placement)
-    other = replace(arch, layers=tuple(replace(layer, placement=moved) for layer in arch.layers))
-    assert all(a is net.blocks[arch.layers[0].placement][i] for i, a in enumerate(net.layer_blocks(arch)))
-    assert not set(map(id, net.layer_blocks(arch))) & set(map(id, net.layer_blocks(other)))

@@ -234,27 +234,3 @@ def test_sandwich_has_largest_smallest_and_random_and_complexity_aware_bounds_th
     free = SandwichSampler(space, TrainConfig(n_random=1), seed=0)
     assert np.mean(np.array(gaps(aware)) <= 0.2) > 0.95
     assert np.mean(np.array(gaps(free)) <= 0.2) < 0.6
-
-
-def test_kind_mixing_keeps_the_extremes_sizes_and_draws_every_kind():
-    space = SearchSpace(SearchSpaceConfig())
-    never = SandwichSampler(space, TrainConfig(n_random=1), seed=0)
-    assert all(never.archs(s)[:2] == [("largest", space.largest()), ("smallest", space.smallest())] for s in range(20))
-
-    def sizes(arch):
-        return arch.embed_dim, [(layer.n_heads, layer.mlp_ratio, layer.weight_bits) for layer in arch.layers]
-
-    mixed = SandwichSampler(space, TrainConfig(n_random=1, kind_mixing=0.5), seed=0)
-    steps = [mixed.archs(s) for s in range(200)]
-    for role, extreme in (("largest", space.largest()), ("smallest", space.smallest())):
-        drawn = [a for archs in steps for r, a in archs if r == role]
-        assert all(sizes(a) == sizes(extreme) for a in drawn)
-        assert 0.3 < np.mean([a == extreme for a in drawn]) < 0.7  # about half the steps keep the extreme's kinds
-        seen = {(layer.norm, layer.placement, layer.attention, layer.ffn) for a in drawn for layer in a.layers}
-        assert {k[0] for k in seen} == set(space.config.norm.choices)
-        assert {k[1] for k in seen} == set(space.config.norm_placement.choices)
-        assert {k[2] for k in seen} == set(space.config.attention.choices)
-        assert {k[3] for k in seen} == set(space.config.ffn.choices)
-    assert steps == [SandwichSampler(space, TrainConfig(n_random=1, kind_mixing=0.5), seed=0).archs(s) for s in range(200)]
-    with pytest.raises(ValueError, match="kind_mixing"):
-        TrainConfig(kind_mixing=1.5)

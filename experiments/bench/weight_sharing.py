@@ -39,7 +39,7 @@ from pydantic import ValidationError
 from scipy.stats import kendalltau
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command, digest, machine, worker_pool, write_section  # noqa: E402
+from common import command, digest, git_commit, machine, worker_pool, write_section  # noqa: E402
 
 from hwnas.config import format_validation_error, load_config  # noqa: E402
 from hwnas.search_space import ArchConfig, HwnasError  # noqa: E402
@@ -54,7 +54,7 @@ from hwnas.supernet.train import load_supernet, train, verify_supernet  # noqa: 
 LN2 = float(np.log(2))
 ROOT = Path("runs") / "bench-ws"
 # the train fields that only shape the sandwich (a stand-alone run ignores them)
-SANDWICH_ONLY = {"n_random", "random_weight", "parent_fraction", "kind_mixing", "distill", "distill_weight", "complexity_aware", "flops_gap",
+SANDWICH_ONLY = {"n_random", "random_weight", "parent_fraction", "distill", "distill_weight", "complexity_aware", "flops_gap",
                  "ema_decay", "ckpt_every", "eval_every", "log_every", "wandb", "wandb_project", "threads", "device"}
 
 
@@ -230,7 +230,7 @@ def main() -> None:
     result = {"variant": variant, "label": label, "steps": steps, "n": len(archs), "tau": tau, "tau_90": [lo, hi], "archs": arch_set,
               "alone_seeds": len(runs), "seed_tau": seed_tau,
               "tax_largest": float(gap[-1]), "tax_smallest": float(gap[0]), "mid_gap": float(gap[1:-1].mean()),
-              "train_seconds": summary["train_seconds"]}
+              "train_seconds": summary["train_seconds"], "commit": git_commit()}
     print(f"{label}, {arch_set}: tax largest {gap[-1]:+.3f}, smallest {gap[0]:+.3f} bits/byte; Kendall tau {tau:.3f} on {len(archs)} archs "
           f"(90% bootstrap {lo:.3f} to {hi:.3f}); stand-alone seed vs seed "
           f"{'n/a' if seed_tau is None else f'{seed_tau:.3f}'}; stand-alone runs {time.perf_counter() - t0:.0f} s")
@@ -246,12 +246,13 @@ def main() -> None:
         f"stand-alone runs: one thread each, the same `train` section and steps from the supernet's initialization. "
         f"Bits/byte on {tokens:,} validation bytes; the tax is inherited minus alone.", "",
         "| supernet recipe | steps | train s | tax largest | tax smallest | mean gap, middle archs | Kendall tau (90% interval) "
-        "| stand-alone seeds: tau seed vs seed |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| stand-alone seeds: tau seed vs seed | commit |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     body += [f"| {r['label']} | {r['steps']} | {r['train_seconds']:.0f} | {r['tax_largest']:+.3f} | {r['tax_smallest']:+.3f} | "
              f"{r['mid_gap']:+.3f} | {r['tau']:.3f} ({r['tau_90'][0]:.2f} to {r['tau_90'][1]:.2f}), {r['n']} archs, "
-             f"{r['archs']} | {r['alone_seeds']}: {'n/a' if r['seed_tau'] is None else format(r['seed_tau'], '.3f')} |"
+             f"{r['archs']} | {r['alone_seeds']}: {'n/a' if r['seed_tau'] is None else format(r['seed_tau'], '.3f')} | "
+             f"{r['commit']} |"
              for r in sorted(results.values(), key=lambda r: (r["steps"], r["label"], r["archs"]))]
     body += ["", f"Latest ({label}): what each dimension costs, the largest arch with one choice changed (inherited bits/byte):", "",
              "| change | inherited | vs largest |", "| --- | --- | --- |"]

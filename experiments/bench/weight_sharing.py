@@ -254,6 +254,10 @@ def main() -> None:
              f"{r['archs']} | {r['alone_seeds']}: {'n/a' if r['seed_tau'] is None else format(r['seed_tau'], '.3f')} | "
              f"{r['commit']} |"
              for r in sorted(results.values(), key=lambda r: (r["steps"], r["label"], r["archs"]))]
+    flops_tau = float(kendalltau([-net.space.flops(a) for a in archs], sa).statistic)
+    body += ["", f"A baseline any supernet should beat: ranking these {len(archs)} archs by FLOPs alone (more FLOPs, lower loss) "
+             f"gives Kendall tau {flops_tau:.3f} against stand-alone training. Options measured and then removed from the code "
+             "(no longer helpful) are reproduced at the commit in their row."]
     body += ["", f"Latest ({label}): what each dimension costs, the largest arch with one choice changed (inherited bits/byte):", "",
              "| change | inherited | vs largest |", "| --- | --- | --- |"]
     body += [f"| {name} | {v:.3f} | {v - changes['largest']:+.3f} |" for name, v in changes.items()]

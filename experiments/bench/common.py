@@ -71,13 +71,14 @@ def write_section(name: str, body: str) -> None:
 
 
 def git_commit() -> str:
-    """The checkout's commit (short), with "+changes" when tracked files differ from it: which code
+    """The checkout's commit (short), with "+changes" when tracked files (but BENCHMARKS.md) differ from it: which code
     measured a figure, so a row measured with an option since removed can still be reproduced."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, check=False).stdout.strip()
 
     head = git("rev-parse", "--short=7", "HEAD") or "unknown"
-    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!BENCHMARKS.md")  # benches write that one
+    return head + ("+changes" if changed else "")
 
 
 def command() -> str:

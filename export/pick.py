@@ -2,7 +2,7 @@
 
     pick_member(front, "2")                                    # the front's member #2 (front.json order)
     pick_member(front, "e64-L2:h2r2-rms-pre-lin-mlp-q8|...")   # the member with this arch key
-    pick_member(front, "min loss where latency@cpu <= 5ms")    # a rule
+    pick_member(front, "min loss where latency@cpu <= 5ms")    # a rule (latency@cpu: the front's CPU runtime)
 
 A rule is `min|max <objective> [where <constraint> [and <constraint> ...]]`; constraints are
 written as in the search config (`search.objectives.Constraint`: `latency@cpu <= 5ms`,
@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from hwnas.search.objectives import Constraint, ObjectiveError
+from hwnas.search.objectives import Constraint, ObjectiveError, latency_target, resolve_name
 from hwnas.search_space.errors import HwnasError
 
 RULE_FORM = "'min|max <objective> [where <constraint> [and <constraint> ...]]'"
@@ -94,8 +94,7 @@ def _pick_by_rule(rule: str, members: list[dict[str, Any]], names: list[str]) ->
     objective, _, tail = rest.partition(" ")
     if not objective:
         raise PickError(f"pick {_shown(rule)}: expected an objective after {sense!r} (the front has: {have}); form: {RULE_FORM}")
-    if objective not in names:
-        raise PickError(f"pick {_shown(rule)}: unknown objective {_shown(objective)}; the front has: {have}")
+    objective = _resolved(rule, objective, names)
     tail = tail.strip()
     constraints: list[Constraint] = []
     if tail:
@@ -110,9 +109,7 @@ def _pick_by_rule(rule: str, members: list[dict[str, Any]], names: list[str]) ->
                 c = Constraint.parse(part)
             except ObjectiveError as e:
                 raise PickError(f"pick {_shown(rule)}: {e}") from None
-            if c.objective not in names:
-                raise PickError(f"pick {_shown(rule)}: unknown objective {_shown(c.objective)} in {_shown(c.text)}; the front has: {have}")
-            constraints.append(c)
+            constraints.append(c.renamed(_resolved(rule, c.objective, names, c.text)))
     col = {name: [float(m["objectives"][j]) for m in members] for j, name in enumerate(names)}
 
     def holds(c: Constraint, i: int) -> bool:
@@ -124,6 +121,23 @@ def _pick_by_rule(rule: str, members: list[dict[str, Any]], names: list[str]) ->
     values = col[objective]
     best = min(ok, key=lambda i: (values[i] if sense == "min" else -values[i], i))
     return best, members[best]
+
+
+def _resolved(rule: str, name: str, names: list[str], within: str | None = None) -> str:
+    """The front's objective that `name` means (`latency@cpu` is the front's only CPU latency),
+    else a `PickError` naming the front's objectives."""
+    where = f" in {_shown(within)}" if within else ""
+    try:
+        found = resolve_name(name, names)
+        target = latency_target(name)
+    except ObjectiveError as e:
+        raise PickError(f"pick {_shown(rule)}: {e}") from None
+    if found:
+        return found
+    if target and target[1] is None and any(n.startswith(f"{name}/") for n in names):
+        raise PickError(f"pick {_shown(rule)}: {name!r}{where} is ambiguous, the front has latency on several runtimes: "
+                        f"name one ({', '.join(n for n in names if n.startswith(f'{name}/'))})")
+    raise PickError(f"pick {_shown(rule)}: unknown objective {_shown(name)}{where}; the front has: {', '.join(names)}")
 
 
 def _why_none(constraints: list[Constraint], col: dict[str, list[float]], holds, n: int) -> str:

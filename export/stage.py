@@ -222,7 +222,7 @@ def _measure_latency(run_dir: Path, arch: ArchConfig, subnet: Subnet, form, fp32
                 "table": str(table_path(run_dir, "cpu", backend).relative_to(run_dir)) if table else None}
         if backend == "torch":
             m = TorchBackend("cpu", threads).measure(subnet, (tokens,), protocol)
-            rows.append({**base, "model": "model.safetensors (torch eager)", "predicted_ms": predicted, **_timed(m, stat)})
+            rows.append({**base, "model": "model.safetensors (torch eager; 8/4-bit layers on int8/int4 kernels)", "predicted_ms": predicted, **_timed(m, stat)})
             continue
         arch_bits = quantized_weights(form)  # what the latency table times: 16-bit layers stay fp32
         models = [("model.onnx (fp32)", fp32, not arch_bits),

@@ -120,6 +120,12 @@ class ExperimentConfig(Section):
             seq_len = getattr(self, name).seq_len
             if seq_len is not None and seq_len > block:
                 raise field_error(f"{name}.seq_len", f"{seq_len} exceeds search_space.block_size {block}")
+        for target in self.search.latency_targets():  # each latency the search names needs its table
+            device, runtime = target.split("/")
+            if device not in self.latency.devices or runtime not in self.latency.backends:
+                raise field_error("search.objectives", f"latency@{target} needs latency.devices to include {device} and "
+                                  f"latency.backends to include {runtime} (have {self.latency.devices} and "
+                                  f"{self.latency.backends}); or set search.latency_backend / name another runtime")
         return self
 
     @property

@@ -6,6 +6,7 @@ reference twin and one dispatcher (Triton on CUDA, the reference elsewhere; see 
 | `elastic_norm` | LayerNorm / RMSNorm / DyT over the first d of a wider weight, optional fused residual add | reference (autograd) |
 | `elastic_linear` | x @ W[:out, :in].T with the slice read in place; (G, O, I) weights for q/k/v | Triton |
 | `quant_matmul` | weight-only int8 / int4 matmul with per-channel scales (`quantize_weight`) | none (inference) |
+| `LowBitLinear` | a layer of int8 / int4 codes on real kernels: Triton on CUDA; on CPU dynamic int8 (`_int_mm`) and weight-only int4 (`_weight_int4pack_mm_for_cpu`) | none (inference) |
 | `linear_attention` | chunked causal linear attention, elu+1 features | none (auto: reference) |
 
 Every function takes `backend="auto" | "triton" | "reference"`. Importing this package never
@@ -15,6 +16,7 @@ imports Triton (the kernels load on first use), so it works where Triton is not 
 from .dispatch import BACKENDS, KernelUnavailable, interpreting, triton_available, use_triton
 from .linear import elastic_linear, linear_reference
 from .linear_attention import linear_attention, linear_attention_reference
+from .lowbit_linear import LowBitLinear
 from .norm import EPS, NORM_KINDS, elastic_norm, norm_reference
 from .quant_matmul import (
     QuantizedWeight,
@@ -26,7 +28,7 @@ from .quant_matmul import (
 )
 
 __all__ = [
-    "BACKENDS", "EPS", "KernelUnavailable", "NORM_KINDS", "QuantizedWeight", "elastic_linear", "elastic_norm",
+    "BACKENDS", "EPS", "KernelUnavailable", "LowBitLinear", "NORM_KINDS", "QuantizedWeight", "elastic_linear", "elastic_norm",
     "interpreting", "linear_attention", "linear_attention_reference", "linear_reference", "norm_reference",
     "pack_int4", "quant_matmul", "quant_matmul_reference", "quantize_weight", "triton_available", "unpack_int4",
     "use_triton",

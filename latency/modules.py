@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from hwnas.kernels import LowBitLinear, quantize_weight
 from hwnas.search_space import LayerConfig, ModelDims
 from hwnas.supernet import ops
 from hwnas.supernet.subnet import FFN, Attention, Norm, Subnet
@@ -160,6 +161,11 @@ class DeployNorm(nn.Module):
         return ops.norm(self.kind, x, **self.p)
 
 
+def _mm(x: Tensor, w: Tensor | nn.Module) -> Tensor:
+    """x @ w for a pre-transposed (in, out) weight, or the product of a `LowBitLinear` holding it."""
+    return torch.matmul(x, w) if isinstance(w, Tensor) else w(x)
+
+
 class DeployAttention(nn.Module):
     """`Attention` with fake-quantized weights folded in, QKV as one (d, 3a) matrix."""
 
@@ -176,10 +182,10 @@ class DeployAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         B, T, _ = x.shape
-        qkv = torch.matmul(x, self.w_qkv).view(B, T, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
+        qkv = _mm(x, self.w_qkv).view(B, T, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
         y = self.core(qkv[0], qkv[1], qkv[2])
         y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, a)
-        return torch.matmul(y, self.w_proj)
+        return _mm(y, self.w_proj)
 
     def core(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """The attention kind's kernel on q, k, v (B, nh, T, hs); subclasses swap in other forms."""
@@ -211,16 +217,16 @@ class DeployFFN(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, None]:
         if self.kind == "mlp":
-            return torch.matmul(F.gelu(torch.matmul(x, self.up)), self.down), None
+            return _mm(F.gelu(_mm(x, self.up)), self.down), None
         if self.kind == "swiglu":
-            return torch.matmul(F.silu(torch.matmul(x, self.gate)) * torch.matmul(x, self.up), self.down), None
+            return _mm(F.silu(_mm(x, self.gate)) * _mm(x, self.up), self.down), None
         B, T, d = x.shape
         flat = x.reshape(B * T, d)
         gates, idx = F.softmax(torch.matmul(flat, self.router), dim=-1).topk(self.top_k, dim=-1)  # (N, k)
         out = torch.zeros_like(flat)
         for e in range(len(self.ups)):
             token, slot = torch.where(idx == e)  # the tokens routed to expert e (each at most once)
-            y = torch.matmul(F.gelu(torch.matmul(flat[token], self.ups[e])), self.downs[e])
+            y = _mm(F.gelu(_mm(flat[token], self.ups[e])), self.downs[e])
             out = out.index_add(0, token, y * gates[token, slot].unsqueeze(-1))
         return out.view(B, T, d), None
 
@@ -250,6 +256,37 @@ def deploy_copy(module: nn.Module) -> nn.Module:
         for name, child in list(parent.named_children()):
             if type(child) in _DEPLOY:
                 setattr(parent, name, _DEPLOY[type(child)](child))
+    return out.eval()
+
+
+def _low_bit(module: DeployAttention | DeployFFN, device: str) -> nn.Module:
+    """`module` with every weight matrix but the router held as real low-bit codes (`LowBitLinear`)."""
+    def held(w: Tensor) -> LowBitLinear:
+        return LowBitLinear(quantize_weight(w.detach().t(), module.weight_bits), device)  # (in, out) -> (out, in)
+
+    for name in ("w_qkv", "w_proj", "up", "down", "gate"):
+        if name in module._parameters:
+            setattr(module, name, held(module._parameters.pop(name)))
+    for name in ("ups", "downs"):
+        if isinstance(getattr(module, name, None), nn.ParameterList):
+            setattr(module, name, nn.ModuleList(held(w) for w in getattr(module, name)))
+    return module
+
+
+def torch_deploy_copy(module: nn.Module, device: str = "cpu") -> nn.Module:
+    """A copy of `module` as eager PyTorch deploys it on `device`: 16-bit layers as they are, each
+    8- or 4-bit attention or FFN in deployment form with its weights on real low-bit kernels
+    (`kernels.LowBitLinear`) instead of fake quantization. What the `torch` latency tables time."""
+    def low_bit(child: nn.Module) -> bool:
+        return type(child) in (Attention, FFN) and child.layer.weight_bits < 16
+
+    if low_bit(module):
+        return _low_bit(_DEPLOY[type(module)](module), device).eval()
+    out = copy.deepcopy(module)
+    for parent in list(out.modules()):
+        for name, child in list(parent.named_children()):
+            if low_bit(child):
+                setattr(parent, name, _low_bit(_DEPLOY[type(child)](child), device))
     return out.eval()
 
 

@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from hwnas.search_space.config import MAX_WORKERS, Section, field_error
 from hwnas.search_space.io import unwritable
 
-from .objectives import Constraint
+from .objectives import LATENCY_RUNTIMES, Constraint, ObjectiveError, canonical_name, latency_target
 
 ENGINES = ("pymoo", "optuna", "linas", "random")
 
@@ -34,8 +34,10 @@ class LinasConfig(Section):
 
 
 class SearchConfig(Section):
-    objectives: list[str] = Field(default_factory=lambda: ["loss", "latency@cpu"])
-    constraints: list[str] = Field(default_factory=list, description="e.g. 'latency@cpu <= 5ms', 'params <= 2e6'")
+    objectives: list[str] = Field(default_factory=lambda: ["loss", "latency@cpu"],
+                                  description="loss, latency@<device>[/<runtime>], params, flops, memory; a latency "
+                                  "without a runtime is latency_backend's")
+    constraints: list[str] = Field(default_factory=list, description="e.g. 'latency@cpu/torch <= 5ms', 'params <= 2e6'")
     engine: Literal["pymoo", "optuna", "linas", "random"] = "pymoo"
     algorithm: str = Field(default="nsga2", description="pymoo: nsga2|nsga3|smsemoa; optuna: nsga2|nsga3|tpe|random")
     budget: int = Field(default=10000, gt=0, le=MAX_BUDGET, description="candidates evaluated (on predictors; real ones for linas)")
@@ -44,7 +46,9 @@ class SearchConfig(Section):
     workers: int = Field(default=1, gt=0, le=MAX_WORKERS, description="Optuna worker processes sharing the study")
     risk: float | None = Field(default=None, gt=0.5, lt=1, description="constraints must hold at this upper bound of the prediction")
     ref_point: list[float] | None = Field(default=None, description="hypervolume reference point (default: 1.1 x the worst corner)")
-    latency_backend: Literal["torch", "onnxruntime"] = "torch"
+    latency_backend: Literal["onnxruntime", "torch"] = Field(
+        default=LATENCY_RUNTIMES[0], description="the runtime of a latency objective that names none: onnxruntime (what "
+        "the export deploys, real int8/int4 kernels) or torch (eager)")
     validate_top: int = Field(default=8, ge=0, le=MAX_REAL, description="front members evaluated for real after the search")
     linas: LinasConfig = LinasConfig()
     wandb: Literal["offline", "online", "disabled"] = "offline"
@@ -56,7 +60,11 @@ class SearchConfig(Section):
             raise ValueError("needs at least one objective")
         for name in v:
             if name not in ("loss", "params", "flops", "memory") and not name.startswith("latency@"):
-                raise ValueError(f"{name!r} is not one of loss, latency@<device>, params, flops, memory")
+                raise ValueError(f"{name!r} is not one of loss, latency@<device>[/<runtime>], params, flops, memory")
+            try:
+                latency_target(name)
+            except ObjectiveError as e:
+                raise ValueError(str(e)) from None
         if len(set(v)) != len(v):
             raise ValueError(f"has duplicates {v}")
         return v
@@ -65,8 +73,13 @@ class SearchConfig(Section):
     @classmethod
     def check_constraints(cls, v: list[str]) -> list[str]:
         for text in v:
-            if not math.isfinite(Constraint.parse(text).bound):  # parse raises with the expected form
+            c = Constraint.parse(text)  # raises with the expected form
+            if not math.isfinite(c.bound):
                 raise ValueError(f"{text!r}: the bound must be a finite number")
+            try:
+                latency_target(c.objective)
+            except ObjectiveError as e:
+                raise ValueError(str(e)) from None
         return v
 
     @field_validator("storage")
@@ -89,7 +102,23 @@ class SearchConfig(Section):
         why = workers_problem(self.workers, self.engine, self.storage)
         if why:
             raise field_error("workers", why)
+        # every latency name carries its runtime from here on (front, plots, W&B, export)
+        objectives = [canonical_name(n, self.latency_backend) for n in self.objectives]
+        if len(set(objectives)) != len(objectives):
+            raise field_error("objectives", f"{self.objectives} name one objective twice once latency_backend "
+                              f"{self.latency_backend!r} is filled in")
+        constraints = []
+        for text in self.constraints:
+            c = Constraint.parse(text)
+            constraints.append(c.renamed(canonical_name(c.objective, self.latency_backend)).text)
+        object.__setattr__(self, "objectives", objectives)
+        object.__setattr__(self, "constraints", constraints)
         return self
+
+    def latency_targets(self) -> list[str]:
+        """'<device>/<runtime>' of every latency objective and constraint, sorted."""
+        names = set(self.objectives) | {Constraint.parse(c).objective for c in self.constraints}
+        return sorted(n.removeprefix("latency@") for n in names if n.startswith("latency@"))
 
 
 def workers_problem(workers: int, engine: str, storage: str | None) -> str | None:

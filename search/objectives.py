@@ -1,8 +1,9 @@
 """Objectives and constraints of a search, evaluated in batches of archs.
 
 An objective maps archs to numbers to minimize: predicted validation loss (from an accuracy
-predictor), latency on a device (from a latency table), parameter count, FLOPs or memory.
-Constraints are written like `latency@cpu <= 5ms` or `params <= 2e6` and evaluated as values
+predictor), latency on a device and runtime (from a latency table: `latency@cpu/onnxruntime`,
+`latency@cpu/torch`; `latency@cpu` names the search's default runtime), parameter count, FLOPs or
+memory. Constraints are written like `latency@cpu/torch <= 5ms` or `params <= 2e6` and evaluated as values
 <= 0 (the Optuna / pymoo convention). With `risk` (e.g. 0.9), objectives that know their
 uncertainty report their upper `risk` bound to constraints, so a constraint must hold with that
 probability.
@@ -22,6 +23,44 @@ from hwnas.search_space import ArchConfig, HwnasError, SearchSpace
 
 class ObjectiveError(HwnasError, ValueError):
     """An objective or constraint that cannot be built (unknown name, bad expression, missing input)."""
+
+
+# the runtimes a latency objective can name (the latency stage's backends); the first is the default,
+# the runtime the export deploys
+LATENCY_RUNTIMES = ("onnxruntime", "torch")
+
+
+def latency_target(name: str) -> tuple[str, str | None] | None:
+    """(device, runtime or None) of a latency objective `latency@<device>[/<runtime>]`; None for
+    any other name. Raises `ObjectiveError` for a runtime that is not one of `LATENCY_RUNTIMES`."""
+    if not name.startswith("latency@"):
+        return None
+    device, slash, runtime = name.removeprefix("latency@").partition("/")
+    if slash and runtime not in LATENCY_RUNTIMES:
+        raise ObjectiveError(f"{name!r}: runtime {runtime!r} is not one of {', '.join(LATENCY_RUNTIMES)}")
+    if not device:
+        raise ObjectiveError(f"{name!r}: expected latency@<device>[/<runtime>], e.g. latency@cpu/onnxruntime")
+    return device, runtime or None
+
+
+def canonical_name(name: str, runtime: str) -> str:
+    """`name` with its runtime spelled out: `latency@cpu` -> `latency@cpu/<runtime>`; others as they are."""
+    target = latency_target(name)
+    return name if target is None or target[1] else f"latency@{target[0]}/{runtime}"
+
+
+def resolve_name(name: str, names: Sequence[str], runtime: str | None = None) -> str | None:
+    """The one of `names` that `name` means: itself, or for `latency@<device>` without a runtime
+    the device's objective of `runtime` (else its only one); None if there is none or no single one."""
+    if name in names:
+        return name
+    target = latency_target(name)
+    if target is None or target[1] is not None:
+        return None
+    if runtime and f"{name}/{runtime}" in names:
+        return f"{name}/{runtime}"
+    same_device = [n for n in names if n.startswith(f"{name}/")]
+    return same_device[0] if len(same_device) == 1 else None
 
 
 # (mean, std or None) for a batch of archs
@@ -44,7 +83,7 @@ _UNITS = {
     "k": 1e3, "m": 1e6, "g": 1e9,  # counts
     "b": 1.0, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20, "gib": 2**30,  # bytes
 }
-_CONSTRAINT = re.compile(r"^\s*([A-Za-z_][\w@.-]*)\s*(<=|>=|<|>)\s*([-+]?[0-9.]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
+_CONSTRAINT = re.compile(r"^\s*([A-Za-z_][\w@./-]*)\s*(<=|>=|<|>)\s*([-+]?[0-9.]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
 
 
 @dataclass(frozen=True)
@@ -71,6 +110,10 @@ class Constraint:
 
     def value(self, x: np.ndarray) -> np.ndarray:
         return x - self.bound if self.op in ("<=", "<") else self.bound - x
+
+    def renamed(self, objective: str) -> Constraint:
+        """The same constraint on `objective` (its text rewritten to match)."""
+        return Constraint(objective, self.op, self.bound, objective + self.text[len(self.objective):])
 
 
 class ObjectiveSet:
@@ -140,21 +183,22 @@ def predictor_objective(predictor, name: str = "loss", unit: str = "nats/byte") 
     return Objective(name, unit, fn)
 
 
-def latency_objective(table, device: str, rel_error: float | None = None) -> Objective:
-    """Predicted latency in ms from a latency table; its std is `rel_error` x the prediction (the
-    table's measured relative error on held-out subnets), when known."""
+def latency_objective(table, target: str, rel_error: float | None = None) -> Objective:
+    """Predicted latency in ms from a latency table of `target` (`<device>/<runtime>`); its std is
+    `rel_error` x the prediction (the table's measured relative error on held-out subnets), when known."""
 
     def fn(archs):
         ms = np.array([1e3 * table.predict(a) for a in archs], dtype=float)
         return ms, (None if rel_error is None else ms * rel_error)
 
-    return Objective(f"latency@{device}", "ms", fn)
+    return Objective(f"latency@{target}", "ms", fn)
 
 
 def build_objectives(names: list[str], constraints: list[str], space: SearchSpace, predictor=None,
                      latency_tables: dict | None = None, latency_errors: dict | None = None,
                      risk: float | None = None) -> ObjectiveSet:
-    """Objectives and constraints by name: 'loss', 'latency@<device>', 'params', 'flops', 'memory'."""
+    """Objectives and constraints by name: 'loss', 'latency@<device>/<runtime>', 'params', 'flops',
+    'memory'. `latency_tables` and `latency_errors` are keyed by '<device>/<runtime>'."""
     latency_tables, latency_errors = latency_tables or {}, latency_errors or {}
 
     def make(name: str) -> Objective:
@@ -162,12 +206,13 @@ def build_objectives(names: list[str], constraints: list[str], space: SearchSpac
             if predictor is None:
                 raise ObjectiveError("objective 'loss': needs a fitted accuracy predictor (run `hwnas predictors` first)")
             return predictor_objective(predictor)
-        if name.startswith("latency@"):
-            device = name.removeprefix("latency@")
-            if device not in latency_tables:
-                raise ObjectiveError(f"objective {name!r}: no latency table for device {device!r} (run `hwnas latency --device {device}`); "
-                                     f"have: {', '.join(latency_tables) or 'none'}")
-            return latency_objective(latency_tables[device], device, latency_errors.get(device))
+        target = latency_target(name)
+        if target is not None:
+            key = name.removeprefix("latency@")
+            if target[1] is None or key not in latency_tables:
+                raise ObjectiveError(f"objective {name!r}: no latency table for {key!r} (run `hwnas latency` with device "
+                                     f"{target[0]} and backend {target[1] or '<runtime>'}); have: {', '.join(latency_tables) or 'none'}")
+            return latency_objective(latency_tables[key], key, latency_errors.get(key))
         return analytic_objective(name, space)
 
     objectives = [make(n) for n in names]

@@ -76,9 +76,9 @@ def load_objectives(space: SearchSpace, cfg: SearchConfig, run_dir: Path) -> Obj
             raise PredictorError(f"{run_dir / 'predictors' / MANIFEST_FILE}: the predictor was fitted on another search space; "
                                  f"run `{RUN_FOLDERS['predictors']}`")
         predictor = load_predictor(run_dir / "predictors")
-    devices = sorted(n.removeprefix("latency@") for n in needs if n.startswith("latency@"))
-    tables = {d: load_table(run_dir, d, cfg.latency_backend, space=space) for d in devices}
-    errors = {d: latency_error(run_dir, d, cfg.latency_backend) for d in devices}
+    targets = [t.split("/") for t in cfg.latency_targets()]  # (device, runtime)
+    tables = {f"{d}/{r}": load_table(run_dir, d, r, space=space) for d, r in targets}
+    errors = {f"{d}/{r}": latency_error(run_dir, d, r) for d, r in targets}
     if "loss" in needs and cfg.engine == "linas":
         predictor = RealLoss(space, run_dir)
     return build_objectives(cfg.objectives, cfg.constraints, space, predictor, tables, errors, cfg.risk)
@@ -188,14 +188,15 @@ def validate_front(space: SearchSpace, front: ParetoFront, cfg: SearchConfig, ru
         return []
     if real_loss is None and "loss" in front.objective_names:
         real_loss = RealLoss(space, run_dir)
-    latency_devices = [n.removeprefix("latency@") for n in front.objective_names if n.startswith("latency@")]
+    latency_names = [n for n in front.objective_names if n.startswith("latency@")]
     measured_ms: dict[str, dict[str, float]] = {}
     if latency_cfg is not None:
         from hwnas.latency.build import measure_in_fresh_process
 
-        for device in latency_devices:  # timed as the table was, by a process with no history
-            measured_ms[device] = {k: 1e3 * v for k, v in measure_in_fresh_process(
-                space.config, latency_cfg, run_dir, device, cfg.latency_backend, [c.arch for c in members]).items()}
+        for name in latency_names:  # timed as the table was, by a process with no history
+            device, runtime = name.removeprefix("latency@").split("/")
+            measured_ms[name] = {k: 1e3 * v for k, v in measure_in_fresh_process(
+                space.config, latency_cfg, run_dir, device, runtime, [c.arch for c in members]).items()}
     rows = []
     for c in members:
         row: dict[str, Any] = {"key": c.key}
@@ -203,8 +204,8 @@ def validate_front(space: SearchSpace, front: ParetoFront, cfg: SearchConfig, ru
             row[f"predicted:{name}"] = value
             if name == "loss" and real_loss is not None:
                 row[f"measured:{name}"] = float(real_loss.predict([c.arch])[0])
-            elif name.startswith("latency@") and name.removeprefix("latency@") in measured_ms:
-                row[f"measured:{name}"] = measured_ms[name.removeprefix("latency@")][c.key]
+            elif name in measured_ms:
+                row[f"measured:{name}"] = measured_ms[name][c.key]
             elif name in ("params", "flops", "memory"):
                 row[f"measured:{name}"] = value  # analytic: exact
         rows.append(row)
@@ -313,7 +314,8 @@ def log_search(tracker, front: ParetoFront, validation: list[dict[str, Any]], fi
     logs: dict[str, Any] = {"search/candidates": table, "search/front": front_table}
     for i in range(len(names)):
         for j in range(i + 1, len(names)):
-            logs[f"search/front_{names[i]}_vs_{names[j]}"] = wandb.plot.scatter(front_table, names[i], names[j],
+            key = f"front_{names[i]}_vs_{names[j]}".replace("/", "_")  # a slash would nest W&B's panels
+            logs[f"search/{key}"] = wandb.plot.scatter(front_table, names[i], names[j],
                                                                                  title=f"front: {names[j]} vs {names[i]}")
     if validation:
         vcols = list(validation[0])

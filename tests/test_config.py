@@ -90,6 +90,11 @@ BAD_CONFIGS = [
      "config: name: must be letters, digits, '.', '_' or '-' (not starting with a symbol), got '../x'"),
     ("missing-name", {"seed": 1}, "name", "config: name: required field is missing"),
     ("name-not-string", {"name": 7}, "name", "config: name: Input should be a valid string (got 7)"),
+    ("latency-runtime-without-table", {"name": "t", "latency": {"backends": ["torch"]}}, "search.objectives",
+     "config: search.objectives: latency@cpu/onnxruntime needs latency.devices to include cpu and latency.backends to include "
+     "onnxruntime (have ['cpu'] and ['torch']); or set search.latency_backend / name another runtime"),
+    ("latency-unknown-runtime", {"name": "t", "search": {"constraints": ["latency@cpu/tvm <= 3ms"]}}, "search.constraints",
+     "config: search.constraints: 'latency@cpu/tvm': runtime 'tvm' is not one of onnxruntime, torch"),
     ("two-errors", {"name": "t", "seed": "x", "run_dir": 3}, "run_dir",
      "config: run_dir: Input should be a valid string (got 3) (and 1 more error)"),
 ]

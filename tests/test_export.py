@@ -118,6 +118,23 @@ def test_bad_pick_is_one_clear_line(pick, message):
     assert isinstance(e.value, HwnasError) and isinstance(e.value, ValueError)
 
 
+def test_pick_reads_a_bare_latency_as_the_fronts_runtime_and_refuses_it_when_ambiguous():
+    members = [member("e16-L1:a", 2.0, 7.2, 3.0), member("e16-L1:b", 1.5, 9.0, 2.0)]
+    one = {"objectives": ["loss", "latency@cpu/onnxruntime", "latency@cuda/torch"], "constraints": [], "front": members}
+    assert pick_member(one, "min latency@cpu")[0] == 0
+    assert pick_member(one, "min loss where latency@cpu <= 8ms")[0] == 0
+    with pytest.raises(PickError, match=r"no front member has latency@cpu/onnxruntime <= 1ms \(the fastest has 7.2 ms\)"):
+        pick_member(one, "min loss where latency@cpu <= 1ms")
+    both = {"objectives": ["loss", "latency@cpu/onnxruntime", "latency@cpu/torch"], "constraints": [], "front": members}
+    assert pick_member(both, "min latency@cpu/torch")[0] == 1
+    with pytest.raises(PickError) as e:
+        pick_member(both, "min loss where latency@cpu <= 8ms")
+    assert str(e.value) == ("pick 'min loss where latency@cpu <= 8ms': 'latency@cpu' in 'latency@cpu <= 8ms' is ambiguous, the "
+                            "front has latency on several runtimes: name one (latency@cpu/onnxruntime, latency@cpu/torch)")
+    with pytest.raises(PickError, match="runtime 'trt' is not one of onnxruntime, torch"):
+        pick_member(both, "min latency@cpu/trt")
+
+
 def test_export_config_rejects_unknown_keys():
     with pytest.raises(ValueError, match="unknown key; allowed keys: pick, out_dir"):
         ExportConfig(pikc="min loss")
@@ -251,7 +268,7 @@ def test_export_writes_a_verified_model(run_dir, exported):
     rows = report["latency"]["rows"]
     n = len(arch_keys(COVERING[0])) - 1  # pieces besides the call, each net of the call's 0.1 ms
     assert [(r["backend"], r["model"], r["predicted_ms"]) for r in rows] == [
-        ("torch", "model.safetensors (torch eager)", pytest.approx(0.1 + n * 0.4)), ("onnxruntime", "model.onnx (fp32)", None),
+        ("torch", "model.safetensors (torch eager; 8/4-bit layers on int8/int4 kernels)", pytest.approx(0.1 + n * 0.4)), ("onnxruntime", "model.onnx (fp32)", None),
         ("onnxruntime", "model.int8.onnx", None), ("onnxruntime", "arch's own bits (the table's form)", pytest.approx(0.1 + n * 0.15))]
     assert all(r["measured_ms"] > 0 and 3 <= r["runs"] <= 6 and (r["batch_size"], r["seq_len"]) == (1, 24) for r in rows)
     assert rows[0]["measured_over_predicted"] == pytest.approx(rows[0]["measured_ms"] / rows[0]["predicted_ms"])

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from hwnas.kernels import LowBitLinear, quant_matmul_reference, quantize_weight
 from hwnas.latency import (
     LatencyConfig,
     LatencyTable,
@@ -23,7 +24,7 @@ from hwnas.latency import (
 )
 from hwnas.latency.backends import OnnxRuntimeBackend, TorchBackend, export_onnx, quantize_onnx
 from hwnas.latency.keys import arch_pieces
-from hwnas.latency.modules import deploy_copy
+from hwnas.latency.modules import deploy_copy, torch_deploy_copy
 from hwnas.search_space import ArchConfig, LayerConfig, SearchSpace, SearchSpaceConfig
 from hwnas.supernet import Supernet, extract_subnet
 from hwnas.supernet.subnet import SubnetBlock
@@ -165,6 +166,61 @@ def test_quantized_layers_run_low_bit_kernels(net, bits, kernels, tmp_path):
     got = OnnxRuntimeBackend("cpu", threads=1).prepare(sub, (tokens(),))()[0]
     # low-bit kernels: close, not equal (int8 activations; int4 regridded in blocks of 32; routing flips)
     assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.9
+
+
+# --- eager torch: real low-bit kernels, never fake quantization ------------------------------------
+@pytest.mark.parametrize("out_f, in_f, rows", [(64, 32, 16), (24, 40, 3), (8, 8, 1), (33, 31, 5)])
+@pytest.mark.parametrize("bits", [8, 4])
+def test_low_bit_linear_is_the_quantized_product(bits, out_f, in_f, rows):
+    """Odd widths too (the int4 kernel pads them): within activation rounding (8 bits: int8 rows)
+    or bf16 rounding (4 bits) of the exact product with the codes."""
+    g = torch.Generator().manual_seed(out_f + in_f)
+    w, x = torch.randn(out_f, in_f, generator=g), torch.randn(2, rows, in_f, generator=g)
+    q = quantize_weight(w, bits)
+    want = quant_matmul_reference(x, q)
+    got = LowBitLinear(q)(x)
+    assert got.shape == want.shape and got.dtype == torch.float32
+    assert (got - want).abs().max() <= 2e-2 * want.abs().max()
+    assert (got - want).abs().max() > 0  # a real low-bit product (int8 activations, bf16), not the dequantized matmul
+
+
+@pytest.mark.parametrize("bits, kernel", [(8, "aten::_int_mm"), (4, "aten::_weight_int4pack_mm_for_cpu")])
+def test_torch_backend_times_low_bit_layers_on_low_bit_kernels(net, bits, kernel, monkeypatch):
+    from torch.profiler import ProfilerActivity, profile
+
+    from hwnas.supernet import ops
+
+    arch = covering_archs(bits)[1]
+    sub = extract_subnet(net, arch).eval()
+    with torch.no_grad():
+        want = sub(tokens())
+    run = TorchBackend("cpu", threads=1).prepare(sub, (tokens(),))
+    lowbit = [m for m in torch_deploy_copy(sub).modules() if isinstance(m, LowBitLinear)]
+    n_low = sum(2 + {"mlp": 2, "swiglu": 3, "moe": 2 * (layer.n_experts or 0)}[layer.ffn] for layer in arch.layers)
+    assert len(lowbit) == n_low and {m.bits for m in lowbit} == {bits}
+
+    def no_fake_quant(*a, **k):
+        raise AssertionError("the torch backend ran fake quantization")
+
+    monkeypatch.setattr(ops, "fake_quant", no_fake_quant)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        got = run()
+    names = [e.name for e in prof.events()]
+    assert names.count(kernel) >= 2 * arch.depth  # every attention's two projections at least
+    assert (got - want).abs().max() <= 5e-2 * want.abs().max()  # the same function, up to the kernels' rounding
+
+
+def test_torch_backend_leaves_16_bit_layers_as_they_are(net):
+    from torch.profiler import ProfilerActivity, profile
+
+    sub = extract_subnet(net, covering_archs(16)[1]).eval()
+    run = TorchBackend("cpu", threads=1).prepare(sub, (tokens(),))
+    assert not [m for m in torch_deploy_copy(sub).modules() if isinstance(m, LowBitLinear)]
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        got = run()
+    assert not {"aten::_int_mm", "aten::_weight_int4pack_mm_for_cpu"} & {e.name for e in prof.events()}
+    with torch.no_grad():
+        torch.testing.assert_close(got, sub(tokens()))
 
 
 def test_mixed_precision_arch_quantizes_each_layer_by_its_bits(net):

@@ -74,8 +74,8 @@ def test_objective_set_risk_uses_upper_bound():
 def test_unknown_objective_and_missing_inputs_are_clear():
     with pytest.raises(ObjectiveError, match="needs a fitted accuracy predictor"):
         build_objectives(["loss"], [], SPACE)
-    with pytest.raises(ObjectiveError, match="no latency table for device 'cpu'"):
-        build_objectives(["latency@cpu"], [], SPACE)
+    with pytest.raises(ObjectiveError, match="no latency table for 'cpu/torch'"):
+        build_objectives(["latency@cpu/torch"], [], SPACE, latency_tables={"cpu/onnxruntime": object()})
     with pytest.raises(ObjectiveError, match="unknown quantity 'speed'"):
         ObjectiveSet([], [Constraint.parse("speed <= 3")])
 
@@ -252,7 +252,7 @@ def test_search_config_errors_name_the_field():
 
     with pytest.raises(ValidationError, match="algorithm"):
         SearchConfig(engine="pymoo", algorithm="tpe")
-    with pytest.raises(ValidationError, match="'speed' is not one of loss, latency@<device>, params, flops, memory"):
+    with pytest.raises(ValidationError, match="'speed' is not one of loss, latency@<device>\\[/<runtime>\\], params, flops, memory"):
         SearchConfig(objectives=["speed"])
     with pytest.raises(ValidationError, match="workers"):
         SearchConfig(engine="pymoo", workers=2)
@@ -287,3 +287,35 @@ def test_search_stage_logs_tables_plots_and_files(tmp_path):
     assert rows[0]["search/candidates/_type"] == "table-file"
     hv = [r["hypervolume"] for r in read_wandb_history(out) if "hypervolume" in r]
     assert hv and hv[-1] == pytest.approx(summary["hypervolume"])
+
+
+def test_latency_objectives_name_their_runtime_and_the_bare_name_is_the_default_one():
+    from pydantic import ValidationError
+
+    default = SearchConfig(constraints=["latency@cpu <= 5ms", "latency@cpu/torch<3ms", "params <= 2e6"])
+    assert default.objectives == ["loss", "latency@cpu/onnxruntime"]  # the deployment runtime, unless told otherwise
+    assert default.constraints == ["latency@cpu/onnxruntime <= 5ms", "latency@cpu/torch<3ms", "params <= 2e6"]
+    assert default.latency_targets() == ["cpu/onnxruntime", "cpu/torch"]
+    assert SearchConfig.model_validate(default.model_dump()) == default  # canonical names stay canonical
+    torch_cfg = SearchConfig(latency_backend="torch", objectives=["loss", "latency@cpu", "latency@cuda/onnxruntime"])
+    assert torch_cfg.objectives == ["loss", "latency@cpu/torch", "latency@cuda/onnxruntime"]
+    with pytest.raises(ValidationError, match="runtime 'tensorrt' is not one of onnxruntime, torch"):
+        SearchConfig(objectives=["loss", "latency@cpu/tensorrt"])
+    with pytest.raises(ValidationError, match="runtime 'tvm' is not one of onnxruntime, torch"):
+        SearchConfig(constraints=["latency@cpu/tvm <= 2ms"])
+    with pytest.raises(ValidationError, match="name one objective twice"):
+        SearchConfig(objectives=["latency@cpu", "latency@cpu/onnxruntime"])
+
+
+def test_each_latency_objective_reads_the_table_of_its_runtime():
+    class Table:
+        def __init__(self, ms):
+            self.ms = ms
+
+        def predict(self, arch):
+            return self.ms / 1e3
+
+    tables = {"cpu/onnxruntime": Table(2.0), "cpu/torch": Table(5.0)}
+    objectives = build_objectives(["latency@cpu/onnxruntime"], ["latency@cpu/torch <= 4ms"], SPACE, latency_tables=tables)
+    F, G, _ = objectives.evaluate([SPACE.smallest()])
+    assert F.tolist() == [[2.0]] and G.tolist() == [[1.0]]  # 5 ms on torch: 1 ms over its bound

@@ -47,7 +47,7 @@ def tiny_config(run_dir: Path, corpus: Path) -> dict:
                     "max_seconds": 0.2, "n_correction": 6, "n_fidelity": 0, "wandb": "disabled", "speed_backoff_s": 0},
         "predictors": {"n_fit": 12, "n_heldout": 4, "eval_tokens": 256, "models": ["ridge", "gbr"], "cv_folds": 3,
                        "wandb": "disabled", "threads": 1},
-        "search": {"objectives": ["loss", "latency@cpu"], "engine": "pymoo", "budget": 200, "population": 20,
+        "search": {"objectives": ["loss", "latency@cpu"], "latency_backend": "torch", "engine": "pymoo", "budget": 200, "population": 20,
                    "validate_top": 2, "wandb": "disabled"},
         "export": {"eval_tokens": 256, "measure_latency": False, "sample_tokens": 8, "threads": 1},
     }

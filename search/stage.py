@@ -24,6 +24,7 @@ from hwnas.search_space.manifest import RUN_FOLDERS, Manifest
 from hwnas.search_space.progress import progress_bar
 from hwnas.search_space.rundir import claim_run_dir, stage_lock
 
+from .choices import choices_report
 from .config import SearchConfig
 from .engines import PymooEngine, SearchError, random_search
 from .linas import LinasSettings, linas_search
@@ -56,10 +57,15 @@ def latency_error(run_dir: Path, device: str, backend: str) -> float | None:
     return float(np.sqrt(np.mean(rel**2))) if rows else None
 
 
-def load_objectives(space: SearchSpace, cfg: SearchConfig, run_dir: Path) -> ObjectiveSet:
-    """The search's objectives, from the run's fitted predictor and latency tables."""
+def latency_tables(space: SearchSpace, cfg: SearchConfig, run_dir: Path) -> dict[str, Any]:
+    """The run's latency tables of every latency the search names, by '<device>/<runtime>'."""
     from hwnas.latency.build import load_table
 
+    return {t: load_table(run_dir, *t.split("/"), space=space) for t in cfg.latency_targets()}
+
+
+def load_objectives(space: SearchSpace, cfg: SearchConfig, run_dir: Path) -> ObjectiveSet:
+    """The search's objectives, from the run's fitted predictor and latency tables."""
     needs = _needs(cfg)
     predictor = None
     if "loss" in needs and cfg.engine != "linas":
@@ -76,9 +82,8 @@ def load_objectives(space: SearchSpace, cfg: SearchConfig, run_dir: Path) -> Obj
             raise PredictorError(f"{run_dir / 'predictors' / MANIFEST_FILE}: the predictor was fitted on another search space; "
                                  f"run `{RUN_FOLDERS['predictors']}`")
         predictor = load_predictor(run_dir / "predictors")
-    targets = [t.split("/") for t in cfg.latency_targets()]  # (device, runtime)
-    tables = {f"{d}/{r}": load_table(run_dir, d, r, space=space) for d, r in targets}
-    errors = {f"{d}/{r}": latency_error(run_dir, d, r) for d, r in targets}
+    tables = latency_tables(space, cfg, run_dir)
+    errors = {t: latency_error(run_dir, *t.split("/")) for t in tables}
     if "loss" in needs and cfg.engine == "linas":
         predictor = RealLoss(space, run_dir)
     return build_objectives(cfg.objectives, cfg.constraints, space, predictor, tables, errors, cfg.risk)
@@ -255,10 +260,12 @@ def _run_search(space_cfg: SearchSpaceConfig, cfg: SearchConfig, run_dir: Path, 
                           "everything evaluated; relax them or raise search.budget")
     # the last front stays listed (and usable) until this one is complete: from here on it is written again
     manifest = Manifest.of(run_dir, "search")
-    manifest.forget(*FRONT_FILES, "validation.json", "summary.json")
+    manifest.forget(*FRONT_FILES, "validation.json", "choices.json", "summary.json")
     paths = front.save(out)
     validation = validate_front(space, front, cfg, run_dir, latency_cfg, real_loss)
     manifest.write_json("validation.json", {"rows": validation})
+    choices = choices_report(space, [c.arch for c in front.members()], latency_tables(space, cfg, run_dir), seed)
+    manifest.write_json("choices.json", choices)
     summary = {
         "engine": cfg.engine, "algorithm": cfg.algorithm, "candidates": len(front.candidates), "front_size": len(front.members()),
         "hypervolume": front.hypervolume(), "ref_point": ref.tolist(), "objectives": objectives.names,
@@ -268,7 +275,7 @@ def _run_search(space_cfg: SearchSpaceConfig, cfg: SearchConfig, run_dir: Path, 
     manifest.write_json("summary.json", summary)
     plots = write_plots(out)
     tracker = Tracker(out, "metrics", mode=cfg.wandb, job_type="search", config={"search": cfg.model_dump(mode="json")})
-    log_search(tracker, front, validation, paths, plots)
+    log_search(tracker, front, validation, paths, plots, choices)
     tracker.summary(summary)
     tracker.finish()
     return summary
@@ -298,9 +305,11 @@ def read_candidates(out: Path, names: list[str]) -> list[dict[str, Any]]:
                             f"run `{RUN_FOLDERS['search']}` to write it again") from None
 
 
-def log_search(tracker, front: ParetoFront, validation: list[dict[str, Any]], files: dict[str, Path], plots: list[Path]) -> None:
+def log_search(tracker, front: ParetoFront, validation: list[dict[str, Any]], files: dict[str, Path], plots: list[Path],
+               choices: dict[str, Any] | None = None) -> None:
     """W&B: tables of all candidates and of the front, front scatter plots, the hypervolume curve,
-    validation rows, and the front files as an artifact."""
+    validation rows, which design choices the front uses (`choices.choices_report`), and the front
+    files as an artifact."""
     if tracker.wandb_run is None:
         return
     import wandb
@@ -317,6 +326,11 @@ def log_search(tracker, front: ParetoFront, validation: list[dict[str, Any]], fi
             key = f"front_{names[i]}_vs_{names[j]}".replace("/", "_")  # a slash would nest W&B's panels
             logs[f"search/{key}"] = wandb.plot.scatter(front_table, names[i], names[j],
                                                                                  title=f"front: {names[j]} vs {names[i]}")
+    if choices:
+        targets = sorted({t for r in choices["rows"] for t in r["latency_ms"]})
+        ccols = ["dim", "choice", "front_archs", "front_layers", "space_archs", "space_layers", *[f"latency@{t}" for t in targets]]
+        logs["search/choices"] = wandb.Table(columns=ccols, data=[
+            [r[c] for c in ccols[:6]] + [r["latency_ms"].get(t) for t in targets] for r in choices["rows"]])
     if validation:
         vcols = list(validation[0])
         logs["search/validation"] = wandb.Table(columns=vcols, data=[[r.get(c) for c in vcols] for r in validation])

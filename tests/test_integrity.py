@@ -29,6 +29,7 @@ from hwnas.export import load as load_export
 from hwnas.export import run_export
 from hwnas.pipeline import Pipeline
 from hwnas.predictors.stage import run_predictors
+from hwnas.search.choices import read_choices
 from hwnas.search.stage import run_search, write_plots
 from hwnas.search_space import HwnasError
 from hwnas.search_space.manifest import EXPORT_COMMAND, NAME, Manifest
@@ -78,7 +79,7 @@ def readers(config: Path, run: Path) -> dict[str, object]:
         "corpus/val.bin": predictors, "corpus/corpus.json": predictors, "predictors/records.jsonl": predictors,
         "latency/cpu-torch.json": search, "predictors/predictor.skops": search, "predictors/predictor.json": search,
         "predictors/report.json": search, "search/front.json": export, "search/validation.json": export,
-        "search/candidates.csv": lambda: write_plots(run / "search"), "export/model.safetensors": lambda: load_export(run / "export"),
+        "search/candidates.csv": lambda: write_plots(run / "search"), "search/choices.json": lambda: read_choices(run / "search"), "export/model.safetensors": lambda: load_export(run / "export"),
         "export/config.json": lambda: load_export(run / "export"),
     }
 

@@ -319,3 +319,33 @@ def test_each_latency_objective_reads_the_table_of_its_runtime():
     objectives = build_objectives(["latency@cpu/onnxruntime"], ["latency@cpu/torch <= 4ms"], SPACE, latency_tables=tables)
     F, G, _ = objectives.evaluate([SPACE.smallest()])
     assert F.tolist() == [[2.0]] and G.tolist() == [[1.0]]  # 5 ms on torch: 1 ms over its bound
+
+
+def test_design_choice_report_counts_the_front_against_the_space():
+    from dataclasses import replace
+
+    from hwnas.search.choices import choices_markdown, choices_report, usage, with_choice
+
+    base = SPACE.largest()
+    low = with_choice(SPACE, base, "weight_bits", 4)
+    assert {layer.weight_bits for layer in low.layers} == {4} and low.embed_dim == base.embed_dim
+    mixed = replace(low, layers=(replace(low.layers[0], norm="rmsnorm"), *low.layers[1:]))
+    use = usage([low, mixed])
+    assert use["weight_bits"] == {"4": {"archs": 1.0, "layers": 1.0}}
+    n = 2 * low.depth
+    assert use["norm"]["rmsnorm"] == {"archs": 0.5, "layers": 1 / n}
+
+    class Table:  # predicts by the layers' bits: 4-bit layers are fastest
+        def predict(self, arch):
+            return sum(layer.weight_bits for layer in arch.layers) / 1e3
+
+    report = choices_report(SPACE, [low, mixed], {"cpu/onnxruntime": Table()})
+    rows = {(r["dim"], r["choice"]): r for r in report["rows"]}
+    assert set(rows) == {(d, str(c)) for d in ("norm", "placement", "attention", "ffn", "weight_bits") for c in SPACE.choices[d]}
+    assert rows["weight_bits", "4"]["front_layers"] == 1.0 and rows["weight_bits", "16"]["front_archs"] == 0.0
+    for r in report["rows"]:  # per-layer choices are drawn uniformly: each a 1/n share of the space's layers
+        assert r["space_layers"] == pytest.approx(1 / len(SPACE.choices[r["dim"]]), abs=0.02)
+    assert rows["weight_bits", "4"]["latency_ms"]["cpu/onnxruntime"] == pytest.approx(4 * base.depth)
+    assert rows["weight_bits", "16"]["latency_ms"]["cpu/onnxruntime"] == pytest.approx(16 * base.depth)
+    text = choices_markdown(report)
+    assert "| weight_bits | 4 | 100% | 100% |" in text and "latency@cpu/onnxruntime ms" in text

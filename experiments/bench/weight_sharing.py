@@ -135,6 +135,32 @@ def alone(config: str, train_json: str, key_json: str, steps: int, seed: int, co
     return {"alone": r["loss_after"] / LN2, "seconds": r["train_seconds"]}
 
 
+def trained_alone(config: str, cfg, steps: int, corpus_dir: Path, runs: list[tuple[ArchConfig, int]], jobs: int = 2) -> list[float]:
+    """Validation bits/byte of each (arch, seed) trained alone from the supernet's initialization with
+    `cfg.train` for `steps` steps, `jobs` at a time (one thread each). Cached in runs/bench-ws/alone.json
+    by (space, stand-alone recipe, steps, seed, arch): a run depends on nothing else."""
+    base = cfg.train.model_copy(update={"steps": steps, "warmup_steps": min(cfg.train.warmup_steps, steps)})
+    alone_cfg = TrainConfig.model_validate({k: v for k, v in base.model_dump().items() if k not in SANDWICH_ONLY})
+    tokens = cfg.train.eval_tokens
+    cache_path = ROOT / "alone.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    # the digest leaves the sandwich's fields out, so a new one does not void the cache
+    recipe = digest([cfg.search_space.model_dump(mode="json"),
+                     {k: v for k, v in alone_cfg.model_dump(mode="json").items() if k not in SANDWICH_ONLY}, steps, tokens])
+    key = {(a, s): f"{recipe}/{s}/{a.key()}" for a, s in runs}
+    todo = list(dict.fromkeys(r for r in runs if key[r] not in cache))
+    if todo:
+        ROOT.mkdir(parents=True, exist_ok=True)
+        with worker_pool(jobs) as pool:
+            futures = {r: pool.submit(alone, config, alone_cfg.model_dump_json(), r[0].to_json(), steps, r[1], str(corpus_dir), tokens)
+                       for r in todo}
+            for (a, s), f in futures.items():
+                cache[key[a, s]] = out = f.result()
+                atomic_write_text(cache_path, json.dumps(cache, indent=1, sort_keys=True))
+                print(f"seed {s}: alone {out['alone']:.3f} bits/byte ({out['seconds']:.0f} s)  {a.key()}", flush=True)
+    return [cache[key[r]]["alone"] for r in runs]
+
+
 def parse_sets(sets: list[str]) -> dict:
     out = {}
     for s in sets:
@@ -177,7 +203,6 @@ def main() -> None:
             cfg.search_space.model_dump() | {k: v for k, v in sets.items() if k in SPACE_ONLY})
     except ValidationError as e:
         sys.exit(format_validation_error(e, "--set"))
-    space_json = cfg.search_space.model_dump(mode="json")
     label = ", ".join(f"{k}={v}" for k, v in sets.items()) or "the config's recipe"
     arch_set = "uniform kinds" if args.uniform_kinds else "per-layer kinds"
     sup_json = sup_space.model_dump(mode="json")
@@ -197,28 +222,12 @@ def main() -> None:
     inherited = [evaluate(net, a, corpus, max_tokens=tokens)["bpb"] for a in archs]
     changes = {name: evaluate(net, a, corpus, max_tokens=tokens)["bpb"] for name, a in one_change_archs(net.space).items()}
 
-    # stand-alone runs, cached by (space, stand-alone recipe, steps, arch, seed)
-    alone_cfg = TrainConfig.model_validate({k: v for k, v in base.model_dump().items() if k not in SANDWICH_ONLY})
-    cache_path = ROOT / "alone.json"
-    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
-    # the digest leaves the sandwich's fields out, so a new one does not void the cache
-    recipe = digest([space_json, {k: v for k, v in alone_cfg.model_dump(mode="json").items() if k not in SANDWICH_ONLY},
-                     steps, tokens])
     # runs[j][i]: arch i trained alone with its j-th seed
-    runs = [[(i, args.seed * 1000 + 100 + i + 10_000 * j) for i in range(len(archs))] for j in range(args.alone_seeds)]
-    key = {(i, s): f"{recipe}/{s}/{archs[i].key()}" for row in runs for i, s in row}
-    todo = [r for row in runs for r in row if key[r] not in cache]
+    runs = [[(archs[i], args.seed * 1000 + 100 + i + 10_000 * j) for i in range(len(archs))] for j in range(args.alone_seeds)]
     t0 = time.perf_counter()
-    if todo:
-        with worker_pool(args.jobs) as pool:
-            futures = {r: pool.submit(alone, args.config, alone_cfg.model_dump_json(), archs[r[0]].to_json(), steps, r[1],
-                                      str(corpus_dir), tokens) for r in todo}
-            for (i, s), f in futures.items():
-                cache[key[i, s]] = out = f.result()
-                atomic_write_text(cache_path, json.dumps(cache, indent=1, sort_keys=True))
-                print(f"{i:2d} (seed {s}): alone {out['alone']:.3f} bits/byte ({out['seconds']:.0f} s)  {archs[i].key()}", flush=True)
+    alone_bpb = trained_alone(args.config, cfg, steps, corpus_dir, [r for row in runs for r in row], args.jobs)
     inh = np.array(inherited)
-    per_seed = np.array([[cache[key[r]]["alone"] for r in row] for row in runs])  # (seeds, archs)
+    per_seed = np.array(alone_bpb).reshape(len(runs), len(archs))  # (seeds, archs)
     sa = per_seed.mean(axis=0)  # the reference: the mean over seeds
     tau = float(kendalltau(inh, sa).statistic)
     lo, hi = bootstrap_tau(inh, sa, seed=args.seed)

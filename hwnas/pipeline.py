@@ -84,7 +84,7 @@ class Pipeline:
     def stages(self) -> list[Stage]:
         from hwnas.export.stage import EXPORT_FILES
         from hwnas.predictors.stage import OUTPUTS as PREDICTOR_OUTPUTS
-        from hwnas.search.pareto import FRONT_FILES
+        from hwnas.search.pareto import SEARCH_FILES
         from hwnas.supernet.data import FILES as CORPUS_FILES
 
         cfg, rd = self.cfg, self.run_dir
@@ -103,7 +103,7 @@ class Pipeline:
                                              (Manifest.of(rd, "corpus"), CORPUS_FILES)]),
             Stage("latency", runner("latency"), [(Manifest.of(rd, "latency"), tuple(latency_files))]),
             Stage("predictors", runner("predictors"), [(Manifest.of(rd, "predictors"), ("records.jsonl", *PREDICTOR_OUTPUTS))]),
-            Stage("search", runner("search"), [(Manifest.of(rd, "search"), (*FRONT_FILES, "validation.json", "summary.json"))]),
+            Stage("search", runner("search"), [(Manifest.of(rd, "search"), SEARCH_FILES)]),
             Stage("export", runner("export"), [(Manifest(export_dir, EXPORT_COMMAND), EXPORT_FILES)]),
         ]
 

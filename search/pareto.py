@@ -25,6 +25,7 @@ from hwnas.search_space.manifest import RUN_FOLDERS, Manifest
 
 SEARCH_COMMAND = RUN_FOLDERS["search"]
 FRONT_FILES = ("front.json", "front.csv", "candidates.csv")
+SEARCH_FILES = (*FRONT_FILES, "validation.json", "choices.json", "summary.json")  # what a finished search stage wrote
 
 
 @dataclass(frozen=True)

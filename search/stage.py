@@ -3,6 +3,7 @@ tables, run the configured engine, save the front, validate its members for real
 
 Outputs in `<run_dir>/search/`: front.csv / front.json (members, reference point, hypervolume
 history), candidates.csv, validation.json (predicted vs re-measured values of front members),
+choices.json (which design choices the front uses, `choices.choices_report`),
 summary.json, manifest.json (their sizes and sha256: the export refuses a front this stage did not
 finish writing), plots (PNG + HTML), and the W&B offline run. Every input (predictor, latency
 tables and their fidelity reports, the supernet and corpus) is checked against its manifest first.
@@ -30,7 +31,7 @@ from .engines import PymooEngine, SearchError, random_search
 from .linas import LinasSettings, linas_search
 from .objectives import ObjectiveSet, build_objectives
 from .optuna_engine import OptunaEngine, default_storage
-from .pareto import FRONT_FILES, ParetoFront, read_front, read_validation
+from .pareto import SEARCH_FILES, ParetoFront, read_front, read_validation
 from .plots import front_plots, hypervolume_plot, validation_plots
 
 
@@ -260,7 +261,7 @@ def _run_search(space_cfg: SearchSpaceConfig, cfg: SearchConfig, run_dir: Path, 
                           "everything evaluated; relax them or raise search.budget")
     # the last front stays listed (and usable) until this one is complete: from here on it is written again
     manifest = Manifest.of(run_dir, "search")
-    manifest.forget(*FRONT_FILES, "validation.json", "choices.json", "summary.json")
+    manifest.forget(*SEARCH_FILES)
     paths = front.save(out)
     validation = validate_front(space, front, cfg, run_dir, latency_cfg, real_loss)
     manifest.write_json("validation.json", {"rows": validation})

@@ -86,8 +86,13 @@ class ExportedModel:
         return self.decode(x[0, start:].tolist())
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> ExportedModel:
-    """The exported model at `path` (an export folder, or its model.safetensors) in eval mode."""
+def load(path: str | Path, device: str | torch.device = "cpu", real_kernels: bool = False) -> ExportedModel:
+    """The exported model at `path` (an export folder, or its model.safetensors) in eval mode.
+
+    `real_kernels`: its 8- and 4-bit layers run on real low-bit kernels (`kernels.LowBitLinear`:
+    dynamic int8 and weight-only int4 on CPU, Triton on CUDA), the form the `torch` latency tables
+    time; its outputs then differ from the trained function by the kernels' rounding. Default: the
+    weights fake-quantized in every forward, exactly the function the export's report scored."""
     path = Path(path)
     weights = path / "model.safetensors" if path.is_dir() else path
     if not weights.is_file():
@@ -110,4 +115,8 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> ExportedModel:
             raise ExportError(f"{cfg_path}: arch: not an architecture ({e})") from None
         if saved is not None and saved != model.arch:
             raise ExportError(f"{cfg_path}: its arch {saved.key()} is not the arch of {weights.name} ({model.arch.key()})")
+    if real_kernels:
+        from hwnas.latency.modules import torch_deploy_copy
+
+        model = torch_deploy_copy(model.cpu(), str(device)).to(device)
     return ExportedModel(model=model, arch=model.arch, config=config)

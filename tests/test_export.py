@@ -300,9 +300,14 @@ def test_load_and_generate_without_the_supernet(run_dir, exported, tmp_path, mon
     finally:
         os.rename(hidden, ckpt)
     assert m.arch == COVERING[0] and isinstance(m.model, torch.nn.Module) and not m.model.training
+    fast = load(shipped, real_kernels=True)  # low-bit layers on int8 / int4 kernels, as the torch table times them
+    kinds = [(type(x).__name__, getattr(x, "bits", None)) for x in fast.model.modules()]
+    # layer 1 (8 bits): q/k/v and output projections, SwiGLU's three; layer 2 (4 bits): two projections, 2 experts x 2
+    assert kinds.count(("LowBitLinear", 8)) == 5 and kinds.count(("LowBitLinear", 4)) == 6 and fast.arch == m.arch
     x = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         logits = m(x).numpy()
+        assert np.corrcoef(fast(x).numpy().ravel(), logits.ravel())[0, 1] > 0.99  # the same function, up to rounding
     assert np.abs(run_session(session(shipped / "model.onnx", 1), x) - logits).max() <= 1e-4
     torch.testing.assert_close(m2.model(x), m(x), rtol=0, atol=0)
     a = m.generate("def ", max_new_tokens=40, seed=0)  # 4 + 40 > block_size 32: the context is cropped

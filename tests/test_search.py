@@ -285,6 +285,10 @@ def test_search_stage_logs_tables_plots_and_files(tmp_path):
     assert rows[0]["search/candidates/nrows"] == 60
     assert rows[0]["search/front/nrows"] == summary["front_size"]
     assert rows[0]["search/candidates/_type"] == "table-file"
+    choices = json.loads((out / "choices.json").read_text())  # which design choices the front uses, logged as a table
+    assert rows[0]["search/choices/nrows"] == len(choices["rows"]) == sum(len(SPACE.choices[d]) for d in
+                                                                          ("norm", "placement", "attention", "ffn", "weight_bits"))
+    assert choices["front_size"] == summary["front_size"]
     hv = [r["hypervolume"] for r in read_wandb_history(out) if "hypervolume" in r]
     assert hv and hv[-1] == pytest.approx(summary["hypervolume"])
 

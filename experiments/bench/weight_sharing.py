@@ -72,16 +72,27 @@ def uniform_kinds(arch: ArchConfig) -> ArchConfig:
     return replace(arch, layers=tuple(replace(layer, **first) for layer in arch.layers))
 
 
-def stratified_archs(space, n: int, seed: int, pool_size: int = 4000, uniform: bool = False) -> list[ArchConfig]:
+def largest_kinds(space, arch: ArchConfig) -> ArchConfig:
+    """`arch`'s sizes with the space's largest arch's kinds in every layer (placement and bits too)."""
+    kinds = {f: getattr(space.largest().layers[0], f) for f in (*KIND_FIELDS, "placement")}
+    return replace(arch, layers=tuple(replace(layer, **kinds) for layer in arch.layers))
+
+
+def stratified_archs(space, n: int, seed: int, pool_size: int = 4000, uniform: bool = False,
+                     sizes_only: bool = False) -> list[ArchConfig]:
     """Smallest, largest, and one arch drawn at random from each of n-2 equal-count FLOPs strata
     of `pool_size` samples (so small, middle and large subnets are all represented). `uniform`:
-    each sample takes one set of kinds for all its layers (`uniform_kinds`)."""
+    each sample takes one set of kinds for all its layers (`uniform_kinds`); `sizes_only`: every
+    arch, the smallest too, takes the largest's kinds (`largest_kinds`), so only sizes differ."""
     rng = np.random.default_rng(seed)
     draw = (lambda: uniform_kinds(space.sample(rng))) if uniform else (lambda: space.sample(rng))
+    if sizes_only:
+        draw = lambda: largest_kinds(space, space.sample(rng))  # noqa: E731
     pool = sorted({draw() for _ in range(pool_size)}, key=lambda a: (space.flops(a), a.key()))
     edges = np.linspace(0, len(pool), n - 1).astype(int)
     picks = [pool[int(rng.integers(lo, hi))] for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
-    return [space.smallest(), *picks, space.largest()]
+    smallest = largest_kinds(space, space.smallest()) if sizes_only else space.smallest()
+    return [smallest, *picks, space.largest()]
 
 
 def one_change_archs(space) -> dict[str, ArchConfig]:
@@ -182,6 +193,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="draws the archs and the stand-alone runs' seeds")
     p.add_argument("--alone-seeds", type=int, default=2, help="stand-alone runs per arch (their mean is the reference; "
                    "two or more also give the seed-against-seed tau, the ceiling of any fidelity)")
+    p.add_argument("--sizes-only", action="store_true", help="draw archs that all have the largest arch's kinds (norm, "
+                   "placement, attention, FFN, bits), only their sizes differing: how well the supernet ranks sizes")
     p.add_argument("--uniform-kinds", action="store_true", help="draw archs whose layers all share one set of kinds "
                    "(norm, attention, FFN, bits), sizes still per layer: how much of the ranking per-layer mixing costs")
     p.add_argument("--jobs", type=int, default=2, help="stand-alone runs in parallel, one thread each")
@@ -204,7 +217,9 @@ def main() -> None:
     except ValidationError as e:
         sys.exit(format_validation_error(e, "--set"))
     label = ", ".join(f"{k}={v}" for k, v in sets.items()) or "the config's recipe"
-    arch_set = "uniform kinds" if args.uniform_kinds else "per-layer kinds"
+    if args.sizes_only and args.uniform_kinds:
+        sys.exit("--sizes-only and --uniform-kinds: choose one")
+    arch_set = "sizes only" if args.sizes_only else "uniform kinds" if args.uniform_kinds else "per-layer kinds"
     sup_json = sup_space.model_dump(mode="json")
     variant = f"{steps}-{digest([sup_json, sup_cfg.model_dump(mode='json'), cfg.seed])}"
     run_dir = ROOT / variant
@@ -218,7 +233,7 @@ def main() -> None:
     net = load_supernet(run_dir, sup_space)
     corpus = Corpus.load(corpus_dir)
     tokens = cfg.train.eval_tokens
-    archs = stratified_archs(net.space, args.n, args.seed, uniform=args.uniform_kinds)
+    archs = stratified_archs(net.space, args.n, args.seed, uniform=args.uniform_kinds, sizes_only=args.sizes_only)
     inherited = [evaluate(net, a, corpus, max_tokens=tokens)["bpb"] for a in archs]
     changes = {name: evaluate(net, a, corpus, max_tokens=tokens)["bpb"] for name, a in one_change_archs(net.space).items()}
 
@@ -245,7 +260,7 @@ def main() -> None:
           f"{'n/a' if seed_tau is None else f'{seed_tau:.3f}'}; stand-alone runs {time.perf_counter() - t0:.0f} s")
     results_path = ROOT / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results[f"{variant}/{args.seed}/{args.n}/{len(runs)}" + ("/uniform" if args.uniform_kinds else "")] = result
+    results[f"{variant}/{args.seed}/{args.n}/{len(runs)}" + ("/uniform" if args.uniform_kinds else "/sizes" if args.sizes_only else "")] = result
     atomic_write_text(results_path, json.dumps(results, indent=1, sort_keys=True))
     if args.no_write:
         return

@@ -1,5 +1,6 @@
 """The weight-sharing bench's own statistics (experiments/bench/weight_sharing.py): the FLOPs-stratified
-arch sample, the bootstrap interval of Kendall tau and the one-change archs."""
+arch sample (per-layer kinds, uniform kinds, sizes only), the bootstrap interval of Kendall tau and
+the one-change archs."""
 
 from __future__ import annotations
 
@@ -61,3 +62,16 @@ def test_uniform_kinds_ties_every_layer_to_the_first_and_keeps_sizes(quickstart_
     tied = uniform_kinds(arch)
     assert [(x.n_heads, x.mlp_ratio, x.placement) for x in tied.layers] == [(x.n_heads, x.mlp_ratio, x.placement) for x in arch.layers]
     assert tied.embed_dim == arch.embed_dim and tied.depth == arch.depth and tied != arch
+
+
+def test_sizes_only_archs_share_the_largest_kinds_and_differ_in_sizes(quickstart_space):
+    archs = stratified_archs(quickstart_space, 10, seed=2, pool_size=600, sizes_only=True)
+    largest = quickstart_space.largest()
+    kinds = {(layer.norm, layer.placement, layer.attention, layer.ffn, layer.weight_bits) for a in archs for layer in a.layers}
+    assert kinds == {(largest.layers[0].norm, largest.layers[0].placement, "softmax", largest.layers[0].ffn, 16)}
+    assert len(set(archs)) == 10 and archs[-1] == largest
+    assert (archs[0].embed_dim, archs[0].depth) == (quickstart_space.smallest().embed_dim, quickstart_space.smallest().depth)
+    flops = [quickstart_space.flops(a) for a in archs]
+    assert flops == sorted(flops) and len({(a.embed_dim, a.depth) for a in archs}) > 3
+    for a in archs:
+        quickstart_space.validate(a)

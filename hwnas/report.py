@@ -84,18 +84,16 @@ def print_front(search_dir, console: Console | None = None) -> None:
 
 def print_choices(search_dir, console: Console) -> None:
     """Which design choices the front uses against the space, and their latency at equal width."""
-    from hwnas.search.choices import read_choices
+    from hwnas.search.choices import HEADERS, latency_targets, read_choices, row_cells
 
     report = read_choices(search_dir)
     if report is None:
         return
-    targets = sorted({t for r in report["rows"] for t in r["latency_ms"]})
+    targets = latency_targets(report)
     table = Table(title=f"design choices: share of the front's {report['front_size']} members (and of their layers) against "
                         f"the space; latency of the largest arch with the choice in every layer")
-    for col in ("dimension", "choice", "front: archs", "front: layers", "space: archs", "space: layers",
-                *[f"latency@{t} ms" for t in targets]):
+    for col in (*HEADERS, *[f"latency@{t} ms" for t in targets]):
         table.add_column(col)
     for r in report["rows"]:
-        table.add_row(r["dim"], r["choice"], *(f"{100 * r[k]:.0f}%" for k in ("front_archs", "front_layers", "space_archs", "space_layers")),
-                      *(f"{r['latency_ms'][t]:.3f}" if t in r["latency_ms"] else "" for t in targets))
+        table.add_row(*row_cells(r, targets))
     console.print(table)

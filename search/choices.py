@@ -76,19 +76,29 @@ def choices_report(space: SearchSpace, front: Sequence[ArchConfig], tables: dict
     return {"front_size": len(front), "space_samples": SPACE_SAMPLES, "base": base.key(), "rows": rows}
 
 
+SHARES = ("front_archs", "front_layers", "space_archs", "space_layers")
+HEADERS = ("dimension", "choice", "front: archs", "front: layers", "space: archs", "space: layers")
+
+
+def latency_targets(report: dict[str, Any]) -> list[str]:
+    return sorted({t for r in report["rows"] for t in r["latency_ms"]})
+
+
+def row_cells(row: dict[str, Any], targets: list[str]) -> list[str]:
+    """One choice as table cells: shares in percent, latency at equal width in ms per target."""
+    return [row["dim"], row["choice"], *(f"{100 * row[k]:.0f}%" for k in SHARES),
+            *(f"{row['latency_ms'][t]:.3f}" if t in row["latency_ms"] else "" for t in targets)]
+
+
 def choices_markdown(report: dict[str, Any]) -> str:
     """The report as a markdown table: shares in percent, latency at equal width in ms."""
-    targets = sorted({t for r in report["rows"] for t in r["latency_ms"]})
-    head = ["dimension", "choice", "front: archs", "front: layers", "space: archs", "space: layers",
-            *[f"latency@{t} ms" for t in targets]]
+    targets = latency_targets(report)
+    head = [*HEADERS, *[f"latency@{t} ms" for t in targets]]
     lines = [f"Design choices on the front ({report['front_size']} members) against the space "
              f"({report['space_samples']:,} uniform samples); latency: the space's largest arch with the choice in "
              f"every layer (`{report['base']}` otherwise), from the tables.", "",
              "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for r in report["rows"]:
-        cells = [r["dim"], r["choice"], *(f"{100 * r[k]:.0f}%" for k in ("front_archs", "front_layers", "space_archs", "space_layers")),
-                 *(f"{r['latency_ms'][t]:.3f}" if t in r["latency_ms"] else "" for t in targets)]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join(row_cells(r, targets)) + " |" for r in report["rows"]]
     return "\n".join(lines)
 
 
@@ -105,4 +115,4 @@ def read_choices(search_dir: str | Path) -> dict[str, Any] | None:
     return report
 
 
-__all__ = ["DIMS", "choices_markdown", "choices_report", "layer_choice", "read_choices", "usage", "with_choice"]
+__all__ = ["DIMS", "HEADERS", "SHARES", "choices_markdown", "choices_report", "latency_targets", "layer_choice", "read_choices", "row_cells", "usage", "with_choice"]

@@ -115,10 +115,13 @@ class SearchConfig(Section):
         object.__setattr__(self, "constraints", constraints)
         return self
 
+    def quantities(self) -> set[str]:
+        """Every objective and constrained quantity the search evaluates."""
+        return set(self.objectives) | {Constraint.parse(c).objective for c in self.constraints}
+
     def latency_targets(self) -> list[str]:
         """'<device>/<runtime>' of every latency objective and constraint, sorted."""
-        names = set(self.objectives) | {Constraint.parse(c).objective for c in self.constraints}
-        return sorted(n.removeprefix("latency@") for n in names if n.startswith("latency@"))
+        return sorted(n.removeprefix("latency@") for n in self.quantities() if n.startswith("latency@"))
 
 
 def workers_problem(workers: int, engine: str, storage: str | None) -> str | None:

@@ -26,6 +26,7 @@ from hwnas.search_space.progress import progress_bar
 from hwnas.search_space.rundir import claim_run_dir, stage_lock
 
 from .choices import choices_report
+from .choices import latency_targets as choice_targets
 from .config import SearchConfig
 from .engines import PymooEngine, SearchError, random_search
 from .linas import LinasSettings, linas_search
@@ -33,12 +34,6 @@ from .objectives import ObjectiveSet, build_objectives
 from .optuna_engine import OptunaEngine, default_storage
 from .pareto import SEARCH_FILES, ParetoFront, read_front, read_validation
 from .plots import front_plots, hypervolume_plot, validation_plots
-
-
-def _needs(cfg: SearchConfig) -> set[str]:
-    from .objectives import Constraint
-
-    return set(cfg.objectives) | {Constraint.parse(c).objective for c in cfg.constraints}
 
 
 def latency_error(run_dir: Path, device: str, backend: str) -> float | None:
@@ -67,7 +62,7 @@ def latency_tables(space: SearchSpace, cfg: SearchConfig, run_dir: Path) -> dict
 
 def load_objectives(space: SearchSpace, cfg: SearchConfig, run_dir: Path) -> ObjectiveSet:
     """The search's objectives, from the run's fitted predictor and latency tables."""
-    needs = _needs(cfg)
+    needs = cfg.quantities()
     predictor = None
     if "loss" in needs and cfg.engine != "linas":
         from hwnas.predictors.persist import (
@@ -328,7 +323,7 @@ def log_search(tracker, front: ParetoFront, validation: list[dict[str, Any]], fi
             logs[f"search/{key}"] = wandb.plot.scatter(front_table, names[i], names[j],
                                                                                  title=f"front: {names[j]} vs {names[i]}")
     if choices:
-        targets = sorted({t for r in choices["rows"] for t in r["latency_ms"]})
+        targets = choice_targets(choices)
         ccols = ["dim", "choice", "front_archs", "front_layers", "space_archs", "space_layers", *[f"latency@{t}" for t in targets]]
         logs["search/choices"] = wandb.Table(columns=ccols, data=[
             [r[c] for c in ccols[:6]] + [r["latency_ms"].get(t) for t in targets] for r in choices["rows"]])

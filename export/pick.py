@@ -3,6 +3,7 @@
     pick_member(front, "2")                                    # the front's member #2 (front.json order)
     pick_member(front, "e64-L2:h2r2-rms-pre-lin-mlp-q8|...")   # the member with this arch key
     pick_member(front, "min loss where latency@cpu <= 5ms")    # a rule (latency@cpu: the front's CPU runtime)
+    pick_member(front, "min loss where latency@cpu:p90 <= 6ms") # the front's p90 CPU latency
 
 A rule is `min|max <objective> [where <constraint> [and <constraint> ...]]`; constraints are
 written as in the search config (`search.objectives.Constraint`: `latency@cpu <= 5ms`,
@@ -19,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from hwnas.search.objectives import Constraint, ObjectiveError, latency_target, resolve_name
+from hwnas.search.objectives import Constraint, ObjectiveError, latency_target, resolve_name, same_latency
 from hwnas.search_space.errors import HwnasError
 
 RULE_FORM = "'min|max <objective> [where <constraint> [and <constraint> ...]]'"
@@ -134,9 +135,9 @@ def _resolved(rule: str, name: str, names: list[str], within: str | None = None)
         raise PickError(f"pick {_shown(rule)}: {e}") from None
     if found:
         return found
-    if target and target[1] is None and any(n.startswith(f"{name}/") for n in names):
+    if target and target[1] is None and same_latency(name, names):
         raise PickError(f"pick {_shown(rule)}: {name!r}{where} is ambiguous, the front has latency on several runtimes: "
-                        f"name one ({', '.join(n for n in names if n.startswith(f'{name}/'))})")
+                        f"name one ({', '.join(same_latency(name, names))})")
     raise PickError(f"pick {_shown(rule)}: unknown objective {_shown(name)}{where}; the front has: {', '.join(names)}")
 
 

@@ -73,15 +73,18 @@ def render_report(r: dict[str, Any]) -> str:
         out += ["## Latency on this machine (CPU)", "",
                 "Predicted: the run's latency table for the backend (`hwnas latency`), shown next to the model it times. "
                 "Re-measured: the protocol's runs here, one forward of the workload; `re-measured` is the statistic "
-                "of the run times the table predicts (its `statistic`), shown with the median.", "",
-                "| backend | model | batch x seq | threads | predicted ms | re-measured ms | median ms | measured / predicted | runs |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                "of the run times the table predicts (its `statistic`), shown with the median and p90, each beside the "
+                "table's prediction of it.", "",
+                "| backend | model | batch x seq | threads | predicted ms | re-measured ms | median ms (predicted) "
+                "| p90 ms (predicted) | measured / predicted | runs |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for row in lat["rows"]:
-            median = row.get("median_ms", row["measured_ms"])
+            median, p90 = row.get("median_ms", row["measured_ms"]), row.get("p90_ms")
             out.append(f"| {row['backend']} | {row['model']} | {row['batch_size']} x {row['seq_len']} | {row['threads']} | "
                        f"{_num(row['predicted_ms'], '.3f')} | {row['measured_ms']:.3f} ({row.get('statistic', 'median')}) | "
-                       f"{median:.3f} | {_num(row['measured_over_predicted'], '.2f')} | "
-                       f"{row['runs']}{'' if row['stable'] else ' (cap)'} |")
+                       f"{median:.3f} ({_num(row.get('predicted_median_ms'), '.3f')}) | "
+                       f"{_num(p90, '.3f')} ({_num(row.get('predicted_p90_ms'), '.3f')}) | "
+                       f"{_num(row['measured_over_predicted'], '.2f')} | {row['runs']}{'' if row['stable'] else ' (cap)'} |")
         front_lat = {k: val for k, val in r["front_objectives"].items() if k.startswith("latency@")}
         if front_lat:
             out += ["", "The search's front value: " + ", ".join(f"{k} {val:.3f} ms" for k, val in front_lat.items()) + "."]

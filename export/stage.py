@@ -199,7 +199,7 @@ def _measure_latency(run_dir: Path, arch: ArchConfig, subnet: Subnet, form, fp32
     defaults = LatencyConfig()
     rows, notes, protocols = [], [], {}
     for backend in ("torch", "onnxruntime"):
-        table, predicted = None, None
+        table, predicted, spread = None, None, {}
         if table_path(run_dir, "cpu", backend).exists():
             try:
                 with warnings.catch_warnings(record=True) as caught:
@@ -207,6 +207,7 @@ def _measure_latency(run_dir: Path, arch: ArchConfig, subnet: Subnet, form, fp32
                     table = load_table(run_dir, "cpu", backend)
                 notes += [f"{backend} table: {w.message}" for w in caught]
                 predicted = table.predict_ms(arch)
+                spread = {f"predicted_{s}_ms": table.for_statistic(s).predict_ms(arch) for s in ("median", "p90")}
             except LatencyError as e:
                 notes.append(f"{backend} table unusable: {e}")
         protocol = table.protocol if table else Protocol.from_config(defaults)
@@ -222,7 +223,8 @@ def _measure_latency(run_dir: Path, arch: ArchConfig, subnet: Subnet, form, fp32
                 "table": str(table_path(run_dir, "cpu", backend).relative_to(run_dir)) if table else None}
         if backend == "torch":
             m = TorchBackend("cpu", threads).measure(subnet, (tokens,), protocol)
-            rows.append({**base, "model": "model.safetensors (torch eager; 8/4-bit layers on int8/int4 kernels)", "predicted_ms": predicted, **_timed(m, stat)})
+            rows.append({**base, "model": "model.safetensors (torch eager; 8/4-bit layers on int8/int4 kernels)", "predicted_ms": predicted,
+                         **spread, **_timed(m, stat)})
             continue
         arch_bits = quantized_weights(form)  # what the latency table times: 16-bit layers stay fp32
         models = [("model.onnx (fp32)", fp32, not arch_bits),
@@ -235,7 +237,8 @@ def _measure_latency(run_dir: Path, arch: ArchConfig, subnet: Subnet, form, fp32
             feeds = {sess.get_inputs()[0].name: tokens.numpy()}
             with fixed_threads(threads):
                 m = measure(lambda s=sess, f=feeds: s.run(None, f), protocol)
-            rows.append({**base, "model": label, "predicted_ms": predicted if match else None, **_timed(m, stat)})
+            rows.append({**base, "model": label, "predicted_ms": predicted if match else None, **(spread if match else {}),
+                         **_timed(m, stat)})
     for row in rows:
         p = row["predicted_ms"]
         row["measured_over_predicted"] = row["measured_ms"] / p if p else None

@@ -386,7 +386,7 @@ def build_table(space: SearchSpace, cfg: LatencyConfig, path: str | Path, device
             advance(len(window))
             checkpoint()
     spent["calibration"] = spent.get("calibration", 0.0) + time.perf_counter() - t0
-    table.fit_correction()
+    table.fit_corrections()
     table.meta = {**table.meta, "seconds": spent, "pieces_in_space": len(pieces), "complete": True,
                   "this_run_seconds": time.perf_counter() - t_start, "measured_this_run": len(todo) + len(calib_todo)}
     table.save(path, manifest)

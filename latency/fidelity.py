@@ -86,7 +86,8 @@ def fidelity_report(space: SearchSpace, cfg: LatencyConfig, table: LatencyTable,
             cache.update(measured)
             _write_cache(cache_path, table, cache, speed)
             advance(len(window))
-    rows = [_row(space, table, arch, cache[arch.key()]) for arch in archs]
+    by_stat = {stat: table.for_statistic(stat) for stat in STATISTICS}
+    rows = [_row(space, table, arch, cache[arch.key()], by_stat) for arch in archs]
     # the same subnets measured again: how repeatable the measurements are here
     again = measurer.measure_archs(archs[:retest_n]) if retest_n and archs else {}
     seconds = time.perf_counter() - t0
@@ -119,15 +120,19 @@ def fidelity_report_fresh(space_config, cfg: LatencyConfig, run_dir: str | Path,
     return run_isolated(_report_from_file, space_config, cfg, str(run_dir), device, backend, progress, wandb)
 
 
-def _row(space: SearchSpace, table: LatencyTable, arch: ArchConfig, measured: Measurement) -> dict[str, Any]:
+def _row(space: SearchSpace, table: LatencyTable, arch: ArchConfig, measured: Measurement,
+         by_stat: dict[str, LatencyTable] | None = None) -> dict[str, Any]:
+    """One held-out subnet: measured and predicted ms on the table's statistic, and on each other
+    (`by_stat`: the table for each statistic, `LatencyTable.for_statistic`)."""
     seq = table.workload["seq_len"]
+    by_stat = by_stat or {table.statistic: table}
     return {
         "arch": arch.key(),
         "measured_ms": measured.value(table.statistic) * 1e3,
-        "measured_median_ms": measured.median * 1e3,
-        "measured_p90_ms": measured.p90 * 1e3,
+        **{f"measured_{stat}_ms": measured.value(stat) * 1e3 for stat in STATISTICS},
         "stable": measured.stable,
         "predicted_ms": table.predict(arch) * 1e3,
+        **{f"predicted_{stat}_ms": t.predict(arch) * 1e3 for stat, t in by_stat.items()},
         "table_sum_ms": table.table_sum(arch) * 1e3,
         "flops": table.workload["batch_size"] * space.flops(arch, seq),
         "params": space.params(arch)["total"],
@@ -170,14 +175,12 @@ def summarize(rows: list[dict[str, Any]], table: LatencyTable, seconds: float = 
 
 def by_statistic(table: LatencyTable, archs: list[ArchConfig], measured: dict[str, Measurement],
                  again: dict[str, Measurement]) -> dict[str, dict[str, Any]]:
-    """The table scored on each statistic of the run times (median, p10, min), its correction
-    refitted on that statistic of the calibration subnets, against the same statistic of the
-    held-out measurements; with `again` (second measurements of some of them) the retest on it."""
+    """The table scored on each statistic of the run times (median, p90, p10, min), with the
+    correction fitted on that statistic of the calibration subnets, against the same statistic of
+    the held-out measurements; with `again` (second measurements of some of them) the retest on it."""
     out = {}
     for stat in STATISTICS:
-        t = replace(table, statistic=stat)
-        if stat != table.statistic:
-            t.fit_correction()
+        t = table.for_statistic(stat)
         truth = np.array([measured[a.key()].value(stat) for a in archs]) * 1e3
         entry: dict[str, Any] = {"prediction": error_metrics(np.array([t.predict_ms(a) for a in archs]), truth)}
         if again:

@@ -25,7 +25,7 @@ import json
 import math
 import statistics
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from hwnas.search_space.manifest import RUN_FOLDERS, Manifest
 from .errors import TableError
 from .fingerprint import check_fingerprint, device_fingerprint
 from .keys import arch_keys
-from .protocol import Measurement, Protocol
+from .protocol import STATISTICS, Measurement, Protocol
 
 FORMAT = "hwnas-latency-table-1"
 CORRECTION_FEATURES = ("table_sum", "depth", "moe_layers")
@@ -111,6 +111,7 @@ class LatencyTable:
     reference: ArchConfig | None = None  # the speed reference subnet, timed in every window
     speed_windows: list[SpeedWindow] = field(default_factory=list)  # the reference's time in each window
     window_of: dict[str, int] = field(default_factory=dict)  # piece or calibration key -> its window
+    corrections: dict[str, Correction | None] = field(default_factory=dict)  # statistic -> its correction (None: the sum)
     _factors: dict[str, list[float]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # --- speed -----------------------------------------------------------------------------------
@@ -229,6 +230,29 @@ class LatencyTable:
                                      float(model.intercept_) if intercept else 0.0, len(y))
         return self.correction
 
+    def fit_corrections(self) -> None:
+        """Fit a correction on each statistic of the calibration subnets (`fit_correction`), kept in
+        `corrections`; the table's own statistic's stays `correction`, with its fit in `meta`."""
+        for stat in STATISTICS:
+            if stat != self.statistic:
+                other = replace(self, statistic=stat)
+                self.corrections[stat] = other.fit_correction()
+        self.corrections[self.statistic] = self.fit_correction()
+
+    def for_statistic(self, statistic: str) -> LatencyTable:
+        """The table predicting `statistic` of the run times (median, p90, p10, min), with the
+        correction fitted on it (fitted now when the file has none: a table of an earlier format)."""
+        if statistic not in STATISTICS:
+            raise TableError(f"statistic {statistic!r} is not one of {', '.join(STATISTICS)}")
+        if statistic == self.statistic:
+            return self
+        other = replace(self, statistic=statistic, correction=None)
+        if statistic in self.corrections:
+            other.correction = self.corrections[statistic]
+        else:
+            other.fit_correction()
+        return other
+
     # --- file ------------------------------------------------------------------------------------
     def payload(self) -> dict[str, Any]:
         return {
@@ -241,6 +265,7 @@ class LatencyTable:
             "entries": {k: m.to_dict() for k, m in sorted(self.entries.items())},
             "calibration": [{"arch": a.to_dict(), "measured": m.to_dict()} for a, m in self.calibration.values()],
             "correction": self.correction.to_dict() if self.correction else None,
+            "corrections": {k: c.to_dict() if c else None for k, c in sorted(self.corrections.items())},
             "meta": self.meta,
             "statistic": self.statistic,
             "speed": {
@@ -287,6 +312,7 @@ class LatencyTable:
                 reference=ArchConfig.from_dict(speed["reference"]) if speed["reference"] else None,
                 speed_windows=[SpeedWindow.from_dict(w) for w in speed["windows"]],
                 window_of={k: int(w) for k, w in speed["window_of"].items()},
+                corrections={k: Correction.from_dict(c) if c else None for k, c in payload.get("corrections", {}).items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise TableError(f"{source}: malformed latency table payload ({type(e).__name__}: {e}){_REMAKE}") from None

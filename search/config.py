@@ -60,7 +60,7 @@ class SearchConfig(Section):
             raise ValueError("needs at least one objective")
         for name in v:
             if name not in ("loss", "params", "flops", "memory") and not name.startswith("latency@"):
-                raise ValueError(f"{name!r} is not one of loss, latency@<device>[/<runtime>], params, flops, memory")
+                raise ValueError(f"{name!r} is not one of loss, latency@<device>[/<runtime>][:<statistic>], params, flops, memory")
             try:
                 latency_target(name)
             except ObjectiveError as e:
@@ -120,8 +120,8 @@ class SearchConfig(Section):
         return set(self.objectives) | {Constraint.parse(c).objective for c in self.constraints}
 
     def latency_targets(self) -> list[str]:
-        """'<device>/<runtime>' of every latency objective and constraint, sorted."""
-        return sorted(n.removeprefix("latency@") for n in self.quantities() if n.startswith("latency@"))
+        """'<device>/<runtime>' of every latency objective and constraint (whatever statistic), sorted."""
+        return sorted({"/".join(t) for t in map(latency_target, self.quantities()) if t is not None})
 
 
 def workers_problem(workers: int, engine: str, storage: str | None) -> str | None:

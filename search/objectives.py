@@ -2,8 +2,9 @@
 
 An objective maps archs to numbers to minimize: predicted validation loss (from an accuracy
 predictor), latency on a device and runtime (from a latency table: `latency@cpu/onnxruntime`,
-`latency@cpu/torch`; `latency@cpu` names the search's default runtime), parameter count, FLOPs or
-memory. Constraints are written like `latency@cpu/torch <= 5ms` or `params <= 2e6` and evaluated as values
+`latency@cpu/torch`; `latency@cpu` names the search's default runtime) as a statistic of its run
+times (the median unless the name says `:p90`, `:p10` or `:min`), parameter count, FLOPs or
+memory. Constraints are written like `latency@cpu/torch:p90 <= 5ms` or `params <= 2e6` and evaluated as values
 <= 0 (the Optuna / pymoo convention). With `risk` (e.g. 0.9), objectives that know their
 uncertainty report their upper `risk` bound to constraints, so a constraint must hold with that
 probability.
@@ -28,39 +29,73 @@ class ObjectiveError(HwnasError, ValueError):
 # the runtimes a latency objective can name (the latency stage's backends); the first is the default,
 # the runtime the export deploys
 LATENCY_RUNTIMES = ("onnxruntime", "torch")
+# the statistic of the run times a latency objective names after a colon; the first, the median, is
+# what a name without one means (and is never written out)
+LATENCY_STATISTICS = ("median", "p90", "p10", "min")
+
+
+def latency_statistic(name: str) -> str | None:
+    """The statistic a latency name asks for (`latency@cpu/torch:p90` -> p90; none named: median);
+    None for any other name. Raises `ObjectiveError` for a statistic not in `LATENCY_STATISTICS`."""
+    if not name.startswith("latency@"):
+        return None
+    _, colon, stat = name.partition(":")
+    if colon and stat not in LATENCY_STATISTICS:
+        raise ObjectiveError(f"{name!r}: statistic {stat!r} is not one of {', '.join(LATENCY_STATISTICS)}")
+    return stat or LATENCY_STATISTICS[0]
 
 
 def latency_target(name: str) -> tuple[str, str | None] | None:
-    """(device, runtime or None) of a latency objective `latency@<device>[/<runtime>]`; None for
-    any other name. Raises `ObjectiveError` for a runtime that is not one of `LATENCY_RUNTIMES`."""
-    if not name.startswith("latency@"):
+    """(device, runtime or None) of a latency objective `latency@<device>[/<runtime>][:<statistic>]`;
+    None for any other name. Raises `ObjectiveError` for a runtime that is not one of
+    `LATENCY_RUNTIMES` or a statistic not in `LATENCY_STATISTICS`."""
+    if latency_statistic(name) is None:
         return None
-    device, slash, runtime = name.removeprefix("latency@").partition("/")
+    device, slash, runtime = name.removeprefix("latency@").partition(":")[0].partition("/")
     if slash and runtime not in LATENCY_RUNTIMES:
         raise ObjectiveError(f"{name!r}: runtime {runtime!r} is not one of {', '.join(LATENCY_RUNTIMES)}")
     if not device:
-        raise ObjectiveError(f"{name!r}: expected latency@<device>[/<runtime>], e.g. latency@cpu/onnxruntime")
+        raise ObjectiveError(f"{name!r}: expected latency@<device>[/<runtime>][:<statistic>], e.g. latency@cpu/onnxruntime:p90")
     return device, runtime or None
 
 
+def latency_name(device: str, runtime: str | None, statistic: str | None = None) -> str:
+    """The canonical spelling: `latency@<device>[/<runtime>]`, then `:<statistic>` unless the median."""
+    stat = "" if statistic in (None, LATENCY_STATISTICS[0]) else f":{statistic}"
+    return f"latency@{device}{'/' + runtime if runtime else ''}{stat}"
+
+
 def canonical_name(name: str, runtime: str) -> str:
-    """`name` with its runtime spelled out: `latency@cpu` -> `latency@cpu/<runtime>`; others as they are."""
+    """`name` with its runtime spelled out and a median left implicit: `latency@cpu` ->
+    `latency@cpu/<runtime>`, `latency@cpu:median` -> the same; other names as they are."""
     target = latency_target(name)
-    return name if target is None or target[1] else f"latency@{target[0]}/{runtime}"
+    return name if target is None else latency_name(target[0], target[1] or runtime, latency_statistic(name))
+
+
+def same_latency(name: str, names: Sequence[str]) -> list[str]:
+    """The latency names among `names` on `name`'s device with its statistic, whatever their runtime."""
+    target = latency_target(name)
+    if target is None:
+        return []
+    stat = latency_statistic(name)
+    return [n for n in names if (t := latency_target(n)) is not None and t[0] == target[0] and latency_statistic(n) == stat]
 
 
 def resolve_name(name: str, names: Sequence[str], runtime: str | None = None) -> str | None:
-    """The one of `names` that `name` means: itself, or for `latency@<device>` without a runtime
-    the device's objective of `runtime` (else its only one); None if there is none or no single one."""
+    """The one of `names` that `name` means: itself, or for a latency name the same device and
+    statistic with its runtime (given, else `runtime`, else the device's only one with that
+    statistic); None if there is none or no single one."""
     if name in names:
         return name
     target = latency_target(name)
-    if target is None or target[1] is not None:
+    if target is None:
         return None
-    if runtime and f"{name}/{runtime}" in names:
-        return f"{name}/{runtime}"
-    same_device = [n for n in names if n.startswith(f"{name}/")]
-    return same_device[0] if len(same_device) == 1 else None
+    if target[1] is not None or runtime:
+        full = latency_name(target[0], target[1] or runtime, latency_statistic(name))
+        if full in names or target[1] is not None:
+            return full if full in names else None
+    same = same_latency(name, names)
+    return same[0] if len(same) == 1 else None
 
 
 # (mean, std or None) for a batch of archs
@@ -83,7 +118,7 @@ _UNITS = {
     "k": 1e3, "m": 1e6, "g": 1e9,  # counts
     "b": 1.0, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20, "gib": 2**30,  # bytes
 }
-_CONSTRAINT = re.compile(r"^\s*([A-Za-z_][\w@./-]*)\s*(<=|>=|<|>)\s*([-+]?[0-9.]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
+_CONSTRAINT = re.compile(r"^\s*([A-Za-z_][\w@./:-]*)\s*(<=|>=|<|>)\s*([-+]?[0-9.]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
 
 
 @dataclass(frozen=True)
@@ -183,22 +218,24 @@ def predictor_objective(predictor, name: str = "loss", unit: str = "nats/byte") 
     return Objective(name, unit, fn)
 
 
-def latency_objective(table, target: str, rel_error: float | None = None) -> Objective:
-    """Predicted latency in ms from a latency table of `target` (`<device>/<runtime>`); its std is
-    `rel_error` x the prediction (the table's measured relative error on held-out subnets), when known."""
+def latency_objective(table, name: str, rel_error: float | None = None) -> Objective:
+    """Predicted latency in ms from a latency table (`table.predict`: the statistic `name` asks
+    for); its std is `rel_error` x the prediction (the table's measured relative error on held-out
+    subnets, on that statistic), when known."""
 
     def fn(archs):
         ms = np.array([1e3 * table.predict(a) for a in archs], dtype=float)
         return ms, (None if rel_error is None else ms * rel_error)
 
-    return Objective(f"latency@{target}", "ms", fn)
+    return Objective(name, "ms", fn)
 
 
 def build_objectives(names: list[str], constraints: list[str], space: SearchSpace, predictor=None,
                      latency_tables: dict | None = None, latency_errors: dict | None = None,
                      risk: float | None = None) -> ObjectiveSet:
     """Objectives and constraints by name: 'loss', 'latency@<device>/<runtime>', 'params', 'flops',
-    'memory'. `latency_tables` and `latency_errors` are keyed by '<device>/<runtime>'."""
+    'memory'. `latency_tables` are keyed by '<device>/<runtime>', `latency_errors` by
+    '<device>/<runtime>:<statistic>'."""
     latency_tables, latency_errors = latency_tables or {}, latency_errors or {}
 
     def make(name: str) -> Objective:
@@ -208,11 +245,12 @@ def build_objectives(names: list[str], constraints: list[str], space: SearchSpac
             return predictor_objective(predictor)
         target = latency_target(name)
         if target is not None:
-            key = name.removeprefix("latency@")
+            key = "/".join(filter(None, target))
             if target[1] is None or key not in latency_tables:
                 raise ObjectiveError(f"objective {name!r}: no latency table for {key!r} (run `hwnas latency` with device "
                                      f"{target[0]} and backend {target[1] or '<runtime>'}); have: {', '.join(latency_tables) or 'none'}")
-            return latency_objective(latency_tables[key], key, latency_errors.get(key))
+            stat = latency_statistic(name)
+            return latency_objective(latency_tables[key].for_statistic(stat), name, latency_errors.get(f"{key}:{stat}"))
         return analytic_objective(name, space)
 
     objectives = [make(n) for n in names]

@@ -34,7 +34,7 @@ def front_plots(candidates: list[dict[str, Any]], front: list[dict[str, Any]], n
     pairs = list(combinations(range(len(names)), 2)) or [(0, 0)]
     for i, j in pairs:
         x, y = names[i], names[j]
-        stem = f"front_{x}_vs_{y}".replace("@", "_at_").replace("/", "_")
+        stem = f"front_{x}_vs_{y}".replace("@", "_at_").replace("/", "_").replace(":", "_")
         fig, ax = plt.subplots(figsize=(6, 4.5))
         ax.scatter([c[x] for c in candidates], [c[y] for c in candidates], s=6, c="0.75", label=f"candidates ({len(candidates)})")
         fr = sorted(front, key=lambda c: c[x])

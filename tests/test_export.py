@@ -135,6 +135,20 @@ def test_pick_reads_a_bare_latency_as_the_fronts_runtime_and_refuses_it_when_amb
         pick_member(both, "min latency@cpu/trt")
 
 
+def test_pick_rules_name_the_latency_statistic():
+    members = [member("e16-L1:a", 2.0, 7.2, 3.0), member("e16-L1:b", 1.5, 9.0, 2.0)]
+    front = {"objectives": ["loss", "latency@cpu/onnxruntime", "latency@cpu/onnxruntime:p90"], "constraints": [], "front": members}
+    assert pick_member(front, "min latency@cpu:p90")[0] == 1
+    assert pick_member(front, "min latency@cpu")[0] == 0  # the median
+    assert pick_member(front, "min loss where latency@cpu:p90 <= 2.5ms")[0] == 1
+    with pytest.raises(PickError, match=r"no front member has latency@cpu/onnxruntime:p90 <= 1ms \(the fastest has 2 ms\)"):
+        pick_member(front, "min loss where latency@cpu:p90 <= 1ms")
+    with pytest.raises(PickError, match="unknown objective 'latency@cpu:min'"):
+        pick_member(front, "min latency@cpu:min")
+    with pytest.raises(PickError, match="statistic 'mean' is not one of median, p90, p10, min"):
+        pick_member(front, "min latency@cpu:mean")
+
+
 def test_export_config_rejects_unknown_keys():
     with pytest.raises(ValueError, match="unknown key; allowed keys: pick, out_dir"):
         ExportConfig(pikc="min loss")

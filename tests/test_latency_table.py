@@ -25,6 +25,7 @@ from hwnas.latency import (
     build_table,
     device_fingerprint,
     fidelity_report,
+    heldout_archs,
     measure,
     space_pieces,
     table_path,
@@ -516,7 +517,7 @@ def test_measurement_statistics_round_trip():
     m = Measurement.of([float(v) for v in range(1, 101)], stable=True)
     assert (m.median, m.min) == (50.5, 1.0) and m.p10 == pytest.approx(10.9) and m.p90 == pytest.approx(90.1)
     assert Measurement.from_dict(m.to_dict()) == m
-    assert [m.value(s) for s in ("median", "p10", "min")] == [m.median, m.p10, m.min]
+    assert [m.value(s) for s in ("median", "p90", "p10", "min")] == [m.median, m.p90, m.p10, m.min]
     old = Measurement(2.0, 3.0, 5, True)  # a measurement recorded without p10 / min
     assert Measurement.from_dict(old.to_dict()) == old and old.value("min") == 2.0
     with pytest.raises(ValueError, match="statistic"):
@@ -557,7 +558,7 @@ def test_fidelity_report_scores_every_statistic(tiny, cfg, tmp_path):
     report = fidelity_report(tiny, cfg, table, tmp_path, progress=False, wandb=False, measurer=DisturbedMedians(tiny, cfg),
                              retest_n=4)
     by = report["by_statistic"]
-    assert set(by) == {"median", "p10", "min"}
+    assert set(by) == {"median", "p90", "p10", "min"}
     assert by["min"]["prediction"] == report["prediction"] and by["min"]["retest"] == report["retest"]
     assert by["min"]["prediction"]["within_10pct"] == 1.0  # the undisturbed runs follow the table
     assert by["median"]["prediction"]["mape_pct"] > 2 * by["min"]["prediction"]["mape_pct"]
@@ -571,12 +572,43 @@ def test_fidelity_report_scores_every_statistic(tiny, cfg, tmp_path):
     # the rows carry the table's statistic (the undisturbed minimum), the disturbed median beside it
     assert all(r["measured_ms"] <= r["measured_median_ms"] for r in rows)
     assert any(r["measured_ms"] < r["measured_median_ms"] for r in rows)
+    # every statistic's prediction and measurement per row: what the search's error for each reads
+    assert all(r["predicted_median_ms"] == pytest.approx(median_table.predict_ms(ArchConfig.from_dict(r["arch_config"])))
+               and r["predicted_min_ms"] == r["predicted_ms"] and r["measured_min_ms"] == r["measured_ms"] for r in rows)
     md = (tmp_path / "latency" / "fidelity-cpu-torch.md").read_text()
     assert "| min (the table's) | " in md and "| median | " in md
 
 
-def test_min_is_the_default_statistic():
-    assert LatencyConfig().statistic == "min"
+def test_median_is_the_default_statistic():
+    assert LatencyConfig().statistic == "median"
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="statistic"):
+        LatencyConfig(statistic="mean")
+
+
+def test_table_predicts_each_statistic_with_its_own_correction(tiny, cfg, tmp_path):
+    """The build fits a correction on every statistic; `for_statistic` predicts it, from the file
+    too, and a table written before (one correction) fits the others when asked."""
+    cfg = cfg.model_copy(update={"n_correction": 16})
+    table = build_table(tiny, cfg, table_path(tmp_path, "cpu", "torch"), progress=False, measurer=DisturbedMedians(tiny, cfg))
+    assert set(table.corrections) == {"median", "p90", "p10", "min"} and table.statistic == "median"
+    archs = heldout_archs(tiny, 6, seed=5)
+    for stat in ("p90", "min"):
+        expected = dataclasses.replace(table, statistic=stat)
+        expected.fit_correction()
+        got = table.for_statistic(stat)
+        assert got.statistic == stat and table.statistic == "median"  # a copy; the table itself is untouched
+        assert [got.predict(a) for a in archs] == pytest.approx([expected.predict(a) for a in archs])
+    assert table.for_statistic("median") is table
+    assert all(table.for_statistic("p90").predict(a) > table.for_statistic("min").predict(a) for a in archs)
+    loaded = LatencyTable.load(table_path(tmp_path, "cpu", "torch"))
+    assert loaded.corrections == table.corrections
+    assert [loaded.for_statistic("p90").predict(a) for a in archs] == [table.for_statistic("p90").predict(a) for a in archs]
+    older = dataclasses.replace(loaded, corrections={})  # a table of the earlier format: fitted on load
+    assert [older.for_statistic("p90").predict(a) for a in archs] == pytest.approx([table.for_statistic("p90").predict(a) for a in archs])
+    with pytest.raises(TableError, match="statistic 'mean' is not one of median, p90, p10, min"):
+        table.for_statistic("mean")
 
 
 @pytest.mark.parametrize("n, most, sizes", [(100, 40, [34, 33, 33]), (60, 40, [30, 30]), (5, 40, [5]), (0, 4, []),

@@ -252,7 +252,7 @@ def test_search_config_errors_name_the_field():
 
     with pytest.raises(ValidationError, match="algorithm"):
         SearchConfig(engine="pymoo", algorithm="tpe")
-    with pytest.raises(ValidationError, match="'speed' is not one of loss, latency@<device>\\[/<runtime>\\], params, flops, memory"):
+    with pytest.raises(ValidationError, match="'speed' is not one of loss, latency@<device>\\[/<runtime>\\]\\[:<statistic>\\], params, flops, memory"):
         SearchConfig(objectives=["speed"])
     with pytest.raises(ValidationError, match="workers"):
         SearchConfig(engine="pymoo", workers=2)
@@ -311,18 +311,58 @@ def test_latency_objectives_name_their_runtime_and_the_bare_name_is_the_default_
         SearchConfig(objectives=["latency@cpu", "latency@cpu/onnxruntime"])
 
 
+def test_latency_names_carry_a_statistic_and_the_median_is_left_implicit():
+    from pydantic import ValidationError
+
+    from hwnas.search.objectives import latency_statistic, resolve_name
+
+    cfg = SearchConfig(objectives=["loss", "latency@cpu:p90"], constraints=["latency@cpu/torch:min <= 3ms", "latency@cpu:median<4ms"])
+    assert cfg.objectives == ["loss", "latency@cpu/onnxruntime:p90"]
+    assert cfg.constraints == ["latency@cpu/torch:min <= 3ms", "latency@cpu/onnxruntime<4ms"]
+    assert cfg.latency_targets() == ["cpu/onnxruntime", "cpu/torch"]  # one table serves every statistic
+    assert [latency_statistic(n) for n in ("latency@cpu", "latency@cpu/torch:p10", "loss")] == ["median", "p10", None]
+    with pytest.raises(ValidationError, match="statistic 'mean' is not one of median, p90, p10, min"):
+        SearchConfig(objectives=["loss", "latency@cpu:mean"])
+    with pytest.raises(ValidationError, match="statistic 'p99' is not one of"):
+        SearchConfig(constraints=["latency@cpu/torch:p99 <= 2ms"])
+    with pytest.raises(ValidationError, match="name one objective twice"):
+        SearchConfig(objectives=["latency@cpu", "latency@cpu/onnxruntime:median"])
+    names = ["loss", "latency@cpu/onnxruntime", "latency@cpu/onnxruntime:p90", "latency@cpu/torch:p90"]
+    assert resolve_name("latency@cpu", names) == "latency@cpu/onnxruntime"  # the only median on the CPU
+    assert resolve_name("latency@cpu:median", names) == "latency@cpu/onnxruntime"
+    assert resolve_name("latency@cpu:p90", names) is None  # two runtimes have it
+    assert resolve_name("latency@cpu:p90", names, runtime="torch") == "latency@cpu/torch:p90"
+    assert resolve_name("latency@cpu/torch", names) is None and resolve_name("latency@cpu:min", names) is None
+
+
+def test_the_latency_statistics_a_name_can_ask_for_are_those_a_table_predicts():
+    from hwnas.latency.protocol import STATISTICS
+    from hwnas.search.objectives import LATENCY_STATISTICS
+
+    assert LATENCY_STATISTICS == STATISTICS
+
+
 def test_each_latency_objective_reads_the_table_of_its_runtime():
     class Table:
-        def __init__(self, ms):
-            self.ms = ms
+        def __init__(self, ms, statistic="median"):
+            self.ms, self.statistic = ms, statistic
 
         def predict(self, arch):
-            return self.ms / 1e3
+            return self.ms * {"median": 1.0, "p90": 1.5}[self.statistic] / 1e3
+
+        def for_statistic(self, statistic):
+            return Table(self.ms, statistic)
 
     tables = {"cpu/onnxruntime": Table(2.0), "cpu/torch": Table(5.0)}
     objectives = build_objectives(["latency@cpu/onnxruntime"], ["latency@cpu/torch <= 4ms"], SPACE, latency_tables=tables)
     F, G, _ = objectives.evaluate([SPACE.smallest()])
     assert F.tolist() == [[2.0]] and G.tolist() == [[1.0]]  # 5 ms on torch: 1 ms over its bound
+    # each statistic from its own prediction, with the error measured on it
+    objectives = build_objectives(["latency@cpu/onnxruntime", "latency@cpu/onnxruntime:p90"], ["latency@cpu/torch:p90 <= 7ms"],
+                                  SPACE, latency_tables=tables, latency_errors={"cpu/onnxruntime:p90": 0.1}, risk=0.9)
+    F, G, stds = objectives.evaluate([SPACE.smallest()])
+    assert F.tolist() == [[2.0, 3.0]] and G.tolist() == [[0.5]]
+    assert set(stds) == {"latency@cpu/onnxruntime:p90"} and stds["latency@cpu/onnxruntime:p90"][0] == pytest.approx(0.3)
 
 
 def test_design_choice_report_counts_the_front_against_the_space():

@@ -85,6 +85,19 @@ def render_report(r: dict[str, Any]) -> str:
                        f"{median:.3f} ({_num(row.get('predicted_median_ms'), '.3f')}) | "
                        f"{_num(p90, '.3f')} ({_num(row.get('predicted_p90_ms'), '.3f')}) | "
                        f"{_num(row['measured_over_predicted'], '.2f')} | {row['runs']}{'' if row['stable'] else ' (cap)'} |")
+        fresh = lat.get("fresh")
+        if fresh:
+            out += ["", f"As a user sees it: the written files loaded the documented way in a fresh process (the process settings the "
+                    f"tables measured under: {fresh['threads']} thread(s), malloc thresholds pinned by `load`) and timed with a "
+                    f"plain {fresh['clock']} loop, {fresh['warmup']} warm-up runs then {fresh['runs']}:", "",
+                    "| backend | loaded as | median ms (predicted) | p90 ms (predicted) | min ms | median / predicted | runs |",
+                    "| --- | --- | --- | --- | --- | --- | --- |"]
+            for backend in ("torch", "onnxruntime"):
+                f = fresh.get(backend)
+                if f:
+                    out.append(f"| {backend} | `{f['how']}` | {f['median_ms']:.3f} ({_num(f.get('predicted_median_ms'), '.3f')}) | "
+                               f"{f['p90_ms']:.3f} ({_num(f.get('predicted_p90_ms'), '.3f')}) | {f['min_ms']:.3f} | "
+                               f"{_num(f.get('median_over_predicted'), '.2f')} | {f['runs']}{'' if f['complete'] else ' (time cap)'} |")
         front_lat = {k: val for k, val in r["front_objectives"].items() if k.startswith("latency@")}
         if front_lat:
             out += ["", "The search's front value: " + ", ".join(f"{k} {val:.3f} ms" for k, val in front_lat.items()) + "."]

@@ -29,6 +29,7 @@ import tempfile
 import time
 import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -321,7 +322,8 @@ def _run_export(run_dir: Path, pick: str | int | None, out_dir: str | Path | Non
                            "params": report["params"]["total"]}
         report["out_dir"] = str(target)
         report["seconds"] = time.perf_counter() - t_start
-        _write(target, force, subnet, fp32, int8, report, space_cfg)
+        _write(target, force, subnet, fp32, int8, report, space_cfg,
+               lambda folder: _add_fresh(report["latency"], folder, cfg) if latency else None)
         advance(1 if cfg.measure_latency else 2, description=f"export: written to {target}")
     return report
 
@@ -363,7 +365,33 @@ def _facts(space: SearchSpace, arch: ArchConfig, subnet: Subnet, train_cfg: Trai
     }
 
 
-def _write(target: Path, force: bool, subnet: Subnet, fp32, int8, report: dict[str, Any], space_cfg: SearchSpaceConfig) -> None:
+def _add_fresh(latency: dict[str, Any], folder: Path, cfg: ExportConfig) -> None:
+    """Time the written model files as a user would (`export.fresh`) and put the figures, beside
+    the tables' median and p90 predictions, into `latency["fresh"]`."""
+    from .fresh import fresh_latency
+
+    rows = latency["rows"]
+    files = {"model.onnx (fp32)": "model.onnx", "model.int8.onnx": "model.int8.onnx"}
+    ort = next((files[r["model"]] for r in rows if r["backend"] == "onnxruntime" and r["model"] in files
+                and r["predicted_ms"] is not None), None)
+    first = rows[0]
+    fresh = fresh_latency(folder, ort, first["threads"], first["batch_size"], first["seq_len"], cfg.seed,
+                          max_seconds=cfg.latency_max_seconds or 20.0)
+    for backend in ("torch", "onnxruntime"):
+        row = next((r for r in rows if r["backend"] == backend and r["predicted_ms"] is not None
+                    and (backend == "torch" or files.get(r["model"]) == ort)), None)
+        if backend in fresh and row is not None:
+            for stat in ("median", "p90"):
+                predicted = row.get(f"predicted_{stat}_ms")
+                fresh[backend][f"predicted_{stat}_ms"] = predicted
+                fresh[backend][f"{stat}_over_predicted"] = fresh[backend][f"{stat}_ms"] / predicted if predicted else None
+    latency["fresh"] = fresh
+
+
+def _write(target: Path, force: bool, subnet: Subnet, fp32, int8, report: dict[str, Any], space_cfg: SearchSpaceConfig,
+           before_report: Callable[[Path], None] | None = None) -> None:
+    """Write the export into a temporary folder beside `target`, then move it into place;
+    `before_report(folder)` runs once the model files are there, before the report is written."""
     import onnx
 
     check_finite(subnet.state_dict(), f"the subnet {report['key']}")  # a diverged fine-tuning is not shipped
@@ -376,6 +404,8 @@ def _write(target: Path, force: bool, subnet: Subnet, fp32, int8, report: dict[s
         save_subnet(subnet, tmp / "model.safetensors")
         onnx.save(fp32, tmp / "model.onnx")
         onnx.save(int8, tmp / "model.int8.onnx")
+        if before_report:
+            before_report(tmp)
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
         report["files"] = files
         config = {

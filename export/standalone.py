@@ -86,14 +86,29 @@ class ExportedModel:
         return self.decode(x[0, start:].tolist())
 
 
-def load(path: str | Path, device: str | torch.device = "cpu", real_kernels: bool = False) -> ExportedModel:
+def load(path: str | Path, device: str | torch.device = "cpu", real_kernels: bool = False, threads: int | None = None,
+         pin_allocator: bool = True) -> ExportedModel:
     """The exported model at `path` (an export folder, or its model.safetensors) in eval mode.
 
     `real_kernels`: its 8- and 4-bit layers run on real low-bit kernels (`kernels.LowBitLinear`:
     dynamic int8 and weight-only int4 on CPU, Triton on CUDA), the form the `torch` latency tables
     time; its outputs then differ from the trained function by the kernels' rounding. Default: the
-    weights fake-quantized in every forward, exactly the function the export's report scored."""
+    weights fake-quantized in every forward, exactly the function the export's report scored.
+
+    The process settings the latency tables measured under, so that the model runs as fast as
+    they predict: `threads` sets torch's intra-op threads (process-wide; the tables time 1 by
+    default, see the export report), and `pin_allocator` (on CPU) pins glibc malloc's thresholds
+    (`latency.backends.steady_allocator`: without it the same model ran 5-15% slower minutes later,
+    from page faults, on the build machine)."""
     path = Path(path)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ExportError(f"threads: must be a positive integer (or None: torch's choice), got {threads!r}")
+    if pin_allocator and torch.device(device).type == "cpu":
+        from hwnas.latency.backends import steady_allocator
+
+        steady_allocator()
+    if threads is not None:
+        torch.set_num_threads(threads)
     weights = path / "model.safetensors" if path.is_dir() else path
     if not weights.is_file():
         raise ExportError(f"{weights}: no exported model here (expected an `hwnas export` folder or its model.safetensors)")

@@ -235,3 +235,18 @@ def fixed_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def plain_loop(fn: Callable[[], object], warmup: int = 30, runs: int = 200, max_seconds: float = 20.0) -> Measurement:
+    """Time `fn()` the way a user's own timing code does: `warmup` untimed runs, then `runs` timed
+    with `time.perf_counter` (wall clock) one after another, no interleaving, no CPU-time clock, no
+    stopping rule (at most `max_seconds` of timed runs); `stable` is False when the cap cut it short."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < runs and time.perf_counter() - start < max_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return Measurement.of(times, stable=len(times) == runs)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -286,7 +287,16 @@ def test_export_writes_a_verified_model(run_dir, exported):
         ("onnxruntime", "model.int8.onnx", None), ("onnxruntime", "arch's own bits (the table's form)", pytest.approx(0.1 + n * 0.15))]
     assert all(r["measured_ms"] > 0 and 3 <= r["runs"] <= 6 and (r["batch_size"], r["seq_len"]) == (1, 24) for r in rows)
     assert rows[0]["measured_over_predicted"] == pytest.approx(rows[0]["measured_ms"] / rows[0]["predicted_ms"])
+    # as a user sees it: the written files loaded the documented way in a fresh process, a plain wall-clock loop
+    fresh = report["latency"]["fresh"]
+    assert "onnxruntime" not in fresh  # no shipped file has the arch's own bits, the form the ORT table times
+    t = fresh["torch"]
+    assert 0 < t["min_ms"] <= t["median_ms"] <= t["p90_ms"] and 1 <= t["runs"] <= 200 and fresh["threads"] == rows[0]["threads"]
+    assert t["predicted_median_ms"] == rows[0]["predicted_median_ms"] and t["predicted_p90_ms"] == rows[0]["predicted_p90_ms"]
+    assert t["median_over_predicted"] == pytest.approx(t["median_ms"] / t["predicted_median_ms"])
+    assert "real_kernels=True, threads=1" in t["how"]
     md = (out / "report.md").read_text()
+    assert "As a user sees it" in md and f"{t['median_ms']:.3f} ({t['predicted_median_ms']:.3f})" in md
     for text in ("## Parity", "## Validation loss", "## Latency on this machine", "## Quantization policy", "int4 (MatMulNBits)",
                  f"{report['parity']['max_abs_diff']:.3g}", f"{v['onnxruntime_int8']:.4f}", "hwnas.export import load"):
         assert text in md, text
@@ -294,6 +304,28 @@ def test_export_writes_a_verified_model(run_dir, exported):
     assert [q["int8_model"] for q in report["quantization"]["layers"]] == ["int8 (dynamic, per channel)"] * 2 + ["int4 (MatMulNBits)"]
     ops_ = op_counts(onnx.load(out / "model.int8.onnx"))
     assert ops_["MatMulNBits"] == 2 + 2 * 2 and ops_.get("MatMulInteger", 0) + ops_.get("DynamicQuantizeMatMul", 0) == 2 + 2 + 2 + 3
+
+
+def test_fresh_latency_times_the_written_files_as_loaded(exported):
+    from hwnas.export.fresh import _fresh_latency
+
+    out, _ = exported
+    got = _fresh_latency(out, "model.onnx", 1, 1, 24, 0, 10.0)
+    assert {"torch", "onnxruntime"} <= set(got) and got["clock"] == "wall (time.perf_counter)"
+    assert all(got[b]["runs"] == 200 and got[b]["complete"] and got[b]["min_ms"] <= got[b]["median_ms"] for b in ("torch", "onnxruntime"))
+    assert got["onnxruntime"]["how"] == "session('model.onnx', threads=1)"
+    with pytest.raises(ExportError, match="threads: must be a positive integer"):
+        load(out, threads=0)
+
+
+def test_plain_loop_times_a_fixed_number_of_runs_and_says_when_a_cap_cut_it():
+    from hwnas.latency.protocol import plain_loop
+
+    calls = []
+    m = plain_loop(lambda: calls.append(1), warmup=5, runs=40)
+    assert len(calls) == 45 and m.n == 40 and m.stable
+    slow = plain_loop(lambda: time.sleep(0.01), warmup=0, runs=1000, max_seconds=0.1)
+    assert slow.n < 20 and not slow.stable and slow.min >= 0.01
 
 
 def test_load_and_generate_without_the_supernet(run_dir, exported, tmp_path, monkeypatch):

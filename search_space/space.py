@@ -10,7 +10,6 @@ this one encoding.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from numbers import Integral
@@ -25,7 +24,6 @@ from .errors import ArchError
 
 Rng = np.random.Generator | int | None
 LAYER_DIMS = ("n_heads", "mlp_ratio", "norm", "placement", "attention", "ffn", "weight_bits")
-KIND_DIMS = ("norm", "placement", "attention", "ffn")  # what a layer is, as opposed to its sizes and bits
 
 
 def as_rng(rng: Rng) -> np.random.Generator:
@@ -228,17 +226,6 @@ class SearchSpace:
         """A uniformly random arch: each active gene uniform over its choices."""
         gen = as_rng(rng)
         return self._build(lambda g: g.choices[gen.integers(len(g.choices))])
-
-    def kind_sets(self) -> list[dict[str, Any]]:
-        """Every combination of one choice per kind dimension (norm, placement, attention, FFN)."""
-        choices = {dim: next(g.choices for g in self.genes if g.dim == dim) for dim in KIND_DIMS}
-        return [dict(zip(choices, combo, strict=True)) for combo in itertools.product(*choices.values())]
-
-    def with_kinds(self, arch: ArchConfig, kinds: dict[str, Any]) -> ArchConfig:
-        """`arch`'s sizes (depth, width, heads, MLP ratio) and bits, with the kinds of `kinds`
-        (a gene value per kind dimension, as `kind_sets` gives) in every layer."""
-        values = {g.name: v for g, v in zip(self.genes, self.encode(arch), strict=True)}
-        return self._build(lambda g: kinds[g.dim] if g.dim in kinds else g.choices[values[g.name]])
 
     def mutate(self, arch: ArchConfig, rng: Rng = None, p: float = 0.2) -> ArchConfig:
         """Resample each active gene with probability `p` (to a different choice); layers that a

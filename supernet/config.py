@@ -45,9 +45,6 @@ class TrainConfig(Section):
     n_random: int = Field(default=2, ge=0, le=MAX_RANDOM_SUBNETS, description="random subnets per step besides the largest and smallest")
     random_weight: float = Field(default=1.0, gt=0, le=1, description="weight of each random subnet's loss against the "
                                 "largest's and smallest's 1: below 1 they pull the shared weights less")
-    kind_rotation: bool = Field(default=False, description="each step's largest and smallest take one set of kinds (norm, "
-                                "placement, attention, FFN) in every layer, in turn over all sets, instead of the largest's "
-                                "own kinds: every kind is trained at full and least width, not only the largest's")
     distill: bool = True
     distill_weight: float = Field(default=1.0, ge=0, le=1, description="KD share of a child's loss; the rest is cross-entropy")
     complexity_aware: bool = Field(default=False, description="ElasticViT: bound the FLOPs gap between consecutive random subnets")

@@ -77,7 +77,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def step_seed(seed: int, step: int, stream: int) -> int:
-    """A seed for step `step` of random stream `stream` (0: archs, 1: data, 2: kind order)."""
+    """A seed for step `step` of random stream `stream` (0: archs, 1: data)."""
     return int(np.random.SeedSequence([seed, step, stream]).generate_state(1)[0])
 
 
@@ -107,23 +107,11 @@ class SandwichSampler:
         """Whether `step` is in the parent-first phase, which trains the largest subnet alone."""
         return step < round(self.cfg.parent_fraction * self.cfg.steps)
 
-    def extremes(self, step: int) -> tuple[ArchConfig, ArchConfig]:
-        """The step's largest and smallest: the space's, or with `kind_rotation` their sizes with
-        the step's set of kinds in every layer. Each round over the kind sets takes them in a
-        seeded order of its own, so every set comes once per round."""
-        if not self.cfg.kind_rotation:
-            return self.largest, self.smallest
-        sets = self.space.kind_sets()
-        round_, i = divmod(step, len(sets))
-        kinds = sets[int(np.random.default_rng(step_seed(self.seed, round_, 2)).permutation(len(sets))[i])]
-        return self.space.with_kinds(self.largest, kinds), self.space.with_kinds(self.smallest, kinds)
-
     def archs(self, step: int) -> list[tuple[str, ArchConfig]]:
         if self.parent_only(step):
             return [("largest", self.largest)]
         rng = np.random.default_rng(step_seed(self.seed, step, 0))
-        largest, smallest = self.extremes(step)
-        return [("largest", largest), ("smallest", smallest)] + [
+        return [("largest", self.largest), ("smallest", self.smallest)] + [
             ("random", self._random(rng)) for _ in range(self.cfg.n_random)
         ]
 

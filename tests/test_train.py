@@ -234,19 +234,3 @@ def test_sandwich_has_largest_smallest_and_random_and_complexity_aware_bounds_th
     free = SandwichSampler(space, TrainConfig(n_random=1), seed=0)
     assert np.mean(np.array(gaps(aware)) <= 0.2) > 0.95
     assert np.mean(np.array(gaps(free)) <= 0.2) < 0.6
-
-
-def test_kind_rotation_gives_the_extremes_every_kind_set_once_per_round():
-    space = SearchSpace(SearchSpaceConfig())
-    sets = space.kind_sets()
-    assert len(sets) == len({tuple(k.values()) for k in sets}) > 1
-    sampler = SandwichSampler(space, TrainConfig(kind_rotation=True), seed=0)
-    sizes = lambda a: (a.embed_dim, [(layer.n_heads, layer.mlp_ratio, layer.weight_bits) for layer in a.layers])  # noqa: E731
-    for round_ in range(2):
-        extremes = [sampler.extremes(s) for s in range(round_ * len(sets), (round_ + 1) * len(sets))]
-        assert len({big for big, _ in extremes}) == len(sets)  # every set once per round
-        assert all(len({(lay.norm, lay.attention, lay.ffn) for lay in big.layers}) == 1 for big, _ in extremes)  # one set in all layers
-        assert all(sizes(big) == sizes(space.largest()) and sizes(small) == sizes(space.smallest()) for big, small in extremes)
-    first, second = [sampler.extremes(s)[0] for s in range(len(sets))], [sampler.extremes(s)[0] for s in range(len(sets), 2 * len(sets))]
-    assert first != second  # each round has its own order
-    assert SandwichSampler(space, TrainConfig(), seed=0).extremes(7) == (space.largest(), space.smallest())

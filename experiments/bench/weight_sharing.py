@@ -54,7 +54,7 @@ from hwnas.supernet.train import load_supernet, train, verify_supernet  # noqa: 
 LN2 = float(np.log(2))
 ROOT = Path("runs") / "bench-ws"
 # the train fields that only shape the sandwich (a stand-alone run ignores them)
-SANDWICH_ONLY = {"n_random", "random_weight", "kind_rotation", "parent_fraction", "distill", "distill_weight", "complexity_aware", "flops_gap",
+SANDWICH_ONLY = {"n_random", "random_weight", "parent_fraction", "distill", "distill_weight", "complexity_aware", "flops_gap",
                  "ema_decay", "ckpt_every", "eval_every", "log_every", "wandb", "wandb_project", "threads", "device"}
 
 

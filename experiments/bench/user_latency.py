@@ -1,0 +1,143 @@
+"""Latency as users measure it: the run's latency tables against held-out subnets timed the way a
+user's own code times them, each in a fresh process of its own.
+
+For each of `--n` held-out random subnets (a seed stream of their own, none of the tables'
+calibration subnets) a freshly spawned process builds a supernet, extracts the subnet and times it
+with a plain `time.perf_counter` loop (`latency.protocol.plain_loop`: 30 warm-up runs, then 200;
+no interleaving, no CPU-time clock, no stopping rule) at the tables' workload and thread count:
+
+- torch, ordinary: the deployment form (`latency.modules.torch_deploy_copy`, real int8/int4
+  kernels) in a process that has changed no setting;
+- onnxruntime: the form the onnxruntime table times (`OnnxRuntimeBackend.to_onnx`) in a plain
+  `InferenceSession` (`hwnas.export.deploy.session`);
+- torch, pinned: the same torch module once glibc malloc's thresholds are pinned
+  (`steady_allocator`, which the tables' process and `hwnas.export.load` apply).
+
+Each table then predicts each subnet's median, p90 and min (`LatencyTable.for_statistic`), and the
+bench reports the share within +-10% and Kendall tau against the same statistic of those runs.
+
+    python experiments/bench/user_latency.py [--run-dir runs/bench-latency] [--n 100] [--seed 7] [--no-write]
+
+Run it alone on the machine (a test run or a build beside it moves every figure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import command, git_commit, machine, write_section  # noqa: E402
+
+from hwnas.search_space import ArchConfig, SearchSpace, SearchSpaceConfig  # noqa: E402
+
+STATS = ("median", "p90", "min")
+FORMS = ("torch ordinary", "onnxruntime", "torch pinned")
+
+
+def time_as_a_user(space_json: dict, arch_json: dict, batch: int, seq: int, threads: int, seed: int) -> dict[str, dict[str, float]]:
+    """In a fresh process: the subnet's run times (ms by statistic) in each form of `FORMS`."""
+    import torch
+
+    from hwnas.export.deploy import INPUT, session
+    from hwnas.latency.backends import OnnxRuntimeBackend, steady_allocator
+    from hwnas.latency.modules import torch_deploy_copy
+    from hwnas.latency.protocol import plain_loop
+    from hwnas.supernet import Supernet, extract_subnet
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    arch = ArchConfig.from_dict(arch_json)
+    subnet = extract_subnet(Supernet(SearchSpaceConfig(**space_json)), arch).eval()
+    tokens = torch.randint(0, subnet.dims.vocab_size, (batch, seq))
+
+    def stats(m) -> dict[str, float]:
+        return {s: 1e3 * m.value(s) for s in STATS}
+
+    out = {}
+    deployed = torch_deploy_copy(subnet, "cpu").eval()
+    with torch.inference_mode():
+        out["torch ordinary"] = stats(plain_loop(lambda: deployed(tokens)))
+    sess = session(OnnxRuntimeBackend("cpu", threads).to_onnx(subnet, (tokens,)), threads)
+    feeds = {INPUT: tokens.numpy()}
+    out["onnxruntime"] = stats(plain_loop(lambda: sess.run(None, feeds)))
+    steady_allocator()
+    with torch.inference_mode():
+        out["torch pinned"] = stats(plain_loop(lambda: deployed(tokens)))
+    return out
+
+
+def main() -> None:
+    from scipy.stats import kendalltau
+
+    from hwnas.latency.build import heldout_archs, load_table
+    from hwnas.search_space.isolate import run_isolated
+    from hwnas.search_space.progress import progress_bar
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run-dir", default="runs/bench-latency", help="a run directory holding cpu-torch and cpu-onnxruntime tables")
+    p.add_argument("--n", type=int, default=100)
+    p.add_argument("--seed", type=int, default=7, help="draws the held-out subnets (the fidelity report's are seed 0's)")
+    p.add_argument("--no-write", action="store_true")
+    args = p.parse_args()
+
+    run_dir = Path(args.run_dir)
+    space_cfg = SearchSpaceConfig(**json.loads((run_dir / "run.json").read_text())["search_space"])
+    space = SearchSpace(space_cfg)
+    tables = {b: load_table(run_dir, "cpu", b, space=space) for b in ("torch", "onnxruntime")}
+    first = tables["torch"]
+    batch, seq, threads = first.workload["batch_size"], first.workload["seq_len"], first.fingerprint.get("threads", 1)
+    seen = {k for t in tables.values() for k in t.calibration}
+    archs = heldout_archs(space, args.n, args.seed, exclude=seen)
+    truth: list[dict] = []
+    t0 = time.perf_counter()
+    with progress_bar(True, "held-out subnets, each in a fresh process", len(archs)) as advance:
+        for i, arch in enumerate(archs):
+            truth.append(run_isolated(time_as_a_user, space_cfg.model_dump(mode="json"), arch.to_dict(), batch, seq, threads, i))
+            advance(1)
+    seconds = time.perf_counter() - t0
+
+    rows, results = [], {}
+    for form in FORMS:
+        table = tables["onnxruntime" if form == "onnxruntime" else "torch"]
+        for stat in STATS:
+            t = table.for_statistic(stat)
+            pred = np.array([t.predict_ms(a) for a in archs])
+            meas = np.array([m[form][stat] for m in truth])
+            rel = pred / meas - 1
+            results[(form, stat)] = {"within_10pct": float(np.mean(np.abs(rel) <= 0.10)), "tau": float(kendalltau(pred, meas).statistic),
+                                     "median_rel_pct": float(100 * np.median(rel))}
+    spread = {form: float(np.median([m[form]["p90"] / m[form]["median"] for m in truth])) for form in FORMS}
+    for form in FORMS:
+        cells = " | ".join(f"{100 * results[(form, s)]['within_10pct']:.0f}% / {results[(form, s)]['tau']:.3f} / "
+                           f"{results[(form, s)]['median_rel_pct']:+.1f}%" for s in STATS)
+        rows.append(f"| {form} | {cells} | {spread[form]:.2f} |")
+    stamp = {k: tables["torch"].fingerprint.get(k) for k in ("torch", "onnxruntime")}
+    body = [
+        f"`{command()}` (commit {git_commit()})", "",
+        f"Machine: {machine().split(',')[0]}, {os.cpu_count()} cores; {stamp}. Tables: `{run_dir}/latency/cpu-<backend>.json` "
+        f"(headline statistic {first.statistic}, clock {first.protocol.clock}). {len(archs)} held-out subnets (seed {args.seed}, "
+        f"none of the tables' calibration subnets), each timed in a fresh process of its own with a plain wall-clock loop "
+        f"(30 warm-up runs, then 200) at batch {batch} x {seq} tokens, {threads} thread(s); {seconds:.0f} s in all.", "",
+        "Each cell: share of subnets within +-10% of that statistic of their run times / Kendall tau / median of "
+        "predicted over measured, minus 1.", "",
+        "| form timed | median | p90 | min | measured p90 / median (median over subnets) |",
+        "| --- | --- | --- | --- | --- |",
+        *rows, "",
+        "torch ordinary: the deployment form in a process that changed no setting; torch pinned: the same after "
+        "`steady_allocator()` (what the tables' process and `hwnas.export.load` apply); onnxruntime: the form its table "
+        "times, in a plain session. Target (issue 24): >= 95% within 10% of the median, tau >= 0.9.",
+    ]
+    print("\n".join(body))
+    if not args.no_write:
+        write_section("Latency as users measure it (fresh process, plain wall-clock loop)", "\n".join(body))
+
+
+if __name__ == "__main__":
+    main()

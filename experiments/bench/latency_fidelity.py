@@ -125,7 +125,7 @@ def main() -> None:
         f"{', '.join(f'{k} {v}' for k, v in results[0][1].fingerprint.items() if k in ('torch', 'onnxruntime')) if results else ''}  ",
         f"Workload: batch {results[0][1].workload['batch_size']} x {results[0][1].workload['seq_len']} tokens (prefill), fp32 "
         "activations; int8 layers run ONNX Runtime's DynamicQuantizeMatMul/MatMulInteger, int4 layers MatMulNBits "
-        "(torch eager runs the fake-quantized weights).  " if results else "",
+        "(torch eager: dynamic int8 through `torch._int_mm`, weight-only int4 through `_weight_int4pack_mm_for_cpu`).  " if results else "",
         f"The table has {n_pieces} pieces for a space of {space.size():,} subnets; the correction is fitted on "
         f"{lat.n_correction} whole subnets; the report uses {lat.n_fidelity} other held-out random subnets, each extracted "
         f"and timed end to end (repeated runs until the median is stable; the table predicts their {lat.statistic}) in a fresh "

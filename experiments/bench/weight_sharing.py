@@ -197,6 +197,10 @@ def main() -> None:
                    "placement, attention, FFN, bits), only their sizes differing: how well the supernet ranks sizes")
     p.add_argument("--uniform-kinds", action="store_true", help="draw archs whose layers all share one set of kinds "
                    "(norm, attention, FFN, bits), sizes still per layer: how much of the ranking per-layer mixing costs")
+    p.add_argument("--finetune", type=int, default=0, metavar="K", help="score each arch after K steps of training its "
+                   "inherited weights alone (the same train section, lr --finetune-lr, warmup a tenth): a second signal, "
+                   "ranked against stand-alone training in place of the inherited loss")
+    p.add_argument("--finetune-lr", type=float, default=1e-3)
     p.add_argument("--jobs", type=int, default=2, help="stand-alone runs in parallel, one thread each")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
@@ -235,6 +239,15 @@ def main() -> None:
     tokens = cfg.train.eval_tokens
     archs = stratified_archs(net.space, args.n, args.seed, uniform=args.uniform_kinds, sizes_only=args.sizes_only)
     inherited = [evaluate(net, a, corpus, max_tokens=tokens)["bpb"] for a in archs]
+    if args.finetune:
+        ft_cfg = base.model_copy(update={"lr": args.finetune_lr, "min_lr": min(base.min_lr, args.finetune_lr),
+                                         "warmup_steps": max(1, args.finetune // 10)})
+        t0 = time.perf_counter()
+        inherited = [train_standalone(extract_subnet(net, a), corpus, args.finetune, ft_cfg, seed=cfg.seed,
+                                      eval_tokens=tokens)["bpb_after"] for a in archs]
+        label += f"; each arch then trained {args.finetune} steps alone (lr {args.finetune_lr:g})"
+        variant += f"-ft{args.finetune}-{args.finetune_lr:g}"
+        print(f"fine-tuned {len(archs)} archs {args.finetune} steps each in {time.perf_counter() - t0:.0f} s", flush=True)
     changes = {name: evaluate(net, a, corpus, max_tokens=tokens)["bpb"] for name, a in one_change_archs(net.space).items()}
 
     # runs[j][i]: arch i trained alone with its j-th seed

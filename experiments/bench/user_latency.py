@@ -87,6 +87,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=7, help="draws the held-out subnets (the fidelity report's are seed 0's)")
     p.add_argument("--retest", type=int, default=20, help="the first K subnets timed again at the end, each in another "
                    "fresh process: how well one such measurement repeats, the ceiling of any prediction")
+    p.add_argument("--saved", action="store_true", help="score the times of the last run (<run-dir>/user-latency.json) "
+                   "instead of timing again")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
 
@@ -98,17 +100,23 @@ def main() -> None:
     batch, seq, threads = first.workload["batch_size"], first.workload["seq_len"], first.fingerprint.get("threads", 1)
     seen = {k for t in tables.values() for k in t.calibration}
     archs = heldout_archs(space, args.n, args.seed, exclude=seen)
-    truth: list[dict] = []
-    t0 = time.perf_counter()
-    retest = archs[:args.retest]
-    with progress_bar("held-out subnets, each in a fresh process", len(archs) + len(retest), unit="subnet") as advance:
-        for i, arch in enumerate(archs + retest):
-            truth.append(run_isolated(time_as_a_user, space_cfg.model_dump(mode="json"), arch.to_dict(), batch, seq, threads, i))
-            advance(1)
-    seconds = time.perf_counter() - t0
-    truth, again = truth[:len(archs)], truth[len(archs):]
-    atomic_write_text(run_dir / "user-latency.json", json.dumps({"archs": [a.to_dict() for a in archs], "truth": truth,
-                                                                 "again": again}, indent=1))
+    saved = run_dir / "user-latency.json"
+    if args.saved:
+        doc = json.loads(saved.read_text())
+        archs = [ArchConfig.from_dict(a) for a in doc["archs"]]
+        truth, again, seconds = doc["truth"], doc["again"], doc["seconds"]
+    else:
+        truth: list[dict] = []
+        t0 = time.perf_counter()
+        retest = archs[:args.retest]
+        with progress_bar("held-out subnets, each in a fresh process", len(archs) + len(retest), unit="subnet") as advance:
+            for i, arch in enumerate(archs + retest):
+                truth.append(run_isolated(time_as_a_user, space_cfg.model_dump(mode="json"), arch.to_dict(), batch, seq, threads, i))
+                advance(1)
+        seconds = time.perf_counter() - t0
+        truth, again = truth[:len(archs)], truth[len(archs):]
+        atomic_write_text(saved, json.dumps({"archs": [a.to_dict() for a in archs], "truth": truth, "again": again,
+                                             "seconds": seconds}, indent=1))
 
     rows, results = [], {}
     for form in FORMS:
@@ -136,7 +144,8 @@ def main() -> None:
     body = [
         f"`{command()}` (commit {git_commit()})", "",
         f"Machine: {machine().split(',')[0]}, {os.cpu_count()} cores; {stamp}. Tables: `{run_dir}/latency/cpu-<backend>.json` "
-        f"(headline statistic {first.statistic}, clock {first.protocol.clock}). {len(archs)} held-out subnets (seed {args.seed}, "
+        f"(headline statistic {first.statistic}, clock {first.protocol.clock}; built by `experiments/bench/latency_fidelity.py "
+        f"--run-dir {run_dir}`, the wall clock with `latency: {{clock: wall}}` in its `--config`). {len(archs)} held-out subnets (seed {args.seed}, "
         f"none of the tables' calibration subnets), each timed in a fresh process of its own with a plain wall-clock loop "
         f"(30 warm-up runs, then 200) at batch {batch} x {seq} tokens, {threads} thread(s); {seconds:.0f} s in all.", "",
         "Each cell: share of subnets within +-10% of that statistic of their run times / Kendall tau / median of "
@@ -151,7 +160,8 @@ def main() -> None:
     ]
     print("\n".join(body))
     if not args.no_write:
-        write_section("Latency as users measure it (fresh process, plain wall-clock loop)", "\n".join(body))
+        write_section(f"Latency as users measure it (fresh process, plain wall-clock loop), tables on the {first.protocol.clock} clock",
+                      "\n".join(body))
 
 
 if __name__ == "__main__":

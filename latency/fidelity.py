@@ -95,6 +95,8 @@ def fidelity_report(space: SearchSpace, cfg: LatencyConfig, table: LatencyTable,
     report["by_statistic"] = by_statistic(table, archs, cache, again)
     report["retest"] = report["by_statistic"][table.statistic].get("retest")
     report["speed"] = speed_report(table, archs, cache, speed, cfg.speed_tolerance)
+    if cfg.n_user_view and table.device == "cpu":
+        report["user_view"] = user_view(space, table, by_stat, archs[:cfg.n_user_view], progress)
     write_report(report, out_dir, stem)
     mode = cfg.wandb if wandb is None else {True: "offline", False: "disabled"}.get(wandb, wandb)
     if mode != "disabled":
@@ -191,6 +193,35 @@ def by_statistic(table: LatencyTable, archs: list[ArchConfig], measured: dict[st
     return out
 
 
+def user_view(space: SearchSpace, table: LatencyTable, by_stat: dict[str, LatencyTable], archs: list[ArchConfig],
+              progress: bool = True) -> dict[str, Any]:
+    """The table against `archs` timed as a user times them (`userview.user_latency`: each in a
+    fresh process of its own, a plain wall-clock loop, the deployment form in an ordinary process),
+    on each statistic; a quarter of them timed again in other fresh processes (`retest`: how well
+    one such measurement repeats, the ceiling for any prediction of it)."""
+    from .userview import user_latency
+
+    form = "onnxruntime" if table.backend == "onnxruntime" else "torch"
+    B, T, threads = table.workload["batch_size"], table.workload["seq_len"], table.fingerprint.get("threads", 1)
+    space_json = space.config.model_dump(mode="json")
+    retest = archs[:len(archs) // 4]
+    times = []
+    with progress_bar(progress, f"fidelity {table.device}/{table.backend}: as a user times them", len(archs) + len(retest)) as advance:
+        for i, arch in enumerate(archs + retest):
+            times.append(user_latency(space_json, arch.to_dict(), [form], B, T, threads, seed=i)[form])
+            advance(1)
+    first, again = times[:len(archs)], times[len(archs):]
+    out: dict[str, Any] = {"n": len(archs), "form": form, "threads": threads, "by_statistic": {}}
+    for stat, t in by_stat.items():
+        truth = np.array([m[stat] for m in first])
+        entry: dict[str, Any] = {"prediction": error_metrics(np.array([t.predict_ms(a) for a in archs]), truth)}
+        if again:
+            entry["retest"] = {"n": len(again), **error_metrics(np.array([m[stat] for m in again]), truth[:len(again)])}
+        out["by_statistic"][stat] = entry
+    out["rows"] = [{"arch": a.key(), **{f"{stat}_ms": m[stat] for stat in by_stat}} for a, m in zip(archs, first, strict=True)]
+    return out
+
+
 def speed_report(table: LatencyTable, archs: list[ArchConfig], measured: dict[str, Measurement],
                  speed: list[tuple[SpeedWindow, list[str]]], tolerance: float) -> dict[str, Any] | None:
     """How far the machine's speed has moved since the table was built, by the reference subnet
@@ -283,6 +314,18 @@ def markdown(report: dict[str, Any]) -> str:
             mark = " (the table's)" if stat == report.get("statistic") else ""
             lines.append(f"| {stat}{mark} | {100 * m['within_5pct']:.0f}% | {100 * m['within_10pct']:.0f}% | "
                          f"{m['mape_pct']:.2f} | {m['kendall_tau']:.3f} | {retest} |")
+    if report.get("user_view"):
+        u = report["user_view"]
+        lines += ["", f"As a user times them: {u['n']} of the subnets, each built in a fresh process of its own and timed "
+                      f"with a plain wall-clock loop ({u['form']}, {u['threads']} thread(s); `latency.userview`), against "
+                      "the table's prediction of each statistic:", "",
+                  "| statistic | within 5% | within 10% | MAPE % | Kendall tau | retest within 10% |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for stat, e in u["by_statistic"].items():
+            m, r = e["prediction"], e.get("retest")
+            retest = f"{100 * r['within_10pct']:.0f}%" if r else "-"
+            lines.append(f"| {stat} | {100 * m['within_5pct']:.0f}% | {100 * m['within_10pct']:.0f}% | {m['mape_pct']:.2f} | "
+                         f"{m['kendall_tau']:.3f} | {retest} |")
     if report.get("load_1min_mean") is not None:
         lines += ["", f"System load during the measurements: 1-min load average {report['load_1min_mean']:.2f} "
                       f"on {report['cores']} cores."]

@@ -770,3 +770,42 @@ def test_speed_window_out_of_range_is_a_table_error(tiny, cfg, tmp_path):
     payload["speed"]["window_of"]["call"] = 7
     with pytest.raises(TableError, match="window"):
         LatencyTable.from_payload(payload)
+
+
+def test_fidelity_report_scores_the_table_on_what_a_user_times(tiny, cfg, tmp_path, monkeypatch):
+    """`n_user_view` held-out subnets are timed as a user does (here a stand-in 20% slower than every
+    prediction, in the form of the table's backend) and the table is scored on each statistic."""
+    import hwnas.latency.userview as userview
+
+    table = built(tiny, cfg, tmp_path)
+    calls = []
+
+    def fake(space_json, arch_json, forms, batch, seq, threads, seed, int4_block_size=32):
+        arch = ArchConfig.from_dict(arch_json)
+        calls.append((tuple(forms), batch, seq, threads))
+        return {forms[0]: {s: 1.2 * table.for_statistic(s).predict_ms(arch) for s in ("median", "p90", "p10", "min")}}
+
+    monkeypatch.setattr(userview, "user_latency", fake)
+    report = fidelity_report(tiny, cfg.model_copy(update={"n_user_view": 8}), table, tmp_path, progress=False, wandb=False,
+                             measurer=FakeMeasurer(tiny, cfg), retest_n=0)
+    u = report["user_view"]
+    assert u["n"] == 8 and u["form"] == "torch" and len(calls) == 8 + 2  # a quarter timed again
+    assert set(calls) == {(("torch",), table.workload["batch_size"], table.workload["seq_len"], 1)}
+    for stat, e in u["by_statistic"].items():
+        assert e["prediction"]["within_10pct"] == 0.0 and e["prediction"]["mape_pct"] == pytest.approx(100 / 6), stat
+        assert e["retest"]["n"] == 2 and e["retest"]["within_5pct"] == 1.0
+    assert [r["arch"] for r in u["rows"]] == [r["arch"] for r in report["rows"][:8]]
+    assert "As a user times them: 8 of the subnets" in (tmp_path / "latency" / "fidelity-cpu-torch.md").read_text()
+    assert "user_view" not in fidelity_report(tiny, cfg, table, tmp_path, progress=False, wandb=False,
+                                              measurer=FakeMeasurer(tiny, cfg), retest_n=0)
+
+
+def test_a_user_times_each_form_with_a_plain_loop():
+    from hwnas.latency.userview import FORMS, time_as_a_user
+
+    arch = HAND_ARCH
+    got = time_as_a_user(TINY.model_dump(mode="json"), arch.to_dict(), FORMS, 1, 8, 1, seed=0)
+    assert set(got) == set(FORMS)
+    assert all(0 < t["min"] <= t["p10"] <= t["median"] <= t["p90"] for t in got.values())
+    with pytest.raises(ValueError, match="not among torch, onnxruntime, torch pinned"):
+        time_as_a_user(TINY.model_dump(mode="json"), arch.to_dict(), ["tvm"], 1, 8, 1, seed=0)

@@ -2,21 +2,16 @@
 user's own code times them, each in a fresh process of its own.
 
 For each of `--n` held-out random subnets (a seed stream of their own, none of the tables'
-calibration subnets) a freshly spawned process builds a supernet, extracts the subnet and times it
-with a plain `time.perf_counter` loop (`latency.protocol.plain_loop`: 30 warm-up runs, then 200;
-no interleaving, no CPU-time clock, no stopping rule) at the tables' workload and thread count:
-
-- torch, ordinary: the deployment form (`latency.modules.torch_deploy_copy`, real int8/int4
-  kernels) in a process that has changed no setting;
-- onnxruntime: the form the onnxruntime table times (`OnnxRuntimeBackend.to_onnx`) in a plain
-  `InferenceSession` (`hwnas.export.deploy.session`);
-- torch, pinned: the same torch module once glibc malloc's thresholds are pinned
-  (`steady_allocator`, which the tables' process and `hwnas.export.load` apply).
+calibration subnets) a freshly spawned process builds the subnet and times it the way a user's code
+does (`hwnas.latency.userview`: a plain `time.perf_counter` loop, 30 warm-up runs then 200, at the
+tables' workload and thread count) in each form: torch (the deployment form in a process that
+changed no setting), onnxruntime (the form its table times) and torch pinned (after glibc malloc's
+thresholds are pinned, as the tables' process and `hwnas.export.load` do).
 
 Each table then predicts each subnet's median, p90 and min (`LatencyTable.for_statistic`), and the
 bench reports the share within +-10% and Kendall tau against the same statistic of those runs.
 
-    python experiments/bench/user_latency.py [--run-dir runs/bench-latency] [--n 100] [--seed 7] [--no-write]
+    python experiments/bench/user_latency.py [--run-dir runs/bench-latency] [--n 100] [--seed 7] [--retest 20] [--saved] [--no-write]
 
 Run it alone on the machine (a test run or a build beside it moves every figure).
 """
@@ -35,50 +30,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command, git_commit, machine, write_section  # noqa: E402
 
+from hwnas.latency.userview import FORMS, user_latency  # noqa: E402
 from hwnas.search_space import ArchConfig, SearchSpace, SearchSpaceConfig  # noqa: E402
 from hwnas.search_space.io import atomic_write_text  # noqa: E402
 
 STATS = ("median", "p90", "min")
-FORMS = ("torch ordinary", "onnxruntime", "torch pinned")
-
-
-def time_as_a_user(space_json: dict, arch_json: dict, batch: int, seq: int, threads: int, seed: int) -> dict[str, dict[str, float]]:
-    """In a fresh process: the subnet's run times (ms by statistic) in each form of `FORMS`."""
-    import torch
-
-    from hwnas.export.deploy import session
-    from hwnas.latency.backends import OnnxRuntimeBackend, steady_allocator
-    from hwnas.latency.modules import torch_deploy_copy
-    from hwnas.latency.protocol import plain_loop
-    from hwnas.supernet import Supernet, extract_subnet
-
-    torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    arch = ArchConfig.from_dict(arch_json)
-    subnet = extract_subnet(Supernet(SearchSpaceConfig(**space_json)), arch).eval()
-    tokens = torch.randint(0, subnet.dims.vocab_size, (batch, seq))
-
-    def stats(m) -> dict[str, float]:
-        return {s: 1e3 * m.value(s) for s in STATS}
-
-    out = {}
-    deployed = torch_deploy_copy(subnet, "cpu").eval()
-    with torch.inference_mode():
-        out["torch ordinary"] = stats(plain_loop(lambda: deployed(tokens)))
-    sess = session(OnnxRuntimeBackend("cpu", threads).to_onnx(subnet, (tokens,)), threads)
-    feeds = {sess.get_inputs()[0].name: tokens.numpy()}
-    out["onnxruntime"] = stats(plain_loop(lambda: sess.run(None, feeds)))
-    steady_allocator()
-    with torch.inference_mode():
-        out["torch pinned"] = stats(plain_loop(lambda: deployed(tokens)))
-    return out
 
 
 def main() -> None:
     from scipy.stats import kendalltau
 
     from hwnas.latency.build import heldout_archs, load_table
-    from hwnas.search_space.isolate import run_isolated
     from hwnas.search_space.progress import progress_bar
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -111,7 +73,7 @@ def main() -> None:
         retest = archs[:args.retest]
         with progress_bar("held-out subnets, each in a fresh process", len(archs) + len(retest), unit="subnet") as advance:
             for i, arch in enumerate(archs + retest):
-                truth.append(run_isolated(time_as_a_user, space_cfg.model_dump(mode="json"), arch.to_dict(), batch, seq, threads, i))
+                truth.append(user_latency(space_cfg.model_dump(mode="json"), arch.to_dict(), FORMS, batch, seq, threads, i))
                 advance(1)
         seconds = time.perf_counter() - t0
         truth, again = truth[:len(archs)], truth[len(archs):]
@@ -154,7 +116,7 @@ def main() -> None:
         "| form timed | median | p90 | min | measured p90 / median (median over subnets) |",
         "| --- | --- | --- | --- | --- |",
         *rows, "",
-        "torch ordinary: the deployment form in a process that changed no setting; torch pinned: the same after "
+        "torch: the deployment form in a process that changed no setting; torch pinned: the same after "
         "`steady_allocator()` (what the tables' process and `hwnas.export.load` apply); onnxruntime: the form its table "
         "times, in a plain session. Target (issue 24): >= 95% within 10% of the median, tau >= 0.9.",
     ]

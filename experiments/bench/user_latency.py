@@ -66,7 +66,7 @@ def main() -> None:
     if args.saved:
         doc = json.loads(saved.read_text())
         archs = [ArchConfig.from_dict(a) for a in doc["archs"]]
-        truth, again, seconds = doc["truth"], doc["again"], doc["seconds"]
+        truth, again, seconds, commit = doc["truth"], doc["again"], doc["seconds"], doc["commit"]
     else:
         truth: list[dict] = []
         t0 = time.perf_counter()
@@ -76,9 +76,9 @@ def main() -> None:
                 truth.append(user_latency(space_cfg.model_dump(mode="json"), arch.to_dict(), FORMS, batch, seq, threads, i))
                 advance(1)
         seconds = time.perf_counter() - t0
-        truth, again = truth[:len(archs)], truth[len(archs):]
+        truth, again, commit = truth[:len(archs)], truth[len(archs):], git_commit()
         atomic_write_text(saved, json.dumps({"archs": [a.to_dict() for a in archs], "truth": truth, "again": again,
-                                             "seconds": seconds}, indent=1))
+                                             "seconds": seconds, "commit": commit}, indent=1))
 
     rows, results = [], {}
     for form in FORMS:
@@ -104,7 +104,7 @@ def main() -> None:
         rows.append(f"| {form} | {cells} | {spread[form]:.2f} |")
     stamp = {k: tables["torch"].fingerprint.get(k) for k in ("torch", "onnxruntime")}
     body = [
-        f"`{command()}` (commit {git_commit()})", "",
+        f"`{command()}` (times measured at commit {commit})", "",
         f"Machine: {machine().split(',')[0]}, {os.cpu_count()} cores; {stamp}. Tables: `{run_dir}/latency/cpu-<backend>.json` "
         f"(headline statistic {first.statistic}, clock {first.protocol.clock}; built by `experiments/bench/latency_fidelity.py "
         f"--run-dir {run_dir}`, the wall clock with `latency: {{clock: wall}}` in its `--config`). {len(archs)} held-out subnets (seed {args.seed}, "

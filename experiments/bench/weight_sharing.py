@@ -201,6 +201,8 @@ def main() -> None:
                    "inherited weights alone (the same train section, lr --finetune-lr, warmup a tenth): a second signal, "
                    "ranked against stand-alone training in place of the inherited loss")
     p.add_argument("--finetune-lr", type=float, default=1e-3)
+    p.add_argument("--proxy", type=int, default=0, metavar="K", help="also rank the archs by K steps of stand-alone training "
+                   "from scratch (the first seed): the baseline a K-step fine-tune of inherited weights has to beat")
     p.add_argument("--jobs", type=int, default=2, help="stand-alone runs in parallel, one thread each")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
@@ -263,11 +265,19 @@ def main() -> None:
     seed_tau = float(np.mean([kendalltau(per_seed[a], per_seed[b]).statistic
                               for a in range(len(runs)) for b in range(a + 1, len(runs))])) if len(runs) > 1 else None
     gap = inh - sa
+    proxy = None
+    if args.proxy:
+        t1 = time.perf_counter()
+        short = np.array(trained_alone(args.config, cfg, args.proxy, corpus_dir, runs[0], args.jobs))
+        proxy = {"steps": args.proxy, "tau": float(kendalltau(short, sa).statistic), "tau_90": list(bootstrap_tau(short, sa, seed=args.seed)),
+                 "seconds": time.perf_counter() - t1}
+        print(f"{args.proxy} steps from scratch (one seed): Kendall tau {proxy['tau']:.3f} (90% {proxy['tau_90'][0]:.3f} to "
+              f"{proxy['tau_90'][1]:.3f})", flush=True)
     summary = json.loads((run_dir / "train" / "summary.json").read_text())
     result = {"variant": variant, "label": label, "steps": steps, "n": len(archs), "tau": tau, "tau_90": [lo, hi], "archs": arch_set,
               "alone_seeds": len(runs), "seed_tau": seed_tau,
               "tax_largest": float(gap[-1]), "tax_smallest": float(gap[0]), "mid_gap": float(gap[1:-1].mean()),
-              "train_seconds": summary["train_seconds"], "commit": git_commit()}
+              "train_seconds": summary["train_seconds"], "commit": git_commit(), **({"proxy": proxy} if proxy else {})}
     print(f"{label}, {arch_set}: tax largest {gap[-1]:+.3f}, smallest {gap[0]:+.3f} bits/byte; Kendall tau {tau:.3f} on {len(archs)} archs "
           f"(90% bootstrap {lo:.3f} to {hi:.3f}); stand-alone seed vs seed "
           f"{'n/a' if seed_tau is None else f'{seed_tau:.3f}'}; stand-alone runs {time.perf_counter() - t0:.0f} s")
@@ -295,6 +305,10 @@ def main() -> None:
     body += ["", f"A baseline any supernet should beat: ranking these {len(archs)} archs by FLOPs alone (more FLOPs, lower loss) "
              f"gives Kendall tau {flops_tau:.3f} against stand-alone training. Options measured and then removed from the code "
              "(no longer helpful) are reproduced at the commit in their row."]
+    proxies = {(r["archs"], r["proxy"]["steps"]): r["proxy"] for r in results.values() if r.get("proxy")}
+    body += [f"Baseline for a short per-arch signal ({archs_}): {k} steps of stand-alone training from scratch (one seed) "
+             f"rank them at Kendall tau {v['tau']:.3f} ({v['tau_90'][0]:.2f} to {v['tau_90'][1]:.2f})."
+             for (archs_, k), v in sorted(proxies.items())]
     body += ["", f"Latest ({label}): what each dimension costs, the largest arch with one choice changed (inherited bits/byte):", "",
              "| change | inherited | vs largest |", "| --- | --- | --- |"]
     body += [f"| {name} | {v:.3f} | {v - changes['largest']:+.3f} |" for name, v in changes.items()]

@@ -51,6 +51,8 @@ def main() -> None:
                    "fresh process: how well one such measurement repeats, the ceiling of any prediction")
     p.add_argument("--saved", action="store_true", help="score the times of the last run (<run-dir>/user-latency.json) "
                    "instead of timing again")
+    p.add_argument("--built", default="", metavar="TEXT", help="how the tables were built, when not quietly (e.g. 'with a "
+                   "memory-streaming neighbour'): named in the section's title, so each such run keeps a section of its own")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
 
@@ -122,7 +124,8 @@ def main() -> None:
     ]
     print("\n".join(body))
     if not args.no_write:
-        write_section(f"Latency as users measure it (fresh process, plain wall-clock loop), tables on the {first.protocol.clock} clock",
+        write_section(f"Latency as users measure it (fresh process, plain wall-clock loop), tables on the {first.protocol.clock} clock"
+                      + (f", built {args.built}" if args.built else ""),
                       "\n".join(body))
 
 

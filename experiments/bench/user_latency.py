@@ -40,7 +40,7 @@ STATS = ("median", "p90", "min")
 def main() -> None:
     from scipy.stats import kendalltau
 
-    from hwnas.latency.build import heldout_archs, load_table
+    from hwnas.latency.build import heldout_archs, load_table, table_path
     from hwnas.search_space.progress import progress_bar
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,8 +59,11 @@ def main() -> None:
     run_dir = Path(args.run_dir)
     space_cfg = SearchSpaceConfig(**json.loads((run_dir / "run.json").read_text())["search_space"])
     space = SearchSpace(space_cfg)
-    tables = {b: load_table(run_dir, "cpu", b, space=space) for b in ("torch", "onnxruntime")}
-    first = tables["torch"]
+    tables = {b: load_table(run_dir, "cpu", b, space=space) for b in ("torch", "onnxruntime") if table_path(run_dir, "cpu", b).exists()}
+    if not tables:
+        sys.exit(f"{run_dir}: no cpu-torch or cpu-onnxruntime latency table; build them first (experiments/bench/latency_fidelity.py)")
+    forms = [f for f in FORMS if (f if f == "onnxruntime" else "torch") in tables]
+    first = next(iter(tables.values()))
     batch, seq, threads = first.workload["batch_size"], first.workload["seq_len"], first.fingerprint.get("threads", 1)
     seen = {k for t in tables.values() for k in t.calibration}
     archs = heldout_archs(space, args.n, args.seed, exclude=seen)
@@ -75,15 +78,16 @@ def main() -> None:
         retest = archs[:args.retest]
         with progress_bar("held-out subnets, each in a fresh process", len(archs) + len(retest), unit="subnet") as advance:
             for i, arch in enumerate(archs + retest):
-                truth.append(user_latency(space_cfg.model_dump(mode="json"), arch.to_dict(), FORMS, batch, seq, threads, i))
+                truth.append(user_latency(space_cfg.model_dump(mode="json"), arch.to_dict(), forms, batch, seq, threads, i))
                 advance(1)
         seconds = time.perf_counter() - t0
         truth, again, commit = truth[:len(archs)], truth[len(archs):], git_commit()
         atomic_write_text(saved, json.dumps({"archs": [a.to_dict() for a in archs], "truth": truth, "again": again,
                                              "seconds": seconds, "commit": commit}, indent=1))
 
+    forms = [f for f in forms if f in truth[0]]  # a saved run: the forms it timed
     rows, results = [], {}
-    for form in FORMS:
+    for form in forms:
         table = tables["onnxruntime" if form == "onnxruntime" else "torch"]
         for stat in STATS:
             t = table.for_statistic(stat)
@@ -92,7 +96,7 @@ def main() -> None:
             rel = pred / meas - 1
             results[(form, stat)] = {"within_10pct": float(np.mean(np.abs(rel) <= 0.10)), "tau": float(kendalltau(pred, meas).statistic),
                                      "median_rel_pct": float(100 * np.median(rel))}
-    spread = {form: float(np.median([m[form]["p90"] / m[form]["median"] for m in truth])) for form in FORMS}
+    spread = {form: float(np.median([m[form]["p90"] / m[form]["median"] for m in truth])) for form in forms}
 
     def repeat(form: str, stat: str) -> str:  # the second measurement against the first, within 10%
         if not again:
@@ -100,11 +104,11 @@ def main() -> None:
         rel = np.array([b[form][stat] / a[form][stat] - 1 for a, b in zip(truth, again, strict=False)])
         return f"{100 * np.mean(np.abs(rel) <= 0.10):.0f}%"
 
-    for form in FORMS:
+    for form in forms:
         cells = " | ".join(f"{100 * results[(form, s)]['within_10pct']:.0f}% / {results[(form, s)]['tau']:.3f} / "
                            f"{results[(form, s)]['median_rel_pct']:+.1f}% / {repeat(form, s)}" for s in STATS)
         rows.append(f"| {form} | {cells} | {spread[form]:.2f} |")
-    stamp = {k: tables["torch"].fingerprint.get(k) for k in ("torch", "onnxruntime")}
+    stamp = {k: first.fingerprint.get(k) for k in ("torch", "onnxruntime")}
     body = [
         f"`{command()}` (times measured at commit {commit})", "",
         f"Machine: {machine().split(',')[0]}, {os.cpu_count()} cores; {stamp}. Tables: `{run_dir}/latency/cpu-<backend>.json` "

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-WARMUP, RUNS = 30, 200
+from hwnas.latency.userview import RUNS, WARMUP  # timed as `latency.userview` times subnets
 
 
 def fresh_latency(folder: Path, onnx_file: str | None, threads: int, batch_size: int, seq_len: int, seed: int,

@@ -224,22 +224,24 @@ def _measure_latency(run_dir: Path, arch: ArchConfig, subnet: Subnet, form, fp32
                 "table": str(table_path(run_dir, "cpu", backend).relative_to(run_dir)) if table else None}
         if backend == "torch":
             m = TorchBackend("cpu", threads).measure(subnet, (tokens,), protocol)
-            rows.append({**base, "model": "model.safetensors (torch eager; 8/4-bit layers on int8/int4 kernels)", "predicted_ms": predicted,
+            rows.append({**base, "model": "model.safetensors (torch eager; 8/4-bit layers on int8/int4 kernels)", "file": "model.safetensors", "predicted_ms": predicted,
                          **spread, **_timed(m, stat)})
             continue
         arch_bits = quantized_weights(form)  # what the latency table times: 16-bit layers stay fp32
-        models = [("model.onnx (fp32)", fp32, not arch_bits),
-                  ("model.int8.onnx", int8, bool(arch_bits) and low_bit_weights(form, cfg.full_precision_layers) == arch_bits)]
+        # (label, model, the file it is written to, whether it is the form the table times)
+        models = [("model.onnx (fp32)", fp32, "model.onnx", not arch_bits),
+                  ("model.int8.onnx", int8, "model.int8.onnx",
+                   bool(arch_bits) and low_bit_weights(form, cfg.full_precision_layers) == arch_bits)]
         if predicted is not None and not any(match for *_, match in models):
             table_form = OnnxRuntimeBackend("cpu", threads, int4_block_size=cfg.int4_block_size).to_onnx(subnet.cpu().eval(), (tokens,))
-            models.append(("arch's own bits (the table's form)", table_form, True))
-        for label, model, match in models:
+            models.append(("arch's own bits (the table's form)", table_form, None, True))
+        for label, model, file, match in models:
             sess = session(model, threads)
             feeds = {sess.get_inputs()[0].name: tokens.numpy()}
             with fixed_threads(threads):
                 m = measure(lambda s=sess, f=feeds: s.run(None, f), protocol)
-            rows.append({**base, "model": label, "predicted_ms": predicted if match else None, **(spread if match else {}),
-                         **_timed(m, stat)})
+            rows.append({**base, "model": label, "file": file, "predicted_ms": predicted if match else None,
+                         **(spread if match else {}), **_timed(m, stat)})
     for row in rows:
         p = row["predicted_ms"]
         row["measured_over_predicted"] = row["measured_ms"] / p if p else None
@@ -371,16 +373,14 @@ def _add_fresh(latency: dict[str, Any], folder: Path, cfg: ExportConfig) -> None
     from .fresh import fresh_latency
 
     rows = latency["rows"]
-    files = {"model.onnx (fp32)": "model.onnx", "model.int8.onnx": "model.int8.onnx"}
-    ort = next((files[r["model"]] for r in rows if r["backend"] == "onnxruntime" and r["model"] in files
-                and r["predicted_ms"] is not None), None)
+    # the row of each backend whose model the table predicts; for ONNX Runtime only if a written file is that model
+    timed = {r["backend"]: r for r in rows if r["predicted_ms"] is not None and (r["backend"] == "torch" or r.get("file"))}
+    ort = timed["onnxruntime"]["file"] if "onnxruntime" in timed else None
     first = rows[0]
     fresh = fresh_latency(folder, ort, first["threads"], first["batch_size"], first["seq_len"], cfg.seed,
                           max_seconds=cfg.latency_max_seconds or 20.0)
-    for backend in ("torch", "onnxruntime"):
-        row = next((r for r in rows if r["backend"] == backend and r["predicted_ms"] is not None
-                    and (backend == "torch" or files.get(r["model"]) == ort)), None)
-        if backend in fresh and row is not None:
+    for backend, row in timed.items():
+        if backend in fresh:
             for stat in ("median", "p90"):
                 predicted = row.get(f"predicted_{stat}_ms")
                 fresh[backend][f"predicted_{stat}_ms"] = predicted

@@ -92,7 +92,7 @@ def fidelity_report(space: SearchSpace, cfg: LatencyConfig, table: LatencyTable,
     again = measurer.measure_archs(archs[:retest_n]) if retest_n and archs else {}
     seconds = time.perf_counter() - t0
     report = summarize(rows, table, seconds, loads)
-    report["by_statistic"] = by_statistic(table, archs, cache, again)
+    report["by_statistic"] = by_statistic(by_stat, archs, cache, again)
     report["retest"] = report["by_statistic"][table.statistic].get("retest")
     report["speed"] = speed_report(table, archs, cache, speed, cfg.speed_tolerance)
     if cfg.n_user_view and table.device == "cpu":
@@ -123,11 +123,10 @@ def fidelity_report_fresh(space_config, cfg: LatencyConfig, run_dir: str | Path,
 
 
 def _row(space: SearchSpace, table: LatencyTable, arch: ArchConfig, measured: Measurement,
-         by_stat: dict[str, LatencyTable] | None = None) -> dict[str, Any]:
-    """One held-out subnet: measured and predicted ms on the table's statistic, and on each other
+         by_stat: dict[str, LatencyTable]) -> dict[str, Any]:
+    """One held-out subnet: measured and predicted ms on the table's statistic, and on each
     (`by_stat`: the table for each statistic, `LatencyTable.for_statistic`)."""
     seq = table.workload["seq_len"]
-    by_stat = by_stat or {table.statistic: table}
     return {
         "arch": arch.key(),
         "measured_ms": measured.value(table.statistic) * 1e3,
@@ -175,14 +174,13 @@ def summarize(rows: list[dict[str, Any]], table: LatencyTable, seconds: float = 
     }
 
 
-def by_statistic(table: LatencyTable, archs: list[ArchConfig], measured: dict[str, Measurement],
+def by_statistic(by_stat: dict[str, LatencyTable], archs: list[ArchConfig], measured: dict[str, Measurement],
                  again: dict[str, Measurement]) -> dict[str, dict[str, Any]]:
-    """The table scored on each statistic of the run times (median, p90, p10, min), with the
-    correction fitted on that statistic of the calibration subnets, against the same statistic of
-    the held-out measurements; with `again` (second measurements of some of them) the retest on it."""
+    """The table scored on each statistic of the run times (`by_stat`: the table for each, with
+    the correction fitted on that statistic of the calibration subnets) against the same statistic
+    of the held-out measurements; with `again` (second measurements of some of them) the retest on it."""
     out = {}
-    for stat in STATISTICS:
-        t = table.for_statistic(stat)
+    for stat, t in by_stat.items():
         truth = np.array([measured[a.key()].value(stat) for a in archs]) * 1e3
         entry: dict[str, Any] = {"prediction": error_metrics(np.array([t.predict_ms(a) for a in archs]), truth)}
         if again:

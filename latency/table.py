@@ -111,7 +111,8 @@ class LatencyTable:
     reference: ArchConfig | None = None  # the speed reference subnet, timed in every window
     speed_windows: list[SpeedWindow] = field(default_factory=list)  # the reference's time in each window
     window_of: dict[str, int] = field(default_factory=dict)  # piece or calibration key -> its window
-    corrections: dict[str, Correction | None] = field(default_factory=dict)  # statistic -> its correction (None: the sum)
+    # each other statistic -> its correction (None: the plain sum); the table's own is `correction`
+    corrections: dict[str, Correction | None] = field(default_factory=dict)
     _factors: dict[str, list[float]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # --- speed -----------------------------------------------------------------------------------
@@ -231,13 +232,10 @@ class LatencyTable:
         return self.correction
 
     def fit_corrections(self) -> None:
-        """Fit a correction on each statistic of the calibration subnets (`fit_correction`), kept in
-        `corrections`; the table's own statistic's stays `correction`, with its fit in `meta`."""
-        for stat in STATISTICS:
-            if stat != self.statistic:
-                other = replace(self, statistic=stat)
-                self.corrections[stat] = other.fit_correction()
-        self.corrections[self.statistic] = self.fit_correction()
+        """Fit a correction on each statistic of the calibration subnets (`fit_correction`): the
+        table's own statistic's is `correction` (its fit in `meta`), the others' `corrections`."""
+        self.corrections = {stat: replace(self, statistic=stat).fit_correction() for stat in STATISTICS if stat != self.statistic}
+        self.fit_correction()
 
     def for_statistic(self, statistic: str) -> LatencyTable:
         """The table predicting `statistic` of the run times (median, p90, p10, min), with the

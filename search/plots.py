@@ -26,6 +26,12 @@ def _save_html(fig, path: Path) -> None:
         fig.write_html(str(tmp), include_plotlyjs=True, full_html=True)
 
 
+def flat(name: str) -> str:
+    """`name` with the runtime's slash and the statistic's colon as underscores: a file name, or a W&B
+    key that a slash would nest into panels."""
+    return name.replace("/", "_").replace(":", "_")
+
+
 def front_plots(candidates: list[dict[str, Any]], front: list[dict[str, Any]], names: list[str], out_dir: Path) -> list[Path]:
     """One 2-D scatter per pair of objectives: all candidates in grey, the front highlighted."""
     import plotly.graph_objects as go
@@ -34,7 +40,7 @@ def front_plots(candidates: list[dict[str, Any]], front: list[dict[str, Any]], n
     pairs = list(combinations(range(len(names)), 2)) or [(0, 0)]
     for i, j in pairs:
         x, y = names[i], names[j]
-        stem = f"front_{x}_vs_{y}".replace("@", "_at_").replace("/", "_").replace(":", "_")
+        stem = flat(f"front_{x}_vs_{y}").replace("@", "_at_")
         fig, ax = plt.subplots(figsize=(6, 4.5))
         ax.scatter([c[x] for c in candidates], [c[y] for c in candidates], s=6, c="0.75", label=f"candidates ({len(candidates)})")
         fr = sorted(front, key=lambda c: c[x])

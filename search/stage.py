@@ -33,32 +33,36 @@ from .linas import LinasSettings, linas_search
 from .objectives import LATENCY_STATISTICS, ObjectiveSet, build_objectives
 from .optuna_engine import OptunaEngine, default_storage
 from .pareto import SEARCH_FILES, ParetoFront, read_front, read_validation
-from .plots import front_plots, hypervolume_plot, validation_plots
+from .plots import flat, front_plots, hypervolume_plot, validation_plots
 
 
-def latency_error(run_dir: Path, device: str, backend: str, statistic: str = "median") -> float | None:
-    """The table's relative RMSE on held-out subnets for `statistic` of the run times, from its
-    fidelity report (None if absent, or if the report predates per-statistic rows and scored
-    another statistic)."""
+def latency_errors(run_dir: Path, device: str, backend: str) -> dict[str, float | None]:
+    """The table's relative RMSE on held-out subnets for each statistic of the run times, from its
+    fidelity report (read once): None where the report is absent, or predates per-statistic rows
+    and scored another statistic."""
     path = run_dir / "latency" / f"fidelity-{device}-{backend}.json"
     if not path.exists():
-        return None
+        return dict.fromkeys(LATENCY_STATISTICS)
     Manifest.of(run_dir, "latency").verify(path.name)
     report = read_json(path, "latency fidelity report", f"run `{RUN_FOLDERS['latency']}`")
     rows = report.get("rows") or []
-    keys = (f"predicted_{statistic}_ms", f"measured_{statistic}_ms")
-    if rows and keys[0] not in rows[0]:  # a report of an earlier format: only the table's own statistic
-        if report.get("statistic", "median") != statistic:
-            return None
-        keys = ("predicted_ms", "measured_ms")
-    try:
-        rel = np.array([r[keys[0]] / r[keys[1]] - 1 for r in rows], dtype=float)
-    except (KeyError, TypeError, ZeroDivisionError):
-        rel = np.array([np.nan])
-    if not np.isfinite(rel).all():
-        raise ArtifactError(f"{path}: rows: {keys[0]} / {keys[1]} are not positive numbers; "
-                            f"run `{RUN_FOLDERS['latency']}` to write it again")
-    return float(np.sqrt(np.mean(rel**2))) if rows else None
+    out: dict[str, float | None] = {}
+    for stat in LATENCY_STATISTICS:
+        keys = (f"predicted_{stat}_ms", f"measured_{stat}_ms")
+        if rows and keys[0] not in rows[0]:  # a report of an earlier format: only the table's own statistic
+            if report.get("statistic", "median") != stat:
+                out[stat] = None
+                continue
+            keys = ("predicted_ms", "measured_ms")
+        try:
+            rel = np.array([r[keys[0]] / r[keys[1]] - 1 for r in rows], dtype=float)
+        except (KeyError, TypeError, ZeroDivisionError):
+            rel = np.array([np.nan])
+        if not np.isfinite(rel).all():
+            raise ArtifactError(f"{path}: rows: {keys[0]} / {keys[1]} are not positive numbers; "
+                                f"run `{RUN_FOLDERS['latency']}` to write it again")
+        out[stat] = float(np.sqrt(np.mean(rel**2))) if rows else None
+    return out
 
 
 def latency_tables(space: SearchSpace, cfg: SearchConfig, run_dir: Path) -> dict[str, Any]:
@@ -87,7 +91,7 @@ def load_objectives(space: SearchSpace, cfg: SearchConfig, run_dir: Path) -> Obj
                                  f"run `{RUN_FOLDERS['predictors']}`")
         predictor = load_predictor(run_dir / "predictors")
     tables = latency_tables(space, cfg, run_dir)
-    errors = {f"{t}:{stat}": latency_error(run_dir, *t.split("/"), stat) for t in tables for stat in LATENCY_STATISTICS}
+    errors = {f"{t}:{stat}": e for t in tables for stat, e in latency_errors(run_dir, *t.split("/")).items()}
     if "loss" in needs and cfg.engine == "linas":
         predictor = RealLoss(space, run_dir)
     return build_objectives(cfg.objectives, cfg.constraints, space, predictor, tables, errors, cfg.risk)
@@ -327,7 +331,7 @@ def log_search(tracker, front: ParetoFront, validation: list[dict[str, Any]], fi
     logs: dict[str, Any] = {"search/candidates": table, "search/front": front_table}
     for i in range(len(names)):
         for j in range(i + 1, len(names)):
-            key = f"front_{names[i]}_vs_{names[j]}".replace("/", "_").replace(":", "_")  # a slash would nest W&B's panels
+            key = flat(f"front_{names[i]}_vs_{names[j]}")
             logs[f"search/{key}"] = wandb.plot.scatter(front_table, names[i], names[j],
                                                                                  title=f"front: {names[j]} vs {names[i]}")
     if choices:

@@ -393,3 +393,21 @@ def test_design_choice_report_counts_the_front_against_the_space():
     assert rows["weight_bits", "16"]["latency_ms"]["cpu/onnxruntime"] == pytest.approx(16 * base.depth)
     text = choices_markdown(report)
     assert "| weight_bits | 4 | 100% | 100% |" in text and "latency@cpu/onnxruntime ms" in text
+
+
+def test_latency_errors_come_per_statistic_from_one_fidelity_report(tmp_path):
+    from hwnas.search.stage import latency_errors
+    from hwnas.search_space.manifest import RUN_FOLDERS, Manifest
+
+    out = tmp_path / "latency"
+    out.mkdir()
+    rows = [{"predicted_median_ms": 1.1, "measured_median_ms": 1.0, "predicted_p90_ms": 2.0, "measured_p90_ms": 2.0,
+             "predicted_p10_ms": 0.9, "measured_p10_ms": 1.0, "predicted_min_ms": 0.8, "measured_min_ms": 1.0}] * 3
+    Manifest(out, RUN_FOLDERS["latency"]).write_json("fidelity-cpu-torch.json", {"statistic": "median", "rows": rows})
+    got = latency_errors(tmp_path, "cpu", "torch")
+    assert got == pytest.approx({"median": 0.1, "p90": 0.0, "p10": 0.1, "min": 0.2})
+    # a report of the earlier format scored only its own statistic
+    old = [{"predicted_ms": 1.5, "measured_ms": 1.0}] * 2
+    Manifest(out, RUN_FOLDERS["latency"]).write_json("fidelity-cpu-onnxruntime.json", {"statistic": "min", "rows": old})
+    assert latency_errors(tmp_path, "cpu", "onnxruntime") == pytest.approx({"median": None, "p90": None, "p10": None, "min": 0.5})
+    assert latency_errors(tmp_path, "cuda", "torch") == dict.fromkeys(("median", "p90", "p10", "min"))

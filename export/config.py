@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from hwnas.search_space.config import (
+from hwnas.core.config import (
     MAX_BATCH,
     MAX_INT4_BLOCK,
     MAX_PICK,

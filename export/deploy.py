@@ -37,9 +37,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from hwnas.core.errors import HwnasError
 from hwnas.latency.backends import quantize_onnx, quantized_weights
 from hwnas.latency.modules import DeployAttention, DeployFFN, DeployNorm
-from hwnas.search_space.errors import HwnasError
 from hwnas.supernet import ops
 from hwnas.supernet.subnet import FFN, Attention, Norm, Subnet
 

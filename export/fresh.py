@@ -20,7 +20,7 @@ def fresh_latency(folder: Path, onnx_file: str | None, threads: int, batch_size:
                   max_seconds: float = 20.0) -> dict[str, Any]:
     """`_fresh_latency` in a freshly spawned process: nothing this process allocated or tuned
     (allocator, threads, caches) carries over."""
-    from hwnas.search_space.isolate import run_isolated
+    from hwnas.core.isolate import run_isolated
 
     return run_isolated(_fresh_latency, Path(folder), onnx_file, threads, batch_size, seq_len, seed, max_seconds)
 

@@ -20,8 +20,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from hwnas.core.errors import HwnasError
 from hwnas.search.objectives import Constraint, ObjectiveError, latency_target, resolve_name, same_latency
-from hwnas.search_space.errors import HwnasError
 
 RULE_FORM = "'min|max <objective> [where <constraint> [and <constraint> ...]]'"
 _OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}

@@ -37,11 +37,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from hwnas.core.manifest import EXPORT_COMMAND, Manifest
+from hwnas.core.progress import progress_bar
+from hwnas.core.rundir import stage_lock
 from hwnas.search.pareto import read_front, read_validation
 from hwnas.search_space import ArchConfig, SearchSpace, SearchSpaceConfig
-from hwnas.search_space.manifest import EXPORT_COMMAND, Manifest
-from hwnas.search_space.progress import progress_bar
-from hwnas.search_space.rundir import stage_lock
 from hwnas.supernet.checkpoint import check_finite, read_meta
 from hwnas.supernet.config import TrainConfig
 from hwnas.supernet.data import Corpus
@@ -172,8 +172,8 @@ def measure_latency(run_dir: Path, arch: ArchConfig, subnet: Subnet, form, fp32,
                     block_size: int) -> dict[str, Any]:
     """`_measure_latency` in a freshly spawned process: the export has evaluated and exported
     models in this one, and a process with that history times the same model slower
-    (`search_space.isolate`)."""
-    from hwnas.search_space.isolate import run_isolated
+    (`core.isolate`)."""
+    from hwnas.core.isolate import run_isolated
 
     return run_isolated(_measure_latency, run_dir, arch, subnet, form, fp32, int8, cfg, block_size)
 

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hwnas.core.io import read_json
+from hwnas.core.manifest import EXPORT_COMMAND, NAME, Manifest
 from hwnas.search_space import ArchConfig, ArchError, ModelDims
-from hwnas.search_space.io import read_json
-from hwnas.search_space.manifest import EXPORT_COMMAND, NAME, Manifest
 from hwnas.supernet.subnet import Subnet, load_subnet
 
 from .deploy import ExportError

@@ -11,8 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from hwnas.search_space import ConfigError, HwnasError
-from hwnas.search_space.config import MAX_PICK, MAX_SEED, MAX_STEPS, MAX_WORKERS
+from hwnas.core.config import MAX_PICK, MAX_SEED, MAX_STEPS, MAX_WORKERS
+from hwnas.core.errors import ConfigError, HwnasError
 
 MAX_SAMPLES = 10**4  # random archs `hwnas space` prints, one table row each
 
@@ -44,7 +44,7 @@ def _pick(text: str) -> str:
 
 def _check_folder(path: str | Path, what: str) -> None:
     """Refuse, before any work, a folder a command would write that cannot be written."""
-    from hwnas.search_space.io import unwritable
+    from hwnas.core.io import unwritable
 
     why = unwritable(path, folder=True)
     if why:

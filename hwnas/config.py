@@ -14,12 +14,13 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 from yaml.constructor import ConstructorError
 
+from hwnas.core.config import Section, Seed, field_error
+from hwnas.core.errors import ConfigError
 from hwnas.export.config import ExportConfig
 from hwnas.latency.config import LatencyConfig
 from hwnas.predictors.config import PredictorsConfig
 from hwnas.search.config import SearchConfig
-from hwnas.search_space import ConfigError, SearchSpaceConfig
-from hwnas.search_space.config import Section, Seed, field_error
+from hwnas.search_space import SearchSpaceConfig
 from hwnas.supernet.config import TrainConfig
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -134,9 +135,9 @@ class ExperimentConfig(Section):
 
     def check_run_dir(self, run_dir: str | Path | None = None) -> None:
         """Refuse a run directory (default: this config's) that belongs to another experiment or is
-        not a run directory (`search_space.rundir`); writes nothing (each stage records the owner
+        not a run directory (`core.rundir`); writes nothing (each stage records the owner
         when it starts writing)."""
-        from hwnas.search_space.rundir import claim_run_dir
+        from hwnas.core.rundir import claim_run_dir
 
         claim_run_dir(run_dir or self.run_path, self.search_space.model_dump(mode="json"), self.seed, self.name, write=False)
 

@@ -1,7 +1,7 @@
 """`hwnas run`: train -> latency -> predictors -> search -> export in one run directory.
 
 A stage whose outputs are complete, intact (each listed unchanged in its folder's manifest, see
-`search_space.manifest`) and were made from the same config section is skipped; an interrupted
+`core.manifest`) and were made from the same config section is skipped; an interrupted
 stage resumes (each stage keeps its own resumable state: training checkpoints,
 partial latency tables, appended evaluation records, the Optuna study). `<run_dir>/pipeline.json`
 records, per finished stage, a hash of the config it ran with; changing a section re-runs that
@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hwnas.search_space import HwnasError
-from hwnas.search_space.io import atomic_write_json
-from hwnas.search_space.manifest import EXPORT_COMMAND, Manifest
+from hwnas.core.errors import HwnasError
+from hwnas.core.io import atomic_write_json
+from hwnas.core.manifest import EXPORT_COMMAND, Manifest
 
 from .config import ExperimentConfig
 
@@ -91,7 +91,7 @@ class Pipeline:
 
         def runner(name: str) -> Callable[[], dict[str, Any] | None]:
             # a fresh process per stage: timings do not inherit an earlier stage's state
-            from hwnas.search_space.isolate import run_isolated
+            from hwnas.core.isolate import run_isolated
 
             return lambda: run_isolated(run_stage, cfg, name, self.progress)
 

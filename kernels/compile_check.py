@@ -43,25 +43,25 @@ def _jobs(all_configs: bool, quick: bool = False):
              "eps": "fp32"}
         for kind, name in enumerate(N.KINDS):
             for block_d in (1024,) if quick else (64, 1024, 8192):
-                for cfg in pick(N._prune(N._configs(), {}, BLOCK_D=block_d)):
-                    jobs.append((f"norm {name} {dt} d<={block_d}", N._norm_fwd, t,
+                for cfg in pick(N.prune_configs(N.autotune_configs(), {}, BLOCK_D=block_d)):
+                    jobs.append((f"norm {name} {dt} d<={block_d}", N.norm_fwd_kernel, t,
                                  {"KIND": kind, "HAS_RES": True, "HAS_BIAS": name != "rmsnorm", "BLOCK_D": block_d}, cfg, ()))
         t = {"A": f"*{dt}", "B": f"*{dt}", "C": f"*{dt}", "BIAS": f"*{dt}"}
-        configs = union(*(L._prune(L._configs(), {"M": m}, PRECISION=prec) for m in (16, 4096)))
+        configs = union(*(L.prune_configs(L.autotune_configs(), {"M": m}, PRECISION=prec) for m in (16, 4096)))
         for cfg in pick(configs):
-            jobs.append((f"elastic linear {dt}", L._matmul, t, {"HAS_BIAS": True, "PRECISION": prec, "DOT_FP32": False},
+            jobs.append((f"elastic linear {dt}", L.matmul_kernel, t, {"HAS_BIAS": True, "PRECISION": prec, "DOT_FP32": False},
                          cfg, ("sak", "sbk", "scn")))  # the forward's layout: x rows, weight rows (read as W.T)
         for bits in (8, 4):
             t = {"X": f"*{dt}", "Q": "*i8" if bits == 8 else "*u8", "S": "*fp32", "Y": f"*{dt}"}
             x = torch.empty(0, dtype=torch.float32 if dt == "fp32" else torch.bfloat16)
-            configs = union(*(Q._prune(Q._configs(), {"M": m, "X": x}) for m in (1, 64, 4096)))
+            configs = union(*(Q.prune_configs(Q.autotune_configs(), {"M": m, "X": x}) for m in (1, 64, 4096)))
             for cfg in pick(configs):
-                jobs.append((f"int{bits} matmul {dt}", Q._wq_matmul, t, {"BITS": bits, "DOT_FP32": False}, cfg,
+                jobs.append((f"int{bits} matmul {dt}", Q.wq_matmul_kernel, t, {"BITS": bits, "DOT_FP32": False}, cfg,
                              ("sxk", "sqk", "syn")))
         t = {"Q": f"*{dt}", "K": f"*{dt}", "V": f"*{dt}", "Out": f"*{dt}", "eps": "fp32"}
         for block_d in (64,) if quick else (16, 64, 128):
-            for cfg in pick(A._prune(A._configs(), {}, BLOCK_D=block_d, PRECISION=prec)):
-                jobs.append((f"linear attention {dt} hs<={block_d}", A._linear_attention_fwd, t,
+            for cfg in pick(A.prune_configs(A.autotune_configs(), {}, BLOCK_D=block_d, PRECISION=prec)):
+                jobs.append((f"linear attention {dt} hs<={block_d}", A.linear_attention_fwd_kernel, t,
                              {"PRECISION": prec, "BLOCK_D": block_d}, cfg, ("sqd", "skd", "svd", "sod")))
     return jobs
 

@@ -16,14 +16,14 @@ import triton.language as tl
 from .triton_common import INTERPRETED, dot_precision, row_sum
 
 
-def _configs():
+def autotune_configs():
     if INTERPRETED:
         return [triton.Config({"BLOCK_C": 16, "BLOCK_V": 16}, num_warps=4)]
     return [triton.Config({"BLOCK_C": c, "BLOCK_V": bv}, num_warps=w, num_stages=2)
             for c in (16, 32) for bv in (16, 32, 64, 128) for w in (2, 4, 8)]
 
 
-def _prune(configs, named_args, **kwargs):
+def prune_configs(configs, named_args, **kwargs):
     """Keep value blocks no wider than the head, and tiles that fit in registers: fp32 elements a
     thread holds (state, q, k, scores, values, output) within a budget that ptxas meets without
     spilling on sm_90 (`python -m hwnas.kernels.compile_check --only "linear attention"`); 3xTF32
@@ -40,9 +40,9 @@ def _prune(configs, named_args, **kwargs):
     return kept or [min(fits or configs, key=per_thread)]
 
 
-@triton.autotune(configs=_configs(), key=["T", "HS", "BH", "PRECISION"], prune_configs_by={"early_config_prune": _prune})
+@triton.autotune(configs=autotune_configs(), key=["T", "HS", "BH", "PRECISION"], prune_configs_by={"early_config_prune": prune_configs})
 @triton.jit
-def _linear_attention_fwd(
+def linear_attention_fwd_kernel(
     Q, K, V, Out, T, HS, NH, BH,
     sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sob, soh, sot, sod,
     eps, PRECISION: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_V: tl.constexpr,
@@ -88,7 +88,7 @@ def linear_attention_forward(q, k, v, eps):
         return o
     block_d = max(16, triton.next_power_of_2(HS))
     grid = lambda meta: (B * NH, triton.cdiv(HS, meta["BLOCK_V"]))  # noqa: E731
-    _linear_attention_fwd[grid](
+    linear_attention_fwd_kernel[grid](
         q, k, v, o, T, HS, NH, B * NH, *q.stride(), *k.stride(), *v.stride(), *o.stride(), eps,
         PRECISION=dot_precision(q.dtype), BLOCK_D=block_d,
     )

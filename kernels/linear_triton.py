@@ -17,7 +17,7 @@ import triton.language as tl
 from .triton_common import INTERPRETED, dot_precision
 
 
-def _configs():
+def autotune_configs():
     if INTERPRETED:
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}, num_warps=4)]
     cfg = lambda m, n, k, s, w: triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8},  # noqa: E731
@@ -32,7 +32,7 @@ def _configs():
     ]
 
 
-def _prune(configs, named_args, **kwargs):
+def prune_configs(configs, named_args, **kwargs):
     """Drop row tiles far taller than M (decode shapes) and keep the skinny ones only for small M.
     3xTF32 (fp32 inputs) needs about twice the registers: keep at most 64 accumulator and 64 operand
     elements a thread, beyond which ptxas spills on sm_90 (`python -m hwnas.kernels.compile_check
@@ -50,9 +50,9 @@ def _prune(configs, named_args, **kwargs):
     return kept or [c for c in configs if fits(c)][-1:] or configs[-1:]
 
 
-@triton.autotune(configs=_configs(), key=["M", "N", "K", "PRECISION"], prune_configs_by={"early_config_prune": _prune})
+@triton.autotune(configs=autotune_configs(), key=["M", "N", "K", "PRECISION"], prune_configs_by={"early_config_prune": prune_configs})
 @triton.jit
-def _matmul(
+def matmul_kernel(
     A, B, C, BIAS, M, N, K,
     sam, sak, sag, sbk, sbn, sbg, scm, scn, scg,  # strides; *g: the group axis (program_id 1)
     HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, DOT_FP32: tl.constexpr,
@@ -96,7 +96,7 @@ def matmul(a, b, c, M, N, K, a_strides, b_strides, c_strides, groups=1, bias=Non
     if M == 0 or N == 0:
         return c
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), groups)  # noqa: E731
-    _matmul[grid](
+    matmul_kernel[grid](
         a, b, c, bias if bias is not None else c, M, N, K, *a_strides, *b_strides, *c_strides,
         HAS_BIAS=bias is not None, PRECISION=dot_precision(a.dtype), DOT_FP32=INTERPRETED,
     )

@@ -17,13 +17,13 @@ from .triton_common import INTERPRETED, row_sum
 KINDS = {"layernorm": 0, "rmsnorm": 1, "dyt": 2}
 
 
-def _configs():
+def autotune_configs():
     if INTERPRETED:  # one config: the interpreter runs every candidate, slowly
         return [triton.Config({"ROWS_PER_PROG": 4}, num_warps=4)]
     return [triton.Config({"ROWS_PER_PROG": m}, num_warps=w) for m in (1, 2, 4, 8, 16, 32, 64) for w in (2, 4, 8, 16)]
 
 
-def _prune(configs, named_args, **kwargs):
+def prune_configs(configs, named_args, **kwargs):
     """Keep tiles of up to 16K elements (at least 1K, or 64 narrow rows, or 1 wide row), with 4 to 32
     elements a thread: at least one 16-byte load of fp32, and few enough to stay in registers (64
     spill for DyT on sm_90: `python -m hwnas.kernels.compile_check --all-configs --only norm`)."""
@@ -55,10 +55,10 @@ def _tanh(x):
     return tl.where(x < 0, -y, y)
 
 
-@triton.autotune(configs=_configs(), key=["D", "ROWS_BUCKET", "KIND", "HAS_RES"],
-                 prune_configs_by={"early_config_prune": _prune})
+@triton.autotune(configs=autotune_configs(), key=["D", "ROWS_BUCKET", "KIND", "HAS_RES"],
+                 prune_configs_by={"early_config_prune": prune_configs})
 @triton.jit
-def _norm_fwd(
+def norm_fwd_kernel(
     X, R, W, B, A, Y, H,  # pointers: input, residual, weight, bias, alpha, output, residual sum
     n_rows, D, ROWS_BUCKET, stride_x, stride_r, stride_y, stride_h, eps,
     KIND: tl.constexpr, HAS_RES: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -120,7 +120,7 @@ def norm_forward(kind, x, weight, bias, alpha, d, residual, eps):
     block_d = triton.next_power_of_2(d)
     grid = lambda meta: (triton.cdiv(n, meta["ROWS_PER_PROG"]),)  # noqa: E731
     if n:
-        _norm_fwd[grid](
+        norm_fwd_kernel[grid](
             x2, r2 if r2 is not None else x2, weight, bias if bias is not None else weight,
             alpha if alpha is not None else weight, y, h if h is not None else y,
             n, d, triton.next_power_of_2(n), x2.stride(0), r2.stride(0) if r2 is not None else 0, y.stride(0),

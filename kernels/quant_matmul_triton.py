@@ -18,7 +18,7 @@ import triton.language as tl
 from .triton_common import INTERPRETED
 
 
-def _configs():
+def autotune_configs():
     if INTERPRETED:
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4)]
     cfg = lambda m, n, k, s, w: triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k},  # noqa: E731
@@ -32,7 +32,7 @@ def _configs():
     return decode + mid + large
 
 
-def _prune(configs, named_args, **kwargs):
+def prune_configs(configs, named_args, **kwargs):
     """Row tiles by M (16 for decode, 32/64 for small batches, 128 for prefill); for fp32 activations
     (split in three) at most 16 x 128 activation tiles, larger ones spill on sm_90."""
     M = named_args["M"]
@@ -43,9 +43,9 @@ def _prune(configs, named_args, **kwargs):
     return by_rows or configs[:1]
 
 
-@triton.autotune(configs=_configs(), key=["M", "N", "K", "BITS"], prune_configs_by={"early_config_prune": _prune})
+@triton.autotune(configs=autotune_configs(), key=["M", "N", "K", "BITS"], prune_configs_by={"early_config_prune": prune_configs})
 @triton.jit
-def _wq_matmul(
+def wq_matmul_kernel(
     X, Q, S, Y, M, N, K, sxm, sxk, sqn, sqk, sym, syn,
     BITS: tl.constexpr, DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -102,6 +102,6 @@ def quant_matmul_forward(x: torch.Tensor, qweight) -> torch.Tensor:
     if M and N:
         q = qweight.data
         grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, meta["BLOCK_M"]))  # noqa: E731
-        _wq_matmul[grid](x2, q, qweight.scale, y, M, N, K, x2.stride(0), x2.stride(1), q.stride(0), q.stride(1),
+        wq_matmul_kernel[grid](x2, q, qweight.scale, y, M, N, K, x2.stride(0), x2.stride(1), q.stride(0), q.stride(1),
                          y.stride(0), y.stride(1), BITS=qweight.bits, DOT_FP32=INTERPRETED)
     return y.view(*lead, N)

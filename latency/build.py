@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hwnas.core.isolate import run_isolated
+from hwnas.core.manifest import Manifest
+from hwnas.core.rundir import claim_run_dir, stage_lock
 from hwnas.search_space import ArchConfig, SearchSpace
-from hwnas.search_space.isolate import run_isolated
-from hwnas.search_space.manifest import Manifest
-from hwnas.search_space.rundir import claim_run_dir, stage_lock
 from hwnas.supernet.memory import check_fits
 
 from .backends import Backend, make_backend
@@ -232,7 +232,7 @@ def measure_in_fresh_process(space_config, cfg: LatencyConfig, run_dir: str | Pa
                              archs: list[ArchConfig]) -> dict[str, float]:
     """Seconds (the table's statistic) of each arch, timed end to end with the protocol, threads and
     workload of the run's table for `device`/`backend`, by a freshly spawned process (a process
-    that has trained or evaluated models times the same subnet slower; see `search_space.isolate`)."""
+    that has trained or evaluated models times the same subnet slower; see `core.isolate`)."""
     return run_isolated(_measure_table_statistic, space_config, cfg, str(run_dir), device, backend, list(archs))
 
 
@@ -397,7 +397,7 @@ def run_latency(space: SearchSpace, cfg: LatencyConfig, run_dir: str | Path, dev
                 strict: bool = False, progress: bool = True, seed: int | None = None, name: str | None = None) -> LatencyTable:
     """The `hwnas latency` stage for one device and backend: build or resume the table in the
     run directory and return it. `seed`, `name`: the experiment's (the run directory must belong
-    to it, `search_space.rundir`)."""
+    to it, `core.rundir`)."""
     check_stage(space, cfg, run_dir, [device], seed, name)
     with stage_lock(run_dir, "latency"):
         return build_in_run(space, cfg, run_dir, device, backend, strict, progress)

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from hwnas.core.io import atomic_write_json, atomic_write_text
+from hwnas.core.manifest import RUN_FOLDERS, Manifest
 from hwnas.search_space import ArchConfig, SearchSpace
-from hwnas.search_space.io import atomic_write_json, atomic_write_text
-from hwnas.search_space.manifest import RUN_FOLDERS, Manifest
 
 from .build import WINDOW_ARCHS, Measurer, heldout_archs, make_measurer, progress_bar, steady_window, windows
 from .config import LatencyConfig
@@ -117,7 +117,7 @@ def fidelity_report_fresh(space_config, cfg: LatencyConfig, run_dir: str | Path,
     """`fidelity_report` on the run's finished table, by a freshly spawned process that loads it
     from its file, as the search and the export later use it: the process that has just built the
     table times subnets a few percent off (2-4% on the build machine), a state of that process."""
-    from hwnas.search_space.isolate import run_isolated
+    from hwnas.core.isolate import run_isolated
 
     return run_isolated(_report_from_file, space_config, cfg, str(run_dir), device, backend, progress, wandb)
 
@@ -418,7 +418,7 @@ def plot_html(report: dict[str, Any], path: Path) -> None:
 def log_wandb(report: dict[str, Any], run_dir: Path, stem: str, out_dir: Path, mode: str = "offline") -> None:
     """Log the metrics (also to `<run_dir>/<stem>.jsonl`), the per-subnet table and the plot to a
     W&B run in the run dir (offline: sync later with `wandb sync`)."""
-    from hwnas.search_space.tracking import Tracker
+    from hwnas.core.tracking import Tracker
 
     config = {k: report[k] for k in ("device", "backend", "workload", "fingerprint", "correction", "n")}
     tracker = Tracker(run_dir, stem, mode=mode, config=config, job_type="latency")

@@ -143,7 +143,7 @@ def window_attention_blocks(q: Tensor, k: Tensor, v: Tensor, window: int) -> Ten
     vblk = F.pad(v, (0, 0, w, pad)).reshape(B * nh, n + 1, w, hs)
     kb = torch.cat([kblk[:, :-1], kblk[:, 1:]], dim=2)  # (B*nh, n, 2w, hs): block j-1 then j
     vb = torch.cat([vblk[:, :-1], vblk[:, 1:]], dim=2)
-    y = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=ops._window_mask(n, w, q.device))
+    y = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=ops.window_mask(n, w, q.device))
     return y.reshape(B, nh, n * w, hs)[:, :, :T]
 
 

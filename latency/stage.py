@@ -7,8 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hwnas.core.rundir import stage_lock
 from hwnas.search_space import SearchSpace, SearchSpaceConfig
-from hwnas.search_space.rundir import stage_lock
 
 from .build import build_in_run, check_stage
 from .config import LatencyConfig

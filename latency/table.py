@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from hwnas.core.io import ArtifactError, atomic_write_text, read_json
+from hwnas.core.manifest import RUN_FOLDERS, Manifest
 from hwnas.search_space import ArchConfig, ModelDims
-from hwnas.search_space.io import ArtifactError, atomic_write_text, read_json
-from hwnas.search_space.manifest import RUN_FOLDERS, Manifest
 
 from .errors import TableError
 from .fingerprint import check_fingerprint, device_fingerprint

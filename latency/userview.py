@@ -72,6 +72,6 @@ def user_latency(space_json: dict[str, Any], arch_json: dict[str, Any], forms: S
                  threads: int, seed: int, int4_block_size: int = 32) -> dict[str, dict[str, float]]:
     """`time_as_a_user` in a freshly spawned process: nothing this process built, allocated or
     tuned carries over."""
-    from hwnas.search_space.isolate import run_isolated
+    from hwnas.core.isolate import run_isolated
 
     return run_isolated(time_as_a_user, space_json, arch_json, list(forms), batch, seq, threads, seed, int4_block_size)

@@ -7,15 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from hwnas.search_space.config import (
-    MAX_BATCH,
-    MAX_BLOCK,
-    MAX_THREADS,
-    MAX_TOKENS,
-    Section,
-    Seed,
-    field_error,
-)
+from hwnas.core.config import MAX_BATCH, MAX_BLOCK, MAX_THREADS, MAX_TOKENS, Section, Seed, field_error
 
 ModelName = Literal["ridge", "svr", "rf", "et", "gbr", "mlp", "gp", "ensemble"]
 MODEL_NAMES: tuple[str, ...] = ("ridge", "svr", "rf", "et", "gbr", "mlp", "gp", "ensemble")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hwnas.search_space import HwnasError
+from hwnas.core.errors import HwnasError
 
 
 class PredictorError(HwnasError, ValueError):

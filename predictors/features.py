@@ -22,7 +22,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from hwnas.search_space import ArchConfig, ArchError, SearchSpace, SearchSpaceConfig
-from hwnas.search_space.space import LAYER_DIMS, _gene_value
+from hwnas.search_space.space import LAYER_DIMS, gene_value
 
 FEATURE_GROUPS = ("onehot", "counts", "ends", "cost")
 
@@ -130,14 +130,14 @@ class ArchFeaturizer(TransformerMixin, BaseEstimator):
         if "counts" in self.features:
             row += [float(arch.depth), float(arch.embed_dim)]
             for dim in LAYER_DIMS:
-                values = [_gene_value(layer, dim) for layer in arch.layers]
+                values = [gene_value(layer, dim) for layer in arch.layers]
                 row += [float(values.count(c)) for c in space.choices[dim]]
             row += [float(np.mean([getattr(layer, k) for layer in arch.layers])) for k in ("n_heads", "mlp_ratio", "weight_bits")]
         if "ends" in self.features:
             for layer in (arch.layers[0], arch.layers[-1]):
                 for dim in LAYER_DIMS:
                     if dim != "placement":
-                        value = _gene_value(layer, dim)
+                        value = gene_value(layer, dim)
                         row += [float(value == c) for c in space.choices[dim]]
         if "cost" in self.features:
             p = space.params(arch)

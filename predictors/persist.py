@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from hwnas.search_space.io import atomic_path, atomic_write_json
+from hwnas.core.io import atomic_path, atomic_write_json
 
 from .audit import ALLOWED, KEY_TYPES, audit_schema, check_loaded, one_line, read_schema
 from .errors import PredictorError

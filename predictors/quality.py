@@ -14,7 +14,7 @@ from sklearn.base import clone
 from sklearn.model_selection import KFold
 from sklearn.pipeline import Pipeline
 
-from hwnas.search_space.io import atomic_path, atomic_write_text
+from hwnas.core.io import atomic_path, atomic_write_text
 
 
 def quality_metrics(y_true: Any, y_pred: Any, y_std: Any | None = None, interval: float = 0.9) -> dict[str, float]:

@@ -19,9 +19,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hwnas.search_space import ArchConfig, ArchError, HwnasError
-from hwnas.search_space.io import atomic_write_text, file_lock
-from hwnas.search_space.manifest import Manifest
+from hwnas.core.errors import HwnasError
+from hwnas.core.io import atomic_write_text, file_lock
+from hwnas.core.manifest import Manifest
+from hwnas.search_space import ArchConfig, ArchError
 
 RECORD_FORMAT = 1
 

@@ -7,7 +7,7 @@ Everything goes to `<run_dir>/predictors/`:
     report.json / .md      CV scores of every candidate, held-out quality of each, the chosen one
     pred_vs_measured.png / .html
     predictor.skops / .json   the chosen predictor (no pickle) and what it is
-    manifest.json          size and sha256 of records, plan, report and predictor (`search_space.manifest`):
+    manifest.json          size and sha256 of records, plan, report and predictor (`core.manifest`):
                            the search refuses a predictor this stage did not finish writing
     metrics.jsonl, wandb/  the figures, logged (W&B offline by default)
 """
@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from hwnas.core.io import atomic_write_text
+from hwnas.core.manifest import Manifest
+from hwnas.core.rundir import claim_run_dir, stage_lock
 from hwnas.search_space import ArchConfig, SearchSpace, SearchSpaceConfig, legacy_seed
-from hwnas.search_space.io import atomic_write_text
-from hwnas.search_space.manifest import Manifest
-from hwnas.search_space.rundir import claim_run_dir, stage_lock
 from hwnas.supernet.memory import check_fits
 
 from . import quality as q
@@ -82,7 +82,7 @@ def evaluate_archs(archs: list[ArchConfig], store: RecordStore, context: EvalCon
         return 0
     import torch
 
-    from hwnas.search_space.progress import progress_bar
+    from hwnas.core.progress import progress_bar
     from hwnas.supernet.evaluate import evaluate
 
     model = model if model is not None else load_evaluated_supernet(run_dir, space_cfg, cfg)
@@ -151,7 +151,7 @@ def run_predictors(space_cfg: SearchSpaceConfig, cfg: PredictorsConfig, run_dir:
 
     `seed` is the experiment's seed (the config's `predictors.seed` overrides it). `on_record(i, rec)`
     is called after each newly evaluated subnet. `name`: the experiment's (the run directory must
-    belong to it, `search_space.rundir`)."""
+    belong to it, `core.rundir`)."""
     run_dir = Path(run_dir)
     check_fits(space_cfg, "evaluate", cfg.eval_batch_size, cfg.seq_len or space_cfg.block_size, "predictors.eval_batch_size")
     claim_run_dir(run_dir, space_cfg.model_dump(mode="json"), seed, name)
@@ -225,7 +225,7 @@ def _device_name(cfg: PredictorsConfig) -> str:
 
 
 def _log(out: Path, cfg: PredictorsConfig, report: dict[str, Any], y_heldout, heldout, predictor) -> None:
-    from hwnas.search_space.tracking import Tracker
+    from hwnas.core.tracking import Tracker
 
     tracker = Tracker(out, "metrics", mode=cfg.wandb, project=cfg.wandb_project, job_type="predictors",
                       config={"predictors": cfg.model_dump(mode="json")})

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from hwnas.core.io import ArtifactError, read_json
+from hwnas.core.manifest import RUN_FOLDERS, Manifest
 from hwnas.search_space import ArchConfig, LayerConfig, SearchSpace
-from hwnas.search_space.io import ArtifactError, read_json
-from hwnas.search_space.manifest import RUN_FOLDERS, Manifest
 
 # the per-layer design choices reported, and how a layer names its choice (the space's gene values)
 DIMS = ("norm", "placement", "attention", "ffn", "weight_bits")

@@ -12,8 +12,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from hwnas.search_space.config import MAX_WORKERS, Section, field_error
-from hwnas.search_space.io import unwritable
+from hwnas.core.config import MAX_WORKERS, Section, field_error
+from hwnas.core.io import unwritable
 
 from .objectives import LATENCY_RUNTIMES, Constraint, ObjectiveError, canonical_name, latency_target
 

@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from hwnas.search_space import ArchConfig, HwnasError, SearchSpace, as_rng, legacy_seed
+from hwnas.core.errors import HwnasError
+from hwnas.search_space import ArchConfig, SearchSpace, as_rng, legacy_seed
 
 from .objectives import ObjectiveSet
 from .pareto import Candidate, ParetoFront

@@ -19,7 +19,7 @@ from hwnas.search_space import ArchConfig, SearchSpace, as_rng
 
 from .engines import PymooEngine, candidates_of
 from .objectives import ObjectiveSet, predictor_objective
-from .pareto import ParetoFront
+from .pareto import ParetoFront, pick_spread
 
 # fit(archs, targets) -> an object with predict(archs[, return_std]) (e.g. a predictors/ estimator)
 FitPredictor = Callable[[Sequence[ArchConfig], np.ndarray], object]
@@ -31,15 +31,6 @@ class LinasSettings:
     per_iteration: int = 10  # real evaluations per iteration
     inner_budget: int = 3000  # predictor evaluations of the inner search per iteration
     population: int = 50
-
-
-def _pick_spread(front: list, k: int, skip: set[str]) -> list:
-    """Up to k front members spread evenly along the front (sorted by the first objective)."""
-    fresh = [c for c in sorted(front, key=lambda c: c.objectives) if c.key not in skip]
-    if len(fresh) <= k:
-        return fresh
-    idx = np.unique(np.round(np.linspace(0, len(fresh) - 1, k)).astype(int))
-    return [fresh[i] for i in idx]
 
 
 def linas_search(space: SearchSpace, objectives: ObjectiveSet, learned: list[str], fit_predictor: FitPredictor,
@@ -79,7 +70,7 @@ def linas_search(space: SearchSpace, objectives: ObjectiveSet, learned: list[str
         cheap = ObjectiveSet(swapped, objectives.constraints, objectives.extra, objectives.risk)
         inner = ParetoFront(objectives.names, front.ref_point, objectives.constraint_names)
         PymooEngine(space, "nsga2", population=s.population, seed=seed + 1000 + iteration).run(cheap, s.inner_budget, inner)
-        picks = [c.arch for c in _pick_spread(inner.members(), min(s.per_iteration, budget - len(seen)), seen)]
+        picks = [c.arch for c in pick_spread(inner.members(), min(s.per_iteration, budget - len(seen)), seen)]
         if len(picks) < min(s.per_iteration, budget - len(seen)):  # front exhausted: fill with mutants of it
             pool = [c.arch for c in inner.members()] or archs
             while len(picks) < min(s.per_iteration, budget - len(seen)):

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import norm as normal
 
-from hwnas.search_space import ArchConfig, HwnasError, SearchSpace
+from hwnas.core.errors import HwnasError
+from hwnas.search_space import ArchConfig, SearchSpace
 
 
 class ObjectiveError(HwnasError, ValueError):

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from hwnas.core.io import ArtifactError, read_json
+from hwnas.core.manifest import RUN_FOLDERS, Manifest
 from hwnas.search_space import ArchConfig, ArchError
-from hwnas.search_space.io import ArtifactError, read_json
-from hwnas.search_space.manifest import RUN_FOLDERS, Manifest
 
 SEARCH_COMMAND = RUN_FOLDERS["search"]
 FRONT_FILES = ("front.json", "front.csv", "candidates.csv")
@@ -227,3 +227,12 @@ def read_validation(search_dir: str | Path) -> list[dict[str, Any]]:
     if not isinstance(rows, list) or not all(isinstance(r, dict) and isinstance(r.get("key"), str) for r in rows):
         raise ArtifactError(f"{path}: rows: expected a list of objects with a key; run `{SEARCH_COMMAND}` to write it again")
     return rows
+
+
+def pick_spread(front: list, k: int, skip: set[str]) -> list:
+    """Up to k front members spread evenly along the front (sorted by the first objective)."""
+    fresh = [c for c in sorted(front, key=lambda c: c.objectives) if c.key not in skip]
+    if len(fresh) <= k:
+        return fresh
+    idx = np.unique(np.round(np.linspace(0, len(fresh) - 1, k)).astype(int))
+    return [fresh[i] for i in idx]

@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from hwnas.search_space.io import atomic_path  # noqa: E402
+from hwnas.core.io import atomic_path  # noqa: E402
 
 
 def _save_png(fig, path: Path) -> None:

@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from hwnas.core.io import ArtifactError, read_json
+from hwnas.core.isolate import Isolated, wait_all
+from hwnas.core.manifest import RUN_FOLDERS, Manifest
+from hwnas.core.progress import progress_bar
+from hwnas.core.rundir import claim_run_dir, stage_lock
 from hwnas.search_space import ArchConfig, SearchSpace, SearchSpaceConfig
-from hwnas.search_space.io import ArtifactError, read_json
-from hwnas.search_space.isolate import Isolated, wait_all
-from hwnas.search_space.manifest import RUN_FOLDERS, Manifest
-from hwnas.search_space.progress import progress_bar
-from hwnas.search_space.rundir import claim_run_dir, stage_lock
 
 from .choices import choices_report
 from .choices import latency_targets as choice_targets
@@ -32,7 +32,7 @@ from .engines import PymooEngine, SearchError, random_search
 from .linas import LinasSettings, linas_search
 from .objectives import LATENCY_STATISTICS, ObjectiveSet, build_objectives
 from .optuna_engine import OptunaEngine, default_storage
-from .pareto import SEARCH_FILES, ParetoFront, read_front, read_validation
+from .pareto import SEARCH_FILES, ParetoFront, pick_spread, read_front, read_validation
 from .plots import flat, front_plots, hypervolume_plot, validation_plots
 
 
@@ -194,9 +194,7 @@ def validate_front(space: SearchSpace, front: ParetoFront, cfg: SearchConfig, ru
                    real_loss: RealLoss | None = None) -> list[dict[str, Any]]:
     """Evaluate up to `validate_top` front members (spread along it) for real: validation loss on
     the supernet (`real_loss`, made here if None), latency measured on the extracted subnet."""
-    from .linas import _pick_spread
-
-    members = _pick_spread(front.members(), cfg.validate_top, set())
+    members = pick_spread(front.members(), cfg.validate_top, set())
     if not members:
         return []
     if real_loss is None and "loss" in front.objective_names:
@@ -228,7 +226,7 @@ def validate_front(space: SearchSpace, front: ParetoFront, cfg: SearchConfig, ru
 def run_search(space_cfg: SearchSpaceConfig, cfg: SearchConfig, run_dir: str | Path, seed: int = 0, latency_cfg=None,
                workers: int | None = None, progress: bool = True, name: str | None = None) -> dict[str, Any]:
     """Run the search stage in `run_dir`; returns a summary. `name`: the experiment's (the run
-    directory must belong to it, `search_space.rundir`)."""
+    directory must belong to it, `core.rundir`)."""
     run_dir = Path(run_dir)
     claim_run_dir(run_dir, space_cfg.model_dump(mode="json"), seed, name)
     with stage_lock(run_dir, "search"):
@@ -237,7 +235,7 @@ def run_search(space_cfg: SearchSpaceConfig, cfg: SearchConfig, run_dir: str | P
 
 def _run_search(space_cfg: SearchSpaceConfig, cfg: SearchConfig, run_dir: Path, seed: int, latency_cfg, workers: int | None,
                 progress: bool) -> dict[str, Any]:
-    from hwnas.search_space.tracking import Tracker
+    from hwnas.core.tracking import Tracker
 
     out = run_dir / "search"
     space = SearchSpace(space_cfg)

@@ -1,14 +1,8 @@
-"""Errors raised by hwnas for bad user input: each names the offending field in one line."""
+"""The search space's own error: an arch that is not in the space."""
 
 from __future__ import annotations
 
-
-class HwnasError(Exception):
-    """Base class of every user-facing hwnas error (the CLI prints it as one line, no traceback)."""
-
-
-class ConfigError(HwnasError, ValueError):
-    """An experiment config (YAML) has a wrong field, type or value."""
+from hwnas.core.errors import HwnasError
 
 
 class ArchError(HwnasError, ValueError):

@@ -8,8 +8,9 @@ import math
 
 import numpy as np
 
+from hwnas.core.errors import HwnasError
+
 from .arch import ArchConfig
-from .errors import HwnasError
 from .space import SearchSpace
 
 

@@ -64,7 +64,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
 
 
-def _gene_value(layer: LayerConfig, dim: str) -> Any:
+def gene_value(layer: LayerConfig, dim: str) -> Any:
     return {"attention": layer.attention_choice, "ffn": layer.ffn_choice}.get(dim, getattr(layer, dim, None))
 
 
@@ -139,10 +139,10 @@ class SearchSpace:
                 raise ArchError(f"layers[{i}]", f"expected a LayerConfig, got {type(layer).__name__}")
             for dim in LAYER_DIMS:
                 self._validate_gene(layer, dim, f"layers[{i}]")
-                if not self.per_layer[dim] and _gene_value(layer, dim) != _gene_value(first, dim):
+                if not self.per_layer[dim] and gene_value(layer, dim) != gene_value(first, dim):
                     raise ArchError(
                         f"layers[{i}].{dim}",
-                        f"{_gene_value(layer, dim)!r} differs from layers[0] ({_gene_value(first, dim)!r}), "
+                        f"{gene_value(layer, dim)!r} differs from layers[0] ({gene_value(first, dim)!r}), "
                         f"but {dim} is shared by all layers (per_layer: false)",
                     )
 
@@ -185,7 +185,7 @@ class SearchSpace:
         for j, gene in enumerate(self.genes[2:], start=2):
             layer_idx = 0 if gene.layer is None else gene.layer
             if layer_idx < arch.depth:
-                vec[j] = gene.choices.index(_gene_value(arch.layers[layer_idx], gene.dim))
+                vec[j] = gene.choices.index(gene_value(arch.layers[layer_idx], gene.dim))
         return vec
 
     def decode(self, vector: Sequence[float] | np.ndarray) -> ArchConfig:

@@ -1,7 +1,7 @@
 """Training checkpoints in one safetensors file: weights, AdamW state, RNG state and the loop's
 position as JSON metadata, and, when training keeps one, the moving average of the weights
 (`average/*`, what evaluation, search and export use). Written atomically (through the train
-folder's manifest, see `search_space.manifest`); loading never unpickles anything, and refuses
+folder's manifest, see `core.manifest`); loading never unpickles anything, and refuses
 metadata that is not what hwnas wrote and tensors holding NaN or inf, naming the tensor."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from hwnas.search_space.errors import HwnasError
-from hwnas.search_space.io import atomic_path
-from hwnas.search_space.manifest import Manifest
+from hwnas.core.errors import HwnasError
+from hwnas.core.io import atomic_path
+from hwnas.core.manifest import Manifest
 
 FORMAT = "hwnas-train-ckpt-1"
 

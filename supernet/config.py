@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from hwnas.search_space.config import (
+from hwnas.core.config import (
     MAX_BATCH,
     MAX_BLOCK,
     MAX_CORPUS_BYTES,

@@ -1,7 +1,7 @@
 """Byte-level corpora for supernet training: build once into raw uint8 files, then sample batches.
 
 `build_corpus(source, out_dir)` turns a source into three files, all written atomically and listed
-with their sha256 in out_dir/manifest.json (`search_space.manifest`):
+with their sha256 in out_dir/manifest.json (`core.manifest`):
 
     out_dir/train.bin    raw bytes of the train split (token = byte, vocab 256)
     out_dir/val.bin      raw bytes of the validation split
@@ -41,8 +41,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hwnas.search_space.errors import HwnasError
-from hwnas.search_space.manifest import RUN_FOLDERS, Manifest
+from hwnas.core.errors import HwnasError
+from hwnas.core.manifest import RUN_FOLDERS, Manifest
 
 __all__ = [
     "CORPUS_FORMAT", "Corpus", "CorpusError", "CorpusInfo", "HF_DEFAULT_MAX_BYTES", "SEPARATOR",

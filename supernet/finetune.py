@@ -9,11 +9,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hwnas.search_space.progress import progress_bar
+from hwnas.core.progress import progress_bar
 
 from .config import TrainConfig
 from .evaluate import evaluate
-from .train import _param_groups, lr_at, step_seed
+from .train import lr_at, param_groups, step_seed
 
 
 def train_standalone(model: torch.nn.Module, corpus, steps: int, cfg: TrainConfig | None = None, seed: int = 0,
@@ -25,7 +25,7 @@ def train_standalone(model: torch.nn.Module, corpus, steps: int, cfg: TrainConfi
     eval_tokens = eval_tokens or cfg.eval_tokens
     before = evaluate(model, None, corpus, seq_len=seq_len, max_tokens=eval_tokens)
     device = next(model.parameters()).device
-    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), foreach=False)
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), foreach=False)
     model.train()
     t0 = time.perf_counter()
     with progress_bar("train subnet", steps, progress, unit="step") as advance:

@@ -21,7 +21,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from hwnas.search_space import HwnasError, SearchSpaceConfig
+from hwnas.core.errors import HwnasError
+from hwnas.search_space import SearchSpaceConfig
 
 # bytes per parameter a stage keeps at once (fp32 weights = 4)
 BYTES_PER_PARAM = {

@@ -15,7 +15,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from hwnas.search_space import ArchConfig, HwnasError, LayerConfig, SearchSpace, SearchSpaceConfig
+from hwnas.core.errors import HwnasError
+from hwnas.search_space import ArchConfig, LayerConfig, SearchSpace, SearchSpaceConfig
 
 from . import ops
 

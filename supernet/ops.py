@@ -62,7 +62,7 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
-def _window_mask(n_blocks: int, w: int, device) -> Tensor:
+def window_mask(n_blocks: int, w: int, device) -> Tensor:
     """(n, w, 2w) bool: query i of block j sees key m of the (previous, current) block pair iff the
     key is causal, within the window and not before position 0."""
     i = torch.arange(w, device=device).view(1, w, 1)
@@ -87,7 +87,7 @@ def window_attention(q: Tensor, k: Tensor, v: Tensor, window: int) -> Tensor:
     vp = F.pad(v, (0, 0, w, pad))
     kb = kp.unfold(2, 2 * w, w).transpose(-1, -2).reshape(B * nh, n, 2 * w, hs)  # (B*nh, n, 2w, hs)
     vb = vp.unfold(2, 2 * w, w).transpose(-1, -2).reshape(B * nh, n, 2 * w, hs)
-    y = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=_window_mask(n, w, q.device))
+    y = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=window_mask(n, w, q.device))
     return y.reshape(B, nh, n * w, hs)[:, :, :T]
 
 

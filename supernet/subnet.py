@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from hwnas.core.io import atomic_path
 from hwnas.search_space import ArchConfig, LayerConfig, ModelDims
-from hwnas.search_space.io import atomic_path
 
 from . import ops
 from .model import ElasticNorms, Supernet

@@ -24,12 +24,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from hwnas.search_space import ArchConfig, HwnasError, SearchSpaceConfig
-from hwnas.search_space.isolate import die_with_parent
-from hwnas.search_space.manifest import Manifest
-from hwnas.search_space.progress import progress_bar
-from hwnas.search_space.rundir import claim_run_dir, stage_lock
-from hwnas.search_space.tracking import Tracker
+from hwnas.core.errors import HwnasError
+from hwnas.core.isolate import die_with_parent
+from hwnas.core.manifest import Manifest
+from hwnas.core.progress import progress_bar
+from hwnas.core.rundir import claim_run_dir, stage_lock
+from hwnas.core.tracking import Tracker
+from hwnas.search_space import ArchConfig, SearchSpaceConfig
 
 from .checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint
 from .config import TrainConfig
@@ -116,7 +117,7 @@ class SandwichSampler:
         ]
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -208,7 +209,7 @@ class Trainer:
     def _build(self) -> tuple[Supernet, torch.optim.AdamW, dict[str, Any]]:
         torch.manual_seed(self.seed)
         model = Supernet(self.space_cfg).to(self.device)
-        opt = torch.optim.AdamW(_param_groups(model, self.cfg.weight_decay), lr=self.cfg.lr,
+        opt = torch.optim.AdamW(param_groups(model, self.cfg.weight_decay), lr=self.cfg.lr,
                                 betas=(self.cfg.beta1, self.cfg.beta2), foreach=False)
         state = {"step": 0, "prev_flops": None, "nonfinite_total": 0, "train_seconds": 0.0}
         stored: dict[str, torch.Tensor] = {}
@@ -366,7 +367,7 @@ class Trainer:
 def train(space_cfg: SearchSpaceConfig, cfg: TrainConfig, run_dir: str | Path, seed: int = 0, progress: bool = True,
           name: str | None = None) -> dict[str, Any]:
     """Train (or resume training) the supernet in `run_dir`; returns the final summary. `name`:
-    the experiment's, recorded as the run directory's owner (`search_space.rundir`)."""
+    the experiment's, recorded as the run directory's owner (`core.rundir`)."""
     return Trainer(space_cfg, cfg, run_dir, seed=seed, progress=progress, name=name).run()
 
 

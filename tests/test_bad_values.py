@@ -23,8 +23,9 @@ from pydantic import BaseModel
 
 from hwnas.cli import main
 from hwnas.config import ExperimentConfig, load_config, parse_config
-from hwnas.search_space import ConfigError, SearchSpaceConfig
-from hwnas.search_space.config import MAX_SEED
+from hwnas.core.config import MAX_SEED
+from hwnas.core.errors import ConfigError
+from hwnas.search_space import SearchSpaceConfig
 from tests.tiny import assert_refused, digest, hwnas, tiny_config, write_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,7 +8,8 @@ import pytest
 from pydantic import ValidationError
 
 from hwnas.config import ExperimentConfig, load_config, parse_config
-from hwnas.search_space import ConfigError, HwnasError, SearchSpace, SearchSpaceConfig
+from hwnas.core.errors import ConfigError, HwnasError
+from hwnas.search_space import SearchSpace, SearchSpaceConfig
 from tests.conftest import QUICKSTART, QUICKSTART_SIZE
 
 # the top-level sections grow with the pipeline stages; the foundation's four come first

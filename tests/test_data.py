@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from hwnas.search_space import HwnasError
-from hwnas.search_space.io import ArtifactError
+from hwnas.core.errors import HwnasError
+from hwnas.core.io import ArtifactError
 from hwnas.supernet import data as D
 from hwnas.supernet.data import SEPARATOR, Corpus, CorpusError, CorpusInfo, build_corpus, default_corpus_files
 

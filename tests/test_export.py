@@ -16,6 +16,8 @@ import pytest
 import torch
 
 import hwnas.export.stage as stage_mod
+from hwnas.core.errors import HwnasError
+from hwnas.core.manifest import Manifest
 from hwnas.export import ExportConfig, ExportError, PickError, load, pick_member, run_export
 from hwnas.export.deploy import (
     export_form,
@@ -32,8 +34,7 @@ from hwnas.export.stage import EXPORT_FILES
 from hwnas.latency import LatencyTable, Measurement, Protocol, device_fingerprint, table_path
 from hwnas.latency.keys import arch_keys
 from hwnas.search.pareto import Candidate, ParetoFront
-from hwnas.search_space import ArchConfig, HwnasError, LayerConfig, SearchSpace, SearchSpaceConfig
-from hwnas.search_space.manifest import Manifest
+from hwnas.search_space import ArchConfig, LayerConfig, SearchSpace, SearchSpaceConfig
 from hwnas.supernet import Supernet, extract_subnet, ops
 from hwnas.supernet.config import TrainConfig
 from hwnas.supernet.data import Corpus

@@ -25,14 +25,14 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from hwnas.config import load_config
+from hwnas.core.errors import HwnasError
+from hwnas.core.manifest import EXPORT_COMMAND, NAME, Manifest
 from hwnas.export import load as load_export
 from hwnas.export import run_export
 from hwnas.pipeline import Pipeline
 from hwnas.predictors.stage import run_predictors
 from hwnas.search.choices import read_choices
 from hwnas.search.stage import run_search, write_plots
-from hwnas.search_space import HwnasError
-from hwnas.search_space.manifest import EXPORT_COMMAND, NAME, Manifest
 from hwnas.supernet.train import train
 from tests.tiny import assert_refused, digest, hwnas
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hwnas.search_space.io import atomic_path, atomic_write_text
+from hwnas.core.io import atomic_path, atomic_write_text
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):

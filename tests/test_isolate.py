@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from hwnas.search_space import ArchError, HwnasError
-from hwnas.search_space.isolate import run_isolated
+from hwnas.core.errors import HwnasError
+from hwnas.core.isolate import run_isolated
+from hwnas.search_space import ArchError
 
 
 def _pid_and(x: int) -> tuple[int, int]:
@@ -53,7 +54,7 @@ def test_child_dies_with_a_killed_parent(tmp_path):
     marker = tmp_path / "child.pid"
     script = textwrap.dedent(f"""
         import os, time
-        from hwnas.search_space.isolate import run_isolated
+        from hwnas.core.isolate import run_isolated
         from tests.test_isolate import _sleep_forever
         run_isolated(_sleep_forever, {str(marker)!r})
     """)

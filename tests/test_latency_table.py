@@ -12,6 +12,7 @@ import zlib
 import numpy as np
 import pytest
 
+from hwnas.core.errors import HwnasError
 from hwnas.latency import (
     FingerprintMismatchError,
     FingerprintWarning,
@@ -33,7 +34,7 @@ from hwnas.latency import (
 from hwnas.latency.build import REFERENCE
 from hwnas.latency.fidelity import error_metrics
 from hwnas.latency.protocol import measure_many
-from hwnas.search_space import ArchConfig, HwnasError, LayerConfig, SearchSpace, SearchSpaceConfig
+from hwnas.search_space import ArchConfig, LayerConfig, SearchSpace, SearchSpaceConfig
 
 TINY = SearchSpaceConfig(
     vocab_size=32, block_size=16, head_dim=4, depth=[1, 2], embed_dim=[8, 16],
@@ -426,7 +427,7 @@ def test_fidelity_report_writes_its_files(tiny, cfg, tmp_path):
 
 
 def test_fidelity_report_logs_to_wandb_offline(tiny, cfg, tmp_path):
-    from hwnas.search_space.tracking import read_wandb_history
+    from hwnas.core.tracking import read_wandb_history
 
     table = built(tiny, cfg, tmp_path)
     report = fidelity_report(tiny, cfg, table, tmp_path, n=6, progress=False, wandb="offline",

@@ -21,6 +21,9 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import hwnas.supernet.evaluate as evaluate_mod
+from hwnas.core.io import ArtifactError
+from hwnas.core.manifest import Manifest
+from hwnas.core.tracking import read_wandb_history
 from hwnas.predictors import (
     AccuracyPredictor,
     ArchFeaturizer,
@@ -40,9 +43,6 @@ from hwnas.predictors import (
     save_predictor,
 )
 from hwnas.search_space import SearchSpace, SearchSpaceConfig
-from hwnas.search_space.io import ArtifactError
-from hwnas.search_space.manifest import Manifest
-from hwnas.search_space.tracking import read_wandb_history
 from hwnas.supernet.config import TrainConfig
 from hwnas.supernet.train import train
 

@@ -26,9 +26,9 @@ import optuna
 import pytest
 import yaml
 
+from hwnas.core.isolate import Isolated, wait_all
 from hwnas.search.optuna_engine import OptunaEngine, open_storage
 from hwnas.search.pareto import ParetoFront
-from hwnas.search_space.isolate import Isolated, wait_all
 from tests.test_search import SPACE, analytic
 from tests.tiny import HWNAS, hwnas, stdlib_text, tiny_config, write_config
 
@@ -375,7 +375,7 @@ def test_ddp_ranks_die_with_a_killed_torchrun(tmp_path):
 # --- die_with_parent, wait_all -------------------------------------------------------------------
 def test_a_child_whose_parent_is_already_gone_exits_at_once():
     """The parent died before the child called die_with_parent: it must not run on."""
-    code = "from hwnas.search_space.isolate import die_with_parent; die_with_parent(1); print('ran on')"
+    code = "from hwnas.core.isolate import die_with_parent; die_with_parent(1); print('ran on')"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 1 and "ran on" not in proc.stdout
 

@@ -3,7 +3,7 @@ own thread, possibly before the first update (the quickstart demo once died ther
 
 import pytest
 
-from hwnas.search_space.progress import progress_bar
+from hwnas.core.progress import progress_bar
 
 
 def test_fields_without_starting_values_are_refused():

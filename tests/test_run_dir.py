@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from hwnas.config import load_config
+from hwnas.core.rundir import RunDirError, claim_run_dir, stage_lock
 from hwnas.latency.build import run_latency
 from hwnas.search_space import SearchSpace
-from hwnas.search_space.rundir import RunDirError, claim_run_dir, stage_lock
 from hwnas.supernet.train import train
 from tests.tiny import assert_refused, digest, hwnas, write_config
 

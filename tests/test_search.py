@@ -263,8 +263,8 @@ def test_search_stage_logs_tables_plots_and_files(tmp_path):
     candidate and front tables with the right row counts."""
     import time
 
+    from hwnas.core.tracking import read_wandb_history
     from hwnas.search.stage import run_search
-    from hwnas.search_space.tracking import read_wandb_history
 
     cfg = SearchConfig(objectives=["params", "flops"], constraints=["memory <= 1MiB"], engine="random", algorithm="random",
                        budget=60, validate_top=3, wandb="offline")
@@ -396,8 +396,8 @@ def test_design_choice_report_counts_the_front_against_the_space():
 
 
 def test_latency_errors_come_per_statistic_from_one_fidelity_report(tmp_path):
+    from hwnas.core.manifest import RUN_FOLDERS, Manifest
     from hwnas.search.stage import latency_errors
-    from hwnas.search_space.manifest import RUN_FOLDERS, Manifest
 
     out = tmp_path / "latency"
     out.mkdir()

@@ -30,12 +30,13 @@ import pytest
 import skops.io as sio
 import yaml
 
+from hwnas.core.errors import ConfigError
+from hwnas.core.manifest import Manifest
 from hwnas.predictors.config import MODEL_NAMES
 from hwnas.predictors.features import FEATURE_GROUPS, ArchFeaturizer
 from hwnas.predictors.models import AccuracyPredictor, EnsembleRegressor, make_model
 from hwnas.predictors.persist import ALLOWED, KEY_TYPES, PredictorError, load_predictor, save_predictor
-from hwnas.search_space import ConfigError, SearchSpace, SearchSpaceConfig
-from hwnas.search_space.manifest import Manifest
+from hwnas.search_space import SearchSpace, SearchSpaceConfig
 from tests.tiny import assert_refused, digest, hwnas
 
 REPO = Path(__file__).resolve().parents[1]
@@ -526,7 +527,7 @@ UNSAFE = re.compile(r"\bpickle\.loads?\(|\btorch\.load\((?![^)]*weights_only=Tru
                     r"|\b(?:np|numpy)\.load\((?![^)]*allow_pickle=False)|(?<![\w.])(?:eval|exec)\(|\b(?:joblib|dill|cloudpickle|shelve|marshal)\."
                     r"|\bfrom (?:pickle|torch|yaml|numpy|joblib|dill|marshal) import (?:.*\b(?:loads?|unsafe_load|full_load)\b)")
 KNOWN_SAFE = {  # (hwnas/config.py builds its documents with _Loader, a SafeLoader: asserted below)
-    ("search_space/isolate.py", "pickle.loads(pickle.dumps(exc))"),  # an exception made in this process, never a file
+    ("hwnas/core/isolate.py", "pickle.loads(pickle.dumps(exc))"),  # an exception made in this process, never a file
 }
 
 

@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 import hwnas.supernet.train as train_mod
+from hwnas.core.rundir import RunDirError
+from hwnas.core.tracking import read_wandb_history
 from hwnas.search_space import SearchSpace, SearchSpaceConfig
-from hwnas.search_space.rundir import RunDirError
-from hwnas.search_space.tracking import read_wandb_history
 from hwnas.supernet.config import TrainConfig
 from hwnas.supernet.data import Corpus, CorpusError
 from hwnas.supernet.evaluate import evaluate

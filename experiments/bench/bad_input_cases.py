@@ -651,7 +651,7 @@ def rebuilt(*rels: str) -> Callable[[Ctx], str | None]:
                 except ValueError:
                     return f"{rel} still has a line that is not JSON"
             if (p.parent / "manifest.json").is_file():  # hwnas lists what it writes: the new file must be listed as it is
-                from hwnas.search_space.manifest import Manifest
+                from hwnas.core.manifest import Manifest
 
                 why = Manifest(p.parent, "(the stage)").check(p.name)
                 if why:

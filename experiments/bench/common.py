@@ -88,7 +88,7 @@ def command() -> str:
 def worker_pool(jobs: int) -> ProcessPoolExecutor:
     """`jobs` spawned worker processes that die with this one (a killed bench leaves no worker
     training on behind it, slowing every later measurement)."""
-    from hwnas.search_space.isolate import die_with_parent
+    from hwnas.core.isolate import die_with_parent
 
     return ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=die_with_parent, initargs=(os.getpid(),))
 

@@ -30,7 +30,7 @@ from common import command, digest, machine, worker_pool, write_section  # noqa:
 from outcome import standard_design  # noqa: E402
 
 from hwnas.config import load_config  # noqa: E402
-from hwnas.search_space.io import atomic_write_text  # noqa: E402
+from hwnas.core.io import atomic_write_text  # noqa: E402
 from hwnas.supernet import Supernet, extract_subnet  # noqa: E402
 from hwnas.supernet.data import Corpus, build_corpus  # noqa: E402
 from hwnas.supernet.evaluate import evaluate  # noqa: E402

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command, machine, write_section  # noqa: E402
 
 from hwnas.config import load_config  # noqa: E402
+from hwnas.core.io import atomic_write_json  # noqa: E402
 from hwnas.latency.build import load_table  # noqa: E402
 from hwnas.search.engines import PymooEngine, random_search  # noqa: E402
 from hwnas.search.linas import LinasSettings, linas_search  # noqa: E402
@@ -30,7 +31,6 @@ from hwnas.search.objectives import Objective, ObjectiveSet, latency_objective  
 from hwnas.search.pareto import ParetoFront  # noqa: E402
 from hwnas.search.stage import RealLoss, fit_predictor_factory  # noqa: E402
 from hwnas.search_space import SearchSpace  # noqa: E402
-from hwnas.search_space.io import atomic_write_json  # noqa: E402
 
 
 class CachedTruth:

@@ -30,9 +30,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command, git_commit, machine, write_section  # noqa: E402
 
+from hwnas.core.io import atomic_write_text  # noqa: E402
 from hwnas.latency.userview import FORMS, user_latency  # noqa: E402
 from hwnas.search_space import ArchConfig, SearchSpace, SearchSpaceConfig  # noqa: E402
-from hwnas.search_space.io import atomic_write_text  # noqa: E402
 
 STATS = ("median", "p90", "min")
 
@@ -40,8 +40,8 @@ STATS = ("median", "p90", "min")
 def main() -> None:
     from scipy.stats import kendalltau
 
+    from hwnas.core.progress import progress_bar
     from hwnas.latency.build import heldout_archs, load_table, table_path
-    from hwnas.search_space.progress import progress_bar
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-dir", default="runs/bench-latency", help="a run directory holding cpu-torch and cpu-onnxruntime tables")

@@ -42,8 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command, digest, git_commit, machine, worker_pool, write_section  # noqa: E402
 
 from hwnas.config import format_validation_error, load_config  # noqa: E402
-from hwnas.search_space import ArchConfig, HwnasError  # noqa: E402
-from hwnas.search_space.io import atomic_write_text  # noqa: E402
+from hwnas.core.errors import HwnasError  # noqa: E402
+from hwnas.core.io import atomic_write_text  # noqa: E402
+from hwnas.search_space import ArchConfig  # noqa: E402
 from hwnas.supernet import Supernet, extract_subnet  # noqa: E402
 from hwnas.supernet.config import TrainConfig  # noqa: E402
 from hwnas.supernet.data import Corpus  # noqa: E402

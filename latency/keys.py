@@ -26,11 +26,11 @@ import torch
 import torch.nn as nn
 
 from hwnas.search_space import ArchConfig, LayerConfig, ModelDims, SearchSpace
+from hwnas.search_space.kinds import attention_tag, ffn_tag, norm_tag
+from hwnas.search_space.space import layer_fields
 
 from .modules import AttentionCore, Embed, FfnCore, Head, NormResidual, Nothing, random_init_
 
-_ATTN_TAG = {"softmax": "sm", "linear": "lin", "window": "win"}
-_NORM_TAG = {"layernorm": "ln", "rmsnorm": "rms", "dyt": "dyt"}
 KINDS = ("call", "embed", "norm", "attn", "ffn", "head")
 
 
@@ -59,15 +59,13 @@ class Piece:
         if k == "embed":
             return f"embed/d{self.d}"
         if k == "norm":
-            return f"norm/d{self.d}-{_NORM_TAG[self.norm]}-{self.placement}"
+            return f"norm/d{self.d}-{norm_tag(self.norm)}-{self.placement}"
         if k == "head":
-            return f"head/d{self.d}-{_NORM_TAG[self.norm]}"
+            return f"head/d{self.d}-{norm_tag(self.norm)}"
         if k == "attn":
-            tag = _ATTN_TAG[self.attention] + (str(self.window) if self.attention == "window" else "")
-            return f"attn/d{self.d}-h{self.n_heads}-{tag}-q{self.weight_bits}"
+            return f"attn/d{self.d}-h{self.n_heads}-{attention_tag(self.attention, self.window)}-q{self.weight_bits}"
         if k == "ffn":
-            tag = f"moe{self.n_experts}k{self.top_k}" if self.ffn == "moe" else self.ffn
-            return f"ffn/d{self.d}-h{self.hidden}-{tag}-q{self.weight_bits}"
+            return f"ffn/d{self.d}-h{self.hidden}-{ffn_tag(self.ffn, self.n_experts, self.top_k)}-q{self.weight_bits}"
         raise ValueError(f"piece kind {k!r} is not one of {KINDS}")
 
     def __str__(self) -> str:
@@ -172,12 +170,8 @@ def space_pieces(space: SearchSpace) -> list[Piece]:
         for bits in c["weight_bits"]:
             for heads in c["n_heads"]:
                 for attention in c["attention"]:
-                    kind, _, window = attention.partition(":")
-                    add(attn_piece(LayerConfig(heads, 1.0, attention=kind, window=int(window) if window else None,
-                                               weight_bits=bits), d))
+                    add(attn_piece(LayerConfig(heads, 1.0, weight_bits=bits, **layer_fields("attention", attention)), d))
             for ratio in c["mlp_ratio"]:
                 for ffn in c["ffn"]:
-                    kind, *rest = ffn.split(":")
-                    moe = {"n_experts": int(rest[0]), "top_k": int(rest[1])} if rest else {}
-                    add(ffn_piece(LayerConfig(1, ratio, ffn=kind, weight_bits=bits, **moe), d))
+                    add(ffn_piece(LayerConfig(1, ratio, weight_bits=bits, **layer_fields("ffn", ffn)), d))
     return list(pieces.values())

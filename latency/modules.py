@@ -83,14 +83,10 @@ class NormResidual(nn.Module):
             self.norm_out = Norm(norm, d)  # SubnetBlock.norm_attn_out / norm_ffn_out
 
     def core_input(self, x: Tensor) -> Tensor:
-        return x if self.placement == "post" else self.norm_in(x)
+        return ops.core_input(self.placement, x, self.norm_in)
 
     def combine(self, x: Tensor, y: Tensor) -> Tensor:
-        if self.placement == "pre":
-            return x + y
-        if self.placement == "post":
-            return self.norm_in(x + y)
-        return x + self.norm_out(y)
+        return ops.combine(self.placement, x, y, self.norm_in, getattr(self, "norm_out", None))
 
     def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         return self.core_input(x), self.combine(x, y)
@@ -148,17 +144,15 @@ def window_attention_blocks(q: Tensor, k: Tensor, v: Tensor, window: int) -> Ten
 
 
 class DeployNorm(nn.Module):
-    """`Norm` with RMSNorm written out (x / sqrt(mean(x^2) + eps) * w, the pattern ONNX Runtime
-    fuses), since the TorchScript exporter has no `rms_norm`; the other kinds are unchanged."""
+    """`Norm` in its export form (`ops.deploy_norm`: e.g. RMSNorm written out, since the
+    TorchScript exporter has no `rms_norm`)."""
 
     def __init__(self, norm: Norm):
         super().__init__()
         self.kind, self.p = norm.kind, copy.deepcopy(norm.p)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.kind == "rmsnorm":
-            return x / torch.sqrt(x.pow(2).mean(dim=-1, keepdim=True) + ops.EPS) * self.p["weight"]
-        return ops.norm(self.kind, x, **self.p)
+        return ops.deploy_norm(self.kind, x, **self.p)
 
 
 def _mm(x: Tensor, w: Tensor | nn.Module) -> Tensor:

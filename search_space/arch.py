@@ -13,9 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from .errors import ArchError
-
-_ATTN_TAG = {"softmax": "sm", "linear": "lin", "window": "win"}
-_NORM_TAG = {"layernorm": "ln", "rmsnorm": "rms", "dyt": "dyt"}
+from .kinds import attention_tag, ffn_tag, norm_tag
 
 
 def _ratio_tag(ratio: float) -> str:
@@ -61,9 +59,8 @@ class LayerConfig:
         return int(round(self.mlp_ratio * embed_dim))
 
     def key(self) -> str:
-        attn = _ATTN_TAG[self.attention] + (str(self.window) if self.window else "")
-        ffn = f"moe{self.n_experts}k{self.top_k}" if self.ffn == "moe" else self.ffn
-        return f"h{self.n_heads}r{_ratio_tag(self.mlp_ratio)}-{_NORM_TAG[self.norm]}-{self.placement}-{attn}-{ffn}-q{self.weight_bits}"
+        attn, ffn = attention_tag(self.attention, self.window), ffn_tag(self.ffn, self.n_experts, self.top_k)
+        return f"h{self.n_heads}r{_ratio_tag(self.mlp_ratio)}-{norm_tag(self.norm)}-{self.placement}-{attn}-{ffn}-q{self.weight_bits}"
 
 
 @dataclass(frozen=True)

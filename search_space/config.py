@@ -25,16 +25,14 @@ from hwnas.core.config import (
     int_choice,
 )
 
-NormKind = Literal["layernorm", "rmsnorm", "dyt"]
-Placement = Literal["pre", "post", "peri"]
-AttentionKind = Literal["softmax", "linear", "window"]
-FfnKind = Literal["mlp", "swiglu", "moe"]
+from .kinds import ATTENTION_TAGS, DEFAULT_NORMS, FFN_KINDS, NORMS, PLACEMENTS, WEIGHT_BITS
 
-NORM_KINDS: tuple[str, ...] = ("layernorm", "rmsnorm", "dyt")
-PLACEMENTS: tuple[str, ...] = ("pre", "post", "peri")
-ATTENTION_KINDS: tuple[str, ...] = ("softmax", "linear", "window")
-FFN_KINDS: tuple[str, ...] = ("mlp", "swiglu", "moe")
-WEIGHT_BITS: tuple[int, ...] = (16, 8, 4)
+NormKind = Literal[tuple(NORMS)]  # every kind registered in search_space.kinds
+Placement = Literal[PLACEMENTS]
+AttentionKind = Literal[tuple(ATTENTION_TAGS)]
+FfnKind = Literal[FFN_KINDS]
+NORM_KINDS: tuple[str, ...] = tuple(NORMS)
+ATTENTION_KINDS: tuple[str, ...] = tuple(ATTENTION_TAGS)
 
 WeightBits = int_choice(*WEIGHT_BITS)
 
@@ -173,7 +171,7 @@ class SearchSpaceConfig(Section):
     embed_dim: list[int] = Field(default_factory=lambda: [64, 96, 128], description=f"widths, each in 1..{MAX_WIDTH}")
     n_heads: PositiveIntDim = PositiveIntDim(choices=[2, 4])
     mlp_ratio: RatioDim = RatioDim(choices=[2.0, 3.0, 4.0])
-    norm: NormDim = NormDim(choices=["layernorm", "rmsnorm", "dyt"])
+    norm: NormDim = NormDim(choices=list(DEFAULT_NORMS))
     norm_placement: PlacementDim = PlacementDim(choices=["pre", "post", "peri"])
     attention: AttentionDim = AttentionDim(choices=["softmax", "linear", "window"])
     ffn: FfnDim = FfnDim(choices=["mlp", "swiglu", "moe"])

@@ -16,9 +16,9 @@ import math
 from dataclasses import dataclass
 
 from .arch import ArchConfig, LayerConfig
+from .kinds import NORMS
 
 LINEAR_CHUNK = 32  # chunk length of the chunked causal linear attention
-NORM_PARAMS = {"layernorm": lambda d: 2 * d, "rmsnorm": lambda d: d, "dyt": lambda d: 2 * d + 1}
 NORMS_PER_SUBLAYER = {"pre": 1, "post": 1, "peri": 2}
 
 
@@ -41,7 +41,7 @@ def layer_params(layer: LayerConfig, d: int, dims: ModelDims) -> dict[str, int]:
     attn = 4 * d * a
     ffn = {"mlp": 2 * d * h, "swiglu": 3 * d * h, "moe": 2 * d * h}[layer.ffn]
     router = d * layer.n_experts if layer.ffn == "moe" else 0
-    norms = 2 * NORMS_PER_SUBLAYER[layer.placement] * NORM_PARAMS[layer.norm](d)
+    norms = 2 * NORMS_PER_SUBLAYER[layer.placement] * NORMS[layer.norm].n_params(d)
     return {"linear": attn + ffn, "router": router, "norm": norms}
 
 
@@ -50,7 +50,7 @@ def params(arch: ArchConfig, dims: ModelDims) -> dict[str, int]:
     d = arch.embed_dim
     embedding = dims.vocab_size * d + dims.block_size * d
     body = sum(sum(layer_params(layer, d, dims).values()) for layer in arch.layers)
-    body += NORM_PARAMS[arch.layers[-1].norm](d)  # final norm
+    body += NORMS[arch.layers[-1].norm].n_params(d)  # final norm
     return {"embedding": embedding, "non_embedding": body, "total": embedding + body}
 
 

@@ -46,7 +46,7 @@ class Gene:
     choices: tuple[Any, ...]
 
 
-def _layer_fields(dim: str, value: Any) -> dict[str, Any]:
+def layer_fields(dim: str, value: Any) -> dict[str, Any]:
     """LayerConfig fields set by one gene value."""
     if dim == "placement":
         return {"placement": value}
@@ -217,7 +217,7 @@ class SearchSpace:
         for i in range(depth):
             kwargs: dict[str, Any] = {}
             for dim, value in per_slot[i].items():
-                kwargs.update(_layer_fields(dim, value))
+                kwargs.update(layer_fields(dim, value))
             layers.append(LayerConfig(**kwargs))
         return ArchConfig(embed_dim=embed, layers=tuple(layers))
 

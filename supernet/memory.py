@@ -23,6 +23,7 @@ from pathlib import Path
 
 from hwnas.core.errors import HwnasError
 from hwnas.search_space import SearchSpaceConfig
+from hwnas.search_space.kinds import NORMS
 
 # bytes per parameter a stage keeps at once (fp32 weights = 4)
 BYTES_PER_PARAM = {
@@ -32,7 +33,6 @@ BYTES_PER_PARAM = {
 }
 EMA_BYTES = 4 + 4  # training with ema_decay > 0: the average, and its copy in the checkpoint
 ACTIVATION_BYTES = 2
-NORM_PARAMS = 5  # per width unit of one ElasticNorms: layernorm weight and bias, rmsnorm weight, dyt weight and bias
 
 
 class TooLargeError(HwnasError, ValueError):
@@ -47,7 +47,7 @@ def supernet_params(cfg: SearchSpaceConfig) -> int:
     per_kind = cfg.weight_sharing == "per_kind"
     attn_sets = len(cfg.attention.choices) if per_kind else 1
     ffn_sets = len(cfg.ffn.choices) if per_kind else 1
-    norms = NORM_PARAMS * d + 1  # one ElasticNorms (dyt's alpha is a scalar)
+    norms = sum(NORMS[kind].n_params(d) for kind in set(cfg.norm.choices))  # one ElasticNorms
     block = (attn_sets * 4 * attn * d  # q, k, v and output projections
              + ffn_sets * 2 * hidden * d + hidden * d  # up and down per set, one SwiGLU gate
              + sum(cfg.ffn.experts) * d  # a router per expert count

@@ -10,6 +10,7 @@ between calls, so a forward never depends on an earlier one.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -17,6 +18,7 @@ from torch import Tensor
 
 from hwnas.core.errors import HwnasError
 from hwnas.search_space import ArchConfig, LayerConfig, SearchSpace, SearchSpaceConfig
+from hwnas.search_space.kinds import NORMS
 
 from . import ops
 
@@ -39,22 +41,21 @@ def corner(w: Tensor, rows: int, cols: int) -> Tensor:
 
 
 class ElasticNorms(nn.Module):
-    """The parameters of every norm kind at the largest width; `forward` uses the first d."""
+    """The parameters of every norm kind of the space at the largest width, named `{tag}_{param}`
+    (`search_space.kinds.NORMS`); `forward` uses the first d."""
 
-    def __init__(self, d_max: int):
+    def __init__(self, d_max: int, kinds: Sequence[str] = tuple(NORMS)):
         super().__init__()
-        self.ln_weight, self.ln_bias = nn.Parameter(torch.ones(d_max)), nn.Parameter(torch.zeros(d_max))
-        self.rms_weight = nn.Parameter(torch.ones(d_max))
-        self.dyt_alpha = nn.Parameter(torch.full((), 0.5))
-        self.dyt_weight, self.dyt_bias = nn.Parameter(torch.ones(d_max)), nn.Parameter(torch.zeros(d_max))
+        for kind in (k for k in NORMS.values() if k.name in kinds):  # the registry's order, whatever the config's
+            for name, init in zip(kind.params, kind.init, strict=True):
+                shape = () if name in kind.scalars else (d_max,)
+                self.register_parameter(f"{kind.tag}_{name}", nn.Parameter(torch.full(shape, init)))
 
     def params(self, kind: str, d: int) -> dict[str, Tensor]:
-        """The weights of norm `kind` at width d, by name (weight, bias, alpha)."""
-        if kind == "layernorm":
-            return {"weight": first(self.ln_weight, d), "bias": first(self.ln_bias, d)}
-        if kind == "rmsnorm":
-            return {"weight": first(self.rms_weight, d)}
-        return {"weight": first(self.dyt_weight, d), "bias": first(self.dyt_bias, d), "alpha": self.dyt_alpha}
+        """The weights of norm `kind` at width d, by name."""
+        k = NORMS[kind]
+        return {name: getattr(self, f"{k.tag}_{name}") if name in k.scalars else first(getattr(self, f"{k.tag}_{name}"), d)
+                for name in k.params}
 
     def forward(self, x: Tensor, kind: str) -> Tensor:
         return ops.norm(kind, x, **self.params(kind, x.shape[-1]))
@@ -152,27 +153,21 @@ class Block(nn.Module):
     arch. Each sublayer has an input norm and an output norm (the latter used by peri-LN only)."""
 
     def __init__(self, d_max: int, heads_max: int, head_dim: int, hidden_max: int, expert_counts: list[int],
-                 attention_kinds: Sequence[str] | None = None, ffn_kinds: Sequence[str] | None = None):
+                 norm_kinds: Sequence[str], attention_kinds: Sequence[str] | None = None,
+                 ffn_kinds: Sequence[str] | None = None):
         super().__init__()
         self.attn = ElasticAttention(d_max, heads_max, head_dim, attention_kinds)
         self.ffn = ElasticFFN(d_max, hidden_max, expert_counts, ffn_kinds)
-        self.norm_attn, self.norm_attn_out = ElasticNorms(d_max), ElasticNorms(d_max)
-        self.norm_ffn, self.norm_ffn_out = ElasticNorms(d_max), ElasticNorms(d_max)
+        self.norm_attn, self.norm_attn_out = ElasticNorms(d_max, norm_kinds), ElasticNorms(d_max, norm_kinds)
+        self.norm_ffn, self.norm_ffn_out = ElasticNorms(d_max, norm_kinds), ElasticNorms(d_max, norm_kinds)
 
     def forward(self, x: Tensor, layer: LayerConfig) -> tuple[Tensor, Tensor | None]:
-        kind = layer.norm
-        if layer.placement == "pre":
-            x = x + self.attn(self.norm_attn(x, kind), layer)
-            y, aux = self.ffn(self.norm_ffn(x, kind), layer)
-            return x + y, aux
-        if layer.placement == "post":
-            x = self.norm_attn(x + self.attn(x, layer), kind)
-            y, aux = self.ffn(x, layer)
-            return self.norm_ffn(x + y, kind), aux
-        # peri: normalize the sublayer's input and its output
-        x = x + self.norm_attn_out(self.attn(self.norm_attn(x, kind), layer), kind)
-        y, aux = self.ffn(self.norm_ffn(x, kind), layer)
-        return x + self.norm_ffn_out(y, kind), aux
+        p = layer.placement
+        norm_attn, norm_attn_out = partial(self.norm_attn, kind=layer.norm), partial(self.norm_attn_out, kind=layer.norm)
+        norm_ffn, norm_ffn_out = partial(self.norm_ffn, kind=layer.norm), partial(self.norm_ffn_out, kind=layer.norm)
+        x = ops.combine(p, x, self.attn(ops.core_input(p, x, norm_attn), layer), norm_attn, norm_attn_out)
+        y, aux = self.ffn(ops.core_input(p, x, norm_ffn), layer)
+        return ops.combine(p, x, y, norm_ffn, norm_ffn_out), aux
 
 
 class Supernet(nn.Module):
@@ -191,12 +186,12 @@ class Supernet(nn.Module):
         self.tok_emb = nn.Parameter(torch.randn(c.vocab_size, d_max) / d_max**0.5)  # tied with the LM head
         self.pos_emb = nn.Parameter(torch.randn(c.block_size, d_max) / d_max**0.5)
         per_kind = c.weight_sharing == "per_kind"
-        kinds = {"attention_kinds": list(c.attention.choices) if per_kind else None,
+        kinds = {"norm_kinds": list(c.norm.choices), "attention_kinds": list(c.attention.choices) if per_kind else None,
                  "ffn_kinds": list(c.ffn.choices) if per_kind else None}
         self.blocks = nn.ModuleList(
             Block(d_max, heads_max, c.head_dim, hidden_max, list(c.ffn.experts), **kinds) for _ in range(self.space.max_depth)
         )
-        self.norm_final = ElasticNorms(d_max)
+        self.norm_final = ElasticNorms(d_max, c.norm.choices)
         self._checked: set[ArchConfig] = set()  # archs already validated (a cache; no effect on outputs)
 
     def check(self, tokens: Tensor, arch: ArchConfig) -> None:

@@ -7,6 +7,8 @@ its own. One code path for the math keeps `extract_subnet(...)(x) == supernet(x,
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -37,16 +39,68 @@ def fake_quant(w: Tensor, bits: int) -> Tensor:
 
 
 # --- norms ----------------------------------------------------------------------------------------
-def norm(kind: str, x: Tensor, weight: Tensor, bias: Tensor | None = None, alpha: Tensor | None = None) -> Tensor:
-    """LayerNorm, RMSNorm or Dynamic Tanh (`weight * tanh(alpha * x) + bias`) over the last dim,
-    with weights already at that width."""
-    if kind == "layernorm":
-        return F.layer_norm(x, (x.shape[-1],), weight, bias, EPS)
-    if kind == "rmsnorm":
-        return F.rms_norm(x, (x.shape[-1],), weight, EPS)
-    if kind == "dyt":
-        return torch.addcmul(bias, weight, torch.tanh(alpha * x))
-    raise ValueError(f"norm kind {kind!r} is not one of layernorm, rmsnorm, dyt")
+def crms_norm(x: Tensor, weight: Tensor) -> Tensor:
+    """CRMSNorm (Jiang et al. 2023): RMSNorm of the zero-mean (d+1)-vector that x compresses, whose
+    dropped coordinate is -sum(x): x / sqrt((|x|^2 + sum(x)^2) / (d+1) + eps) * weight."""
+    ss = x.pow(2).sum(dim=-1, keepdim=True) + x.sum(dim=-1, keepdim=True).pow(2)
+    return x * torch.rsqrt(ss / (x.shape[-1] + 1) + EPS) * weight
+
+
+def rms_norm_explicit(x: Tensor, weight: Tensor) -> Tensor:
+    """RMSNorm written out (x / sqrt(mean(x^2) + eps) * w): the pattern ONNX Runtime fuses, for
+    exporters without `rms_norm`."""
+    return x / torch.sqrt(x.pow(2).mean(dim=-1, keepdim=True) + EPS) * weight
+
+
+@dataclass(frozen=True)
+class NormOp:
+    """The math of a norm kind (`search_space.kinds.NORMS` names its parameters): `fn(x, **params)`
+    over the last dim, with the weights already at that width; `deploy`, when set, is the same math
+    in a form the ONNX exporters take."""
+
+    fn: Callable[..., Tensor]
+    deploy: Callable[..., Tensor] | None = None
+
+
+NORM_OPS: dict[str, NormOp] = {
+    "layernorm": NormOp(lambda x, weight, bias: F.layer_norm(x, (x.shape[-1],), weight, bias, EPS)),
+    "rmsnorm": NormOp(lambda x, weight: F.rms_norm(x, (x.shape[-1],), weight, EPS), deploy=rms_norm_explicit),
+    "dyt": NormOp(lambda x, alpha, weight, bias: torch.addcmul(bias, weight, torch.tanh(alpha * x))),  # Dynamic Tanh
+    "crmsnorm": NormOp(crms_norm),
+}
+
+
+def norm(kind: str, x: Tensor, **params: Tensor) -> Tensor:
+    """Norm `kind` of x over the last dim with its parameters by name (`NORMS[kind].params`)."""
+    if kind not in NORM_OPS:
+        raise ValueError(f"norm kind {kind!r} is not one of {', '.join(NORM_OPS)}")
+    return NORM_OPS[kind].fn(x, **params)
+
+
+def deploy_norm(kind: str, x: Tensor, **params: Tensor) -> Tensor:
+    """`norm` in its export form (the same math)."""
+    op = NORM_OPS[kind]
+    return (op.deploy or op.fn)(x, **params)
+
+
+# --- norm placement -------------------------------------------------------------------------------
+# A sublayer (attention or FFN) wraps its core in norms and a residual add, by placement:
+#     pre:  x + core(norm_in(x))      post: norm_in(x + core(x))      peri: x + norm_out(core(norm_in(x)))
+def core_input(placement: str, x: Tensor, norm_in: Callable[[Tensor], Tensor]) -> Tensor:
+    """What the sublayer's core reads."""
+    return x if placement == "post" else norm_in(x)
+
+
+def combine(placement: str, x: Tensor, y: Tensor, norm_in: Callable[[Tensor], Tensor],
+            norm_out: Callable[[Tensor], Tensor] | None) -> Tensor:
+    """The sublayer's output from its input x and its core's output y."""
+    if placement == "pre":
+        return x + y
+    if placement == "post":
+        return norm_in(x + y)
+    if placement == "peri":
+        return x + norm_out(y)
+    raise ValueError(f"norm placement {placement!r} is not one of pre, post, peri")
 
 
 # --- attention ------------------------------------------------------------------------------------

@@ -12,21 +12,19 @@ from torch import Tensor
 
 from hwnas.core.io import atomic_path
 from hwnas.search_space import ArchConfig, LayerConfig, ModelDims
+from hwnas.search_space.kinds import NORMS
 
 from . import ops
 from .model import ElasticNorms, Supernet
-
-_NORM_SHAPES = {"layernorm": ("weight", "bias"), "rmsnorm": ("weight",), "dyt": ("alpha", "weight", "bias")}
 
 
 class Norm(nn.Module):
     def __init__(self, kind: str, d: int):
         super().__init__()
         self.kind = kind
-        self.p = nn.ParameterDict({
-            name: nn.Parameter(torch.full((), 0.5) if name == "alpha" else (torch.zeros(d) if name == "bias" else torch.ones(d)))
-            for name in _NORM_SHAPES[kind]
-        })
+        k = NORMS[kind]
+        self.p = nn.ParameterDict({name: nn.Parameter(torch.full(() if name in k.scalars else (d,), init))
+                                   for name, init in zip(k.params, k.init, strict=True)})
 
     def forward(self, x: Tensor) -> Tensor:
         return ops.norm(self.kind, x, **self.p)
@@ -84,18 +82,11 @@ class SubnetBlock(nn.Module):
             self.norm_attn_out, self.norm_ffn_out = Norm(layer.norm, d), Norm(layer.norm, d)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        placement = self.layer.placement
-        if placement == "pre":
-            x = x + self.attn(self.norm_attn(x))
-            y, aux = self.ffn(self.norm_ffn(x))
-            return x + y, aux
-        if placement == "post":
-            x = self.norm_attn(x + self.attn(x))
-            y, aux = self.ffn(x)
-            return self.norm_ffn(x + y), aux
-        x = x + self.norm_attn_out(self.attn(self.norm_attn(x)))
-        y, aux = self.ffn(self.norm_ffn(x))
-        return x + self.norm_ffn_out(y), aux
+        p = self.layer.placement
+        norm_attn_out, norm_ffn_out = getattr(self, "norm_attn_out", None), getattr(self, "norm_ffn_out", None)
+        x = ops.combine(p, x, self.attn(ops.core_input(p, x, self.norm_attn)), self.norm_attn, norm_attn_out)
+        y, aux = self.ffn(ops.core_input(p, x, self.norm_ffn))
+        return ops.combine(p, x, y, self.norm_ffn, norm_ffn_out), aux
 
 
 class Subnet(nn.Module):

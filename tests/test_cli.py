@@ -81,7 +81,7 @@ def test_bad_config_exits_2_with_one_line(tmp_path):
     assert proc.stdout == ""
     assert "Traceback" not in proc.stderr
     assert proc.stderr.splitlines() == [
-        f"hwnas: error: {path}: search_space.norm.choices[1]: Input should be 'layernorm', 'rmsnorm' or 'dyt' "
+        f"hwnas: error: {path}: search_space.norm.choices[1]: Input should be 'layernorm', 'rmsnorm', 'dyt' or 'crmsnorm' "
         "(got 'batchnorm')"
     ]
 

@@ -44,7 +44,7 @@ BAD_CONFIGS = [
     ("bool-per-layer", ss(norm={"choices": ["dyt"], "per_layer": "no"}), "search_space.norm.per_layer",
      "config: search_space.norm.per_layer: Input should be a valid boolean (got 'no')"),
     ("norm-batchnorm", ss(norm={"choices": ["layernorm", "batchnorm"]}), "search_space.norm.choices[1]",
-     "config: search_space.norm.choices[1]: Input should be 'layernorm', 'rmsnorm' or 'dyt' (got 'batchnorm')"),
+     "config: search_space.norm.choices[1]: Input should be 'layernorm', 'rmsnorm', 'dyt' or 'crmsnorm' (got 'batchnorm')"),
     ("placement-middle", ss(norm_placement={"choices": ["middle"]}), "search_space.norm_placement.choices[0]",
      "config: search_space.norm_placement.choices[0]: Input should be 'pre', 'post' or 'peri' (got 'middle')"),
     ("attention-flash", ss(attention={"choices": ["softmax", "flash"]}), "search_space.attention.choices[1]",
@@ -138,7 +138,7 @@ def test_non_mapping_top_level(data, kind):
         ("- name: t\n", "expected a mapping at the top level, got list"),
         ("", "expected a mapping at the top level, got NoneType"),
         ("name: t\nsearch_space:\n  norm: {choices: [batchnorm]}\n",
-         "search_space.norm.choices[0]: Input should be 'layernorm', 'rmsnorm' or 'dyt' (got 'batchnorm')"),
+         "search_space.norm.choices[0]: Input should be 'layernorm', 'rmsnorm', 'dyt' or 'crmsnorm' (got 'batchnorm')"),
     ],
     ids=["unclosed-list", "bad-indent", "tab", "undefined-alias", "nul-char", "list", "empty", "bad-value"],
 )

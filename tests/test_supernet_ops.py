@@ -58,12 +58,12 @@ def test_norms_match_reference():
     with torch.no_grad():
         ln.weight.copy_(w)
         ln.bias.copy_(b)
-    torch.testing.assert_close(ops.norm("layernorm", x, w, b), ln(x))
+    torch.testing.assert_close(ops.norm("layernorm", x, weight=w, bias=b), ln(x))
     rms = x / torch.sqrt((x * x).mean(-1, keepdim=True) + ops.EPS) * w
-    torch.testing.assert_close(ops.norm("rmsnorm", x, w), rms, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(ops.norm("dyt", x, w, b, alpha), w * torch.tanh(alpha * x) + b)
+    torch.testing.assert_close(ops.norm("rmsnorm", x, weight=w), rms, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(ops.norm("dyt", x, weight=w, bias=b, alpha=alpha), w * torch.tanh(alpha * x) + b)
     with pytest.raises(ValueError, match="batchnorm"):
-        ops.norm("batchnorm", x, w)
+        ops.norm("batchnorm", x, weight=w)
 
 
 def test_mlp_and_swiglu_match_reference():

@@ -40,6 +40,7 @@ from hwnas.core.isolate import run_isolated
 from hwnas.core.manifest import Manifest
 from hwnas.core.rundir import claim_run_dir, stage_lock
 from hwnas.search_space import ArchConfig, SearchSpace
+from hwnas.search_space.sampling import distinct
 from hwnas.supernet.memory import check_fits
 
 from .backends import Backend, make_backend
@@ -126,31 +127,20 @@ def calibration_archs(space: SearchSpace, n: int, seed: int, exclude: Iterable[s
 
     rng, taken = np.random.default_rng([seed, 1]), set(exclude)
     picks = stratified(space, n // 2, rng, taken, strata=CALIBRATION_STRATA, pool_size=CALIBRATION_POOL) if n >= 2 else []
-    return picks + _distinct_samples(space, n - len(picks), rng, taken)
+    return picks + distinct(space, n - len(picks), rng, taken, tries=100 * (n - len(picks)) + 100)
 
 
 def reference_arch(space: SearchSpace, seed: int) -> ArchConfig:
     """The speed reference: the subnet of median FLOPs among `REFERENCE_POOL` uniform draws of the
     seed stream (seed, 4), a subnet of middling size timed in every measurement window."""
-    pool = _distinct_samples(space, REFERENCE_POOL, np.random.default_rng([seed, 4]), set())
+    pool = distinct(space, REFERENCE_POOL, np.random.default_rng([seed, 4]), tries=100 * REFERENCE_POOL + 100)
     pool.sort(key=lambda a: (space.flops(a), a.key()))
     return pool[len(pool) // 2]
 
 
 def heldout_archs(space: SearchSpace, n: int, seed: int, exclude: Iterable[str] = ()) -> list[ArchConfig]:
     """`n` distinct random archs from another seed stream (seed, 2), none in `exclude`."""
-    return _distinct_samples(space, n, np.random.default_rng([seed, 2]), set(exclude))
-
-
-def _distinct_samples(space: SearchSpace, n: int, rng: np.random.Generator, exclude: set[str]) -> list[ArchConfig]:
-    out: dict[str, ArchConfig] = {}
-    for _ in range(100 * n + 100):
-        if len(out) >= n:
-            break
-        arch = space.sample(rng)
-        if arch.key() not in exclude:
-            out.setdefault(arch.key(), arch)
-    return list(out.values())
+    return distinct(space, n, np.random.default_rng([seed, 2]), set(exclude), tries=100 * n + 100)
 
 
 class Measurer:

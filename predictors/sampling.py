@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from hwnas.search_space import ArchConfig, SearchSpace
-from hwnas.search_space.sampling import SamplingError, stratified
+from hwnas.search_space.sampling import SamplingError, distinct, stratified
 
 
 def _seeded(seed: int, stream: int) -> np.random.Generator:
@@ -16,17 +16,10 @@ def _seeded(seed: int, stream: int) -> np.random.Generator:
 
 
 def _uniform(space: SearchSpace, n: int, rng: np.random.Generator, taken: set[str], what: str) -> list[ArchConfig]:
-    out: list[ArchConfig] = []
-    tries = 0
-    while len(out) < n:
-        tries += 1
-        if tries > 200 * n + 1000:
-            raise SamplingError(f"could not draw {n} distinct {what} archs (got {len(out)}); the space is too small, "
-                                f"lower predictors.n_fit / n_heldout")
-        arch = space.sample(rng)
-        if arch.key() not in taken:
-            taken.add(arch.key())
-            out.append(arch)
+    out = distinct(space, n, rng, taken)
+    if len(out) < n:
+        raise SamplingError(f"could not draw {n} distinct {what} archs (got {len(out)}); the space is too small, "
+                            f"lower predictors.n_fit / n_heldout")
     return out
 
 

@@ -11,6 +11,7 @@ import math
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from hwnas.core.config import MAX_WORKERS, Section, field_error
 from hwnas.core.io import unwritable
@@ -38,7 +39,7 @@ class SearchConfig(Section):
                                   description="loss, latency@<device>[/<runtime>], params, flops, memory; a latency "
                                   "without a runtime is latency_backend's")
     constraints: list[str] = Field(default_factory=list, description="e.g. 'latency@cpu/torch <= 5ms', 'params <= 2e6'")
-    engine: Literal["pymoo", "optuna", "linas", "random"] = "pymoo"
+    engine: str = Field(default="pymoo", description="a registered engine (search.engines): pymoo, optuna, linas, random")
     algorithm: str = Field(default="nsga2", description="pymoo: nsga2|nsga3|smsemoa; optuna: nsga2|nsga3|tpe|random")
     budget: int = Field(default=10000, gt=0, le=MAX_BUDGET, description="candidates evaluated (on predictors; real ones for linas)")
     population: int = Field(default=100, gt=1, le=MAX_POPULATION)
@@ -90,11 +91,22 @@ class SearchConfig(Section):
             raise ValueError(why)
         return v
 
+    @field_validator("engine")
+    @classmethod
+    def check_engine(cls, v: str) -> str:
+        from .engines import engines
+
+        names = [repr(n) for n in engines()]
+        if v not in engines():
+            raise PydanticCustomError("literal_error", "Input should be {expected}",
+                                      {"expected": ", ".join(names[:-1]) + f" or {names[-1]}"})
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> SearchConfig:
-        from .engines import OPTUNA_ALGORITHMS, PYMOO_ALGORITHMS
+        from .engines import engines
 
-        allowed = {"pymoo": PYMOO_ALGORITHMS, "optuna": OPTUNA_ALGORITHMS, "linas": ("nsga2",), "random": ("nsga2", "random")}[self.engine]
+        allowed = engines()[self.engine].algorithms
         if self.algorithm not in allowed:
             raise field_error("algorithm", f"{self.algorithm!r} is not one of {', '.join(allowed)} for engine {self.engine!r}")
         if self.ref_point is not None and len(self.ref_point) != len(self.objectives):
@@ -127,8 +139,11 @@ class SearchConfig(Section):
 def workers_problem(workers: int, engine: str, storage: str | None) -> str | None:
     """Why `workers` processes cannot share this search (None if they can): only an Optuna study
     in a storage that other processes reach is shared."""
-    if workers > 1 and engine != "optuna":
-        return f"{workers} workers need engine 'optuna' (got {engine!r})"
+    from .engines import engines
+
+    if workers > 1 and not engines()[engine].parallel:
+        parallel = " or ".join(repr(n) for n, e in engines().items() if e.parallel)
+        return f"{workers} workers need engine {parallel} (got {engine!r})"
     if workers > 1 and storage is not None and storage.startswith("sqlite:") and _sqlite_file(storage) is None:
         return f"{workers} workers cannot share an in-memory SQLite study; give storage a file (sqlite:///path/study.db)"
     return None

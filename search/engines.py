@@ -1,17 +1,25 @@
-"""Search engines behind one interface: `engine.run(objectives, budget) -> ParetoFront`.
+"""Search engines behind one interface, `engine.run(objectives, budget, front) -> ParetoFront`, in a
+registry by name (`search.engine` in the config), as Optuna keeps its samplers:
 
-- `OptunaEngine` (search/optuna_engine.py): NSGA-II, NSGA-III, multi-objective TPE or random
-  sampling over `SearchSpace.suggest`, in a study several processes share.
-- `PymooEngine`: NSGA-II, NSGA-III or SMS-EMOA (hypervolume-based; AGE-MOEA needs numba) over the integer gene vector, with sampling,
-  crossover and mutation done by `SearchSpace` itself, so every candidate is a valid arch; the
-  whole population is evaluated in one batch, and the last one is cut at the budget.
-- `random_search`: uniform sampling, the baseline.
+- `pymoo` (`PymooEngine`): NSGA-II, NSGA-III or SMS-EMOA (hypervolume-based; AGE-MOEA needs numba)
+  over the integer gene vector, with sampling, crossover and mutation done by `SearchSpace`
+  itself, so every candidate is a valid arch; the whole population is evaluated in one batch, and
+  the last one is cut at the budget.
+- `optuna` (`OptunaEngine`, search/optuna_engine.py): NSGA-II, NSGA-III, multi-objective TPE or
+  random sampling over `SearchSpace.suggest`, in a study several processes share.
+- `linas` (`LinasEngine`, search/linas.py): predictor-in-the-loop search on real evaluations.
+- `random` (`RandomEngine`): uniform sampling, the baseline.
+
+A new engine subclasses `SearchEngine`, sets `name` and `algorithms`, and is decorated with
+`@register_engine`; the config, the stage and the CLI then take it by name.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -20,6 +28,9 @@ from hwnas.search_space import ArchConfig, SearchSpace, as_rng, legacy_seed
 
 from .objectives import ObjectiveSet
 from .pareto import Candidate, ParetoFront
+
+if TYPE_CHECKING:
+    from .config import SearchConfig
 
 OPTUNA_ALGORITHMS = ("nsga2", "nsga3", "tpe", "random")
 PYMOO_ALGORITHMS = ("nsga2", "nsga3", "smsemoa")
@@ -38,10 +49,27 @@ def candidates_of(archs: list[ArchConfig], objectives: ObjectiveSet) -> list[Can
 
 
 class SearchEngine(ABC):
-    """Finds the Pareto front of `objectives` over `space` within `budget` candidate evaluations."""
+    """Finds the Pareto front of `objectives` over `space` within `budget` candidate evaluations.
+
+    `name` is the config's `search.engine`; `algorithms` the `search.algorithm`s it takes;
+    `parallel` whether several worker processes can share one search."""
+
+    name: ClassVar[str]
+    algorithms: ClassVar[tuple[str, ...]]
+    parallel: ClassVar[bool] = False
 
     def __init__(self, space: SearchSpace, seed: int = 0):
         self.space, self.seed = space, seed
+
+    @classmethod
+    def from_config(cls, space: SearchSpace, cfg: SearchConfig, run_dir: Path, seed: int, workers: int | None = None
+                    ) -> SearchEngine:
+        """The engine the search stage runs for `cfg` in `run_dir`."""
+        return cls(space, seed=seed)
+
+    def prepare(self, objectives: ObjectiveSet) -> None:  # noqa: B027 (optional hook, like Optuna's callbacks)
+        """Refuse, before the stage writes anything, a search that cannot run (by default there is
+        nothing to check)."""
 
     @abstractmethod
     def run(self, objectives: ObjectiveSet, budget: int, front: ParetoFront,
@@ -49,8 +77,37 @@ class SearchEngine(ABC):
         ...
 
 
+_REGISTRY: dict[str, type[SearchEngine]] = {}
+
+
+def register_engine(cls: type[SearchEngine]) -> type[SearchEngine]:
+    """Class decorator: make `cls` available as `search.engine: <cls.name>`."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def engines() -> dict[str, type[SearchEngine]]:
+    """Every registered engine by name (the built-in ones first)."""
+    from . import linas, optuna_engine  # noqa: F401  (their engines register when imported)
+
+    return dict(_REGISTRY)
+
+
+def make_engine(space: SearchSpace, cfg: SearchConfig, run_dir: Path, seed: int, workers: int | None = None
+                ) -> SearchEngine:
+    """The configured engine (`cfg.engine`) for the search stage."""
+    return engines()[cfg.engine].from_config(space, cfg, run_dir, seed, workers)
+
+
 # --- pymoo ------------------------------------------------------------------------------------
+@register_engine
 class PymooEngine(SearchEngine):
+    name, algorithms = "pymoo", PYMOO_ALGORITHMS
+
+    @classmethod
+    def from_config(cls, space, cfg, run_dir, seed, workers=None) -> PymooEngine:
+        return cls(space, cfg.algorithm, cfg.population, seed)
+
     def __init__(self, space: SearchSpace, algorithm: str = "nsga2", population: int = 100, seed: int = 0,
                  mutation_p: float = 0.15):
         super().__init__(space, seed)
@@ -112,15 +169,23 @@ class PymooEngine(SearchEngine):
         return front
 
 
-def random_search(space: SearchSpace, objectives: ObjectiveSet, budget: int, front: ParetoFront, seed: int = 0,
-                  batch: int = 50, progress=None) -> ParetoFront:
-    """Uniform random sampling of `budget` archs (a baseline), in batches."""
-    rng = as_rng(seed)
-    done = 0
-    while done < budget:
-        n = min(batch, budget - done)
-        front.add(candidates_of([space.sample(rng) for _ in range(n)], objectives))
-        done += n
-        if progress:
-            progress(n)
-    return front
+@register_engine
+class RandomEngine(SearchEngine):
+    """Uniform random sampling (the baseline), evaluated in batches."""
+
+    name, algorithms = "random", ("nsga2", "random")  # nsga2: the config's default algorithm, taken as is
+
+    def __init__(self, space: SearchSpace, seed: int = 0, batch: int = 50):
+        super().__init__(space, seed)
+        self.batch = batch
+
+    def run(self, objectives: ObjectiveSet, budget: int, front: ParetoFront, progress=None) -> ParetoFront:
+        rng = as_rng(self.seed)
+        done = 0
+        while done < budget:
+            n = min(self.batch, budget - done)
+            front.add(candidates_of([self.space.sample(rng) for _ in range(n)], objectives))
+            done += n
+            if progress:
+                progress(n)
+        return front

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from hwnas.search_space import ArchConfig, SearchSpace, as_rng
+from hwnas.search_space.sampling import distinct
 
-from .engines import PymooEngine, candidates_of
+from .engines import PymooEngine, SearchEngine, SearchError, candidates_of, register_engine
 from .objectives import ObjectiveSet, predictor_objective
 from .pareto import ParetoFront, pick_spread
 
@@ -33,50 +34,77 @@ class LinasSettings:
     population: int = 50
 
 
-def linas_search(space: SearchSpace, objectives: ObjectiveSet, learned: list[str], fit_predictor: FitPredictor,
-                 budget: int, front: ParetoFront, settings: LinasSettings | None = None, seed: int = 0,
-                 progress: Callable[[int], None] | None = None) -> ParetoFront:
-    """Spend `budget` real evaluations of `objectives`; `front` receives the real values and records
-    the hypervolume after each real evaluation."""
-    s = settings or LinasSettings()
-    rng = as_rng(seed)
-    seen: set[str] = set()
+@register_engine
+class LinasEngine(SearchEngine):
+    """Spends `budget` real evaluations of `objectives`; the front receives the real values and
+    records the hypervolume after each real evaluation. `learned`: the objectives fitted by
+    `fit_predictor` each iteration (default: loss, when it is one)."""
 
-    def evaluate(archs: list[ArchConfig]) -> None:
-        for a in archs:  # one at a time, so the history is per real evaluation
-            front.add(candidates_of([a], objectives))
-            seen.add(a.key())
-        if progress:
-            progress(len(archs))
+    name, algorithms = "linas", ("nsga2",)
 
-    initial = []
-    while len(initial) < min(s.initial, budget):
-        a = space.sample(rng)
-        if a.key() not in seen and a.key() not in {b.key() for b in initial}:
-            initial.append(a)
-    evaluate(initial)
-    iteration = 0
-    while len(seen) < budget:
+    def __init__(self, space: SearchSpace, fit_predictor: FitPredictor, settings: LinasSettings | None = None, seed: int = 0,
+                 learned: Sequence[str] | None = None):
+        super().__init__(space, seed)
+        self.fit_predictor, self.settings, self.learned = fit_predictor, settings or LinasSettings(), learned
+
+    @classmethod
+    def from_config(cls, space, cfg, run_dir, seed, workers=None) -> LinasEngine:
+        settings = LinasSettings(cfg.linas.initial, cfg.linas.per_iteration, cfg.linas.inner_budget, min(cfg.population, 50))
+        return cls(space, fit_predictor_factory(space), settings, seed)
+
+    def run(self, objectives: ObjectiveSet, budget: int, front: ParetoFront,
+            progress: Callable[[int], None] | None = None) -> ParetoFront:
+        space, s, seed = self.space, self.settings, self.seed
+        learned = self.learned if self.learned is not None else [n for n in objectives.names if n == "loss"]
+        rng = as_rng(seed)
+        seen: set[str] = set()
+
+        def evaluate(archs: list[ArchConfig]) -> None:
+            for a in archs:  # one at a time, so the history is per real evaluation
+                front.add(candidates_of([a], objectives))
+                seen.add(a.key())
+            if progress:
+                progress(len(archs))
+
+        evaluate(distinct(space, min(s.initial, budget), rng))
+        iteration = 0
+        while len(seen) < budget:
+            inner = ParetoFront(objectives.names, front.ref_point, objectives.constraint_names)
+            cheap = self._cheap(objectives, learned, front)
+            PymooEngine(space, "nsga2", population=s.population, seed=seed + 1000 + iteration).run(cheap, s.inner_budget, inner)
+            want = min(s.per_iteration, budget - len(seen))
+            picks = [c.arch for c in pick_spread(inner.members(), want, seen)]
+            if len(picks) < want:  # front exhausted: fill with mutants of it
+                pool = [c.arch for c in inner.members()] or [c.arch for c in front.candidates]
+                picks += distinct(space, want - len(picks), rng, seen | {p.key() for p in picks},
+                                  draw=lambda r, pool=pool: space.mutate(pool[int(r.integers(len(pool)))], r, 0.3))
+            if not picks:
+                raise SearchError(f"LINAS found no arch it has not evaluated after {len(seen)}; the space is smaller "
+                                  "than search.budget")
+            evaluate(picks)
+            iteration += 1
+        return front
+
+    def _cheap(self, objectives: ObjectiveSet, learned: Sequence[str], front: ParetoFront) -> ObjectiveSet:
+        """`objectives` with each learned one swapped for a predictor fitted on the real evaluations so far."""
         archs = [c.arch for c in front.candidates]
         F = np.array([c.objectives for c in front.candidates])
         swapped = []
         for o in objectives.objectives:
             if o.name in learned:
-                j = objectives.names.index(o.name)
-                model = fit_predictor(archs, F[:, j])
+                model = self.fit_predictor(archs, F[:, objectives.names.index(o.name)])
                 swapped.append(predictor_objective(model, o.name, o.unit))
             else:
                 swapped.append(o)
-        cheap = ObjectiveSet(swapped, objectives.constraints, objectives.extra, objectives.risk)
-        inner = ParetoFront(objectives.names, front.ref_point, objectives.constraint_names)
-        PymooEngine(space, "nsga2", population=s.population, seed=seed + 1000 + iteration).run(cheap, s.inner_budget, inner)
-        picks = [c.arch for c in pick_spread(inner.members(), min(s.per_iteration, budget - len(seen)), seen)]
-        if len(picks) < min(s.per_iteration, budget - len(seen)):  # front exhausted: fill with mutants of it
-            pool = [c.arch for c in inner.members()] or archs
-            while len(picks) < min(s.per_iteration, budget - len(seen)):
-                a = space.mutate(pool[int(rng.integers(len(pool)))], rng, 0.3)
-                if a.key() not in seen and a.key() not in {p.key() for p in picks}:
-                    picks.append(a)
-        evaluate(picks)
-        iteration += 1
-    return front
+        return ObjectiveSet(swapped, objectives.constraints, objectives.extra, objectives.risk)
+
+
+def fit_predictor_factory(space: SearchSpace) -> FitPredictor:
+    """LINAS refits: the predictor stage's model family (ridge on the arch features by default)."""
+    from hwnas.predictors.features import ArchFeaturizer
+    from hwnas.predictors.models import AccuracyPredictor, make_model
+
+    def fit(archs, y):
+        return AccuracyPredictor(ArchFeaturizer(space.config.model_dump(mode="json")), make_model("ridge")).fit(list(archs), y)
+
+    return fit

@@ -16,9 +16,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from hwnas.core.isolate import Isolated, wait_all
 from hwnas.search_space import SearchSpace, legacy_seed
 
-from .engines import OPTUNA_ALGORITHMS, SearchEngine, SearchError, candidates_of
+from .engines import OPTUNA_ALGORITHMS, SearchEngine, SearchError, candidates_of, register_engine
 from .objectives import ObjectiveSet
 from .pareto import Candidate, ParetoFront
 
@@ -146,13 +147,32 @@ def _is_stale(trial, namespace: str, now: datetime.datetime) -> bool:
     return (now - started).total_seconds() > STALE_AFTER_S
 
 
+@register_engine
 class OptunaEngine(SearchEngine):
+    """An Optuna study over `SearchSpace.suggest`. From a config (`from_config`), `workers` > 1
+    processes (which die with this one) fill the study's storage together, up to exactly the
+    budget of complete trials."""
+
+    name, algorithms, parallel = "optuna", OPTUNA_ALGORITHMS, True
+
     def __init__(self, space: SearchSpace, algorithm: str = "nsga2", storage: str | None = None,
                  study_name: str = "hwnas", population: int = 50, seed: int = 0):
         super().__init__(space, seed)
         if algorithm not in OPTUNA_ALGORITHMS:
             raise SearchError(f"search.algorithm: {algorithm!r} is not one of {', '.join(OPTUNA_ALGORITHMS)} for the optuna engine")
         self.algorithm, self.storage_url, self.study_name, self.population = algorithm, storage, study_name, population
+        self.workers, self.worker_args = 1, None  # set by from_config: what a worker process rebuilds the search from
+
+    @classmethod
+    def from_config(cls, space, cfg, run_dir, seed, workers=None) -> OptunaEngine:
+        storage = cfg.storage or default_storage(run_dir / "search")
+        engine = cls(space, cfg.algorithm, storage, population=cfg.population, seed=seed)
+        engine.workers = workers or cfg.workers
+        engine.worker_args = (space.config.model_dump_json(), cfg.model_dump_json(), str(run_dir), seed)
+        return engine
+
+    def prepare(self, objectives: ObjectiveSet) -> None:
+        self.study(objectives)  # a study that cannot be opened is refused before the stage writes anything
 
     def study(self, objectives: ObjectiveSet, worker: int = 0):
         import optuna
@@ -304,7 +324,34 @@ class OptunaEngine(SearchEngine):
         return front
 
     def run(self, objectives: ObjectiveSet, budget: int, front: ParetoFront, progress=None) -> ParetoFront:
-        """Run the study until it holds `budget` complete trials (resuming an existing one)."""
+        """Run the study until it holds `budget` complete trials (resuming an existing one), in this
+        process or in `workers` worker processes."""
         study = self.study(objectives)
-        self.fill(objectives, budget, progress=progress, study=study)
+        shown = min(self.complete_trials(study), budget)  # a resumed study's trials so far
+        if progress:
+            progress(shown)
+        if self.workers > 1 and shown < budget:
+            def poll() -> None:  # the workers' trials, on this process's progress bar
+                nonlocal shown
+                done = min(self.complete_trials(study), budget)
+                progress(done - shown)
+                shown = done
+
+            wait_all([Isolated(_optuna_worker, *self.worker_args, i, self.storage_url) for i in range(self.workers)], grace=2,
+                     poll=poll if progress else None)
+        else:
+            self.fill(objectives, budget, progress=progress, study=study)
         return self.front_of(study, objectives, front, budget)
+
+
+def _optuna_worker(space_json: str, cfg_json: str, run_dir: str, seed: int, worker: int, storage: str) -> None:
+    """One worker process of a shared study: rebuilds the objectives from the run and fills the study."""
+    from hwnas.search_space import SearchSpaceConfig
+
+    from .config import SearchConfig
+    from .stage import load_objectives
+
+    space = SearchSpace(SearchSpaceConfig.model_validate_json(space_json))
+    cfg = SearchConfig.model_validate_json(cfg_json)
+    objectives = load_objectives(space, cfg, Path(run_dir))
+    OptunaEngine(space, cfg.algorithm, storage, population=cfg.population, seed=seed).fill(objectives, cfg.budget, worker=worker)

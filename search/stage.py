@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from hwnas.core.io import ArtifactError, read_json
-from hwnas.core.isolate import Isolated, wait_all
 from hwnas.core.manifest import RUN_FOLDERS, Manifest
 from hwnas.core.progress import progress_bar
 from hwnas.core.rundir import claim_run_dir, stage_lock
@@ -28,10 +27,8 @@ from hwnas.search_space import ArchConfig, SearchSpace, SearchSpaceConfig
 from .choices import choices_report
 from .choices import latency_targets as choice_targets
 from .config import SearchConfig
-from .engines import PymooEngine, SearchError, random_search
-from .linas import LinasSettings, linas_search
+from .engines import SearchError, make_engine
 from .objectives import LATENCY_STATISTICS, ObjectiveSet, build_objectives
-from .optuna_engine import OptunaEngine, default_storage
 from .pareto import SEARCH_FILES, ParetoFront, pick_spread, read_front, read_validation
 from .plots import flat, front_plots, hypervolume_plot, validation_plots
 
@@ -148,48 +145,6 @@ def reference_point(space: SearchSpace, objectives: ObjectiveSet, cfg: SearchCon
     return 1.1 * F.max(axis=0)
 
 
-def fit_predictor_factory(space: SearchSpace):
-    """LINAS refits: the predictor stage's model family (ridge on the arch features by default)."""
-    from hwnas.predictors.features import ArchFeaturizer
-    from hwnas.predictors.models import AccuracyPredictor, make_model
-
-    def fit(archs, y):
-        return AccuracyPredictor(ArchFeaturizer(space.config.model_dump(mode="json")), make_model("ridge")).fit(list(archs), y)
-
-    return fit
-
-
-def _optuna_worker(space_json: str, cfg_json: str, run_dir: str, seed: int, worker: int, storage: str) -> None:
-    space = SearchSpace(SearchSpaceConfig.model_validate_json(space_json))
-    cfg = SearchConfig.model_validate_json(cfg_json)
-    objectives = load_objectives(space, cfg, Path(run_dir))
-    OptunaEngine(space, cfg.algorithm, storage, population=cfg.population, seed=seed).fill(objectives, cfg.budget, worker=worker)
-
-
-def run_optuna(space: SearchSpace, cfg: SearchConfig, objectives: ObjectiveSet, run_dir: Path, front: ParetoFront, seed: int,
-               workers: int, progress=None) -> ParetoFront:
-    """The Optuna engine; with `workers` > 1, that many processes (which die with this one) fill
-    the study's storage together, up to exactly `cfg.budget` complete trials."""
-    storage = cfg.storage or default_storage(run_dir / "search")
-    engine = OptunaEngine(space, cfg.algorithm, storage, population=cfg.population, seed=seed)
-    study = engine.study(objectives)
-    shown = min(engine.complete_trials(study), cfg.budget)  # a resumed study's trials so far
-    if progress:
-        progress(shown)
-    if workers > 1 and shown < cfg.budget:
-        def poll() -> None:  # the workers' trials, on this process's progress bar
-            nonlocal shown
-            done = min(engine.complete_trials(study), cfg.budget)
-            progress(done - shown)
-            shown = done
-
-        args = (space.config.model_dump_json(), cfg.model_dump_json(), str(run_dir), seed)
-        wait_all([Isolated(_optuna_worker, *args, i, storage) for i in range(workers)], grace=2, poll=poll if progress else None)
-    else:
-        engine.fill(objectives, cfg.budget, progress=progress, study=study)
-    return engine.front_of(study, objectives, front, cfg.budget)
-
-
 def validate_front(space: SearchSpace, front: ParetoFront, cfg: SearchConfig, run_dir: Path, latency_cfg=None,
                    real_loss: RealLoss | None = None) -> list[dict[str, Any]]:
     """Evaluate up to `validate_top` front members (spread along it) for real: validation loss on
@@ -242,24 +197,13 @@ def _run_search(space_cfg: SearchSpaceConfig, cfg: SearchConfig, run_dir: Path, 
     objectives = load_objectives(space, cfg, run_dir)
     # the supernet, corpus and predictor report the validation reads: checked before anything is written
     real_loss = RealLoss(space, run_dir) if "loss" in objectives.names and cfg.validate_top else None
-    if cfg.engine == "optuna":  # a study that cannot be opened is refused before anything is written
-        OptunaEngine(space, cfg.algorithm, cfg.storage or default_storage(out), population=cfg.population, seed=seed).study(objectives)
+    engine = make_engine(space, cfg, run_dir, seed, workers)
+    engine.prepare(objectives)  # e.g. an Optuna study that cannot be opened: refused before anything is written
     ref = reference_point(space, objectives, cfg, seed)
     front = ParetoFront(objectives.names, ref, objectives.constraint_names)
     t0 = time.perf_counter()
     with progress_bar(f"search ({cfg.engine}/{cfg.algorithm})", cfg.budget, progress, unit="arch") as advance:
-        if cfg.engine == "optuna":
-            run_optuna(space, cfg, objectives, run_dir, front, seed, workers or cfg.workers, advance)
-        elif cfg.engine == "pymoo":
-            PymooEngine(space, cfg.algorithm, cfg.population, seed).run(objectives, cfg.budget, front, advance)
-        elif cfg.engine == "random":
-            random_search(space, objectives, cfg.budget, front, seed, progress=advance)
-        elif cfg.engine == "linas":
-            learned = [n for n in objectives.names if n == "loss"]
-            settings = LinasSettings(cfg.linas.initial, cfg.linas.per_iteration, cfg.linas.inner_budget, min(cfg.population, 50))
-            linas_search(space, objectives, learned, fit_predictor_factory(space), cfg.budget, front, settings, seed, advance)
-        else:  # pragma: no cover (the config rejects it)
-            raise SearchError(f"search.engine: {cfg.engine!r} unknown")
+        engine.run(objectives, cfg.budget, front, advance)
     seconds = time.perf_counter() - t0
     if not front.members():
         raise SearchError(f"no feasible candidate among {len(front.candidates)}: the constraints {cfg.constraints} exclude "

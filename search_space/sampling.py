@@ -5,6 +5,7 @@ covered. Used for the predictors' fit set and the latency tables' calibration su
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -16,6 +17,24 @@ from .space import SearchSpace
 
 class SamplingError(HwnasError, ValueError):
     """The space holds too few distinct archs for the requested sets."""
+
+
+def distinct(space: SearchSpace, n: int, rng: np.random.Generator, taken: set[str] | None = None,
+             draw: Callable[[np.random.Generator], ArchConfig] | None = None, tries: int | None = None) -> list[ArchConfig]:
+    """Up to `n` archs drawn one at a time (`draw(rng)`, by default `space.sample`), keeping each
+    whose key is not in `taken` and not drawn before; `taken` (when given) receives the kept keys.
+    Gives up after `tries` draws (default 200 n + 1000), so a small space returns fewer."""
+    draw = draw or space.sample
+    taken = taken if taken is not None else set()
+    out: list[ArchConfig] = []
+    for _ in range(200 * n + 1000 if tries is None else tries):
+        if len(out) >= n:
+            break
+        arch = draw(rng)
+        if arch.key() not in taken:
+            taken.add(arch.key())
+            out.append(arch)
+    return out
 
 
 def stratified(space: SearchSpace, n: int, rng: np.random.Generator, taken: set[str], strata: int = 6,

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from hwnas.search.config import SearchConfig
-from hwnas.search.engines import PymooEngine, random_search
-from hwnas.search.linas import LinasSettings, linas_search
+from hwnas.search.engines import PymooEngine, RandomEngine
+from hwnas.search.linas import LinasEngine, LinasSettings
 from hwnas.search.objectives import Constraint, Objective, ObjectiveError, ObjectiveSet, build_objectives
 from hwnas.search.optuna_engine import OptunaEngine
 from hwnas.search.pareto import Candidate, ParetoFront, hypervolume, non_dominated
@@ -115,7 +115,7 @@ def test_pymoo_beats_random_at_equal_budget():
     ref = [3e8, 1.2e6]
     evo, rnd = ParetoFront(objectives.names, ref), ParetoFront(objectives.names, ref)
     PymooEngine(SPACE, "nsga2", population=40, seed=0).run(objectives, 1200, evo)
-    random_search(SPACE, objectives, 1200, rnd, seed=0)
+    RandomEngine(SPACE, seed=0).run(objectives, 1200, rnd)
     assert evo.hypervolume() > rnd.hypervolume()
 
 
@@ -217,18 +217,18 @@ def test_linas_spends_exactly_its_budget_and_beats_random():
 
     ref = [3.0, 3e8]
     front = ParetoFront(objectives.names, ref)
-    linas_search(SPACE, objectives, ["loss"], fit, 60, front, LinasSettings(20, 10, 1000, 40), seed=0)
+    LinasEngine(SPACE, fit, LinasSettings(20, 10, 1000, 40), seed=0, learned=["loss"]).run(objectives, 60, front)
     assert calls["n"] == 60 and len(front.candidates) == 60
     assert [n for n, _ in front.history] == list(range(1, 61))
     rnd = ParetoFront(objectives.names, ref)
-    random_search(SPACE, ObjectiveSet([Objective("loss", "nats", fake_loss), objectives.objectives[1]]), 60, rnd, seed=0)
+    RandomEngine(SPACE, seed=0).run(ObjectiveSet([Objective("loss", "nats", fake_loss), objectives.objectives[1]]), 60, rnd)
     assert front.hypervolume() > rnd.hypervolume()
 
 
 def test_front_save_and_load_round_trip(tmp_path):
     objectives = analytic()
     front = ParetoFront(objectives.names, [3e8, 1.2e6])
-    random_search(SPACE, objectives, 100, front, seed=0)
+    RandomEngine(SPACE, seed=0).run(objectives, 100, front)
     front.save(tmp_path)
     loaded = ParetoFront.load(tmp_path)
     assert [c.key for c in loaded.members()] == [c.key for c in front.members()]
@@ -411,3 +411,30 @@ def test_latency_errors_come_per_statistic_from_one_fidelity_report(tmp_path):
     Manifest(out, RUN_FOLDERS["latency"]).write_json("fidelity-cpu-onnxruntime.json", {"statistic": "min", "rows": old})
     assert latency_errors(tmp_path, "cpu", "onnxruntime") == pytest.approx({"median": None, "p90": None, "p10": None, "min": 0.5})
     assert latency_errors(tmp_path, "cuda", "torch") == dict.fromkeys(("median", "p90", "p10", "min"))
+
+
+def test_a_registered_engine_is_taken_by_name_and_refused_names_list_the_registry(tmp_path):
+    from pydantic import ValidationError
+
+    from hwnas.search import engines as E
+
+    @E.register_engine
+    class Extremes(E.SearchEngine):
+        name, algorithms = "extremes", ("nsga2",)
+
+        def run(self, objectives, budget, front, progress=None):
+            front.add(E.candidates_of([self.space.smallest(), self.space.largest()][:budget], objectives))
+            return front
+
+    try:
+        engine = E.make_engine(SPACE, SearchConfig(engine="extremes"), tmp_path, seed=0)
+        assert isinstance(engine, Extremes) and not engine.parallel
+        front = engine.run(analytic(), 2, ParetoFront(["flops", "params"], [3e8, 3e6]))
+        assert [c.key for c in front.candidates] == [SPACE.smallest().key(), SPACE.largest().key()]
+        with pytest.raises(ValidationError, match="'pymoo', 'random', 'linas', 'optuna' or 'extremes'"):
+            SearchConfig(engine="nope")
+        with pytest.raises(ValidationError, match="workers need engine 'optuna'"):
+            SearchConfig(engine="extremes", workers=2)
+    finally:
+        E._REGISTRY.pop("extremes")
+    assert list(E.engines()) == ["pymoo", "random", "linas", "optuna"]

@@ -25,11 +25,11 @@ from common import command, machine, write_section  # noqa: E402
 from hwnas.config import load_config  # noqa: E402
 from hwnas.core.io import atomic_write_json  # noqa: E402
 from hwnas.latency.build import load_table  # noqa: E402
-from hwnas.search.engines import PymooEngine, random_search  # noqa: E402
-from hwnas.search.linas import LinasSettings, linas_search  # noqa: E402
+from hwnas.search.engines import PymooEngine, RandomEngine  # noqa: E402
+from hwnas.search.linas import LinasEngine, LinasSettings, fit_predictor_factory  # noqa: E402
 from hwnas.search.objectives import Objective, ObjectiveSet, latency_objective  # noqa: E402
 from hwnas.search.pareto import ParetoFront  # noqa: E402
-from hwnas.search.stage import RealLoss, fit_predictor_factory  # noqa: E402
+from hwnas.search.stage import RealLoss  # noqa: E402
 from hwnas.search_space import SearchSpace  # noqa: E402
 
 
@@ -87,10 +87,10 @@ def main() -> None:
     marks = list(range(10, args.budget + 1, 10))
     for seed in range(args.seeds):
         runs = {}
-        runs["random"] = random_search(space, objectives, args.budget, ParetoFront(objectives.names, ref), seed=seed, batch=1)
+        runs["random"] = RandomEngine(space, seed, batch=1).run(objectives, args.budget, ParetoFront(objectives.names, ref))
         runs["nsga2"] = PymooEngine(space, "nsga2", population=10, seed=seed).run(objectives, args.budget, ParetoFront(objectives.names, ref))
-        runs["linas"] = linas_search(space, objectives, ["loss"], fit_predictor_factory(space), args.budget,
-                                     ParetoFront(objectives.names, ref), LinasSettings(20, 10, 3000, 50), seed=seed)
+        runs["linas"] = LinasEngine(space, fit_predictor_factory(space), LinasSettings(20, 10, 3000, 50), seed,
+                                    learned=["loss"]).run(objectives, args.budget, ParetoFront(objectives.names, ref))
         truth.save()
         for name, front in runs.items():
             curves[name].append(np.array([hv_at(front, n) for n in marks]))

@@ -61,6 +61,11 @@ class ElasticNorms(nn.Module):
         return ops.norm(kind, x, **self.params(kind, x.shape[-1]))
 
 
+def quantized(weights: dict[str, Tensor], bits: int) -> dict[str, Tensor]:
+    """Each weight fake-quantized to `bits` (per output channel), the MoE router excepted."""
+    return {k: w if k == "router" else ops.fake_quant(w, bits) for k, w in weights.items()}
+
+
 def fan_in_normal(*shape: int) -> Tensor:
     """A weight of `shape` (out, in last) drawn at std 1/sqrt(in): each projection keeps its input's
     scale, so every residual branch adds a unit-scale update from the first step. The usual 0.02
@@ -94,19 +99,16 @@ class ElasticAttention(nn.Module):
         """The whole (qkv, proj) tensors an attention of `kind` slices."""
         return of_kind(self.qkv, kind), of_kind(self.proj, kind)
 
-    def weights(self, layer: LayerConfig, d: int) -> tuple[Tensor, Tensor]:
+    def static(self, layer: LayerConfig, d: int) -> dict[str, Tensor]:
+        """The weights `layer` uses at width d, as a subnet holds them (`subnet.Attention`'s
+        parameters by name): what `forward` computes with and what extraction copies."""
         a = layer.n_heads * self.head_dim
-        bits = layer.weight_bits
         qkv, proj = self.full(layer.attention)
-        return ops.fake_quant(corner(qkv, a, d), bits), ops.fake_quant(corner(proj, d, a), bits)
+        return {"qkv": corner(qkv, a, d), "proj": corner(proj, d, a)}
 
     def forward(self, x: Tensor, layer: LayerConfig) -> Tensor:
-        B, T, d = x.shape
-        w_qkv, w_proj = self.weights(layer, d)
-        q, k, v = ops.qkv_project(x, w_qkv, layer.n_heads)  # each (B, nh, T, hs)
-        y = ops.attention(layer.attention, q, k, v, layer.window)
-        y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, nh*hs)
-        return torch.nn.functional.linear(y, w_proj)
+        w = quantized(self.static(layer, x.shape[-1]), layer.weight_bits)
+        return ops.attention_sublayer(x, layer, w["qkv"], w["proj"])
 
 
 class ElasticFFN(nn.Module):
@@ -126,26 +128,21 @@ class ElasticFFN(nn.Module):
         """The whole (up, down) tensors an FFN of `kind` slices (SwiGLU's gate is its own)."""
         return of_kind(self.up, kind), of_kind(self.down, kind)
 
-    def expert_weights(self, layer: LayerConfig, d: int) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-        """Router and per-expert (up, down) weights; each expert is quantized on its own."""
-        h, bits, E = layer.hidden(d), layer.weight_bits, layer.n_experts
-        size = h // E
-        up, down = self.full("moe")
-        ups = ops.fake_quant(corner(up, h, d).reshape(E, size, d), bits)  # (E, size, d)
-        downs = ops.fake_quant(corner(down, d, h).reshape(d, E, size), bits)  # (d, E, size)
-        return corner(self.routers[str(E)], E, d), list(ups), list(downs.unbind(1))
+    def static(self, layer: LayerConfig, d: int) -> dict[str, Tensor]:
+        """The weights `layer` uses at width d, as a subnet holds them (`subnet.FFN`'s parameters by
+        name): MoE experts are equal contiguous groups of the hidden units, up (E, size, d) and
+        down (E, d, size), with the router of that expert count."""
+        h = layer.hidden(d)
+        up, down = self.full(layer.ffn)
+        if layer.ffn == "moe":
+            E = layer.n_experts
+            return {"router": corner(self.routers[str(E)], E, d), "up": corner(up, h, d).reshape(E, h // E, d),
+                    "down": corner(down, d, h).reshape(d, E, h // E).transpose(0, 1)}
+        w = {"up": corner(up, h, d), "down": corner(down, d, h)}
+        return w | {"gate": corner(self.gate, h, d)} if layer.ffn == "swiglu" else w
 
     def forward(self, x: Tensor, layer: LayerConfig) -> tuple[Tensor, Tensor | None]:
-        d = x.shape[-1]
-        h, bits = layer.hidden(d), layer.weight_bits
-        if layer.ffn == "moe":
-            router, ups, downs = self.expert_weights(layer, d)
-            return ops.moe(x, router, layer.top_k, ups, downs)
-        up, down = self.full(layer.ffn)
-        w_up, w_down = ops.fake_quant(corner(up, h, d), bits), ops.fake_quant(corner(down, d, h), bits)
-        if layer.ffn == "swiglu":
-            return ops.swiglu(x, ops.fake_quant(corner(self.gate, h, d), bits), w_up, w_down), None
-        return ops.mlp(x, w_up, w_down), None
+        return ops.ffn_sublayer(x, layer, quantized(self.static(layer, x.shape[-1]), layer.weight_bits))
 
 
 class Block(nn.Module):

@@ -198,3 +198,23 @@ def moe(x: Tensor, w_router: Tensor, top_k: int, experts_up: list[Tensor], exper
         y = mlp(flat[token], w_up, w_down) * gates[token, slot].unsqueeze(-1)
         out.index_add_(0, token, y.to(out.dtype))  # autocast may run the experts in lower precision
     return out.view(B, T, d), balance
+
+
+# --- sublayers ------------------------------------------------------------------------------------
+def attention_sublayer(x: Tensor, layer, w_qkv: Tensor, w_proj: Tensor) -> Tensor:
+    """The attention core of `layer` (a `LayerConfig`) with its (quantized) weights: x (B, T, d) ->
+    QKV projection, the layer's attention kind, output projection."""
+    B, T, _ = x.shape
+    q, k, v = qkv_project(x, w_qkv, layer.n_heads)  # each (B, nh, T, hs)
+    y = attention(layer.attention, q, k, v, layer.window).transpose(1, 2).reshape(B, T, -1)  # (B, T, nh*hs)
+    return F.linear(y, w_proj)
+
+
+def ffn_sublayer(x: Tensor, layer, w: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+    """The FFN core of `layer` with its (quantized) weights by name (up, down; gate for SwiGLU;
+    router, up (E, size, d) and down (E, d, size) for MoE): (y, MoE balance loss or None)."""
+    if layer.ffn == "moe":
+        return moe(x, w["router"], layer.top_k, list(w["up"]), list(w["down"]))
+    if layer.ffn == "swiglu":
+        return swiglu(x, w["gate"], w["up"], w["down"]), None
+    return mlp(x, w["up"], w["down"]), None

@@ -15,7 +15,7 @@ from hwnas.search_space import ArchConfig, LayerConfig, ModelDims
 from hwnas.search_space.kinds import NORMS
 
 from . import ops
-from .model import ElasticNorms, Supernet
+from .model import ElasticNorms, Supernet, quantized
 
 
 class Norm(nn.Module):
@@ -39,11 +39,8 @@ class Attention(nn.Module):
         self.proj = nn.Parameter(torch.zeros(d, a))
 
     def forward(self, x: Tensor) -> Tensor:
-        B, T, _ = x.shape
         bits = self.layer.weight_bits
-        q, k, v = ops.qkv_project(x, ops.fake_quant(self.qkv, bits), self.layer.n_heads)
-        y = ops.attention(self.layer.attention, q, k, v, self.layer.window).transpose(1, 2).reshape(B, T, -1)
-        return nn.functional.linear(y, ops.fake_quant(self.proj, bits))
+        return ops.attention_sublayer(x, self.layer, ops.fake_quant(self.qkv, bits), ops.fake_quant(self.proj, bits))
 
 
 class FFN(nn.Module):
@@ -63,13 +60,7 @@ class FFN(nn.Module):
                 self.gate = nn.Parameter(torch.zeros(h, d))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        bits, kind = self.layer.weight_bits, self.layer.ffn
-        up, down = ops.fake_quant(self.up, bits), ops.fake_quant(self.down, bits)
-        if kind == "moe":
-            return ops.moe(x, self.router, self.layer.top_k, list(up), list(down))
-        if kind == "swiglu":
-            return ops.swiglu(x, ops.fake_quant(self.gate, bits), up, down), None
-        return ops.mlp(x, up, down), None
+        return ops.ffn_sublayer(x, self.layer, quantized(dict(self.named_parameters()), self.layer.weight_bits))
 
 
 class SubnetBlock(nn.Module):
@@ -128,21 +119,9 @@ def extract_subnet(supernet: Supernet, arch: ArchConfig) -> Subnet:
     sub.tok_emb.copy_(supernet.tok_emb[:, :d])
     sub.pos_emb.copy_(supernet.pos_emb[:, :d])
     for src, dst, layer in zip(supernet.blocks, sub.blocks, arch.layers, strict=False):
-        a, h = layer.n_heads * supernet.config.head_dim, layer.hidden(d)
-        qkv, proj = src.attn.full(layer.attention)
-        dst.attn.qkv.copy_(qkv[:, :a, :d])
-        dst.attn.proj.copy_(proj[:d, :a])
-        up, down = src.ffn.full(layer.ffn)
-        if layer.ffn == "moe":
-            E, size = layer.n_experts, h // layer.n_experts
-            dst.ffn.router.copy_(src.ffn.routers[str(E)][:, :d])
-            dst.ffn.up.copy_(up[:h, :d].reshape(E, size, d))
-            dst.ffn.down.copy_(down[:d, :h].reshape(d, E, size).transpose(0, 1))
-        else:
-            dst.ffn.up.copy_(up[:h, :d])
-            dst.ffn.down.copy_(down[:d, :h])
-            if layer.ffn == "swiglu":
-                dst.ffn.gate.copy_(src.ffn.gate[:h, :d])
+        for part in ("attn", "ffn"):
+            for name, w in getattr(src, part).static(layer, d).items():
+                getattr(dst, part).get_parameter(name).copy_(w)
         _copy_norm(dst.norm_attn, src.norm_attn, d)
         _copy_norm(dst.norm_ffn, src.norm_ffn, d)
         if layer.placement == "peri":

@@ -22,10 +22,8 @@ block-wise int4 `MatMulNBits`).
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import logging
-import math
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -39,66 +37,14 @@ from torch import Tensor
 
 from hwnas.core.errors import HwnasError
 from hwnas.latency.backends import quantize_onnx, quantized_weights
-from hwnas.latency.modules import DeployAttention, DeployFFN, DeployNorm
-from hwnas.supernet import ops
-from hwnas.supernet.subnet import FFN, Attention, Norm, Subnet
+from hwnas.supernet.deploy import DeployAttention, DeployFFN, export_form
+from hwnas.supernet.subnet import Subnet
 
 INPUT, OUTPUT = "tokens", "logits"
 
 
 class ExportError(HwnasError, ValueError):
     """An export that cannot be made or does not verify (parity, existing target, missing run files)."""
-
-
-# --- shape-polymorphic attention kernels ------------------------------------------------------------
-def window_attention_gather(q: Tensor, k: Tensor, v: Tensor, window: int) -> Tensor:
-    """Causal sliding-window attention (token t sees t-window+1 .. t) for any length T: each query
-    gathers its window of keys from a copy padded with window-1 empty keys in front."""
-    B, nh, T, hs = q.shape
-    w = window
-    kp = F.pad(k, (0, 0, w - 1, 0))  # (B, nh, T+w-1, hs)
-    vp = F.pad(v, (0, 0, w - 1, 0))
-    slot = torch.arange(T, device=q.device).unsqueeze(1) + torch.arange(w, device=q.device)  # (T, w): padded positions
-    kw, vw = kp[:, :, slot], vp[:, :, slot]  # (B, nh, T, w, hs)
-    scores = torch.matmul(q.unsqueeze(-2), kw.transpose(-1, -2)).squeeze(-2) / math.sqrt(hs)  # (B, nh, T, w)
-    scores = scores.masked_fill(slot < w - 1, float("-inf"))  # padding keys (before position 0)
-    return torch.matmul(torch.softmax(scores, dim=-1).unsqueeze(-2), vw).squeeze(-2)  # (B, nh, T, hs)
-
-
-def linear_attention_cumsum(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Causal linear attention (feature map elu+1) for any length T: the running state
-    sum_{s<=t} k_s^T [v_s, 1] as a cumulative sum; the ones column carries the normalizer."""
-    hs = q.shape[-1]
-    q, k = F.elu(q) + 1, F.elu(k) + 1
-    v1 = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # (B, nh, T, hs+1)
-    state = torch.cumsum(k.unsqueeze(-1) * v1.unsqueeze(-2), dim=2)  # (B, nh, T, hs, hs+1)
-    out = torch.matmul(q.unsqueeze(-2), state).squeeze(-2)  # (B, nh, T, hs+1)
-    return out[..., :hs] / out[..., hs:].clamp_min(ops.EPS)
-
-
-class ExportAttention(DeployAttention):
-    """`DeployAttention` (same weights, same quantization marks) with length-agnostic kernels."""
-
-    def core(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        if self.kind == "window":
-            return window_attention_gather(q, k, v, self.window)
-        if self.kind == "linear":
-            return linear_attention_cumsum(q, k, v)
-        return ops.softmax_attention(q, k, v)
-
-
-_EXPORT_FORMS = {Attention: ExportAttention, FFN: DeployFFN, Norm: DeployNorm}
-
-
-def export_form(subnet: Subnet) -> nn.Module:
-    """A copy of `subnet` in export form: its attention, FFN and norm modules replaced by their
-    deployment forms (weights fake-quantized once and folded in)."""
-    out = copy.deepcopy(subnet).cpu().float()
-    for parent in list(out.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) in _EXPORT_FORMS:
-                setattr(parent, name, _EXPORT_FORMS[type(child)](child))
-    return out.eval()
 
 
 # --- ONNX -------------------------------------------------------------------------------------------

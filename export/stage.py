@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hwnas.core.device import resolve_device
 from hwnas.core.manifest import EXPORT_COMMAND, Manifest
 from hwnas.core.progress import progress_bar
 from hwnas.core.rundir import stage_lock
@@ -250,9 +251,7 @@ def _measure_latency(run_dir: Path, arch: ArchConfig, subnet: Subnet, form, fp32
 
 # --- the stage --------------------------------------------------------------------------------------
 def _device(kind: str) -> torch.device:
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ExportError("export.device: 'cuda' was asked for but no CUDA device is available; use cpu or auto")
-    return torch.device("cuda" if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()) else "cpu")
+    return torch.device(resolve_device(kind, "export.device", ExportError))
 
 
 def run_export(run_dir: str | Path, pick: str | int | None = None, out_dir: str | Path | None = None, force: bool = False,

@@ -131,7 +131,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", real_kernels: boo
         if saved is not None and saved != model.arch:
             raise ExportError(f"{cfg_path}: its arch {saved.key()} is not the arch of {weights.name} ({model.arch.key()})")
     if real_kernels:
-        from hwnas.latency.modules import torch_deploy_copy
+        from hwnas.supernet.deploy import torch_deploy_copy
 
         model = torch_deploy_copy(model.cpu(), str(device)).to(device)
     return ExportedModel(model=model, arch=model.arch, config=config)

@@ -1,12 +1,12 @@
 """Backends: turn a module and its inputs into a zero-argument callable that runs one forward.
 
-- `torch`: the module as eager PyTorch deploys it (`modules.torch_deploy_copy`), under
+- `torch`: the module as eager PyTorch deploys it (`supernet.deploy.torch_deploy_copy`), under
   `torch.inference_mode` (CPU or CUDA): 16-bit layers as they are, 8- and 4-bit layers on real
   low-bit kernels (`kernels.LowBitLinear`: on CPU dynamic int8 through `torch._int_mm` and
   weight-only int4 through `_weight_int4pack_mm_for_cpu`; on CUDA the Triton weight-only kernel),
   never fake quantization. On CPU, glibc's malloc thresholds are pinned first
   (`steady_allocator`), so a timing does not depend on what the process allocated before.
-- `onnxruntime`: the module's deployment form (`modules.deploy_copy`) exported to ONNX, its
+- `onnxruntime`: the module's deployment form (`supernet.deploy.deploy_copy`) exported to ONNX, its
   quantized layers converted to real low-bit kernels (8 bits: `quantize_dynamic`, int8 weights
   per output channel with dynamically quantized activations, i.e. `DynamicQuantizeMatMul` /
   `MatMulInteger`; 4 bits: `MatMulNBits`, block-wise int4 weights), run by an `InferenceSession`
@@ -29,8 +29,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from hwnas.supernet.deploy import DeployAttention, DeployFFN, deploy_copy, torch_deploy_copy
+
 from .errors import LatencyError
-from .modules import DeployAttention, DeployFFN, deploy_copy, torch_deploy_copy
 from .protocol import (
     CLOCKS,
     Measurement,

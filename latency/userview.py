@@ -9,7 +9,7 @@ run in an ordinary process. This is that measurement, so a table can be scored a
 is itself noisy on a shared VM: the same subnet timed again in another fresh process repeated
 within 10% of its median 50-95% of the time (BENCHMARKS.md, "Latency as users measure it").
 
-Forms (`FORMS`): `torch` (`modules.torch_deploy_copy`: real int8/int4 kernels, under
+Forms (`FORMS`): `torch` (`supernet.deploy.torch_deploy_copy`: real int8/int4 kernels, under
 `torch.inference_mode`, in a process that changed no setting), `onnxruntime` (the form the
 onnxruntime table times, `OnnxRuntimeBackend.to_onnx`, in a session of `threads` threads with the
 options the export's `session` uses),
@@ -34,9 +34,9 @@ def time_as_a_user(space_json: dict[str, Any], arch_json: dict[str, Any], forms:
 
     from hwnas.search_space import ArchConfig, SearchSpaceConfig
     from hwnas.supernet import Supernet, extract_subnet
+    from hwnas.supernet.deploy import torch_deploy_copy
 
     from .backends import OnnxRuntimeBackend, steady_allocator
-    from .modules import torch_deploy_copy
     from .protocol import STATISTICS, plain_loop
 
     unknown = set(forms) - set(FORMS)

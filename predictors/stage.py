@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from hwnas.core.device import resolve_device
 from hwnas.core.io import atomic_write_text
 from hwnas.core.manifest import Manifest
 from hwnas.core.rundir import claim_run_dir, stage_lock
@@ -64,10 +65,7 @@ def load_evaluated_supernet(run_dir: Path, space_cfg: SearchSpaceConfig, cfg: Pr
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise PredictorError("predictors.device: 'cuda' was asked for but no CUDA device is available; use cpu or auto")
-    return load_supernet(run_dir, space_cfg, device=device)
+    return load_supernet(run_dir, space_cfg, device=resolve_device(cfg.device, "predictors.device", PredictorError))
 
 
 def evaluate_archs(archs: list[ArchConfig], store: RecordStore, context: EvalContext, run_dir: Path, space_cfg: SearchSpaceConfig,
@@ -219,7 +217,7 @@ def _run_predictors(space_cfg: SearchSpaceConfig, cfg: PredictorsConfig, run_dir
 def _device_name(cfg: PredictorsConfig) -> str:
     import torch
 
-    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+    if resolve_device(cfg.device, "predictors.device", PredictorError) == "cuda":
         return torch.cuda.get_device_name()
     return f"cpu ({torch.get_num_threads()} threads)"
 

@@ -154,6 +154,52 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return kernels.linear_attention(q, k, v, LINEAR_CHUNK)
 
 
+# Forms of the same attention math for exporters: `unfold` and a data-dependent length are what
+# they do not take. Blocks (a fixed length, the latency tables' ONNX pieces); gather and cumsum
+# (any length, the exported model's dynamic `seq` axis).
+def window_attention_blocks(q: Tensor, k: Tensor, v: Tensor, window: int) -> Tensor:
+    """`window_attention` with the (previous, current) key blocks built by slicing and
+    concatenation instead of `unfold` (which the ONNX exporters do not take); same math."""
+    B, nh, T, hs = q.shape
+    w = window
+    if T <= w:
+        return softmax_attention(q, k, v)
+    n = math.ceil(T / w)
+    pad = n * w - T
+    qb = F.pad(q, (0, 0, 0, pad)).reshape(B * nh, n, w, hs)  # (B*nh, n, w, hs)
+    kblk = F.pad(k, (0, 0, w, pad)).reshape(B * nh, n + 1, w, hs)  # one empty block in front
+    vblk = F.pad(v, (0, 0, w, pad)).reshape(B * nh, n + 1, w, hs)
+    kb = torch.cat([kblk[:, :-1], kblk[:, 1:]], dim=2)  # (B*nh, n, 2w, hs): block j-1 then j
+    vb = torch.cat([vblk[:, :-1], vblk[:, 1:]], dim=2)
+    y = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=window_mask(n, w, q.device))
+    return y.reshape(B, nh, n * w, hs)[:, :, :T]
+
+
+def window_attention_gather(q: Tensor, k: Tensor, v: Tensor, window: int) -> Tensor:
+    """Causal sliding-window attention (token t sees t-window+1 .. t) for any length T: each query
+    gathers its window of keys from a copy padded with window-1 empty keys in front."""
+    B, nh, T, hs = q.shape
+    w = window
+    kp = F.pad(k, (0, 0, w - 1, 0))  # (B, nh, T+w-1, hs)
+    vp = F.pad(v, (0, 0, w - 1, 0))
+    slot = torch.arange(T, device=q.device).unsqueeze(1) + torch.arange(w, device=q.device)  # (T, w): padded positions
+    kw, vw = kp[:, :, slot], vp[:, :, slot]  # (B, nh, T, w, hs)
+    scores = torch.matmul(q.unsqueeze(-2), kw.transpose(-1, -2)).squeeze(-2) / math.sqrt(hs)  # (B, nh, T, w)
+    scores = scores.masked_fill(slot < w - 1, float("-inf"))  # padding keys (before position 0)
+    return torch.matmul(torch.softmax(scores, dim=-1).unsqueeze(-2), vw).squeeze(-2)  # (B, nh, T, hs)
+
+
+def linear_attention_cumsum(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Causal linear attention (feature map elu+1) for any length T: the running state
+    sum_{s<=t} k_s^T [v_s, 1] as a cumulative sum; the ones column carries the normalizer."""
+    hs = q.shape[-1]
+    q, k = F.elu(q) + 1, F.elu(k) + 1
+    v1 = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # (B, nh, T, hs+1)
+    state = torch.cumsum(k.unsqueeze(-1) * v1.unsqueeze(-2), dim=2)  # (B, nh, T, hs, hs+1)
+    out = torch.matmul(q.unsqueeze(-2), state).squeeze(-2)  # (B, nh, T, hs+1)
+    return out[..., :hs] / out[..., hs:].clamp_min(EPS)
+
+
 def attention(kind: str, q: Tensor, k: Tensor, v: Tensor, window: int | None) -> Tensor:
     if kind == "softmax":
         return softmax_attention(q, k, v)

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from hwnas.core.device import resolve_device
 from hwnas.core.errors import HwnasError
 from hwnas.core.isolate import die_with_parent
 from hwnas.core.manifest import Manifest
@@ -182,9 +183,7 @@ class Trainer:
         self.ckpt_path = self.train_dir / "checkpoint.safetensors"
         self.manifest = Manifest.of(self.run_dir, "train")
         self.progress, self.on_step_end = progress, on_step_end
-        kind = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        if kind == "cuda" and not torch.cuda.is_available():
-            raise TrainingError("train.device: 'cuda' was asked for but no CUDA device is available; use cpu or auto")
+        kind = resolve_device(cfg.device, "train.device", TrainingError)
         self.dist = init_distributed(kind)
         self.device = torch.device(f"cuda:{self.dist.local_rank}" if kind == "cuda" else "cpu")
         if cfg.threads:

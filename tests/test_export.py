@@ -20,15 +20,12 @@ from hwnas.core.errors import HwnasError
 from hwnas.core.manifest import Manifest
 from hwnas.export import ExportConfig, ExportError, PickError, load, pick_member, run_export
 from hwnas.export.deploy import (
-    export_form,
     export_onnx_dynamic,
-    linear_attention_cumsum,
     low_bit_weights,
     op_counts,
     quantize,
     run_session,
     session,
-    window_attention_gather,
 )
 from hwnas.export.stage import EXPORT_FILES
 from hwnas.latency import LatencyTable, Measurement, Protocol, device_fingerprint, table_path
@@ -38,6 +35,7 @@ from hwnas.search_space import ArchConfig, LayerConfig, SearchSpace, SearchSpace
 from hwnas.supernet import Supernet, extract_subnet, ops
 from hwnas.supernet.config import TrainConfig
 from hwnas.supernet.data import Corpus
+from hwnas.supernet.deploy import export_form
 from hwnas.supernet.evaluate import evaluate
 from hwnas.supernet.train import train
 
@@ -161,9 +159,9 @@ def test_length_agnostic_kernels_equal_the_blocked_ones():
     gen = torch.Generator().manual_seed(0)
     for T in (1, 5, 8, 9, 31, 32, 33, 70):
         q, k, v = torch.randn(3, 2, 2, T, 8, generator=gen).unbind(0)
-        torch.testing.assert_close(linear_attention_cumsum(q, k, v), ops.linear_attention(q, k, v), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ops.linear_attention_cumsum(q, k, v), ops.linear_attention(q, k, v), rtol=1e-5, atol=1e-5)
         for w in (1, 4, 8, 32):
-            torch.testing.assert_close(window_attention_gather(q, k, v, w), ops.window_attention(q, k, v, w),
+            torch.testing.assert_close(ops.window_attention_gather(q, k, v, w), ops.window_attention(q, k, v, w),
                                        rtol=1e-5, atol=1e-5, msg=f"T={T} window={w}")
 
 

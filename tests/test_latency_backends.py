@@ -24,9 +24,9 @@ from hwnas.latency import (
 )
 from hwnas.latency.backends import OnnxRuntimeBackend, TorchBackend, export_onnx, quantize_onnx
 from hwnas.latency.keys import arch_pieces
-from hwnas.latency.modules import deploy_copy, torch_deploy_copy
 from hwnas.search_space import ArchConfig, LayerConfig, SearchSpace, SearchSpaceConfig
 from hwnas.supernet import Supernet, extract_subnet
+from hwnas.supernet.deploy import deploy_copy, torch_deploy_copy
 from hwnas.supernet.subnet import SubnetBlock
 
 ATTNS = [("softmax", None), ("linear", None), ("window", 4)]

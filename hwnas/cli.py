@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from hwnas.core.config import MAX_PICK, MAX_SEED, MAX_STEPS, MAX_WORKERS
+from hwnas.core.config import MAX_PICK, MAX_SEED
 from hwnas.core.errors import ConfigError, HwnasError
 
 MAX_SAMPLES = 10**4  # random archs `hwnas space` prints, one table row each
@@ -21,7 +21,7 @@ def _short(text: str) -> str:
     return repr(text) if len(text) <= 40 else f"{text[:20]!r}... ({len(text)} characters)"
 
 
-def _int_in(lo: int, hi: int):
+def int_in(lo: int, hi: int):
     """An argparse type: an integer in lo..hi."""
     def integer(text: str) -> int:
         try:
@@ -34,7 +34,7 @@ def _int_in(lo: int, hi: int):
     return integer
 
 
-def _pick(text: str) -> str:
+def pick(text: str) -> str:
     """An argparse type: a front index, arch key or rule of reasonable length."""
     if not text.strip() or len(text) > MAX_PICK:
         raise argparse.ArgumentTypeError(f"expected a front index, arch key or rule of 1..{MAX_PICK} characters, "
@@ -70,67 +70,13 @@ def _cmd_space(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from hwnas.supernet.train import train
+def _cmd_stage(args: argparse.Namespace) -> int:
+    """`hwnas train|latency|predictors|search CONFIG`: the stage of `hwnas.stages.STAGES`."""
+    from .stages import STAGES
 
+    stage = STAGES[args.command]
     cfg = _load(args)
-    train_cfg = cfg.train if args.wandb is None else cfg.train.model_copy(update={"wandb": args.wandb})
-    summary = train(cfg.search_space, train_cfg, cfg.run_path, seed=cfg.seed, progress=not args.no_progress, name=cfg.name)
-    if summary:  # rank 0
-        print(
-            f"trained {summary['steps']} steps in {summary['train_seconds']:.0f} s -> {cfg.run_path / 'train'}\n"
-            f"validation bits/byte: largest {summary['val_bpb_largest']:.3f}, smallest {summary['val_bpb_smallest']:.3f} "
-            f"(unigram entropy of the validation bytes: {summary['unigram_entropy_bpb']:.3f})"
-        )
-    return 0
-
-
-def _cmd_latency(args: argparse.Namespace) -> int:
-    from hwnas.latency.stage import run_latency_stage
-
-    cfg = _load(args)
-
-    def show(device: str, backend: str, table, r) -> None:
-        print(f"latency table {device}/{backend}: {len(table.entries)} pieces -> {cfg.run_path / 'latency'}")
-        if r:
-            p, x = r["prediction"], r["proxies"]
-            print(f"  fidelity on {r['n']} held-out subnets: {100 * p['within_10pct']:.1f}% within +-10%, "
-                  f"{100 * p['within_5pct']:.1f}% within +-5%, MAPE {p['mape_pct']:.2f}%, Kendall tau {p['kendall_tau']:.3f} "
-                  f"(FLOPs {x['flops_kendall_tau']:.3f}, params {x['params_kendall_tau']:.3f})")
-
-    run_latency_stage(cfg.search_space, cfg.latency, cfg.run_path, [args.device] if args.device else None,
-                      [args.backend] if args.backend else None, strict=args.strict, fidelity=not args.no_fidelity,
-                      progress=not args.no_progress, seed=cfg.seed, name=cfg.name, on_table=show)
-    return 0
-
-
-def _cmd_predictors(args: argparse.Namespace) -> int:
-    from hwnas.predictors.stage import run_predictors
-
-    cfg = _load(args)
-    r = run_predictors(cfg.search_space, cfg.predictors, cfg.run_path, seed=cfg.seed, progress=not args.no_progress, name=cfg.name)
-    h = r["heldout"]
-    print(f"predictor {r['model']} fitted on {r['n_fit']} subnets -> {cfg.run_path / 'predictors'}")
-    if h:
-        print(f"held-out ({r['n_heldout']}): Kendall tau {h['kendall_tau']:.3f}, Spearman {h['spearman']:.3f}, "
-              f"RMSE {h['rmse']:.4f}, MAPE {100 * h['mape']:.2f}%; eval {r['eval_seconds_per_subnet']:.2f} s/subnet")
-    return 0
-
-
-def _cmd_search(args: argparse.Namespace) -> int:
-    from hwnas.report import print_front
-    from hwnas.search.config import workers_problem
-    from hwnas.search.stage import run_search
-
-    cfg = _load(args)
-    why = workers_problem(args.workers, cfg.search.engine, cfg.search.storage) if args.workers else None
-    if why:
-        raise ConfigError(f"--workers: {why} (search.engine in {args.config})")
-    summary = run_search(cfg.search_space, cfg.search, cfg.run_path, seed=cfg.seed, latency_cfg=cfg.latency,
-                         workers=args.workers, progress=not args.no_progress, name=cfg.name)
-    print(f"searched {summary['candidates']} candidates in {summary['seconds']:.1f} s "
-          f"({summary['candidates_per_second']:.0f}/s); hypervolume {summary['hypervolume']:.4g}")
-    print_front(cfg.run_path / "search")
+    stage.show(cfg, stage.run(cfg, args, progress=not args.no_progress))
     return 0
 
 
@@ -148,22 +94,10 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_summary(report: dict) -> None:
-    v, par = report["val_loss"], report["parity"]
-    print(f"exported front member #{report['front_index']} {report['key']} -> {report['out_dir']}")
-    print(f"  {report['params']['total']:,} params; validation loss {v['torch']:.4f} nats/byte (int8 model {v['int8_delta']:+.4f}); "
-          f"ONNX Runtime fp32 max |logit diff| {par['max_abs_diff']:.2g} (<= {par['tolerance']:g})")
-    if report["finetune"]:
-        ft = report["finetune"]
-        print(f"  fine-tuned {ft['steps']} steps: validation loss {ft['loss_before']:.4f} -> {ft['loss_after']:.4f}")
-    for row in (report["latency"] or {}).get("rows", []):
-        predicted = f"predicted {row['predicted_ms']:.3f} ms, " if row["predicted_ms"] else ""
-        print(f"  latency {row['backend']}, {row['model']}: {predicted}measured {row['measured_ms']:.3f} ms")
-    print(f"  report: {Path(report['out_dir']) / 'report.md'}")
-
-
 def _cmd_export(args: argparse.Namespace) -> int:
-    from hwnas.export import ExportConfig, run_export
+    from hwnas.export import ExportConfig
+
+    from .stages import STAGES
 
     cfg = ExportConfig()
     if args.config:
@@ -177,10 +111,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise HwnasError(f"{args.run_dir}: not a run directory (no such folder)")
     out = args.out if args.out is not None else cfg.out_dir
     _check_folder(out if out is not None else Path(args.run_dir) / "export", "--out" if args.out is not None else "export folder")
-    report = run_export(args.run_dir, args.pick if args.pick is not None else cfg.pick, out_dir=args.out, force=args.force,
-                        finetune_steps=cfg.finetune_steps if args.finetune_steps is None else args.finetune_steps, cfg=cfg,
-                        progress=not args.no_progress)
-    _export_summary(report)
+    stage = STAGES["export"]
+    stage.show(None, stage.run_on(args.run_dir, cfg, args, progress=not args.no_progress))
     return 0
 
 
@@ -224,58 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
         "FLOPs, and N random sample archs.",
     )
     p.add_argument("config", help="experiment YAML, e.g. experiments/quickstart.yaml")
-    p.add_argument("-n", "--samples", type=_int_in(0, MAX_SAMPLES), default=5,
+    p.add_argument("-n", "--samples", type=int_in(0, MAX_SAMPLES), default=5,
                    help=f"number of random archs to show (default 5, at most {MAX_SAMPLES})")
-    p.add_argument("--seed", type=_int_in(0, MAX_SEED), default=None, help="sampling seed (default: the config's seed)")
+    p.add_argument("--seed", type=int_in(0, MAX_SEED), default=None, help="sampling seed (default: the config's seed)")
     p.set_defaults(func=_cmd_space)
 
-    p = sub.add_parser(
-        "train",
-        help="train the weight-sharing supernet (resumes an interrupted run)",
-        description="Train the supernet with the sandwich rule and in-place distillation on the config's corpus. "
-        "Checkpoints go to <run_dir>/train; running the command again resumes from the last one. Under "
-        "`torchrun --nproc_per_node=K $(which hwnas) train CONFIG` it trains data-parallel.",
-    )
-    p.add_argument("config", help="experiment YAML, e.g. experiments/quickstart.yaml")
-    p.add_argument("--wandb", choices=["offline", "online", "disabled"], default=None, help="override train.wandb")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_train)
+    from .stages import STAGES
 
-    p = sub.add_parser(
-        "latency",
-        help="measure latency tables on this machine and report their fidelity",
-        description="Measure every distinct sublayer of the search space once on this device and backend (resumable), "
-        "fit the correction on whole subnets, then check the table on held-out subnets (the fidelity report).",
-    )
-    p.add_argument("config", help="experiment YAML")
-    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: latency.devices from the config")
-    p.add_argument("--backend", choices=["torch", "onnxruntime"], default=None, help="default: latency.backends")
-    p.add_argument("--strict", action="store_true", help="fail instead of warning when a table's device fingerprint differs")
-    p.add_argument("--no-fidelity", action="store_true", help="skip the held-out fidelity report")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_latency)
-
-    p = sub.add_parser(
-        "predictors",
-        help="evaluate sampled subnets and fit accuracy predictors",
-        description="Evaluate subnets of the trained supernet (uniform and stratified by size; resumable), fit the "
-        "predictor family, pick one by cross-validated Kendall tau and report its quality on held-out subnets.",
-    )
-    p.add_argument("config", help="experiment YAML")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_predictors)
-
-    p = sub.add_parser(
-        "search",
-        help="multi-objective search for Pareto-optimal subnets",
-        description="Search the space on the fitted predictors and latency tables with Optuna or pymoo (or the "
-        "predictor-in-the-loop driver), save the Pareto front, re-measure its members and log everything to W&B.",
-    )
-    p.add_argument("config", help="experiment YAML")
-    p.add_argument("--workers", type=_int_in(1, MAX_WORKERS), default=None,
-                   help="Optuna worker processes sharing the study (default: search.workers)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_search)
+    for stage in STAGES.values():
+        p = sub.add_parser(stage.name, help=stage.help, description=stage.description)
+        stage.add_arguments(p)
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.set_defaults(func=_cmd_export if stage.name == "export" else _cmd_stage)
 
     p = sub.add_parser(
         "pareto",
@@ -285,22 +177,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run_dir", help="run directory, e.g. runs/quickstart")
     p.set_defaults(func=_cmd_pareto)
-
-    p = sub.add_parser(
-        "export",
-        help="export a Pareto-front member as a standalone, verified model",
-        description="Pick a front member (index, arch key, or a rule like \"min loss where latency@cpu <= 5ms\") and write "
-        "config.json, model.safetensors, model.onnx, model.int8.onnx and report.md, checking ONNX Runtime against torch.",
-    )
-    p.add_argument("run_dir", help="run directory, e.g. runs/quickstart")
-    p.add_argument("--pick", type=_pick, default=None, help="front index, arch key or rule (default: export.pick, 'min loss')")
-    p.add_argument("--out", default=None, help="export directory (default: <run_dir>/export)")
-    p.add_argument("--force", action="store_true", help="replace an existing export directory")
-    p.add_argument("--finetune-steps", type=_int_in(0, MAX_STEPS), default=None,
-                   help="fine-tune the subnet for N steps before exporting")
-    p.add_argument("--config", default=None, help="experiment YAML whose export: section gives the defaults")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser(
         "run",

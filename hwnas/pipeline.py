@@ -15,16 +15,14 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from hwnas.core.errors import HwnasError
 from hwnas.core.io import atomic_write_json
-from hwnas.core.manifest import EXPORT_COMMAND, Manifest
+from hwnas.core.manifest import Manifest
 
 from .config import ExperimentConfig
-
-STAGES = ("train", "latency", "predictors", "search", "export")
+from .stages import STAGES
 
 
 def _hash(obj: Any) -> str:
@@ -34,12 +32,15 @@ def _hash(obj: Any) -> str:
 def stage_inputs(cfg: ExperimentConfig, stage: str) -> dict[str, Any]:
     """The config a stage's outputs depend on (including the stages before it)."""
     dump = cfg.model_dump(mode="json")
-    upto = STAGES[: STAGES.index(stage) + 1]
+    names = list(STAGES)
+    upto = names[: names.index(stage) + 1]
     return {"seed": cfg.seed, "search_space": dump["search_space"], **{s: dump[s] for s in upto if s in dump}}
 
 
 @dataclass
-class Stage:
+class Step:
+    """A stage as the pipeline runs it: in a fresh process, done when its outputs are intact."""
+
     name: str
     run: Callable[[], dict[str, Any] | None]
     outputs: list[tuple[Manifest, tuple[str, ...]]]  # files that must be listed and intact for the stage to count as complete
@@ -71,7 +72,7 @@ class Pipeline:
             self.log(f"{self.state_path}: unreadable; re-checking every stage")
         return {"stages": {}}
 
-    def complete(self, stage: Stage, state: dict[str, Any]) -> bool:
+    def complete(self, stage: Step, state: dict[str, Any]) -> bool:
         done = state["stages"].get(stage.name)
         if not done or done.get("config") != _hash(stage_inputs(self.cfg, stage.name)):
             return False
@@ -81,31 +82,14 @@ class Pipeline:
         return why is None
 
     # --- the stages -------------------------------------------------------------------------------
-    def stages(self) -> list[Stage]:
-        from hwnas.export.stage import EXPORT_FILES
-        from hwnas.predictors.stage import OUTPUTS as PREDICTOR_OUTPUTS
-        from hwnas.search.pareto import SEARCH_FILES
-        from hwnas.supernet.data import FILES as CORPUS_FILES
-
-        cfg, rd = self.cfg, self.run_dir
-
+    def stages(self) -> list[Step]:
         def runner(name: str) -> Callable[[], dict[str, Any] | None]:
             # a fresh process per stage: timings do not inherit an earlier stage's state
             from hwnas.core.isolate import run_isolated
 
-            return lambda: run_isolated(run_stage, cfg, name, self.progress)
+            return lambda: run_isolated(run_stage, self.cfg, name, self.progress)
 
-        export_dir = Path(cfg.export.out_dir) if cfg.export.out_dir else rd / "export"
-        pairs = [(d, b) for d in cfg.latency.devices for b in cfg.latency.backends]
-        latency_files = [f"{d}-{b}.json" for d, b in pairs] + ([f"fidelity-{d}-{b}.json" for d, b in pairs] if cfg.latency.n_fidelity else [])
-        return [
-            Stage("train", runner("train"), [(Manifest.of(rd, "train"), ("checkpoint.safetensors", "summary.json")),
-                                             (Manifest.of(rd, "corpus"), CORPUS_FILES)]),
-            Stage("latency", runner("latency"), [(Manifest.of(rd, "latency"), tuple(latency_files))]),
-            Stage("predictors", runner("predictors"), [(Manifest.of(rd, "predictors"), ("records.jsonl", *PREDICTOR_OUTPUTS))]),
-            Stage("search", runner("search"), [(Manifest.of(rd, "search"), SEARCH_FILES)]),
-            Stage("export", runner("export"), [(Manifest(export_dir, EXPORT_COMMAND), EXPORT_FILES)]),
-        ]
+        return [Step(name, runner(name), stage.outputs(self.cfg)) for name, stage in STAGES.items()]
 
     def run(self) -> dict[str, Any]:
         self.cfg.check_run_dir()
@@ -128,31 +112,10 @@ class Pipeline:
 
 
 def run_stage(cfg: ExperimentConfig, name: str, progress: bool = True) -> dict[str, Any] | None:
-    """Run one stage of `cfg` in this process; returns its JSON-able summary."""
-    rd = cfg.run_path
-    if name == "train":
-        from hwnas.supernet.train import train
-
-        return train(cfg.search_space, cfg.train, rd, seed=cfg.seed, progress=progress, name=cfg.name)
-    if name == "latency":
-        from hwnas.latency.stage import run_latency_stage
-
-        return run_latency_stage(cfg.search_space, cfg.latency, rd, progress=progress, seed=cfg.seed, name=cfg.name)
-    if name == "predictors":
-        from hwnas.predictors.stage import run_predictors
-
-        r = run_predictors(cfg.search_space, cfg.predictors, rd, seed=cfg.seed, progress=progress, name=cfg.name)
-        return {"model": r["model"], "heldout": r["heldout"], "eval_seconds_per_subnet": r["eval_seconds_per_subnet"]}
-    if name == "search":
-        from hwnas.search.stage import run_search
-
-        return run_search(cfg.search_space, cfg.search, rd, seed=cfg.seed, latency_cfg=cfg.latency, progress=progress, name=cfg.name)
-    if name == "export":
-        from hwnas.export import run_export
-
-        return run_export(rd, cfg.export.pick, force=True, finetune_steps=cfg.export.finetune_steps, cfg=cfg.export,
-                          progress=progress)
-    raise ValueError(f"stage {name!r} is not one of {', '.join(STAGES)}")
+    """Run one stage of `cfg` in this process; returns its JSON-able record."""
+    if name not in STAGES:
+        raise ValueError(f"stage {name!r} is not one of {', '.join(STAGES)}")
+    return STAGES[name].run(cfg, None, progress).record
 
 
 def _jsonable(obj: Any) -> bool:

@@ -17,12 +17,9 @@ def _count(n: float) -> str:
     return f"{n:.0f}"
 
 
-def render_report(r: dict[str, Any]) -> str:
-    arch = r["arch"]
-    out = [f"# Export of `{r['key']}`", ""]
-    objectives = ", ".join(f"{k} {v:.4g}" for k, v in r["front_objectives"].items())
-    out += [f"Front member #{r['front_index']} of `{r['run_dir']}`, picked by `{r['pick']}` (front values: {objectives}).", ""]
-
+def _model_section(r: dict[str, Any]) -> list[str]:
+    """Parameters, FLOPs, memory and the layers."""
+    out: list[str] = []
     p = r["params"]
     out += ["## Model", "", "| | |", "| --- | --- |",
             f"| parameters | {p['total']:,} ({_count(p['embedding'])} embedding, {_count(p['non_embedding'])} other; the head is tied) |",
@@ -31,13 +28,18 @@ def render_report(r: dict[str, Any]) -> str:
             f"| context, vocabulary | {r['model']['block_size']} tokens, {r['model']['vocab_size']} (bytes) |", ""]
     out += ["| layer | heads | MLP ratio | norm | placement | attention | FFN | weight bits | in model.int8.onnx |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for layer, q in zip(arch["layers"], r["quantization"]["layers"], strict=True):
+    for layer, q in zip(r["arch"]["layers"], r["quantization"]["layers"], strict=True):
         attn = layer["attention"] + (f" (window {layer['window']})" if layer["window"] else "")
         ffn = layer["ffn"] + (f" ({layer['n_experts']} experts, top-{layer['top_k']})" if layer["ffn"] == "moe" else "")
         out.append(f"| {q['layer']} | {layer['n_heads']} | {layer['mlp_ratio']:g} | {layer['norm']} | {layer['placement']} | "
                    f"{attn} | {ffn} | {layer['weight_bits']} | {q['int8_model']} |")
     out.append("")
+    return out
 
+
+def _loss_section(r: dict[str, Any]) -> list[str]:
+    """Validation loss of the three written models."""
+    out: list[str] = []
     v = r["val_loss"]
     out += [f"## Validation loss ({v['tokens']:,} tokens of the run's validation split)", "",
             "| model | loss (nats/byte) | bits/byte | vs torch |", "| --- | --- | --- | --- |"]
@@ -50,14 +52,24 @@ def render_report(r: dict[str, Any]) -> str:
     if sv and "measured:loss" in sv:
         out += [f"The search predicted loss {sv.get('predicted:loss', float('nan')):.4f} and measured {sv['measured:loss']:.4f} "
                 "on the supernet (with its own evaluation tokens).", ""]
+    return out
 
+
+def _parity_section(r: dict[str, Any]) -> list[str]:
+    """ONNX Runtime fp32 against torch."""
+    out: list[str] = []
     par = r["parity"]
     out += ["## Parity: ONNX Runtime fp32 vs torch", "",
             f"max |logit difference| {par['max_abs_diff']:.3g} (tolerance {par['tolerance']:g}; the largest |logit| is "
             f"{par['max_abs_logit']:.3g}): {par['max_abs_diff_val']:.3g} over {par['batches']} validation batches of shape "
             f"{tuple(par['batch_shape'])}, {par['max_abs_diff_other_shape']:.3g} at shape {tuple(par['other_shape'])} "
             "(the graph has dynamic batch and sequence axes).", ""]
+    return out
 
+
+def _quantization_section(r: dict[str, Any]) -> list[str]:
+    """What model.int8.onnx holds per layer."""
+    out: list[str] = []
     q = r["quantization"]
     full = ("int8 too" if q["full_precision_layers"] == "int8" else "fp32") + f" (`export.full_precision_layers: {q['full_precision_layers']}`)"
     ops = ", ".join(f"{k} x{n}" for k, n in sorted(q["int8_ops"].items()))
@@ -67,55 +79,78 @@ def render_report(r: dict[str, Any]) -> str:
             f"`MatMulNBits`, symmetric, blocks of {q['int4_block_size']}; 16-bit layers -> {full}. The embeddings, the tied "
             "head, norms and MoE routers stay fp32. The fp32 model carries the arch's fake-quantized weights, so it computes "
             f"exactly what the supernet trained. MatMul kernels in model.int8.onnx: {ops}.", ""]
+    return out
 
+
+def _latency_section(r: dict[str, Any]) -> list[str]:
+    """Predicted and re-measured latency, and the fresh-process timings."""
+    out: list[str] = []
     lat = r.get("latency")
-    if lat:
-        out += ["## Latency on this machine (CPU)", "",
-                "Predicted: the run's latency table for the backend (`hwnas latency`), shown next to the model it times. "
-                "Re-measured: the protocol's runs here, one forward of the workload; `re-measured` is the statistic "
-                "of the run times the table predicts (its `statistic`), shown with the median and p90, each beside the "
-                "table's prediction of it.", "",
-                "| backend | model | batch x seq | threads | predicted ms | re-measured ms | median ms (predicted) "
-                "| p90 ms (predicted) | measured / predicted | runs |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for row in lat["rows"]:
-            median, p90 = row.get("median_ms", row["measured_ms"]), row.get("p90_ms")
-            out.append(f"| {row['backend']} | {row['model']} | {row['batch_size']} x {row['seq_len']} | {row['threads']} | "
-                       f"{_num(row['predicted_ms'], '.3f')} | {row['measured_ms']:.3f} ({row.get('statistic', 'median')}) | "
-                       f"{median:.3f} ({_num(row.get('predicted_median_ms'), '.3f')}) | "
-                       f"{_num(p90, '.3f')} ({_num(row.get('predicted_p90_ms'), '.3f')}) | "
-                       f"{_num(row['measured_over_predicted'], '.2f')} | {row['runs']}{'' if row['stable'] else ' (cap)'} |")
-        fresh = lat.get("fresh")
-        if fresh:
-            out += ["", f"As a user sees it: the written files loaded the documented way in a fresh process (the process settings the "
-                    f"tables measured under: {fresh['threads']} thread(s), malloc thresholds pinned by `load`) and timed with a "
-                    f"plain {fresh['clock']} loop, {fresh['warmup']} warm-up runs then {fresh['runs']}:", "",
-                    "| backend | loaded as | median ms (predicted) | p90 ms (predicted) | min ms | median / predicted | runs |",
-                    "| --- | --- | --- | --- | --- | --- | --- |"]
-            for backend in ("torch", "onnxruntime"):
-                f = fresh.get(backend)
-                if f:
-                    out.append(f"| {backend} | `{f['how']}` | {f['median_ms']:.3f} ({_num(f.get('predicted_median_ms'), '.3f')}) | "
-                               f"{f['p90_ms']:.3f} ({_num(f.get('predicted_p90_ms'), '.3f')}) | {f['min_ms']:.3f} | "
-                               f"{_num(f.get('median_over_predicted'), '.2f')} | {f['runs']}{'' if f['complete'] else ' (time cap)'} |")
-        front_lat = {k: val for k, val in r["front_objectives"].items() if k.startswith("latency@")}
-        if front_lat:
-            out += ["", "The search's front value: " + ", ".join(f"{k} {val:.3f} ms" for k, val in front_lat.items()) + "."]
-        if not any(row["predicted_ms"] for row in lat["rows"]):
-            out += ["", "No latency table in the run: only re-measured values (run `hwnas latency CONFIG` for predictions)."]
-        out += ["", "The exported graph computes sliding-window and linear attention in a length-agnostic form (per-query "
-                "key gather; cumulative state) so the sequence axis is dynamic; the table timed the blocked / chunked "
-                "form of the latency stage, so small differences are expected."]
-        out += [f"- {n}" for n in lat["notes"]]
-        out.append("")
+    if not lat:
+        return out
+    out += ["## Latency on this machine (CPU)", "",
+            "Predicted: the run's latency table for the backend (`hwnas latency`), shown next to the model it times. "
+            "Re-measured: the protocol's runs here, one forward of the workload; `re-measured` is the statistic "
+            "of the run times the table predicts (its `statistic`), shown with the median and p90, each beside the "
+            "table's prediction of it.", "",
+            "| backend | model | batch x seq | threads | predicted ms | re-measured ms | median ms (predicted) "
+            "| p90 ms (predicted) | measured / predicted | runs |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in lat["rows"]:
+        median, p90 = row.get("median_ms", row["measured_ms"]), row.get("p90_ms")
+        out.append(f"| {row['backend']} | {row['model']} | {row['batch_size']} x {row['seq_len']} | {row['threads']} | "
+                   f"{_num(row['predicted_ms'], '.3f')} | {row['measured_ms']:.3f} ({row.get('statistic', 'median')}) | "
+                   f"{median:.3f} ({_num(row.get('predicted_median_ms'), '.3f')}) | "
+                   f"{_num(p90, '.3f')} ({_num(row.get('predicted_p90_ms'), '.3f')}) | "
+                   f"{_num(row['measured_over_predicted'], '.2f')} | {row['runs']}{'' if row['stable'] else ' (cap)'} |")
+    out += _fresh_rows(lat.get("fresh"))
+    front_lat = {k: val for k, val in r["front_objectives"].items() if k.startswith("latency@")}
+    if front_lat:
+        out += ["", "The search's front value: " + ", ".join(f"{k} {val:.3f} ms" for k, val in front_lat.items()) + "."]
+    if not any(row["predicted_ms"] for row in lat["rows"]):
+        out += ["", "No latency table in the run: only re-measured values (run `hwnas latency CONFIG` for predictions)."]
+    out += ["", "The exported graph computes sliding-window and linear attention in a length-agnostic form (per-query "
+            "key gather; cumulative state) so the sequence axis is dynamic; the table timed the blocked / chunked "
+            "form of the latency stage, so small differences are expected."]
+    out += [f"- {n}" for n in lat["notes"]]
+    out.append("")
+    return out
 
+
+def _fresh_rows(fresh: dict[str, Any] | None) -> list[str]:
+    """The export's files timed as a user times them, in a fresh process."""
+    out: list[str] = []
+    if not fresh:
+        return out
+    out += ["", f"As a user sees it: the written files loaded the documented way in a fresh process (the process settings the "
+            f"tables measured under: {fresh['threads']} thread(s), malloc thresholds pinned by `load`) and timed with a "
+            f"plain {fresh['clock']} loop, {fresh['warmup']} warm-up runs then {fresh['runs']}:", "",
+            "| backend | loaded as | median ms (predicted) | p90 ms (predicted) | min ms | median / predicted | runs |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for backend in ("torch", "onnxruntime"):
+        f = fresh.get(backend)
+        if f:
+            out.append(f"| {backend} | `{f['how']}` | {f['median_ms']:.3f} ({_num(f.get('predicted_median_ms'), '.3f')}) | "
+                       f"{f['p90_ms']:.3f} ({_num(f.get('predicted_p90_ms'), '.3f')}) | {f['min_ms']:.3f} | "
+                       f"{_num(f.get('median_over_predicted'), '.2f')} | {f['runs']}{'' if f['complete'] else ' (time cap)'} |")
+    return out
+
+
+def _finetune_section(r: dict[str, Any]) -> list[str]:
+    """Fine-tuning before the export, if any."""
+    out: list[str] = []
     ft = r.get("finetune")
     if ft:
         out += ["## Fine-tuning", "",
                 f"{ft['steps']} AdamW steps on the train split (peak lr {ft['lr']:g}, batch {ft['batch_size']}, warmup then "
                 f"cosine, the supernet's recipe; {ft['train_seconds']:.1f} s): validation loss {ft['loss_before']:.4f} -> "
                 f"{ft['loss_after']:.4f} ({ft['loss_after'] - ft['loss_before']:+.4f}). The exported weights are the fine-tuned ones.", ""]
+    return out
 
+
+def _try_section(r: dict[str, Any]) -> list[str]:
+    """How to load and run the files, a sample, the versions."""
+    out: list[str] = []
     out += ["## Try it", "", "```python", "from hwnas.export import load", "",
             f"m = load({r['out_dir']!r})", "print(m.generate('def ', max_new_tokens=200, temperature=0.8, top_k=40, seed=0))",
             "```", "", "```python", "import numpy as np, onnxruntime as ort", "",
@@ -129,4 +164,14 @@ def render_report(r: dict[str, Any]) -> str:
     ver = r["versions"]
     out += [f"torch {ver['torch']}, onnx {ver['onnx']} (opset {ver['opset']}), onnxruntime {ver['onnxruntime']}; "
             f"export took {r['seconds']:.1f} s.", ""]
+    return out
+
+
+def render_report(r: dict[str, Any]) -> str:
+    arch_objectives = ", ".join(f"{k} {v:.4g}" for k, v in r["front_objectives"].items())
+    out = [f"# Export of `{r['key']}`", "",
+           f"Front member #{r['front_index']} of `{r['run_dir']}`, picked by `{r['pick']}` (front values: {arch_objectives}).", ""]
+    for section in (_model_section, _loss_section, _parity_section, _quantization_section, _latency_section,
+                    _finetune_section, _try_section):
+        out += section(r)
     return "\n".join(out)

@@ -11,35 +11,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from hwnas.core.config import MAX_PICK, MAX_SEED
+from hwnas.core.config import MAX_SEED
 from hwnas.core.errors import ConfigError, HwnasError
 
+from .stages import STAGES, int_in
+
 MAX_SAMPLES = 10**4  # random archs `hwnas space` prints, one table row each
-
-
-def _short(text: str) -> str:
-    return repr(text) if len(text) <= 40 else f"{text[:20]!r}... ({len(text)} characters)"
-
-
-def int_in(lo: int, hi: int):
-    """An argparse type: an integer in lo..hi."""
-    def integer(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:  # not a number, or more digits than Python converts
-            raise argparse.ArgumentTypeError(f"expected an integer in {lo}..{hi}, got {_short(text)}") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"must be an integer in {lo}..{hi}, got {_short(text)}")
-        return value
-    return integer
-
-
-def pick(text: str) -> str:
-    """An argparse type: a front index, arch key or rule of reasonable length."""
-    if not text.strip() or len(text) > MAX_PICK:
-        raise argparse.ArgumentTypeError(f"expected a front index, arch key or rule of 1..{MAX_PICK} characters, "
-                                         f"got {_short(text)}")
-    return text
 
 
 def _check_folder(path: str | Path, what: str) -> None:
@@ -72,8 +49,6 @@ def _cmd_space(args: argparse.Namespace) -> int:
 
 def _cmd_stage(args: argparse.Namespace) -> int:
     """`hwnas train|latency|predictors|search CONFIG`: the stage of `hwnas.stages.STAGES`."""
-    from .stages import STAGES
-
     stage = STAGES[args.command]
     cfg = _load(args)
     stage.show(cfg, stage.run(cfg, args, progress=not args.no_progress))
@@ -96,8 +71,6 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from hwnas.export import ExportConfig
-
-    from .stages import STAGES
 
     cfg = ExportConfig()
     if args.config:
@@ -140,6 +113,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _space_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="experiment YAML, e.g. experiments/quickstart.yaml")
+    p.add_argument("-n", "--samples", type=int_in(0, MAX_SAMPLES), default=5,
+                   help=f"number of random archs to show (default 5, at most {MAX_SAMPLES})")
+    p.add_argument("--seed", type=int_in(0, MAX_SEED), default=None, help="sampling seed (default: the config's seed)")
+
+
+def _run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="experiment YAML")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+# the commands beside the stages: (help, description, arguments, function)
+OTHER_COMMANDS = {
+    "space": ("summarize the search space of an experiment config",
+              "Print the search space's size, its smallest and largest arch with parameters and FLOPs, and N random "
+              "sample archs.", _space_arguments, _cmd_space),
+    "pareto": ("print the Pareto front of a run and write its plots",
+               "Print the saved front as a table and write its plots (2-D fronts as PNG and interactive HTML, the "
+               "hypervolume history, predicted vs re-measured values).",
+               lambda p: p.add_argument("run_dir", help="run directory, e.g. runs/quickstart"), _cmd_pareto),
+    "run": ("run the whole pipeline: train, latency, predictors, search, export",
+            "Run train -> latency -> predictors -> search -> export in the config's run directory. Finished stages "
+            "(same config) are skipped and an interrupted one resumes, so running it again after Ctrl-C or a kill "
+            "finishes the job.", _run_arguments, _cmd_run),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hwnas",
@@ -149,45 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hwnas {__import__('hwnas').__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser(
-        "space",
-        help="summarize the search space of an experiment config",
-        description="Print the search space's size, its smallest and largest arch with parameters and "
-        "FLOPs, and N random sample archs.",
-    )
-    p.add_argument("config", help="experiment YAML, e.g. experiments/quickstart.yaml")
-    p.add_argument("-n", "--samples", type=int_in(0, MAX_SAMPLES), default=5,
-                   help=f"number of random archs to show (default 5, at most {MAX_SAMPLES})")
-    p.add_argument("--seed", type=int_in(0, MAX_SEED), default=None, help="sampling seed (default: the config's seed)")
-    p.set_defaults(func=_cmd_space)
-
-    from .stages import STAGES
-
     for stage in STAGES.values():
         p = sub.add_parser(stage.name, help=stage.help, description=stage.description)
         stage.add_arguments(p)
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         p.set_defaults(func=_cmd_export if stage.name == "export" else _cmd_stage)
 
-    p = sub.add_parser(
-        "pareto",
-        help="print the Pareto front of a run and write its plots",
-        description="Print the saved front as a table and write its plots (2-D fronts as PNG and interactive HTML, "
-        "the hypervolume history, predicted vs re-measured values).",
-    )
-    p.add_argument("run_dir", help="run directory, e.g. runs/quickstart")
-    p.set_defaults(func=_cmd_pareto)
-
-    p = sub.add_parser(
-        "run",
-        help="run the whole pipeline: train, latency, predictors, search, export",
-        description="Run train -> latency -> predictors -> search -> export in the config's run directory. Finished "
-        "stages (same config) are skipped and an interrupted one resumes, so running it again after Ctrl-C or a kill "
-        "finishes the job.",
-    )
-    p.add_argument("config", help="experiment YAML")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_run)
+    for name, (help_, description, add, func) in OTHER_COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=description)
+        add(p)
+        p.set_defaults(func=func)
     return parser
 
 

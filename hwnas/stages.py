@@ -13,11 +13,37 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from hwnas.core.config import MAX_STEPS, MAX_WORKERS
+from hwnas.core.config import MAX_PICK, MAX_STEPS, MAX_WORKERS
 from hwnas.core.errors import ConfigError
 from hwnas.core.manifest import EXPORT_COMMAND, Manifest
 
 from .config import ExperimentConfig
+
+
+# --- command-line types ------------------------------------------------------------------------------
+def _short(text: str) -> str:
+    return repr(text) if len(text) <= 40 else f"{text[:20]!r}... ({len(text)} characters)"
+
+
+def int_in(lo: int, hi: int):
+    """An argparse type: an integer in lo..hi."""
+    def integer(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:  # not a number, or more digits than Python converts
+            raise argparse.ArgumentTypeError(f"expected an integer in {lo}..{hi}, got {_short(text)}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be an integer in {lo}..{hi}, got {_short(text)}")
+        return value
+    return integer
+
+
+def pick(text: str) -> str:
+    """An argparse type: a front index, arch key or rule of reasonable length."""
+    if not text.strip() or len(text) > MAX_PICK:
+        raise argparse.ArgumentTypeError(f"expected a front index, arch key or rule of 1..{MAX_PICK} characters, "
+                                         f"got {_short(text)}")
+    return text
 
 
 # --- results ----------------------------------------------------------------------------------------
@@ -97,9 +123,14 @@ class Stage:
     help: ClassVar[str]
     description: ClassVar[str]
 
+    positional: ClassVar[tuple[str, str]] = ("config", "experiment YAML, e.g. experiments/quickstart.yaml")
+    arguments: ClassVar[tuple[tuple[tuple[str, ...], dict[str, Any]], ...]] = ()  # (flags, add_argument keywords)
+
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        """The subcommand's arguments beyond `--no-progress`: the experiment YAML by default."""
-        parser.add_argument("config", help="experiment YAML, e.g. experiments/quickstart.yaml")
+        """The subcommand's arguments beyond `--no-progress`."""
+        parser.add_argument(self.positional[0], help=self.positional[1])
+        for flags, options in self.arguments:
+            parser.add_argument(*flags, **options)
 
     def show(self, cfg: ExperimentConfig, result: StageResult) -> None:
         """What the CLI prints when the stage is done."""
@@ -125,9 +156,7 @@ class TrainStage(Stage):
                    "Checkpoints go to <run_dir>/train; running the command again resumes from the last one. Under "
                    "`torchrun --nproc_per_node=K $(which hwnas) train CONFIG` it trains data-parallel.")
 
-    def add_arguments(self, parser):
-        super().add_arguments(parser)
-        parser.add_argument("--wandb", choices=["offline", "online", "disabled"], default=None, help="override train.wandb")
+    arguments = ((("--wandb",), {"choices": ["offline", "online", "disabled"], "default": None, "help": "override train.wandb"}),)
 
     def run(self, cfg, args=None, progress=True):
         from hwnas.supernet.train import train
@@ -148,12 +177,12 @@ class LatencyStage(Stage):
     description = ("Measure every distinct sublayer of the search space once on this device and backend (resumable), "
                    "fit the correction on whole subnets, then check the table on held-out subnets (the fidelity report).")
 
-    def add_arguments(self, parser):
-        super().add_arguments(parser)
-        parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: latency.devices from the config")
-        parser.add_argument("--backend", choices=["torch", "onnxruntime"], default=None, help="default: latency.backends")
-        parser.add_argument("--strict", action="store_true", help="fail instead of warning when a table's device fingerprint differs")
-        parser.add_argument("--no-fidelity", action="store_true", help="skip the held-out fidelity report")
+    arguments = (
+        (("--device",), {"choices": ["cpu", "cuda"], "default": None, "help": "default: latency.devices from the config"}),
+        (("--backend",), {"choices": ["torch", "onnxruntime"], "default": None, "help": "default: latency.backends"}),
+        (("--strict",), {"action": "store_true", "help": "fail instead of warning when a table's device fingerprint differs"}),
+        (("--no-fidelity",), {"action": "store_true", "help": "skip the held-out fidelity report"}),
+    )
 
     def run(self, cfg, args=None, progress=True):
         from hwnas.latency.stage import run_latency_stage
@@ -211,12 +240,8 @@ class SearchStage(Stage):
     description = ("Search the space on the fitted predictors and latency tables with Optuna or pymoo (or the "
                    "predictor-in-the-loop driver), save the Pareto front, re-measure its members and log everything to W&B.")
 
-    def add_arguments(self, parser):
-        from .cli import int_in
-
-        super().add_arguments(parser)
-        parser.add_argument("--workers", type=int_in(1, MAX_WORKERS), default=None,
-                            help="Optuna worker processes sharing the study (default: search.workers)")
+    arguments = ((("--workers",), {"type": int_in(1, MAX_WORKERS), "default": None,
+                                   "help": "Optuna worker processes sharing the study (default: search.workers)"}),)
 
     def run(self, cfg, args=None, progress=True):
         from hwnas.search.config import workers_problem
@@ -246,16 +271,15 @@ class ExportStage(Stage):
     description = ("Pick a front member (index, arch key, or a rule like \"min loss where latency@cpu <= 5ms\") and write "
                    "config.json, model.safetensors, model.onnx, model.int8.onnx and report.md, checking ONNX Runtime against torch.")
 
-    def add_arguments(self, parser):
-        from .cli import int_in, pick
-
-        parser.add_argument("run_dir", help="run directory, e.g. runs/quickstart")
-        parser.add_argument("--pick", type=pick, default=None, help="front index, arch key or rule (default: export.pick, 'min loss')")
-        parser.add_argument("--out", default=None, help="export directory (default: <run_dir>/export)")
-        parser.add_argument("--force", action="store_true", help="replace an existing export directory")
-        parser.add_argument("--finetune-steps", type=int_in(0, MAX_STEPS), default=None,
-                            help="fine-tune the subnet for N steps before exporting")
-        parser.add_argument("--config", default=None, help="experiment YAML whose export: section gives the defaults")
+    positional = ("run_dir", "run directory, e.g. runs/quickstart")
+    arguments = (
+        (("--pick",), {"type": pick, "default": None, "help": "front index, arch key or rule (default: export.pick, 'min loss')"}),
+        (("--out",), {"default": None, "help": "export directory (default: <run_dir>/export)"}),
+        (("--force",), {"action": "store_true", "help": "replace an existing export directory"}),
+        (("--finetune-steps",), {"type": int_in(0, MAX_STEPS), "default": None,
+                                 "help": "fine-tune the subnet for N steps before exporting"}),
+        (("--config",), {"default": None, "help": "experiment YAML whose export: section gives the defaults"}),
+    )
 
     def run(self, cfg, args=None, progress=True):
         return self.run_on(cfg.run_path, cfg.export, args, progress)

@@ -8,7 +8,7 @@ top-k to the `moe` FFN kind.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -46,13 +46,18 @@ def _choices_ok(values: list, what: str) -> list:
 
 
 def _positive_ints(values: list[int], most: int) -> list[int]:
+    return _positive_at_most(values, most, "integers")
+
+
+def _positive_at_most(values: list, most: float, kind: str, show=str) -> list:
+    """`values` sorted, once each checked to be distinct, positive and at most `most`."""
     _choices_ok(values, "choice")
     bad = [v for v in values if v <= 0]
     if bad:
-        raise ValueError(f"must be positive integers, got {bad[0]}")
+        raise ValueError(f"must be positive {kind}, got {bad[0]}")
     big = [v for v in values if v > most]
     if big:
-        raise ValueError(f"must be at most {most}, got {big[0]}")
+        raise ValueError(f"must be at most {show(most)}, got {show(big[0])}")
     return sorted(values)
 
 
@@ -80,45 +85,37 @@ class RatioDim(Section):
     @field_validator("choices")
     @classmethod
     def _check(cls, v: list[float]) -> list[float]:
-        _choices_ok(v, "choice")
-        bad = [x for x in v if x <= 0]
-        if bad:
-            raise ValueError(f"must be positive numbers, got {bad[0]}")
-        big = [x for x in v if x > MAX_MLP_RATIO]
-        if big:
-            raise ValueError(f"must be at most {MAX_MLP_RATIO:g}, got {big[0]:g}")
-        return sorted(v)
+        return _positive_at_most(v, MAX_MLP_RATIO, "numbers", show=lambda x: f"{x:g}")
 
 
-class NormDim(Section):
+class KindDim(Section):
+    """A per-layer dimension whose choices are kinds (or bit widths): distinct, at least one."""
+
+    what: ClassVar[str] = "choice"
+
+    @field_validator("choices", check_fields=False)
+    @classmethod
+    def check_choices(cls, v):
+        return _choices_ok(v, cls.what)
+
+
+class NormDim(KindDim):
+    what = "norm kind"
     choices: list[NormKind]
     per_layer: bool = True
 
-    @field_validator("choices")
-    @classmethod
-    def check_choices(cls, v):
-        return _choices_ok(v, "norm kind")
 
-
-class PlacementDim(Section):
+class PlacementDim(KindDim):
+    what = "placement"
     choices: list[Placement]
     per_layer: bool = False
 
-    @field_validator("choices")
-    @classmethod
-    def check_choices(cls, v):
-        return _choices_ok(v, "placement")
 
-
-class AttentionDim(Section):
+class AttentionDim(KindDim):
+    what = "attention kind"
     choices: list[AttentionKind]
     per_layer: bool = True
     windows: list[int] = Field(default_factory=lambda: [32], description=f"window sizes in tokens, each in 1..{MAX_BLOCK}")
-
-    @field_validator("choices")
-    @classmethod
-    def check_choices(cls, v):
-        return _choices_ok(v, "attention kind")
 
     @field_validator("windows")
     @classmethod
@@ -126,16 +123,12 @@ class AttentionDim(Section):
         return _positive_ints(v, MAX_BLOCK)
 
 
-class FfnDim(Section):
+class FfnDim(KindDim):
+    what = "FFN kind"
     choices: list[FfnKind]
     per_layer: bool = True
     experts: list[int] = Field(default_factory=lambda: [4], description=f"experts per MoE layer, each in 2..{MAX_EXPERTS}")
     top_k: list[int] = Field(default_factory=lambda: [1, 2], description=f"experts per token, each in 1..{MAX_EXPERTS}")
-
-    @field_validator("choices")
-    @classmethod
-    def check_choices(cls, v):
-        return _choices_ok(v, "FFN kind")
 
     @field_validator("experts", "top_k")
     @classmethod
@@ -151,14 +144,10 @@ class FfnDim(Section):
         return self
 
 
-class BitsDim(Section):
+class BitsDim(KindDim):
+    what = "bit width"
     choices: list[WeightBits]
     per_layer: bool = True
-
-    @field_validator("choices")
-    @classmethod
-    def check_choices(cls, v):
-        return _choices_ok(v, "bit width")
 
 
 class SearchSpaceConfig(Section):

@@ -69,7 +69,7 @@ class DeployAttention(nn.Module):
     def core(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """The attention kind's kernel on q, k, v (B, nh, T, hs); subclasses swap in other forms."""
         if self.kind == "window":
-            return ops.window_attention_blocks(q, k, v, self.window)
+            return ops.window_attention(q, k, v, self.window, unfold=False)
         return ops.attention(self.kind, q, k, v, self.window)
 
 

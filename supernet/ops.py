@@ -125,11 +125,13 @@ def window_mask(n_blocks: int, w: int, device) -> Tensor:
     return (m > i) & (m <= i + w) & (j * w - w + m >= 0)
 
 
-def window_attention(q: Tensor, k: Tensor, v: Tensor, window: int) -> Tensor:
+def window_attention(q: Tensor, k: Tensor, v: Tensor, window: int, unfold: bool = True) -> Tensor:
     """Causal sliding-window softmax attention: token t sees tokens t-window+1 .. t.
 
     Blocked: queries in blocks of `window` attend to their block and the one before, so the work
-    is O(T * window) rather than O(T^2)."""
+    is O(T * window) rather than O(T^2). The (previous, current) key blocks come from `unfold`,
+    or (`unfold=False`, for the ONNX exporters, which do not take it) from slicing and
+    concatenation; same math."""
     B, nh, T, hs = q.shape
     w = window
     if T <= w:
@@ -137,12 +139,19 @@ def window_attention(q: Tensor, k: Tensor, v: Tensor, window: int) -> Tensor:
     n = math.ceil(T / w)
     pad = n * w - T
     qb = F.pad(q, (0, 0, 0, pad)).reshape(B * nh, n, w, hs)  # (B*nh, n, w, hs)
-    kp = F.pad(k, (0, 0, w, pad))  # one empty block in front: (B, nh, (n+1)*w, hs)
-    vp = F.pad(v, (0, 0, w, pad))
-    kb = kp.unfold(2, 2 * w, w).transpose(-1, -2).reshape(B * nh, n, 2 * w, hs)  # (B*nh, n, 2w, hs)
-    vb = vp.unfold(2, 2 * w, w).transpose(-1, -2).reshape(B * nh, n, 2 * w, hs)
+    # one empty block in front: (B, nh, (n+1)*w, hs) -> block pairs (B*nh, n, 2w, hs)
+    kb, vb = (_block_pairs(F.pad(t, (0, 0, w, pad)), n, w, unfold) for t in (k, v))
     y = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=window_mask(n, w, q.device))
     return y.reshape(B, nh, n * w, hs)[:, :, :T]
+
+
+def _block_pairs(x: Tensor, n: int, w: int, unfold: bool) -> Tensor:
+    """(B, nh, (n+1)*w, hs) -> (B*nh, n, 2w, hs): block j-1 then block j, for j = 1..n."""
+    B, nh, _, hs = x.shape
+    if unfold:
+        return x.unfold(2, 2 * w, w).transpose(-1, -2).reshape(B * nh, n, 2 * w, hs)
+    blocks = x.reshape(B * nh, n + 1, w, hs)
+    return torch.cat([blocks[:, :-1], blocks[:, 1:]], dim=2)
 
 
 def linear_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -155,26 +164,8 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 
 # Forms of the same attention math for exporters: `unfold` and a data-dependent length are what
-# they do not take. Blocks (a fixed length, the latency tables' ONNX pieces); gather and cumsum
-# (any length, the exported model's dynamic `seq` axis).
-def window_attention_blocks(q: Tensor, k: Tensor, v: Tensor, window: int) -> Tensor:
-    """`window_attention` with the (previous, current) key blocks built by slicing and
-    concatenation instead of `unfold` (which the ONNX exporters do not take); same math."""
-    B, nh, T, hs = q.shape
-    w = window
-    if T <= w:
-        return softmax_attention(q, k, v)
-    n = math.ceil(T / w)
-    pad = n * w - T
-    qb = F.pad(q, (0, 0, 0, pad)).reshape(B * nh, n, w, hs)  # (B*nh, n, w, hs)
-    kblk = F.pad(k, (0, 0, w, pad)).reshape(B * nh, n + 1, w, hs)  # one empty block in front
-    vblk = F.pad(v, (0, 0, w, pad)).reshape(B * nh, n + 1, w, hs)
-    kb = torch.cat([kblk[:, :-1], kblk[:, 1:]], dim=2)  # (B*nh, n, 2w, hs): block j-1 then j
-    vb = torch.cat([vblk[:, :-1], vblk[:, 1:]], dim=2)
-    y = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=window_mask(n, w, q.device))
-    return y.reshape(B, nh, n * w, hs)[:, :, :T]
-
-
+# they do not take. `window_attention(unfold=False)` for a fixed length (the latency tables' ONNX
+# pieces); gather and cumsum for any length (the exported model's dynamic `seq` axis).
 def window_attention_gather(q: Tensor, k: Tensor, v: Tensor, window: int) -> Tensor:
     """Causal sliding-window attention (token t sees t-window+1 .. t) for any length T: each query
     gathers its window of keys from a copy padded with window-1 empty keys in front."""

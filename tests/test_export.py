@@ -38,6 +38,7 @@ from hwnas.supernet.data import Corpus
 from hwnas.supernet.deploy import export_form
 from hwnas.supernet.evaluate import evaluate
 from hwnas.supernet.train import train
+from tests.tiny import perturbed_supernet as perturbed
 
 TINY = SearchSpaceConfig(
     depth=[1, 2, 3], embed_dim=[16, 32], head_dim=8, block_size=32,
@@ -167,12 +168,7 @@ def test_length_agnostic_kernels_equal_the_blocked_ones():
 
 @pytest.fixture(scope="module")
 def perturbed_supernet() -> Supernet:
-    torch.manual_seed(0)
-    net = Supernet(TINY).eval()
-    with torch.no_grad():  # norms off identity, larger weights: differences would show
-        for name, p in net.named_parameters():
-            p.add_(0.1 * torch.randn_like(p)) if "norm" in name else p.mul_(3)
-    return net
+    return perturbed(TINY, scale=3.0).eval()
 
 
 @pytest.mark.parametrize("arch", COVERING, ids=["mixed-a", "mixed-b"])

@@ -28,6 +28,7 @@ from hwnas.search_space import ArchConfig, LayerConfig, SearchSpace, SearchSpace
 from hwnas.supernet import Supernet, extract_subnet
 from hwnas.supernet.deploy import deploy_copy, torch_deploy_copy
 from hwnas.supernet.subnet import SubnetBlock
+from tests.tiny import perturbed_supernet
 
 ATTNS = [("softmax", None), ("linear", None), ("window", 4)]
 FFNS = [("mlp", None, None), ("swiglu", None, None), ("moe", 2, 1), ("moe", 4, 2)]
@@ -59,15 +60,8 @@ def covering_archs(bits: int = 16) -> list[ArchConfig]:
 
 @pytest.fixture(scope="module")
 def net() -> Supernet:
-    torch.manual_seed(0)
-    model = Supernet(SMALL).eval()
-    with torch.no_grad():  # norms off identity, larger embeddings and routers: differences would show (the
-        for name, p in model.named_parameters():  # projections already start at std 1/sqrt(fan_in))
-            if "norm" in name:
-                p.add_(0.1 * torch.randn_like(p))
-            elif "emb" in name or "router" in name:
-                p.mul_(10)
-    return model
+    # larger embeddings and routers (the projections already start at std 1/sqrt(fan_in))
+    return perturbed_supernet(SMALL, scale={"emb": 10.0, "router": 10.0}).eval()
 
 
 def tokens(batch: int = 2, T: int = 16) -> torch.Tensor:

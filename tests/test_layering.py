@@ -102,3 +102,11 @@ def test_the_checks_catch_what_they_forbid(tmp_path):
     bad.write_text("from hwnas import search\nfrom .train import _param_groups\nimport hwnas.search.linas as L\nL._pick_spread\n")
     assert [package_of(m) for _, m, _ in imports(bad, "supernet")] == ["search", "supernet", "search"]
     assert [w for _, w in private_uses(bad, "supernet")] == ["hwnas.supernet.train._param_groups", "hwnas.search.linas._pick_spread"]
+
+
+def test_no_source_function_is_over_80_lines():
+    long = [f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for package in LAYERS for path in package_files(package)
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > 80]
+    assert not long, "\n".join(long)

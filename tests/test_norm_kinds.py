@@ -16,7 +16,7 @@ from hwnas.search_space import ArchConfig, LayerConfig, SearchSpace, SearchSpace
 from hwnas.search_space.kinds import NORMS
 from hwnas.supernet import Supernet, extract_subnet, ops
 from hwnas.supernet.memory import supernet_params
-from tests.tiny import hwnas, stdlib_text, tiny_config, write_config
+from tests.tiny import hwnas, perturbed_supernet, stdlib_text, tiny_config, write_config
 
 
 def test_every_registered_norm_has_its_math_and_identity_like_init():
@@ -50,16 +50,10 @@ def test_an_unknown_norm_names_the_registered_kinds(tmp_path):
 
 @pytest.fixture(scope="module")
 def crms_net() -> Supernet:
-    torch.manual_seed(0)
     cfg = SearchSpaceConfig(depth=[2], embed_dim=[32, 48], head_dim=8, block_size=32, n_heads={"choices": [2, 4]},
                             mlp_ratio={"choices": [2.0]}, norm={"choices": ["crmsnorm", "rmsnorm"]},
                             ffn={"choices": ["mlp", "moe"], "experts": [2], "top_k": [1]})
-    net = Supernet(cfg)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if "norm" in name:
-                p.add_(0.1 * torch.randn_like(p))
-    return net
+    return perturbed_supernet(cfg)
 
 
 def crms_arch(placement: str, ffn: str = "mlp") -> ArchConfig:

@@ -11,6 +11,7 @@ import torch
 
 from hwnas.search_space import ArchConfig, ArchError, LayerConfig, SearchSpace, SearchSpaceConfig
 from hwnas.supernet import InputError, Supernet, count_flops, extract_subnet, load_subnet, save_subnet
+from tests.tiny import perturbed_supernet
 
 NORMS = ["layernorm", "rmsnorm", "dyt"]
 ATTNS = [("softmax", None), ("linear", None), ("window", 32)]
@@ -20,13 +21,7 @@ BITS = [16, 8, 4]
 
 @pytest.fixture(scope="module", params=["shared", "per_kind"])
 def net(request) -> Supernet:
-    torch.manual_seed(0)
-    model = Supernet(SearchSpaceConfig(weight_sharing=request.param))
-    with torch.no_grad():  # move norms off their identity init so that parity checks them too
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.add_(0.1 * torch.randn_like(p))
-    return model
+    return perturbed_supernet(SearchSpaceConfig(weight_sharing=request.param))
 
 
 def covering_archs() -> list[ArchConfig]:

@@ -88,3 +88,24 @@ def digest(root: Path) -> dict[str, str]:
     for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
         out[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out
+
+
+def perturbed_supernet(cfg, scale: float | dict[str, float] | None = None):
+    """A supernet of `cfg` (torch seed 0) whose norms are moved off their identity init (+ 0.1 N(0, 1)),
+    so that parity checks them too; `scale` multiplies the other weights (all of them, or those whose
+    name holds a key of the dict), so that differences would show."""
+    import torch
+
+    from hwnas.supernet import Supernet
+
+    torch.manual_seed(0)
+    net = Supernet(cfg)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+            elif isinstance(scale, float | int):
+                p.mul_(scale)
+            elif scale:
+                p.mul_(next((v for k, v in scale.items() if k in name), 1.0))
+    return net

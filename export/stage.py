@@ -28,9 +28,7 @@ import shutil
 import tempfile
 import time
 import uuid
-import warnings
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -191,40 +189,29 @@ def _measure_latency(run_dir: Path, arch: ArchConfig, subnet: Subnet, form, fp32
     and ONNX Runtime on model.onnx, model.int8.onnx and, when neither has the arch's own bits,
     the very form the latency table times (`OnnxRuntimeBackend.to_onnx`: a static-shape export,
     16-bit layers in fp32, the others at their bits)."""
-    from hwnas.latency.backends import OnnxRuntimeBackend, TorchBackend
-    from hwnas.latency.build import load_table, table_path
-    from hwnas.latency.config import LatencyConfig
+    from hwnas.latency.backends import OnnxRuntimeBackend
     from hwnas.latency.errors import LatencyError
-    from hwnas.latency.fingerprint import usable_cores
-    from hwnas.latency.protocol import Protocol, fixed_threads, measure
+    from hwnas.latency.session import TableTiming
 
-    defaults = LatencyConfig()
     rows, notes, protocols = [], [], {}
     for backend in ("torch", "onnxruntime"):
-        table, predicted, spread = None, None, {}
-        if table_path(run_dir, "cpu", backend).exists():
+        timing = TableTiming(run_dir, "cpu", backend, block_size, cfg.threads, cfg.latency_max_seconds)
+        notes += timing.notes
+        predicted, spread = None, {}
+        if timing.table is not None:
             try:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    table = load_table(run_dir, "cpu", backend)
-                notes += [f"{backend} table: {w.message}" for w in caught]
-                predicted = table.predict_ms(arch)
-                spread = {f"predicted_{s}_ms": table.for_statistic(s).predict_ms(arch) for s in ("median", "p90")}
+                predicted = timing.predict_ms(arch)
+                spread = {f"predicted_{s}_ms": timing.predict_ms(arch, s) for s in ("median", "p90")}
             except LatencyError as e:
                 notes.append(f"{backend} table unusable: {e}")
-        protocol = table.protocol if table else Protocol.from_config(defaults)
-        if cfg.latency_max_seconds:
-            protocol = replace(protocol, max_seconds=min(protocol.max_seconds, cfg.latency_max_seconds))
-        protocols[backend] = protocol.to_dict()
-        work = dict(table.workload) if table else {"batch_size": defaults.batch_size, "seq_len": defaults.seq_len or block_size}
-        threads = cfg.threads or (table.fingerprint.get("threads") if table else None) or usable_cores()
+        protocols[backend] = timing.protocol.to_dict()
+        work, threads, stat = timing.workload, timing.threads, timing.statistic
         tokens = torch.randint(0, subnet.dims.vocab_size, (work["batch_size"], work["seq_len"]),
                                generator=torch.Generator().manual_seed(cfg.seed))
-        stat = table.statistic if table else defaults.statistic  # compare like with like: what the table predicts
         base = {"backend": backend, "statistic": stat, "batch_size": work["batch_size"], "seq_len": work["seq_len"], "threads": threads,
-                "table": str(table_path(run_dir, "cpu", backend).relative_to(run_dir)) if table else None}
+                "table": str(timing.path.relative_to(run_dir)) if timing.table else None}
         if backend == "torch":
-            m = TorchBackend("cpu", threads).measure(subnet, (tokens,), protocol)
+            m = timing.time_module(subnet, (tokens,))
             rows.append({**base, "model": "model.safetensors (torch eager; 8/4-bit layers on int8/int4 kernels)", "file": "model.safetensors", "predicted_ms": predicted,
                          **spread, **_timed(m, stat)})
             continue
@@ -239,8 +226,7 @@ def _measure_latency(run_dir: Path, arch: ArchConfig, subnet: Subnet, form, fp32
         for label, model, file, match in models:
             sess = session(model, threads)
             feeds = {sess.get_inputs()[0].name: tokens.numpy()}
-            with fixed_threads(threads):
-                m = measure(lambda s=sess, f=feeds: s.run(None, f), protocol)
+            m = timing.time_call(lambda s=sess, f=feeds: s.run(None, f))
             rows.append({**base, "model": label, "file": file, "predicted_ms": predicted if match else None,
                          **(spread if match else {}), **_timed(m, stat)})
     for row in rows:

@@ -24,10 +24,11 @@ from hwnas.core.io import atomic_write_json, atomic_write_text
 from hwnas.core.manifest import RUN_FOLDERS, Manifest
 from hwnas.search_space import ArchConfig, SearchSpace
 
-from .build import WINDOW_ARCHS, Measurer, heldout_archs, make_measurer, progress_bar, steady_window, windows
 from .config import LatencyConfig
 from .protocol import STATISTICS, Measurement
-from .table import LatencyTable, SpeedWindow
+from .session import WINDOW_ARCHS, Measurer, heldout_archs, make_measurer, progress_bar, windows
+from .speed import SpeedWindow, steady_window
+from .table import LatencyTable
 
 
 def error_metrics(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
@@ -106,7 +107,7 @@ def fidelity_report(space: SearchSpace, cfg: LatencyConfig, table: LatencyTable,
 
 def _report_from_file(space_config, cfg: LatencyConfig, run_dir: str, device: str, backend: str, progress: bool,
                       wandb: str | bool | None) -> dict[str, Any]:
-    from .build import load_table
+    from .table import load_table
 
     return fidelity_report(SearchSpace(space_config), cfg, load_table(run_dir, device, backend), run_dir, progress=progress,
                            wandb=wandb)

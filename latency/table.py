@@ -29,19 +29,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from hwnas.core.io import ArtifactError, atomic_write_text, read_json
 from hwnas.core.manifest import RUN_FOLDERS, Manifest
-from hwnas.search_space import ArchConfig, ModelDims
+from hwnas.search_space import ArchConfig, ModelDims, SearchSpace
 
+from .correction import Correction, fit_correction
 from .errors import TableError
 from .fingerprint import check_fingerprint, device_fingerprint
 from .keys import arch_keys
 from .protocol import STATISTICS, Measurement, Protocol
+from .speed import SpeedWindow
 
 FORMAT = "hwnas-latency-table-1"
-CORRECTION_FEATURES = ("table_sum", "depth", "moe_layers")
 _REMAKE = f"; delete the file and run `{RUN_FOLDERS['latency']}` to measure it again"
 
 
@@ -51,46 +50,6 @@ def canonical_json(obj: Any) -> str:
 
 def content_hash(payload: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class Correction:
-    """predict = intercept + sum(coef * feature), features named in `features` (seconds)."""
-
-    features: tuple[str, ...]
-    coef: tuple[float, ...]
-    intercept: float
-    n_samples: int
-
-    def apply(self, values: dict[str, float]) -> float:
-        return self.intercept + sum(c * values[f] for f, c in zip(self.features, self.coef, strict=True))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"features": list(self.features), "coef": list(self.coef), "intercept": self.intercept,
-                "n_samples": self.n_samples}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Correction:
-        return cls(tuple(data["features"]), tuple(float(c) for c in data["coef"]), float(data["intercept"]),
-                   int(data["n_samples"]))
-
-
-@dataclass(frozen=True)
-class SpeedWindow:
-    """A window of measurements: its stage (pieces, calibration, heldout), the speed reference's
-    time in it, and how far the machine's speed had moved in each attempt at it (`build.disturbance`;
-    the window kept is the least disturbed attempt)."""
-
-    stage: str
-    reference: Measurement
-    disturbance: tuple[float, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"stage": self.stage, "measured": self.reference.to_dict(), "disturbance": list(self.disturbance)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SpeedWindow:
-        return cls(data["stage"], Measurement.from_dict(data["measured"]), tuple(float(d) for d in data["disturbance"]))
 
 
 @dataclass
@@ -190,45 +149,9 @@ class LatencyTable:
 
     # --- correction ------------------------------------------------------------------------------
     def fit_correction(self) -> Correction | None:
-        """Fit the correction on the calibration subnets and keep it only if it predicts them
-        clearly better than the plain sum does, by leave-one-out relative error (so a few noisy
-        calibration timings cannot make the table worse). Candidates, simplest first: the plain
-        sum, a single ratio (y = a * sum), the linear model on `CORRECTION_FEATURES` with an
-        intercept; both fitted by relative-error weighted least squares (scikit-learn
-        `LinearRegression`). The simplest candidate within 10% of the best score wins."""
-        self.correction = None
-        if len(self.calibration) < 3 * (len(CORRECTION_FEATURES) + 1):
-            return None
-        from sklearn.linear_model import LinearRegression
-
-        archs = [a for a, _ in self.calibration.values()]
-        y = np.array([m.value(self.statistic) * self.speed_factor(k) for k, (_, m) in self.calibration.items()])
-        X = np.array([[self.features(a)[f] for f in CORRECTION_FEATURES] for a in archs])
-        w = 1.0 / y**2  # squared relative error
-        candidates = {"ratio": ([0], False), "linear": (list(range(len(CORRECTION_FEATURES))), True)}
-
-        def loo_mape(cols: list[int], intercept: bool) -> float:
-            errs = []
-            for i in range(len(y)):
-                keep = np.arange(len(y)) != i
-                m = LinearRegression(fit_intercept=intercept).fit(X[keep][:, cols], y[keep], sample_weight=w[keep])
-                errs.append(abs(m.predict(X[i:i + 1, cols])[0] - y[i]) / y[i])
-            return float(np.mean(errs))
-
-        scores = {"sum": float(np.mean(np.abs(X[:, 0] - y) / y))}
-        scores |= {name: loo_mape(cols, ic) for name, (cols, ic) in candidates.items()}
-        # the simplest model within 10% of the best score: a hair's edge on 40 noisy timings is not evidence
-        best = next(name for name in scores if scores[name] <= 1.1 * min(scores.values()))
-        self.meta = {**self.meta, "correction_loo_mape_pct": {k: round(100 * v, 3) for k, v in scores.items()},
-                     "correction_choice": best}
-        if best == "sum":
-            return None
-        cols, intercept = candidates[best]
-        model = LinearRegression(fit_intercept=intercept).fit(X[:, cols], y, sample_weight=w)
-        coef = np.zeros(len(CORRECTION_FEATURES))
-        coef[cols] = model.coef_
-        self.correction = Correction(CORRECTION_FEATURES, tuple(float(c) for c in coef),
-                                     float(model.intercept_) if intercept else 0.0, len(y))
+        """Fit `correction` on the calibration subnets, or drop it (`correction.fit_correction`)."""
+        self.correction, choice = fit_correction(self)
+        self.meta = {**self.meta, **choice}
         return self.correction
 
     def fit_corrections(self) -> None:
@@ -344,3 +267,26 @@ class LatencyTable:
             here = device_fingerprint(table.device, table.fingerprint.get("threads", 1), table.fingerprint.get("dtype", "float32"))
             check_fingerprint(table.fingerprint, here, table.backend, strict, f"latency table {path}")
         return table
+
+
+def table_path(run_dir: str | Path, device: str, backend: str) -> Path:
+    return Path(run_dir) / "latency" / f"{device}-{backend}.json"
+
+
+def load_table(run_dir: str | Path, device: str = "cpu", backend: str = "torch", strict: bool = False,
+               space: SearchSpace | None = None) -> LatencyTable:
+    """The finished table of a run directory (raises `TableError` if absent, unfinished or, given
+    `space`, measured for another one's model dims; `ArtifactError` if it is not the file its
+    build wrote)."""
+    path = table_path(run_dir, device, backend)
+    if not path.exists():
+        raise TableError(f"{path}: latency table not found; build it with `hwnas latency CONFIG`")
+    Manifest.of(run_dir, "latency").verify(path.name)
+    table = LatencyTable.load(path, strict=strict)
+    if not table.meta.get("complete"):
+        raise TableError(f"{table_path(run_dir, device, backend)}: the table build was interrupted; "
+                         "run `hwnas latency CONFIG` again to finish it")
+    if space is not None and table.dims != space.dims:
+        raise TableError(f"{path}: measured for model dims {table.dims}, the search space has {space.dims}; "
+                         f"delete it and run `hwnas latency CONFIG`")
+    return table

@@ -64,7 +64,7 @@ def latency_errors(run_dir: Path, device: str, backend: str) -> dict[str, float 
 
 def latency_tables(space: SearchSpace, cfg: SearchConfig, run_dir: Path) -> dict[str, Any]:
     """The run's latency tables of every latency the search names, by '<device>/<runtime>'."""
-    from hwnas.latency.build import load_table
+    from hwnas.latency.table import load_table
 
     return {t: load_table(run_dir, *t.split("/"), space=space) for t in cfg.latency_targets()}
 
@@ -157,7 +157,7 @@ def validate_front(space: SearchSpace, front: ParetoFront, cfg: SearchConfig, ru
     latency_names = [n for n in front.objective_names if n.startswith("latency@")]
     measured_ms: dict[str, dict[str, float]] = {}
     if latency_cfg is not None:
-        from hwnas.latency.build import measure_in_fresh_process
+        from hwnas.latency.session import measure_in_fresh_process
 
         for name in latency_names:  # timed as the table was, by a process with no history
             device, runtime = name.removeprefix("latency@").split("/")

@@ -280,7 +280,7 @@ def test_every_window_is_timed_by_a_fresh_process(tmp_path, monkeypatch):
     table = run_latency(space, cfg, tmp_path, progress=False)
     ref = table.reference.key()
     n_pieces = len(space_pieces(space))  # one window
-    assert calls == [("_measure_pieces", n_pieces, ref), ("_measure_archs", 6, ref), ("_measure_archs", 6, ref)]
+    assert calls == [("measure_pieces_job", n_pieces, ref), ("measure_archs_job", 6, ref), ("measure_archs_job", 6, ref)]
     assert len(table.calibration) == 12 and all(m.median > 0 for _, m in table.calibration.values())
     assert [w.stage for w in table.speed_windows] == ["pieces", "calibration", "calibration"]
     assert all(w.reference.median > 0 for w in table.speed_windows) and ref not in table.calibration

@@ -31,9 +31,9 @@ from hwnas.latency import (
     space_pieces,
     table_path,
 )
-from hwnas.latency.build import REFERENCE
 from hwnas.latency.fidelity import error_metrics
 from hwnas.latency.protocol import measure_many
+from hwnas.latency.speed import REFERENCE
 from hwnas.search_space import ArchConfig, LayerConfig, SearchSpace, SearchSpaceConfig
 
 TINY = SearchSpaceConfig(
@@ -390,7 +390,7 @@ def test_latency_config_rejects_unknown_keys_and_bad_values():
 
 
 def test_seq_len_longer_than_the_block_is_an_error(tiny):
-    from hwnas.latency.build import workload
+    from hwnas.latency.session import workload
 
     with pytest.raises(HwnasError, match="block_size"):
         workload(tiny, LatencyConfig(seq_len=64))
@@ -473,7 +473,7 @@ def test_clock_choice():
 
 
 def test_pieces_are_timed_among_pieces_of_their_width(quickstart_space):
-    from hwnas.latency.build import interleave_groups
+    from hwnas.latency.session import interleave_groups
 
     pieces = space_pieces(quickstart_space)
     groups = interleave_groups(pieces, 16, seed=0)
@@ -615,7 +615,7 @@ def test_table_predicts_each_statistic_with_its_own_correction(tiny, cfg, tmp_pa
 @pytest.mark.parametrize("n, most, sizes", [(100, 40, [34, 33, 33]), (60, 40, [30, 30]), (5, 40, [5]), (0, 4, []),
                                             (12, 10, [6, 6]), (8, 4, [4, 4])])
 def test_windows_are_as_few_and_as_even_as_fit(n, most, sizes):
-    from hwnas.latency.build import windows
+    from hwnas.latency.session import windows
 
     out = windows(list(range(n)), most)
     assert [len(w) for w in out] == sizes and [x for w in out for x in w] == list(range(n))
@@ -753,7 +753,7 @@ def test_a_table_without_the_speed_reference_is_measured_again(tiny, cfg, tmp_pa
 def test_speed_factors_follow_new_windows_and_the_statistic(tiny, cfg, tmp_path):
     """The per-window factors are worked out once, and again after a window is added or for
     another statistic: never stale."""
-    from hwnas.latency.table import SpeedWindow
+    from hwnas.latency.speed import SpeedWindow
 
     table = built(tiny, cfg, tmp_path)
     key = next(iter(table.window_of))

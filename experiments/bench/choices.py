@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command, git_commit, write_section  # noqa: E402
 
 from hwnas.config import load_config  # noqa: E402
-from hwnas.latency.build import load_table, table_path  # noqa: E402
+from hwnas.latency.table import load_table, table_path  # noqa: E402
 from hwnas.search.choices import choices_markdown, choices_report  # noqa: E402
 from hwnas.search.pareto import read_front  # noqa: E402
 from hwnas.search_space import ArchConfig, SearchSpace  # noqa: E402

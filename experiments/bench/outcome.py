@@ -33,7 +33,8 @@ from common import command, git_commit, machine, write_section  # noqa: E402
 from weight_sharing import LN2, trained_alone  # noqa: E402
 
 from hwnas.config import load_config  # noqa: E402
-from hwnas.latency.build import load_table, make_measurer, table_path  # noqa: E402
+from hwnas.latency.session import make_measurer  # noqa: E402
+from hwnas.latency.table import load_table, table_path  # noqa: E402
 from hwnas.predictors.persist import load_predictor  # noqa: E402
 from hwnas.search.pareto import read_front  # noqa: E402
 from hwnas.search_space import ArchConfig, LayerConfig, SearchSpace  # noqa: E402

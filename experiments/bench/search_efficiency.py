@@ -24,7 +24,7 @@ from common import command, machine, write_section  # noqa: E402
 
 from hwnas.config import load_config  # noqa: E402
 from hwnas.core.io import atomic_write_json  # noqa: E402
-from hwnas.latency.build import load_table  # noqa: E402
+from hwnas.latency.table import load_table  # noqa: E402
 from hwnas.search.engines import PymooEngine, RandomEngine  # noqa: E402
 from hwnas.search.linas import LinasEngine, LinasSettings, fit_predictor_factory  # noqa: E402
 from hwnas.search.objectives import Objective, ObjectiveSet, latency_objective  # noqa: E402

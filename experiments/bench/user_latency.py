@@ -41,7 +41,8 @@ def main() -> None:
     from scipy.stats import kendalltau
 
     from hwnas.core.progress import progress_bar
-    from hwnas.latency.build import heldout_archs, load_table, table_path
+    from hwnas.latency.session import heldout_archs
+    from hwnas.latency.table import load_table, table_path
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-dir", default="runs/bench-latency", help="a run directory holding cpu-torch and cpu-onnxruntime tables")

@@ -16,6 +16,7 @@ Tests check each form against the module it comes from.
 from __future__ import annotations
 
 import copy
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -102,12 +103,12 @@ class DeployFFN(nn.Module):
         B, T, d = x.shape
         flat = x.reshape(B * T, d)
         gates, idx = F.softmax(torch.matmul(flat, self.router), dim=-1).topk(self.top_k, dim=-1)  # (N, k)
-        out = torch.zeros_like(flat)
-        for e in range(len(self.ups)):
-            token, slot = torch.where(idx == e)  # the tokens routed to expert e (each at most once)
-            y = _mm(F.gelu(_mm(flat[token], self.ups[e])), self.downs[e])
-            out = out.index_add(0, token, y * gates[token, slot].unsqueeze(-1))
-        return out.view(B, T, d), None
+        experts = [partial(self._expert, up=up, down=down) for up, down in zip(self.ups, self.downs, strict=True)]
+        return ops.expert_mix(flat, gates, idx, experts, skip_empty=False).view(B, T, d), None
+
+    @staticmethod
+    def _expert(x: Tensor, up: Tensor | nn.Module, down: Tensor | nn.Module) -> Tensor:
+        return _mm(F.gelu(_mm(x, up)), down)
 
 
 class FirstOutput(nn.Module):

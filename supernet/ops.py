@@ -7,8 +7,9 @@ its own. One code path for the math keeps `extract_subnet(...)(x) == supernet(x,
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -227,14 +228,23 @@ def moe(x: Tensor, w_router: Tensor, top_k: int, experts_up: list[Tensor], exper
     B, T, d = x.shape
     flat = x.reshape(B * T, d)
     gates, idx, balance = route(flat, w_router, top_k)
+    experts = [partial(mlp, w_up=w_up, w_down=w_down) for w_up, w_down in zip(experts_up, experts_down, strict=True)]
+    return expert_mix(flat, gates, idx, experts).view(B, T, d), balance
+
+
+def expert_mix(flat: Tensor, gates: Tensor, idx: Tensor, experts: Sequence[Callable[[Tensor], Tensor]],
+               skip_empty: bool = True) -> Tensor:
+    """Each token's chosen experts' outputs, weighted by their gates: flat (N, d), gates and expert
+    ids (N, k) -> (N, d). `skip_empty`: skip an expert no token chose (a data-dependent branch,
+    which the exporters do not take; there it multiplies an empty matrix)."""
     out = torch.zeros_like(flat)
-    for e, (w_up, w_down) in enumerate(zip(experts_up, experts_down, strict=True)):
-        token, slot = torch.where(idx == e)
-        if token.numel() == 0:
+    for e, expert in enumerate(experts):
+        token, slot = torch.where(idx == e)  # the tokens routed to expert e (each at most once)
+        if skip_empty and token.numel() == 0:
             continue
-        y = mlp(flat[token], w_up, w_down) * gates[token, slot].unsqueeze(-1)
-        out.index_add_(0, token, y.to(out.dtype))  # autocast may run the experts in lower precision
-    return out.view(B, T, d), balance
+        y = expert(flat[token]) * gates[token, slot].unsqueeze(-1)
+        out = out.index_add(0, token, y.to(out.dtype))  # autocast may run the experts in lower precision
+    return out
 
 
 # --- sublayers ------------------------------------------------------------------------------------

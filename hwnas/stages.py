@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from hwnas.core.config import MAX_PICK, MAX_STEPS, MAX_WORKERS
 from hwnas.core.errors import ConfigError
 from hwnas.core.manifest import EXPORT_COMMAND, Manifest
+from hwnas.latency.backends import BACKENDS
 
 from .config import ExperimentConfig
 
@@ -179,7 +180,7 @@ class LatencyStage(Stage):
 
     arguments = (
         (("--device",), {"choices": ["cpu", "cuda"], "default": None, "help": "default: latency.devices from the config"}),
-        (("--backend",), {"choices": ["torch", "onnxruntime"], "default": None, "help": "default: latency.backends"}),
+        (("--backend",), {"choices": list(BACKENDS), "default": None, "help": "default: latency.backends"}),
         (("--strict",), {"action": "store_true", "help": "fail instead of warning when a table's device fingerprint differs"}),
         (("--no-fidelity",), {"action": "store_true", "help": "skip the held-out fidelity report"}),
     )

@@ -46,13 +46,24 @@ from .protocol import (
     time_runs_interleaved,
 )
 
-BACKENDS = ("torch", "onnxruntime")
+_REGISTRY: dict[str, type] = {}
+DEPLOYED = "onnxruntime"  # the runtime the export deploys: a latency objective's runtime when it names none
+
+
+def register_backend(cls: type) -> type:
+    """Class decorator: make a `Backend` subclass available as `latency.backends: [<cls.name>]`."""
+    _REGISTRY[cls.name] = cls
+    return cls
 
 
 class Backend:
-    """Runs and times modules on one device with a fixed thread count."""
+    """Runs and times modules on one device with a fixed thread count. A new backend subclasses
+    it, sets `name` (and `options`, the keyword arguments it takes from the latency config),
+    implements `measure_groups`/`measure_each` (or `prepare`), and is decorated with
+    `@register_backend`."""
 
     name = "base"
+    options: tuple[str, ...] = ()
 
     def __init__(self, device: str = "cpu", threads: int = 1):
         if device not in ("cpu", "cuda"):
@@ -144,6 +155,7 @@ def steady_allocator() -> bool:
     return _ALLOCATOR_FIXED
 
 
+@register_backend
 class TorchBackend(Backend):
     name = "torch"
 
@@ -240,8 +252,10 @@ def quantize_onnx(model, weight_bits: dict[str, int], workdir: str | Path, block
     return model
 
 
+@register_backend
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    options = ("exporter", "int4_block_size")
 
     def __init__(self, device: str = "cpu", threads: int = 1, exporter: str = "torchscript", int4_block_size: int = 32):
         super().__init__(device, threads)
@@ -287,12 +301,14 @@ class OnnxRuntimeBackend(Backend):
         return run
 
 
-def make_backend(name: str, device: str = "cpu", threads: int | None = None, **onnx_options) -> Backend:
+BACKENDS: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def make_backend(name: str, device: str = "cpu", threads: int | None = None, **options) -> Backend:
+    """The registered backend `name`, given the options it takes (others are ignored)."""
     from .fingerprint import usable_cores
 
-    threads = threads or usable_cores()
-    if name == "torch":
-        return TorchBackend(device, threads)
-    if name == "onnxruntime":
-        return OnnxRuntimeBackend(device, threads, **onnx_options)
-    raise LatencyError(f"backend {name!r} is not one of {', '.join(BACKENDS)}")
+    if name not in _REGISTRY:
+        raise LatencyError(f"backend {name!r} is not one of {', '.join(_REGISTRY)}")
+    cls = _REGISTRY[name]
+    return cls(device, threads or usable_cores(), **{k: v for k, v in options.items() if k in cls.options})

@@ -18,8 +18,10 @@ from hwnas.core.config import (
     power_of_two,
 )
 
+from .backends import BACKENDS
+
 Device = Literal["cpu", "cuda"]
-BackendName = Literal["torch", "onnxruntime"]
+BackendName = Literal[BACKENDS]  # the registered backends (latency.backends)
 
 # Bounds of the protocol's counts, each far beyond a useful measurement: timed runs of one
 # measurement (10**6 runs of even 1 ms is 17 minutes, per piece), pieces timed together, passes
@@ -75,7 +77,7 @@ class LatencyConfig(Section):
     batch_size: int = Field(default=1, gt=0, le=MAX_BATCH)
     seq_len: int | None = Field(default=None, gt=0, le=MAX_BLOCK, description="default (and at most): the space's block_size")
     devices: list[Device] = Field(default_factory=lambda: ["cpu"])
-    backends: list[BackendName] = Field(default_factory=lambda: ["torch", "onnxruntime"])
+    backends: list[BackendName] = Field(default_factory=lambda: list(BACKENDS))
     threads: int | None = Field(default=1, gt=0, le=MAX_THREADS)
     warmup: int = Field(default=10, ge=0, le=MAX_RUNS)
     min_repeats: int = Field(default=20, gt=0, le=MAX_RUNS)

@@ -62,7 +62,7 @@ class Protocol:
         return cls(**data)
 
 
-STATISTICS = ("median", "p90", "p10", "min")  # what a table can predict of the run times (search.objectives names them too)
+STATISTICS = ("median", "p90", "p10", "min")  # what a table can predict of the run times (and a latency objective name)
 
 
 @dataclass(frozen=True)

@@ -117,8 +117,7 @@ def make_measurer(space: SearchSpace, cfg: LatencyConfig, device: str, backend: 
     """A measurer by the config; `like`: with the thread count, protocol and workload of that
     table instead (what the fidelity report needs to compare like with like)."""
     threads = like.fingerprint["threads"] if like else cfg.threads or usable_cores()
-    be = make_backend(backend, device, threads, **({"exporter": cfg.onnx_exporter, "int4_block_size": cfg.int4_block_size}
-                                                     if backend == "onnxruntime" else {}))
+    be = make_backend(backend, device, threads, exporter=cfg.onnx_exporter, int4_block_size=cfg.int4_block_size)
     if like:
         return Measurer(space, be, like.protocol, dict(like.workload), cfg.seed)
     protocol = Protocol.from_config(cfg, clock=cfg.resolved_clock(device, threads))

@@ -20,6 +20,8 @@ import numpy as np
 from scipy.stats import norm as normal
 
 from hwnas.core.errors import HwnasError
+from hwnas.latency.backends import BACKENDS, DEPLOYED
+from hwnas.latency.protocol import STATISTICS
 from hwnas.search_space import ArchConfig, SearchSpace
 
 
@@ -29,10 +31,10 @@ class ObjectiveError(HwnasError, ValueError):
 
 # the runtimes a latency objective can name (the latency stage's backends); the first is the default,
 # the runtime the export deploys
-LATENCY_RUNTIMES = ("onnxruntime", "torch")
+LATENCY_RUNTIMES = (DEPLOYED, *(b for b in BACKENDS if b != DEPLOYED))
 # the statistic of the run times a latency objective names after a colon; the first, the median, is
 # what a name without one means (and is never written out)
-LATENCY_STATISTICS = ("median", "p90", "p10", "min")
+LATENCY_STATISTICS = STATISTICS  # what a table can predict of the run times
 
 
 def latency_statistic(name: str) -> str | None:

@@ -335,13 +335,6 @@ def test_latency_names_carry_a_statistic_and_the_median_is_left_implicit():
     assert resolve_name("latency@cpu/torch", names) is None and resolve_name("latency@cpu:min", names) is None
 
 
-def test_the_latency_statistics_a_name_can_ask_for_are_those_a_table_predicts():
-    from hwnas.latency.protocol import STATISTICS
-    from hwnas.search.objectives import LATENCY_STATISTICS
-
-    assert LATENCY_STATISTICS == STATISTICS
-
-
 def test_each_latency_objective_reads_the_table_of_its_runtime():
     class Table:
         def __init__(self, ms, statistic="median"):

@@ -44,6 +44,10 @@ class SearchConfig(Section):
     budget: int = Field(default=10000, gt=0, le=MAX_BUDGET, description="candidates evaluated (on predictors; real ones for linas)")
     population: int = Field(default=100, gt=1, le=MAX_POPULATION)
     storage: str | None = Field(default=None, description="Optuna storage URL; default: SQLite in the run dir; 'journal:<path>' for a journal file")
+    study_name: str | None = Field(
+        default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:@+=-]+$",
+        description="Optuna study name; default: <experiment>-<hash of what the trials depend on: the space, seed, "
+        "objectives, constraints, risk, algorithm, population and the run's predictor and latency files>")
     workers: int = Field(default=1, gt=0, le=MAX_WORKERS, description="Optuna worker processes sharing the study")
     risk: float | None = Field(default=None, gt=0.5, lt=1, description="constraints must hold at this upper bound of the prediction")
     ref_point: list[float] | None = Field(default=None, description="hypervolume reference point (default: 1.1 x the worst corner)")

@@ -62,9 +62,9 @@ class SearchEngine(ABC):
         self.space, self.seed = space, seed
 
     @classmethod
-    def from_config(cls, space: SearchSpace, cfg: SearchConfig, run_dir: Path, seed: int, workers: int | None = None
-                    ) -> SearchEngine:
-        """The engine the search stage runs for `cfg` in `run_dir`."""
+    def from_config(cls, space: SearchSpace, cfg: SearchConfig, run_dir: Path, seed: int, workers: int | None = None,
+                    study_name: str | None = None) -> SearchEngine:
+        """The engine the search stage runs for `cfg` in `run_dir` (`study_name`: for engines that keep a study)."""
         return cls(space, seed=seed)
 
     def prepare(self, objectives: ObjectiveSet) -> None:  # noqa: B027 (optional hook, like Optuna's callbacks)
@@ -93,10 +93,10 @@ def engines() -> dict[str, type[SearchEngine]]:
     return dict(_REGISTRY)
 
 
-def make_engine(space: SearchSpace, cfg: SearchConfig, run_dir: Path, seed: int, workers: int | None = None
-                ) -> SearchEngine:
+def make_engine(space: SearchSpace, cfg: SearchConfig, run_dir: Path, seed: int, workers: int | None = None,
+                study_name: str | None = None) -> SearchEngine:
     """The configured engine (`cfg.engine`) for the search stage."""
-    return engines()[cfg.engine].from_config(space, cfg, run_dir, seed, workers)
+    return engines()[cfg.engine].from_config(space, cfg, run_dir, seed, workers, study_name)
 
 
 # --- pymoo ------------------------------------------------------------------------------------
@@ -105,7 +105,7 @@ class PymooEngine(SearchEngine):
     name, algorithms = "pymoo", PYMOO_ALGORITHMS
 
     @classmethod
-    def from_config(cls, space, cfg, run_dir, seed, workers=None) -> PymooEngine:
+    def from_config(cls, space, cfg, run_dir, seed, workers=None, study_name=None) -> PymooEngine:
         return cls(space, cfg.algorithm, cfg.population, seed)
 
     def __init__(self, space: SearchSpace, algorithm: str = "nsga2", population: int = 100, seed: int = 0,

@@ -48,7 +48,7 @@ class LinasEngine(SearchEngine):
         self.fit_predictor, self.settings, self.learned = fit_predictor, settings or LinasSettings(), learned
 
     @classmethod
-    def from_config(cls, space, cfg, run_dir, seed, workers=None) -> LinasEngine:
+    def from_config(cls, space, cfg, run_dir, seed, workers=None, study_name=None) -> LinasEngine:
         settings = LinasSettings(cfg.linas.initial, cfg.linas.per_iteration, cfg.linas.inner_budget, min(cfg.population, 50))
         return cls(space, fit_predictor_factory(space), settings, seed)
 

@@ -164,11 +164,12 @@ class OptunaEngine(SearchEngine):
         self.workers, self.worker_args = 1, None  # set by from_config: what a worker process rebuilds the search from
 
     @classmethod
-    def from_config(cls, space, cfg, run_dir, seed, workers=None) -> OptunaEngine:
+    def from_config(cls, space, cfg, run_dir, seed, workers=None, study_name=None) -> OptunaEngine:
         storage = cfg.storage or default_storage(run_dir / "search")
-        engine = cls(space, cfg.algorithm, storage, population=cfg.population, seed=seed)
+        name = cfg.study_name or study_name or "hwnas"
+        engine = cls(space, cfg.algorithm, storage, study_name=name, population=cfg.population, seed=seed)
         engine.workers = workers or cfg.workers
-        engine.worker_args = (space.config.model_dump_json(), cfg.model_dump_json(), str(run_dir), seed)
+        engine.worker_args = (space.config.model_dump_json(), cfg.model_dump_json(), str(run_dir), seed, name)
         return engine
 
     def prepare(self, objectives: ObjectiveSet) -> None:
@@ -344,7 +345,7 @@ class OptunaEngine(SearchEngine):
         return self.front_of(study, objectives, front, budget)
 
 
-def _optuna_worker(space_json: str, cfg_json: str, run_dir: str, seed: int, worker: int, storage: str) -> None:
+def _optuna_worker(space_json: str, cfg_json: str, run_dir: str, seed: int, study_name: str, worker: int, storage: str) -> None:
     """One worker process of a shared study: rebuilds the objectives from the run and fills the study."""
     from hwnas.search_space import SearchSpaceConfig
 
@@ -354,4 +355,5 @@ def _optuna_worker(space_json: str, cfg_json: str, run_dir: str, seed: int, work
     space = SearchSpace(SearchSpaceConfig.model_validate_json(space_json))
     cfg = SearchConfig.model_validate_json(cfg_json)
     objectives = load_objectives(space, cfg, Path(run_dir))
-    OptunaEngine(space, cfg.algorithm, storage, population=cfg.population, seed=seed).fill(objectives, cfg.budget, worker=worker)
+    OptunaEngine(space, cfg.algorithm, storage, study_name=study_name, population=cfg.population, seed=seed).fill(
+        objectives, cfg.budget, worker=worker)

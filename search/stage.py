@@ -62,6 +62,23 @@ def latency_errors(run_dir: Path, device: str, backend: str) -> dict[str, float 
     return out
 
 
+def default_study_name(experiment: str | None, space: SearchSpace, cfg: SearchConfig, run_dir: Path, seed: int) -> str:
+    """`<experiment>-<12 hex digits>`: a hash of everything the study's trials depend on (the space,
+    the seed, the objectives, constraints and risk, the algorithm and population, and by sha256
+    the run's predictor and latency files). Two experiments sharing one storage get two studies, and
+    a search resumed after one of those changed starts a new study instead of mixing trials."""
+    import hashlib
+    import json
+
+    inputs = {f"{folder}/{name}": entry.get("sha256") for folder in ("predictors", "latency")
+              for name, entry in sorted(Manifest.of(run_dir, folder).files().items())}
+    deps = {"space": space.config.model_dump(mode="json"), "seed": seed, "objectives": cfg.objectives,
+            "constraints": cfg.constraints, "risk": cfg.risk, "latency_backend": cfg.latency_backend,
+            "algorithm": cfg.algorithm, "population": cfg.population, "inputs": inputs}
+    digest = hashlib.sha256(json.dumps(deps, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"{experiment or 'hwnas'}-{digest}"
+
+
 def latency_tables(space: SearchSpace, cfg: SearchConfig, run_dir: Path) -> dict[str, Any]:
     """The run's latency tables of every latency the search names, by '<device>/<runtime>'."""
     from hwnas.latency.table import load_table
@@ -185,11 +202,11 @@ def run_search(space_cfg: SearchSpaceConfig, cfg: SearchConfig, run_dir: str | P
     run_dir = Path(run_dir)
     claim_run_dir(run_dir, space_cfg.model_dump(mode="json"), seed, name)
     with stage_lock(run_dir, "search"):
-        return _run_search(space_cfg, cfg, run_dir, seed, latency_cfg, workers, progress)
+        return _run_search(space_cfg, cfg, run_dir, seed, latency_cfg, workers, progress, name)
 
 
 def _run_search(space_cfg: SearchSpaceConfig, cfg: SearchConfig, run_dir: Path, seed: int, latency_cfg, workers: int | None,
-                progress: bool) -> dict[str, Any]:
+                progress: bool, name: str | None = None) -> dict[str, Any]:
     from hwnas.core.tracking import Tracker
 
     out = run_dir / "search"
@@ -197,7 +214,8 @@ def _run_search(space_cfg: SearchSpaceConfig, cfg: SearchConfig, run_dir: Path, 
     objectives = load_objectives(space, cfg, run_dir)
     # the supernet, corpus and predictor report the validation reads: checked before anything is written
     real_loss = RealLoss(space, run_dir) if "loss" in objectives.names and cfg.validate_top else None
-    engine = make_engine(space, cfg, run_dir, seed, workers)
+    study = cfg.study_name or default_study_name(name, space, cfg, run_dir, seed)
+    engine = make_engine(space, cfg, run_dir, seed, workers, study_name=study)
     engine.prepare(objectives)  # e.g. an Optuna study that cannot be opened: refused before anything is written
     ref = reference_point(space, objectives, cfg, seed)
     front = ParetoFront(objectives.names, ref, objectives.constraint_names)

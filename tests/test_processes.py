@@ -102,7 +102,12 @@ class Search:
         """{state name: trials} of the run's study; {} before it exists."""
         url = self.storage or f"sqlite:///{self.run_dir / 'search' / 'study.db'}"
         try:
-            trials = optuna.load_study(study_name="hwnas", storage=open_storage(url)).get_trials(deepcopy=False)
+            storage = open_storage(url)
+            names = [s.study_name for s in optuna.get_all_study_summaries(storage)]  # the run's one study (named by its inputs)
+            if not names:
+                return {}
+            assert len(names) == 1, names
+            trials = optuna.load_study(study_name=names[0], storage=storage).get_trials(deepcopy=False)
         except KeyError:  # no study yet
             return {}
         out: dict[str, int] = {}

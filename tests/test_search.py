@@ -431,3 +431,34 @@ def test_a_registered_engine_is_taken_by_name_and_refused_names_list_the_registr
     finally:
         E._REGISTRY.pop("extremes")
     assert list(E.engines()) == ["pymoo", "random", "linas", "optuna"]
+
+
+def test_two_experiments_on_one_storage_keep_their_own_studies(tiny_run, tmp_path):
+    """The study name is the experiment's plus a hash of what its trials depend on: a second
+    experiment on the same storage searches for itself (it used to get the first one's trials), and
+    a changed dependency starts a new study instead of resuming the old one."""
+    import shutil
+
+    import optuna
+
+    from hwnas.config import load_config
+    from hwnas.search.stage import run_search
+
+    config, run = tiny_run
+    cfg = load_config(config)
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    search = cfg.search.model_copy(update={"engine": "optuna", "algorithm": "nsga2", "storage": storage, "budget": 12,
+                                           "population": 6, "validate_top": 0, "wandb": "disabled"})
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    (other / "run.json").write_text(json.dumps(json.loads((other / "run.json").read_text()) | {"name": "tiny-b"}))
+    run_search(cfg.search_space, search, run, seed=0, name="tiny", progress=False)
+    run_search(cfg.search_space, search, other, seed=0, name="tiny-b", progress=False)
+    studies = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
+    assert sorted(n.rsplit("-", 1)[0] for n in studies) == ["tiny", "tiny-b"], studies
+    assert list(studies.values()) == [12, 12]  # each study holds its own experiment's trials only
+    run_search(cfg.search_space, search.model_copy(update={"population": 4}), run, seed=0, name="tiny", progress=False)
+    assert len(optuna.get_all_study_summaries(storage)) == 3
+    named = search.model_copy(update={"study_name": "mine"})
+    run_search(cfg.search_space, named, run, seed=0, name="tiny", progress=False)
+    assert "mine" in {s.study_name for s in optuna.get_all_study_summaries(storage)}

@@ -761,6 +761,7 @@ def foreign_study(objectives: list[str], constraints: list[str]) -> Callable[[Ct
         import optuna
 
         optuna_setup(ctx)
+        ctx.cfg["search"]["study_name"] = "hwnas"  # the search opens this very study (by default its name is its own)
         study = optuna.create_study(study_name="hwnas", storage=f"sqlite:///{ctx.run / 'search' / 'study.db'}",
                                     directions=["minimize"] * len(objectives))
         study.set_metric_names(objectives)

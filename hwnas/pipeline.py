@@ -4,8 +4,9 @@ A stage whose outputs are complete, intact (each listed unchanged in its folder'
 `core.manifest`) and were made from the same config section is skipped; an interrupted
 stage resumes (each stage keeps its own resumable state: training checkpoints,
 partial latency tables, appended evaluation records, the Optuna study). `<run_dir>/pipeline.json`
-records, per finished stage, a hash of the config it ran with; changing a section re-runs that
-stage and every later one.
+records, per finished stage, a hash of the config it read (`stage_inputs`): changing a section re-runs
+that stage and every stage that reads its outputs (`READS`: editing `train` re-runs predictors, search
+and export, never the latency tables); keys that only change reporting (`wandb`) re-run nothing.
 """
 
 from __future__ import annotations
@@ -29,12 +30,30 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# the stages whose outputs each stage reads (its own config section is read too)
+READS: dict[str, tuple[str, ...]] = {
+    "train": (),
+    "latency": (),  # a randomly initialized supernet: no trained weights
+    "predictors": ("train",),
+    "search": ("train", "latency", "predictors"),  # validation re-measures on the supernet and as the tables time
+    "export": ("train", "latency", "search"),
+}
+# keys that change how a stage reports, never what it writes
+REPORTING = ("wandb", "wandb_project")
+
+
 def stage_inputs(cfg: ExperimentConfig, stage: str) -> dict[str, Any]:
-    """The config a stage's outputs depend on (including the stages before it)."""
+    """The config a stage's outputs depend on: the seed, the space, its own section and those of the
+    stages it reads (`READS`, transitively), without the reporting keys."""
     dump = cfg.model_dump(mode="json")
-    names = list(STAGES)
-    upto = names[: names.index(stage) + 1]
-    return {"seed": cfg.seed, "search_space": dump["search_space"], **{s: dump[s] for s in upto if s in dump}}
+    sections: set[str] = set()
+    todo = [stage]
+    while todo:
+        name = todo.pop()
+        sections.add(name)
+        todo += [d for d in READS[name] if d not in sections]
+    return {"seed": cfg.seed, "search_space": dump["search_space"],
+            **{n: {k: v for k, v in dump[n].items() if k not in REPORTING} for n in STAGES if n in sections and n in dump}}
 
 
 @dataclass
@@ -94,12 +113,12 @@ class Pipeline:
     def run(self) -> dict[str, Any]:
         self.cfg.check_run_dir()
         state = self.state()
-        invalid = False
+        ran: set[str] = set()
         for stage in self.stages():
-            if not invalid and self.complete(stage, state):
+            if not ran & set(READS[stage.name]) and self.complete(stage, state):
                 self.log(f"[{stage.name}] complete, skipped")
                 continue
-            invalid = True  # every later stage depends on this one's outputs
+            ran.add(stage.name)  # the stages that read its outputs run again too
             self.log(f"[{stage.name}] running")
             t0 = time.perf_counter()
             result = stage.run()

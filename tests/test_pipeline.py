@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.test_train import text_dir  # noqa: F401  (fixture)
-from tests.tiny import tiny_yaml
+from tests.tiny import tiny_yaml, write_config
 
 HWNAS = [sys.executable, "-m", "hwnas.cli"]
 
@@ -87,3 +87,26 @@ def test_bad_config_fails_before_any_stage(tmp_path, text_dir, bad):  # noqa: F8
     assert out.returncode == 2
     assert out.stderr.startswith("hwnas: error:") and "Traceback" not in out.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_stages_rerun_only_for_what_they_read(tiny_run):
+    """A reporting edit (W&B modes) re-runs nothing; a training edit changes what predictors, search and
+    export read, never the latency tables (which time a randomly initialized supernet)."""
+    from hwnas.config import load_config
+    from hwnas.pipeline import _hash, stage_inputs
+
+    config, rd = tiny_run
+    before = load_config(config)
+    cfg = yaml.safe_load(config.read_text())
+    for section in ("train", "latency", "predictors", "search"):
+        cfg[section]["wandb"] = "offline"
+    config.write_text(yaml.safe_dump(cfg))
+    out = run(config)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for stage in ("train", "latency", "predictors", "search", "export"):
+        assert f"[{stage}] complete, skipped" in out.stdout
+    cfg["train"]["steps"] += 2
+    after = load_config(write_config(rd.parent / "steps.yaml", cfg))
+    changed = {s for s in ("train", "latency", "predictors", "search", "export")
+               if _hash(stage_inputs(before, s)) != _hash(stage_inputs(after, s))}
+    assert changed == {"train", "predictors", "search", "export"}

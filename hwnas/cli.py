@@ -14,7 +14,7 @@ from pathlib import Path
 from hwnas.core.config import MAX_SEED
 from hwnas.core.errors import ConfigError, HwnasError
 
-from .stages import STAGES, int_in
+from .stages import STAGES, add_set, int_in
 
 MAX_SAMPLES = 10**4  # random archs `hwnas space` prints, one table row each
 
@@ -32,7 +32,7 @@ def _load(args: argparse.Namespace):
     """The experiment config, its run directory checked to be writable."""
     from hwnas.config import load_config
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, getattr(args, "set", None) or ())
     _check_folder(cfg.run_path, f"{args.config}: run_dir")
     cfg.check_run_dir()
     return cfg
@@ -42,7 +42,7 @@ def _cmd_space(args: argparse.Namespace) -> int:
     from hwnas.config import load_config
     from hwnas.report import print_space_summary
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.set or ())
     print_space_summary(cfg, samples=args.samples, seed=cfg.seed if args.seed is None else args.seed)
     return 0
 
@@ -76,7 +76,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.config:
         from hwnas.config import load_config
 
-        experiment = load_config(args.config)
+        experiment = load_config(args.config, args.set or ())
         if (Path(args.run_dir) / "run.json").exists():  # the config must be the run's own
             experiment.check_run_dir(args.run_dir)
         cfg = experiment.export
@@ -113,20 +113,47 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_config(args: argparse.Namespace) -> int:
+    import json
+
+    import yaml
+
+    from hwnas.config import ExperimentConfig, load_config
+
+    if args.schema:
+        print(json.dumps(ExperimentConfig.model_json_schema(), indent=2))
+        return 0
+    if not args.config:
+        raise ConfigError("config: give an experiment YAML (or --schema)")
+    print(yaml.safe_dump(load_config(args.config, args.set or ()).model_dump(mode="json"), sort_keys=False), end="")
+    return 0
+
+
+def _config_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="experiment YAML")
+    p.add_argument("--schema", action="store_true", help="print the JSON schema of an experiment config instead")
+    add_set(p)
+
+
 def _space_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="experiment YAML, e.g. experiments/quickstart.yaml")
     p.add_argument("-n", "--samples", type=int_in(0, MAX_SAMPLES), default=5,
                    help=f"number of random archs to show (default 5, at most {MAX_SAMPLES})")
     p.add_argument("--seed", type=int_in(0, MAX_SEED), default=None, help="sampling seed (default: the config's seed)")
+    add_set(p)
 
 
 def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="experiment YAML")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_set(p)
 
 
 # the commands beside the stages: (help, description, arguments, function)
 OTHER_COMMANDS = {
+    "config": ("print an experiment config with every default filled in (or its JSON schema)",
+               "Print the resolved config (the YAML, its --set overrides and every default) or, with --schema, the "
+               "JSON schema of every section and key.", _config_arguments, _cmd_config),
     "space": ("summarize the search space of an experiment config",
               "Print the search space's size, its smallest and largest arch with parameters and FLOPs, and N random "
               "sample archs.", _space_arguments, _cmd_space),
@@ -154,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(stage.name, help=stage.help, description=stage.description)
         stage.add_arguments(p)
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        add_set(p)
         p.set_defaults(func=_cmd_export if stage.name == "export" else _cmd_stage)
 
     for name, (help_, description, add, func) in OTHER_COMMANDS.items():

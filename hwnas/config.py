@@ -194,8 +194,37 @@ def parse_config(data: Any, source: str = "config") -> ExperimentConfig:
         raise ConfigError(format_validation_error(e, source)) from None
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
-    """Read and validate an experiment YAML file (raises `ConfigError`)."""
+def apply_overrides(data: Any, overrides: list[str] | tuple[str, ...], source: str) -> Any:
+    """`data` with each `KEY=VALUE` of `overrides` set (KEY dotted, e.g. train.steps; VALUE read as a
+    YAML scalar or flow list, so 600 is an integer and [1, 2] a list), before validation, so a wrong
+    key or value is the same one-line error as in the file."""
+    if not overrides:
+        return data
+    data = dict(data) if isinstance(data, dict) else {}
+    for item in overrides:
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip() or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted KEY, e.g. train.steps=600")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {key}: {text!r} is not a YAML value") from None
+        node, parts = data, key.strip().split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {'.'.join(parts[:i + 1])} is a value, not a section")
+            else:
+                child = node[part] = dict(child)
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Read and validate an experiment YAML file, with `--set KEY=VALUE` overrides (raises `ConfigError`)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -222,4 +251,4 @@ def load_config(path: str | Path) -> ExperimentConfig:
         raise ConfigError(f"{path}: not a usable YAML value: {' '.join(str(e).split())}") from None
     except RecursionError:
         raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
-    return parse_config(data, str(path))
+    return parse_config(apply_overrides(data, overrides, str(path)), str(path) + (" with --set" if overrides else ""))

@@ -47,6 +47,12 @@ def pick(text: str) -> str:
     return text
 
 
+def add_set(parser: argparse.ArgumentParser) -> None:
+    """`--set KEY=VALUE` (repeatable): a config value over the YAML's, e.g. --set train.steps=600."""
+    parser.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
+                        help="override a config value (dotted key, YAML value), e.g. --set train.steps=600; repeatable")
+
+
 # --- results ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StageResult:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 
 import pytest
+import yaml
 
 from hwnas.cli import main
 from tests.conftest import QUICKSTART, QUICKSTART_SIZE, REPO, VENV_BIN
@@ -139,3 +141,26 @@ def test_version_and_usage_errors(capsys):
         assert info.value.code == 2, argv
         err = capsys.readouterr().err
         assert "usage: hwnas" in err and "Traceback" not in err
+
+
+def test_set_overrides_a_value_and_bad_ones_are_one_line(tmp_path):
+    from hwnas.config import load_config
+    from hwnas.pipeline import _hash, stage_inputs
+    from tests.tiny import assert_refused, hwnas, stdlib_text, tiny_yaml
+
+    config = tiny_yaml(tmp_path, stdlib_text(tmp_path / "text"))
+    shown = hwnas("config", str(config), "--set", "train.steps=600", "--set", "search.objectives=[loss, params]")
+    assert shown.returncode == 0, shown.stderr
+    resolved = yaml.safe_load(shown.stdout)
+    assert resolved["train"]["steps"] == 600 and resolved["search"]["objectives"] == ["loss", "params"]
+    assert resolved["predictors"]["cv_folds"] == 3 and "risk" in resolved["search"]  # every default is shown
+    assert_refused(hwnas("config", str(config), "--set", "train.stepz=1"), "train.stepz", "unknown key", "steps")
+    assert_refused(hwnas("train", str(config), "--set", "train.steps=many"), "train.steps", "integer")
+    assert_refused(hwnas("run", str(config), "--set", "train.steps"), "--set 'train.steps'", "KEY=VALUE")
+    assert_refused(hwnas("latency", str(config), "--set", "seed.x=1"), "--set seed.x", "not a section")
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+    schema = json.loads(hwnas("config", "--schema").stdout)
+    assert {"train", "latency", "predictors", "search", "export"} <= set(schema["properties"])
+    base, more = load_config(config), load_config(config, ["search.budget=240"])
+    assert [s for s in ("train", "latency", "predictors", "search", "export")
+            if _hash(stage_inputs(base, s)) != _hash(stage_inputs(more, s))] == ["search", "export"]

@@ -124,7 +124,7 @@ def test_help():
     proc = run_hwnas("space", "--help")
     assert proc.returncode == 0 and proc.stderr == ""
     out = " ".join(proc.stdout.split())  # argparse wraps lines to the terminal width
-    assert out.startswith("usage: hwnas space [-h] [-n SAMPLES] [--seed SEED] config")
+    assert out.startswith("usage: hwnas space [-h] [-n SAMPLES] [--seed SEED] [--set KEY=VALUE] config")
     assert "Print the search space's size, its smallest and largest arch" in out
     assert "-n SAMPLES, --samples SAMPLES number of random archs to show (default 5, at most 10000)" in out
     assert "experiment YAML" in out

@@ -98,6 +98,7 @@ def test_crmsnorm_latency_pieces_and_onnx_export(crms_net):
     assert abs(run_session(session(model), tokens) - expected).max() < 1e-3
 
 
+@pytest.mark.slow  # a whole `hwnas run` (about a minute); the pieces above run by default
 def test_a_whole_run_searches_crmsnorm(tmp_path):
     cfg = tiny_config(tmp_path / "run", stdlib_text(tmp_path / "text"))
     cfg["search_space"]["norm"] = {"choices": ["crmsnorm", "layernorm"]}

@@ -102,6 +102,7 @@ class LatencyConfig(Section):
     onnx_exporter: Literal["torchscript", "dynamo"] = "torchscript"
     int4_block_size: int = Field(default=32, ge=16, le=MAX_INT4_BLOCK)
     wandb: Literal["offline", "online", "disabled"] = "offline"
+    wandb_project: str = "hwnas"
 
     @field_validator("devices", "backends")
     @classmethod

@@ -101,7 +101,7 @@ def fidelity_report(space: SearchSpace, cfg: LatencyConfig, table: LatencyTable,
     write_report(report, out_dir, stem)
     mode = cfg.wandb if wandb is None else {True: "offline", False: "disabled"}.get(wandb, wandb)
     if mode != "disabled":
-        log_wandb(report, run_dir, stem, out_dir, mode)
+        log_wandb(report, run_dir, stem, out_dir, mode, cfg.wandb_project)
     return report
 
 
@@ -416,13 +416,14 @@ def plot_html(report: dict[str, Any], path: Path) -> None:
     atomic_write_text(path, fig.to_html(include_plotlyjs="cdn", full_html=True))
 
 
-def log_wandb(report: dict[str, Any], run_dir: Path, stem: str, out_dir: Path, mode: str = "offline") -> None:
+def log_wandb(report: dict[str, Any], run_dir: Path, stem: str, out_dir: Path, mode: str = "offline",
+              project: str = "hwnas") -> None:
     """Log the metrics (also to `<run_dir>/<stem>.jsonl`), the per-subnet table and the plot to a
     W&B run in the run dir (offline: sync later with `wandb sync`)."""
     from hwnas.core.tracking import Tracker
 
     config = {k: report[k] for k in ("device", "backend", "workload", "fingerprint", "correction", "n")}
-    tracker = Tracker(run_dir, stem, mode=mode, config=config, job_type="latency")
+    tracker = Tracker(run_dir, stem, mode=mode, project=project, config=config, job_type="latency", part=stem)
     try:
         row = {f"latency/{k}": v for k, v in report["prediction"].items()}
         row |= {f"latency/table_sum_{k}": v for k, v in report["table_sum"].items()}

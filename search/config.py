@@ -57,6 +57,7 @@ class SearchConfig(Section):
     validate_top: int = Field(default=8, ge=0, le=MAX_REAL, description="front members evaluated for real after the search")
     linas: LinasConfig = LinasConfig()
     wandb: Literal["offline", "online", "disabled"] = "offline"
+    wandb_project: str = "hwnas"
 
     @field_validator("objectives")
     @classmethod

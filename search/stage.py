@@ -242,8 +242,9 @@ def _run_search(space_cfg: SearchSpaceConfig, cfg: SearchConfig, run_dir: Path, 
     }
     manifest.write_json("summary.json", summary)
     plots = write_plots(out)
-    tracker = Tracker(out, "metrics", mode=cfg.wandb, job_type="search", config={"search": cfg.model_dump(mode="json")})
-    log_search(tracker, front, validation, paths, plots, choices)
+    tracker = Tracker(out, "metrics", mode=cfg.wandb, project=cfg.wandb_project, job_type="search", experiment=name,
+                      config={"search": cfg.model_dump(mode="json")}, step_metric="candidates", metrics=("hypervolume",))
+    log_search(tracker, space, front, validation, paths, plots, choices)
     tracker.summary(summary)
     tracker.finish()
     return summary

@@ -302,7 +302,7 @@ class Trainer:
         start = state["step"]
         tracker = None
         if self.dist.is_main:
-            tracker = Tracker(self.train_dir, "metrics", mode=cfg.wandb, project=cfg.wandb_project, job_type="train",
+            tracker = Tracker(self.train_dir, "metrics", mode=cfg.wandb, project=cfg.wandb_project, job_type="train", step_metric="step",
                               config={"train": cfg.model_dump(mode="json"), "search_space": self.space_cfg.model_dump(mode="json")},
                               resume_step=start - 1 if start else -1)
         tokens_per_step = cfg.batch_size * self.seq_len

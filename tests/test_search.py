@@ -263,12 +263,12 @@ def test_search_stage_logs_tables_plots_and_files(tmp_path):
     candidate and front tables with the right row counts."""
     import time
 
-    from hwnas.core.tracking import read_wandb_history
+    from hwnas.core.tracking import config_hash, read_wandb_history, read_wandb_records, read_wandb_runs
     from hwnas.search.stage import run_search
 
     cfg = SearchConfig(objectives=["params", "flops"], constraints=["memory <= 1MiB"], engine="random", algorithm="random",
                        budget=60, validate_top=3, wandb="offline")
-    summary = run_search(SPACE.config, cfg, tmp_path, seed=0, progress=False)
+    summary = run_search(SPACE.config, cfg, tmp_path, seed=0, progress=False, name="exp1")
     out = tmp_path / "search"
     for name in ["front.csv", "front.json", "candidates.csv", "validation.json", "summary.json", "hypervolume.png",
                  "hypervolume.html", "front_params_vs_flops.png", "front_params_vs_flops.html"]:
@@ -291,6 +291,38 @@ def test_search_stage_logs_tables_plots_and_files(tmp_path):
     assert choices["front_size"] == summary["front_size"]
     hv = [r["hypervolume"] for r in read_wandb_history(out) if "hypervolume" in r]
     assert hv and hv[-1] == pytest.approx(summary["hypervolume"])
+    # the run named, grouped and tagged by experiment and stage
+    assert any(r.WhichOneof("record_type") == "run" for r in read_wandb_records(out))
+    (run,) = read_wandb_runs(out)
+    assert (run["name"], run["group"], run["job_type"]) == ("exp1-search", "exp1", "search")
+    assert f"config-{config_hash({'search': cfg.model_dump(mode='json')})}" in run["tags"]
+    assert run["metrics"]["hypervolume"] == "candidates"  # hypervolume plotted against candidates evaluated
+    front_art = next(a for a in run["artifacts"] if a["type"] == "pareto-front")
+    assert front_art["name"] == "exp1-front" and {"candidates.csv", "front.csv", "front.json"} <= set(front_art["files"])
+    tables = {a["files"][0].split("/")[-1]: a for a in run["artifacts"] if a["type"] == "run_table"}
+    assert {"front.table.json", "candidates.table.json"} <= set(tables)
+    assert any(k.startswith("search/html/front_") for r in read_wandb_history(out) for k in r)  # the interactive plots
+
+
+def test_wandb_tables_hold_every_front_member_and_a_bounded_sample_of_candidates():
+    from hwnas.search.pareto import ParetoFront
+    from hwnas.search.tracking import CANDIDATE_SAMPLE, candidate_sample, front_rows
+    from hwnas.search_space.sampling import distinct
+
+    rng = np.random.default_rng(0)
+    front = ParetoFront(["params", "flops"], np.array([1e9, 1e12]))
+    archs = distinct(SPACE, CANDIDATE_SAMPLE + 300, rng)
+    front.add([Candidate(a, (float(SPACE.params(a)["total"]), float(SPACE.flops(a))), (), {}) for a in archs])
+    sample = candidate_sample(front)
+    assert len(sample) == CANDIDATE_SAMPLE and len({c.key for c in sample}) == CANDIDATE_SAMPLE
+    assert {c.key for c in front.members()} <= {c.key for c in sample}
+    cols, rows = front_rows(SPACE, front, front.members())
+    assert cols[:2] == ["key", "params"] and len(rows) == len(front.members())
+    depth, genes = cols.index("depth"), dict(zip(cols, rows[0], strict=True))
+    arch = front.members()[0].arch
+    assert genes["key"] == arch.key() and rows[0][depth] == arch.depth and genes["embed_dim"] == arch.embed_dim
+    beyond = [g.name for g in SPACE.genes if g.layer is not None and g.layer >= arch.depth]
+    assert all(genes[name] is None for name in beyond)
 
 
 def test_latency_objectives_name_their_runtime_and_the_bare_name_is_the_default_one():

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 import hwnas.supernet.train as train_mod
 from hwnas.core.rundir import RunDirError
-from hwnas.core.tracking import read_wandb_history
+from hwnas.core.tracking import read_wandb_history, read_wandb_runs
 from hwnas.search_space import SearchSpace, SearchSpaceConfig
 from hwnas.supernet.config import TrainConfig
 from hwnas.supernet.data import Corpus, CorpusError
@@ -104,6 +104,11 @@ def test_training_learns_and_logs_to_wandb_offline(tmp_path, text_dir):
         assert key in logged, key
     train_rows = [h for h in history if "loss_largest" in h]
     assert [h["loss_largest"] for h in train_rows] == pytest.approx([r["loss_largest"] for r in steps])
+    assert [h["step"] for h in train_rows] == [r["step"] for r in steps]  # losses plotted against the training step
+    (run,) = read_wandb_runs(tmp_path / "run")
+    assert (run["name"], run["group"], run["job_type"]) == ("run-train", "run", "train")
+    assert run["metrics"] == {"step": None, "*": "step"}
+    assert any(t.startswith("config-") and len(t) == 19 for t in run["tags"])
 
 
 def test_nonfinite_loss_skips_the_step_and_repeated_ones_stop(tmp_path, text_dir, monkeypatch):

@@ -8,20 +8,32 @@ and users can check what was logged.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
 from pathlib import Path
 from typing import Any
 
+from .manifest import RUN_FOLDERS
+
 WANDB_MODES = ("offline", "online", "disabled")
 
 
 class Tracker:
-    """Log rows of scalars locally and to W&B. `mode`: offline (default), online or disabled."""
+    """Log rows of scalars locally and to W&B. `mode`: offline (default), online or disabled.
+
+    The W&B run is named `<experiment>-<stage>` (a `part` such as a latency device appended), grouped
+    by experiment, typed by stage (`job_type`) and tagged with the stage and `config-<hash>`, the hash
+    of `config`: runs of one experiment sit together, and two runs of one config are found by tag.
+    `experiment` defaults to the name recorded in the run directory's run.json (`core.rundir`).
+    `step_metric` and `metrics`: W&B plots `metrics` (names or globs) against `step_metric` (e.g.
+    losses against `step`, hypervolume against `candidates`) instead of W&B's own counter."""
 
     def __init__(self, run_dir: str | Path, name: str, mode: str = "offline", project: str = "hwnas",
-                 config: dict[str, Any] | None = None, job_type: str | None = None, resume_step: int | None = None):
+                 config: dict[str, Any] | None = None, job_type: str | None = None, resume_step: int | None = None,
+                 experiment: str | None = None, part: str | None = None, step_metric: str | None = None,
+                 metrics: tuple[str, ...] = ("*",)):
         if mode not in WANDB_MODES:
             raise ValueError(f"wandb mode {mode!r} is not one of {', '.join(WANDB_MODES)}")
         self.run_dir = Path(run_dir)
@@ -30,16 +42,29 @@ class Tracker:
         if resume_step is not None:
             self._truncate_after(resume_step)
         self._file = self.path.open("a")
+        self.step_metric = step_metric
+        self.experiment = experiment or experiment_of(self.run_dir)
+        self.stage = job_type or name
+        self.config_hash = config_hash(config or {})
         self.wandb_run = None
         if mode != "disabled":
-            import wandb
+            self._init_wandb(mode, project, config or {}, part, metrics)
 
-            os.environ.setdefault("WANDB_SILENT", "true")
-            self.wandb_run = wandb.init(
-                project=project, name=f"{self.run_dir.name}-{name}", group=self.run_dir.name, job_type=job_type or name,
-                dir=str(self.run_dir), mode=mode, config=config or {}, reinit="create_new",
-                settings=wandb.Settings(console="off", x_disable_stats=True),
-            )
+    def _init_wandb(self, mode: str, project: str, config: dict[str, Any], part: str | None, metrics: tuple[str, ...]) -> None:
+        import wandb
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        name = "-".join(x for x in (self.experiment, self.stage, part) if x)
+        self.wandb_run = wandb.init(
+            project=project, name=name, group=self.experiment, job_type=self.stage,
+            tags=[self.stage, f"config-{self.config_hash}"], dir=str(self.run_dir), mode=mode,
+            config={**config, "experiment": self.experiment, "config_hash": self.config_hash}, reinit="create_new",
+            settings=wandb.Settings(console="off", x_disable_stats=True),
+        )
+        if self.step_metric is not None:
+            self.wandb_run.define_metric(self.step_metric)
+            for glob in metrics:
+                self.wandb_run.define_metric(glob, step_metric=self.step_metric)
 
     def _truncate_after(self, step: int) -> None:
         """Drop rows logged after `step` by an interrupted run, so a resumed run does not repeat them,
@@ -60,12 +85,26 @@ class Tracker:
         self._file.write(json.dumps(record, sort_keys=True) + "\n")
         self._file.flush()
         if self.wandb_run is not None:
+            if self.step_metric == "step" and step is not None:
+                row = {"step": step, **row}
             self.wandb_run.log(row, step=step)
 
     def log_wandb(self, data: dict[str, Any]) -> None:
         """W&B-only objects (tables, plots, artifacts' files) that have no JSONL form."""
         if self.wandb_run is not None:
             self.wandb_run.log(data)
+
+    def log_artifact(self, name: str, kind: str, paths: list[Path], description: str | None = None,
+                     metadata: dict[str, Any] | None = None) -> None:
+        """Files as one W&B artifact `<experiment>-<name>` of type `kind` (a model, a front, a table)."""
+        if self.wandb_run is None:
+            return
+        import wandb
+
+        art = wandb.Artifact(f"{self.experiment}-{name}", type=kind, description=description, metadata=metadata or {})
+        for p in paths:
+            art.add_file(str(p), name=Path(p).name)
+        self.wandb_run.log_artifact(art)
 
     def summary(self, values: dict[str, Any]) -> None:
         if self.wandb_run is not None:
@@ -80,6 +119,24 @@ class Tracker:
         if self.wandb_run is not None:
             self.wandb_run.finish()
             self.wandb_run = None
+
+
+def experiment_of(run_dir: Path) -> str:
+    """The experiment a stage folder (or a run directory) belongs to: the name its run.json records,
+    else the run directory's folder name."""
+    for folder in (run_dir, run_dir.parent):
+        try:
+            name = json.loads((folder / "run.json").read_text(encoding="utf-8")).get("name")
+        except (OSError, ValueError, AttributeError):
+            continue
+        return str(name) if name else folder.name
+    return run_dir.parent.name if run_dir.name in (*RUN_FOLDERS, "export") else run_dir.name
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """12 hex digits of SHA-256 over `config` as canonical JSON: equal configs, equal tags."""
+    text = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _row(line: str) -> dict[str, Any] | None:
@@ -119,15 +176,17 @@ def _wandb_records(path: Path):
 
 def read_wandb_records(run_dir: str | Path) -> list[Any]:
     """All `Record` protobufs of every offline W&B run under `run_dir`, in file order."""
+    return [rec for path in sorted(Path(run_dir).rglob("*.wandb")) for rec in _parsed(path)]
+
+
+def _parsed(path: Path):
+    """The `Record` protobufs of one `.wandb` file."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    records = []
-    for path in sorted(Path(run_dir).rglob("*.wandb")):
-        for payload in _wandb_records(path):
-            rec = pb.Record()
-            rec.ParseFromString(payload)
-            records.append(rec)
-    return records
+    for payload in _wandb_records(path):
+        rec = pb.Record()
+        rec.ParseFromString(payload)
+        yield rec
 
 
 def read_wandb_history(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -141,3 +200,23 @@ def read_wandb_history(run_dir: str | Path) -> list[dict[str, Any]]:
                 row[key] = json.loads(item.value_json) if item.value_json else None
             rows.append(row)
     return rows
+
+
+def read_wandb_runs(run_dir: str | Path) -> list[dict[str, Any]]:
+    """What identifies each offline W&B run under `run_dir`: name, group, job type, tags, the metric
+    definitions ({metric or glob: its step metric}) and the artifacts logged (name, type, files)."""
+    runs: list[dict[str, Any]] = []
+    for path in sorted(Path(run_dir).rglob("*.wandb")):
+        run: dict[str, Any] = {"metrics": {}, "artifacts": [], "file": str(path)}
+        for rec in _parsed(path):
+            kind = rec.WhichOneof("record_type")
+            if kind == "run":
+                r = rec.run
+                run |= {"name": r.display_name, "group": r.run_group, "job_type": r.job_type, "tags": list(r.tags)}
+            elif kind == "metric":
+                run["metrics"][rec.metric.name or rec.metric.glob_name] = rec.metric.step_metric or None
+            elif kind == "artifact":
+                a = rec.artifact
+                run["artifacts"].append({"name": a.name, "type": a.type, "files": [c.path for c in a.manifest.contents]})
+        runs.append(run)
+    return runs

@@ -22,9 +22,11 @@ import numpy as np
 
 from hwnas.core.io import atomic_write_json, atomic_write_text
 from hwnas.core.manifest import RUN_FOLDERS, Manifest
+from hwnas.core.plotting import HTML_LEGEND, html_title, legend_below, pyplot, save_html, save_png
 from hwnas.search_space import ArchConfig, SearchSpace
 
 from .config import LatencyConfig
+from .fingerprint import describe
 from .protocol import STATISTICS, Measurement
 from .session import WINDOW_ARCHS, Measurer, heldout_archs, make_measurer, progress_bar, windows
 from .speed import SpeedWindow, steady_window
@@ -370,32 +372,24 @@ def write_report(report: dict[str, Any], out_dir: Path, stem: str) -> dict[str, 
 
 def _title(report: dict[str, Any]) -> str:
     p = report["prediction"]
-    return (f"{report['device']}/{report['backend']}: {100 * p['within_10pct']:.0f}% within 10%, "
-            f"MAPE {p['mape_pct']:.1f}%, tau {p['kendall_tau']:.3f} (n={report['n']})")
+    return (f"Latency table {report['device']}/{report['backend']} on {report['n']} held-out subnets: "
+            f"{100 * p['within_10pct']:.0f}% within 10%, MAPE {p['mape_pct']:.1f}%, tau {p['kendall_tau']:.3f}\n"
+            f"measured on {describe(report['fingerprint'])} ({report.get('statistic', 'median')} ms)")
 
 
 def plot_png(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     m = np.array([r["measured_ms"] for r in report["rows"]])
     p = np.array([r["predicted_ms"] for r in report["rows"]])
     lo, hi = 0.9 * min(m.min(), p.min()), 1.1 * max(m.max(), p.max())
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = pyplot().subplots(figsize=(6, 5.5))
     line = np.linspace(lo, hi, 50)
     ax.fill_between(line, 0.9 * line, 1.1 * line, color="tab:green", alpha=0.15, label="+-10%")
     ax.plot(line, line, color="black", lw=0.8)
     ax.scatter(m, p, s=12, color="tab:blue", label="held-out subnet")
     ax.set(xlabel="measured latency (ms)", ylabel="predicted latency (ms)", xlim=(lo, hi), ylim=(lo, hi), title=_title(report))
     ax.title.set_fontsize(9)
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    legend_below(ax, ncol=2)
+    save_png(fig, path)
 
 
 def plot_html(report: dict[str, Any], path: Path) -> None:
@@ -406,14 +400,14 @@ def plot_html(report: dict[str, Any], path: Path) -> None:
     p = [r["predicted_ms"] for r in rows]
     lo, hi = 0.9 * min(m + p), 1.1 * max(m + p)
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=[lo, hi, hi, lo], y=[0.9 * lo, 0.9 * hi, 1.1 * hi, 1.1 * lo], fill="toself",
+    fig.add_trace(go.Scatter(x=[lo, hi, hi, lo], y=[0.9 * lo, 0.9 * hi, 1.1 * hi, 1.1 * lo], mode="lines", fill="toself",
                              fillcolor="rgba(0,160,0,0.12)", line={"width": 0}, name="+-10%", hoverinfo="skip"))
     fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line={"color": "black", "width": 1}, name="y = x"))
     fig.add_trace(go.Scatter(x=m, y=p, mode="markers", name="held-out subnet", text=[r["arch"] for r in rows],
                              hovertemplate="measured %{x:.3f} ms<br>predicted %{y:.3f} ms<br>%{text}<extra></extra>"))
-    fig.update_layout(title=_title(report), xaxis_title="measured latency (ms)", yaxis_title="predicted latency (ms)",
-                      width=700, height=650)
-    atomic_write_text(path, fig.to_html(include_plotlyjs="cdn", full_html=True))
+    fig.update_layout(title=html_title(_title(report)), xaxis_title="measured latency (ms)", yaxis_title="predicted latency (ms)",
+                      width=760, height=700, legend=HTML_LEGEND)
+    save_html(fig, path)
 
 
 def log_wandb(report: dict[str, Any], run_dir: Path, stem: str, out_dir: Path, mode: str = "offline",

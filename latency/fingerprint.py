@@ -78,6 +78,15 @@ def device_fingerprint(device: str, threads: int, dtype: str = "float32") -> dic
     return fp
 
 
+def describe(fp: dict[str, Any]) -> str:
+    """The machine of a fingerprint in a few words, for plot titles: 'AMD EPYC, 1 of 2 cores' or
+    'NVIDIA H100 (CUDA 12.4)'."""
+    if fp.get("device") == "cuda":
+        return f"{fp.get('gpu') or 'CUDA GPU'}" + (f" (CUDA {fp['cuda']})" if fp.get("cuda") else "")
+    threads, cores = fp.get("threads"), fp.get("cores")
+    return f"{fp.get('cpu') or 'CPU'}, {threads} thread{'s' if threads != 1 else ''} of {cores} cores"
+
+
 # fields that decide a measurement, per (device, backend); others are recorded for information
 _COMMON = ("device", "cpu", "cores", "threads", "machine", "torch", "dtype")
 _RELEVANT = {

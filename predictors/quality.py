@@ -14,7 +14,7 @@ from sklearn.base import clone
 from sklearn.model_selection import KFold
 from sklearn.pipeline import Pipeline
 
-from hwnas.core.io import atomic_path, atomic_write_text
+from hwnas.core.plotting import HTML_LEGEND, html_title, legend_below, pyplot, save_html, save_png
 
 
 def quality_metrics(y_true: Any, y_pred: Any, y_std: Any | None = None, interval: float = 0.9) -> dict[str, float]:
@@ -59,14 +59,9 @@ def select(cv_scores: dict[str, dict[str, float]]) -> str:
 
 
 def plot_png(path: Path, y_true, y_pred, y_std, title: str, label: str, interval: float = 0.9) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     t, p, s = (np.asarray(a, dtype=float) for a in (y_true, y_pred, y_std))
     z = norm.ppf(0.5 + interval / 2)
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = pyplot().subplots(figsize=(6, 5.5))
     ax.errorbar(t, p, yerr=z * s, fmt="o", ms=4, alpha=0.75, elinewidth=0.8, capsize=0,
                 label=f"held-out subnet ({interval:.0%} interval)")
     lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
@@ -75,11 +70,8 @@ def plot_png(path: Path, y_true, y_pred, y_std, title: str, label: str, interval
     ax.set_xlabel(f"measured {label}")
     ax.set_ylabel(f"predicted {label}")
     ax.set_title(title, fontsize=10)
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    legend_below(ax)
+    save_png(fig, path)
 
 
 def plot_html(path: Path, y_true, y_pred, y_std, keys: list[str], title: str, label: str, interval: float = 0.9) -> None:
@@ -94,8 +86,9 @@ def plot_html(path: Path, y_true, y_pred, y_std, keys: list[str], title: str, la
                              error_y={"type": "data", "array": z * s, "visible": True, "thickness": 0.8},
                              text=[html.escape(k) for k in keys], hovertemplate="%{text}<br>measured %{x:.4f}<br>predicted %{y:.4f}"))
     fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="predicted = measured", line={"dash": "dash", "color": "black"}))
-    fig.update_layout(title=title, xaxis_title=f"measured {label}", yaxis_title=f"predicted {label}", width=700, height=620)
-    atomic_write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
+    fig.update_layout(title=html_title(title), xaxis_title=f"measured {label}", yaxis_title=f"predicted {label}", width=760,
+                      height=680, legend=HTML_LEGEND)
+    save_html(fig, path)
 
 
 def markdown(report: dict[str, Any]) -> str:

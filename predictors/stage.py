@@ -25,7 +25,7 @@ import numpy as np
 from hwnas.core.device import resolve_device
 from hwnas.core.io import atomic_write_text
 from hwnas.core.manifest import Manifest
-from hwnas.core.rundir import claim_run_dir, stage_lock
+from hwnas.core.rundir import claim_run_dir, experiment_name, stage_lock
 from hwnas.search_space import ArchConfig, SearchSpace, SearchSpaceConfig, legacy_seed
 from hwnas.supernet.memory import check_fits
 
@@ -199,7 +199,8 @@ def _run_predictors(space_cfg: SearchSpaceConfig, cfg: PredictorsConfig, run_dir
     if heldout:
         mean, std = predictor.predict(heldout, return_std=True)
         h = report["heldout"]
-        title = f"{report['model']} on {len(heldout)} held-out subnets: tau {h['kendall_tau']:.3f}, RMSE {h['rmse']:.4f}"
+        title = (f"{experiment_name(out)}: {cfg.target} predictor ({report['model']}) on {len(heldout)} held-out subnets\n"
+                 f"Kendall tau {h['kendall_tau']:.3f}, RMSE {h['rmse']:.4f}; measured with the supernet's weights on {report['device']}")
         label = "loss (nats/byte)" if cfg.target == "loss" else "bits/byte"
         q.plot_png(out / "pred_vs_measured.png", y_heldout, mean, std, title, label, cfg.interval)
         q.plot_html(out / "pred_vs_measured.html", y_heldout, mean, std, [a.key() for a in heldout], title, label, cfg.interval)
@@ -219,7 +220,8 @@ def _device_name(cfg: PredictorsConfig) -> str:
 
     if resolve_device(cfg.device, "predictors.device", PredictorError) == "cuda":
         return torch.cuda.get_device_name()
-    return f"cpu ({torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    return f"cpu ({n} thread{'s' if n != 1 else ''})"
 
 
 def _log(out: Path, cfg: PredictorsConfig, report: dict[str, Any], y_heldout, heldout, predictor) -> None:

@@ -168,6 +168,10 @@ class ObjectiveSet:
             if c.objective not in known:
                 raise ObjectiveError(f"constraint {c.text!r}: unknown quantity {c.objective!r}; known: {', '.join(sorted(known))}")
 
+    def units(self) -> dict[str, str]:
+        """Each objective's unit ('ms', 'nats/byte', 'FLOPs', ...), by name."""
+        return {o.name: o.unit for o in self.objectives}
+
     @property
     def names(self) -> list[str]:
         return [o.name for o in self.objectives]

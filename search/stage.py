@@ -21,7 +21,8 @@ import numpy as np
 from hwnas.core.io import ArtifactError, read_json
 from hwnas.core.manifest import RUN_FOLDERS, Manifest
 from hwnas.core.progress import progress_bar
-from hwnas.core.rundir import claim_run_dir, stage_lock
+from hwnas.core.rundir import claim_run_dir, experiment_name, stage_lock
+from hwnas.latency.fingerprint import describe
 from hwnas.search_space import ArchConfig, SearchSpace, SearchSpaceConfig
 
 from .choices import choices_report
@@ -29,7 +30,7 @@ from .config import SearchConfig
 from .engines import SearchError, make_engine
 from .objectives import LATENCY_STATISTICS, ObjectiveSet, build_objectives
 from .pareto import SEARCH_FILES, ParetoFront, pick_spread, read_front, read_validation
-from .plots import front_plots, hypervolume_plot, validation_plots
+from .plots import PlotContext, front_plots, hypervolume_plot, validation_plots
 from .tracking import log_search
 
 
@@ -232,13 +233,15 @@ def _run_search(space_cfg: SearchSpaceConfig, cfg: SearchConfig, run_dir: Path, 
     paths = front.save(out)
     validation = validate_front(space, front, cfg, run_dir, latency_cfg, real_loss)
     manifest.write_json("validation.json", {"rows": validation})
-    choices = choices_report(space, [c.arch for c in front.members()], latency_tables(space, cfg, run_dir), seed)
+    tables = latency_tables(space, cfg, run_dir)
+    choices = choices_report(space, [c.arch for c in front.members()], tables, seed)
     manifest.write_json("choices.json", choices)
     summary = {
         "engine": cfg.engine, "algorithm": cfg.algorithm, "candidates": len(front.candidates), "front_size": len(front.members()),
         "hypervolume": front.hypervolume(), "ref_point": ref.tolist(), "objectives": objectives.names,
         "constraints": objectives.constraint_names, "seconds": seconds, "candidates_per_second": len(front.candidates) / max(seconds, 1e-9),
-        "validated": len(validation),
+        "validated": len(validation), "experiment": name or experiment_name(run_dir), "units": objectives.units(),
+        "measured_on": {t: describe(table.fingerprint) for t, table in tables.items()},
     }
     manifest.write_json("summary.json", summary)
     plots = write_plots(out)
@@ -256,10 +259,13 @@ def write_plots(out: Path) -> list[Path]:
     names = data["objectives"]
     cands = read_candidates(out, names)
     front = [{"key": m["key"], **dict(zip(names, m["objectives"], strict=True))} for m in data["front"]]
-    paths = front_plots(cands, front, names, out) + hypervolume_plot(data["hypervolume_history"], out)
+    summary = out / "summary.json"  # units, experiment and machine; a search saved before they were recorded has none
+    ctx = PlotContext.of_summary(read_json(summary, "search summary", f"run `{RUN_FOLDERS['search']}`")
+                                 if summary.exists() else {"ref_point": data["ref_point"]})
+    paths = front_plots(cands, front, names, out, ctx) + hypervolume_plot(data["hypervolume_history"], out, names=names, ctx=ctx)
     rows = read_validation(out)
     if rows:
-        paths += validation_plots(rows, names, out)
+        paths += validation_plots(rows, names, out, ctx)
     return paths
 
 

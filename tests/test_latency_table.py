@@ -35,6 +35,7 @@ from hwnas.latency.fidelity import error_metrics
 from hwnas.latency.protocol import measure_many
 from hwnas.latency.speed import REFERENCE
 from hwnas.search_space import ArchConfig, LayerConfig, SearchSpace, SearchSpaceConfig
+from tests.tiny import page_text
 
 TINY = SearchSpaceConfig(
     vocab_size=32, block_size=16, head_dim=4, depth=[1, 2], embed_dim=[8, 16],
@@ -427,6 +428,7 @@ def test_fidelity_report_writes_its_files(tiny, cfg, tmp_path):
 
 
 def test_fidelity_report_logs_to_wandb_offline(tiny, cfg, tmp_path):
+    from hwnas.core.plotting import remote_resources
     from hwnas.core.tracking import read_wandb_history
 
     table = built(tiny, cfg, tmp_path)
@@ -443,6 +445,17 @@ def test_fidelity_report_logs_to_wandb_offline(tiny, cfg, tmp_path):
     assert logged["latency/flops_kendall_tau"] == report["proxies"]["flops_kendall_tau"]
     assert logged["latency/heldout/nrows"] == 6 and logged["latency/predicted_vs_measured/_type"] == "image-file"
     assert (tmp_path / "fidelity-cpu-torch.jsonl").exists()
+    page = page_text(tmp_path / "latency/fidelity-cpu-torch.html")
+    assert remote_resources(page) == []  # plotly.js inlined: the page opens offline (it loaded it from a CDN)
+    assert "measured on " in page and "thread" in page and "predicted latency (ms)" in page  # the machine, the unit
+
+
+def test_remote_resources_finds_what_a_page_would_fetch():
+    from hwnas.core.plotting import remote_resources
+
+    page = ('<script src="https://cdn.plot.ly/plotly-2.35.2.min.js"></script><link rel="stylesheet" href=//x.org/a.css>'
+            '<script>var topojson = "https://cdn.plot.ly/un/";</script><img src="data:image/png;base64,AAAA">')
+    assert remote_resources(page) == ["https://cdn.plot.ly/plotly-2.35.2.min.js", "//x.org/a.css"]
 
 
 def test_thread_clock_does_not_count_time_given_away():

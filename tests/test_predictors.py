@@ -23,6 +23,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 import hwnas.supernet.evaluate as evaluate_mod
 from hwnas.core.io import ArtifactError
 from hwnas.core.manifest import Manifest
+from hwnas.core.plotting import remote_resources
 from hwnas.core.tracking import read_wandb_history
 from hwnas.predictors import (
     AccuracyPredictor,
@@ -45,6 +46,7 @@ from hwnas.predictors import (
 from hwnas.search_space import SearchSpace, SearchSpaceConfig
 from hwnas.supernet.config import TrainConfig
 from hwnas.supernet.train import train
+from tests.tiny import page_text
 
 TINY = SearchSpaceConfig(
     depth=[1, 2], embed_dim=[16, 32], head_dim=8, block_size=32,
@@ -305,6 +307,9 @@ def test_stage_writes_report_plots_and_a_loadable_predictor_logged_to_wandb(tmp_
                  "predictor.skops", "predictor.json", "metrics.jsonl"]:
         assert (out / name).is_file(), name
     assert (out / "pred_vs_measured.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = page_text(out / "pred_vs_measured.html")
+    unit = "loss (nats/byte)" if cfg.target == "loss" else "bits/byte"
+    assert remote_resources(page) == [] and f"measured {unit}" in page and f"{cfg.target} predictor" in page
     plan_json = json.loads((out / "plan.json").read_text())
     assert len(plan_json["fit"]) == 16 and len(plan_json["heldout"]) == 8 and not set(plan_json["fit"]) & set(plan_json["heldout"])
     names = {m + s for m in ("ridge", "gp", "ensemble") for s in ("", "[onehot]")}  # each model on each feature set

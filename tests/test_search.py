@@ -16,6 +16,7 @@ from hwnas.search.objectives import Constraint, Objective, ObjectiveError, Objec
 from hwnas.search.optuna_engine import OptunaEngine
 from hwnas.search.pareto import Candidate, ParetoFront, hypervolume, non_dominated
 from hwnas.search_space import SearchSpace, SearchSpaceConfig
+from tests.tiny import page_text
 
 SPACE = SearchSpace(SearchSpaceConfig())
 
@@ -263,6 +264,7 @@ def test_search_stage_logs_tables_plots_and_files(tmp_path):
     candidate and front tables with the right row counts."""
     import time
 
+    from hwnas.core.plotting import remote_resources
     from hwnas.core.tracking import config_hash, read_wandb_history, read_wandb_records, read_wandb_runs
     from hwnas.search.stage import run_search
 
@@ -291,6 +293,13 @@ def test_search_stage_logs_tables_plots_and_files(tmp_path):
     assert choices["front_size"] == summary["front_size"]
     hv = [r["hypervolume"] for r in read_wandb_history(out) if "hypervolume" in r]
     assert hv and hv[-1] == pytest.approx(summary["hypervolume"])
+    # plots that read on their own and open offline: units on the axes, the experiment in the title, the reference point
+    front_page, hv_page = page_text(out / "front_params_vs_flops.html"), page_text(out / "hypervolume.html")
+    assert remote_resources(front_page) == remote_resources(hv_page) == []
+    assert "params (count)" in front_page and "flops (FLOPs)" in front_page and "exp1: Pareto front" in front_page
+    assert summary["units"] == {"params": "count", "flops": "FLOPs"} and summary["experiment"] == "exp1"
+    ref = f"reference point: params = {summary['ref_point'][0]:.4g}, flops = {summary['ref_point'][1]:.4g} FLOPs"
+    assert ref in hv_page and "hypervolume (count × FLOPs)" in hv_page
     # the run named, grouped and tagged by experiment and stage
     assert any(r.WhichOneof("record_type") == "run" for r in read_wandb_records(out))
     (run,) = read_wandb_runs(out)

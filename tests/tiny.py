@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,8 @@ def perturbed_supernet(cfg, scale: float | dict[str, float] | None = None):
             elif scale:
                 p.mul_(next((v for k, v in scale.items() if k in name), 1.0))
     return net
+
+
+def page_text(path: Path) -> str:
+    """An HTML plot's source with plotly's JSON escapes (\\u002f, \\u00d7) decoded, for text checks."""
+    return re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), path.read_text(encoding="utf-8"))

@@ -11,6 +11,7 @@ writes with the first's.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from typing import Any
 
 from .errors import HwnasError
 from .io import atomic_write_json, file_lock, read_json
+from .manifest import RUN_FOLDERS
 
 RUN_FILE = "run.json"
 FORMAT = "hwnas-run-1"
@@ -57,6 +59,19 @@ def _lookup(doc: Any, path: str) -> Any:
         else:
             return None
     return doc
+
+
+def experiment_name(run_dir: str | Path) -> str:
+    """The experiment a stage folder (or a run directory) belongs to: the name its run.json records,
+    else the run directory's folder name."""
+    run_dir = Path(run_dir)
+    for folder in (run_dir, run_dir.parent):
+        try:
+            name = json.loads((folder / RUN_FILE).read_text(encoding="utf-8")).get("name")
+        except (OSError, ValueError, AttributeError):
+            continue
+        return str(name) if name else folder.name
+    return run_dir.parent.name if run_dir.name in (*RUN_FOLDERS, "export") else run_dir.name
 
 
 def claim_run_dir(run_dir: str | Path, search_space: dict[str, Any], seed: int | None = None, name: str | None = None,

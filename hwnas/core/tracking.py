@@ -15,7 +15,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from .manifest import RUN_FOLDERS
+from .rundir import experiment_name
 
 WANDB_MODES = ("offline", "online", "disabled")
 
@@ -43,7 +43,7 @@ class Tracker:
             self._truncate_after(resume_step)
         self._file = self.path.open("a")
         self.step_metric = step_metric
-        self.experiment = experiment or experiment_of(self.run_dir)
+        self.experiment = experiment or experiment_name(self.run_dir)
         self.stage = job_type or name
         self.config_hash = config_hash(config or {})
         self.wandb_run = None
@@ -119,18 +119,6 @@ class Tracker:
         if self.wandb_run is not None:
             self.wandb_run.finish()
             self.wandb_run = None
-
-
-def experiment_of(run_dir: Path) -> str:
-    """The experiment a stage folder (or a run directory) belongs to: the name its run.json records,
-    else the run directory's folder name."""
-    for folder in (run_dir, run_dir.parent):
-        try:
-            name = json.loads((folder / "run.json").read_text(encoding="utf-8")).get("name")
-        except (OSError, ValueError, AttributeError):
-            continue
-        return str(name) if name else folder.name
-    return run_dir.parent.name if run_dir.name in (*RUN_FOLDERS, "export") else run_dir.name
 
 
 def config_hash(config: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 from yaml.constructor import ConstructorError
 
 from hwnas.core.config import Section, Seed, field_error
@@ -99,6 +99,12 @@ class ExperimentConfig(Section):
     predictors: PredictorsConfig = PredictorsConfig()
     search: SearchConfig = SearchConfig()
     export: ExportConfig = ExportConfig()
+    # where the config came from: the YAML file and its --set overrides (recorded in the run directory)
+    _origin: dict[str, Any] = PrivateAttr(default_factory=lambda: {"file": None, "overrides": []})
+
+    @property
+    def origin(self) -> dict[str, Any]:
+        return dict(self._origin)
 
     @field_validator("name")
     @classmethod
@@ -251,4 +257,15 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{path}: not a usable YAML value: {' '.join(str(e).split())}") from None
     except RecursionError:
         raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
-    return parse_config(apply_overrides(data, overrides, str(path)), str(path) + (" with --set" if overrides else ""))
+    cfg = parse_config(apply_overrides(data, overrides, str(path)), str(path) + (" with --set" if overrides else ""))
+    cfg._origin = {"file": str(path), "overrides": list(overrides)}
+    return cfg
+
+
+def resolved_yaml(cfg: ExperimentConfig) -> str:
+    """The config as it ran, every default filled in, headed by where it came from: the YAML file and
+    its --set overrides, in order."""
+    origin = cfg.origin
+    head = f"# resolved by hwnas from {origin['file'] or 'a config object'}"
+    head += "".join(f"\n#   --set {o}" for o in origin["overrides"]) + "\n"
+    return head + yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

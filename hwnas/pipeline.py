@@ -7,6 +7,8 @@ partial latency tables, appended evaluation records, the Optuna study). `<run_di
 records, per finished stage, a hash of the config it read (`stage_inputs`): changing a section re-runs
 that stage and every stage that reads its outputs (`READS`: editing `train` re-runs predictors, search
 and export, never the latency tables); keys that only change reporting (`wandb`) re-run nothing.
+Each finished stage's entry also records the config file and its `--set` overrides, and
+`<run_dir>/config.yaml` holds the resolved config the last stage ran with.
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from hwnas.core.errors import HwnasError
-from hwnas.core.io import atomic_write_json
+from hwnas.core.io import atomic_write_json, atomic_write_text
 from hwnas.core.manifest import Manifest
 
-from .config import ExperimentConfig
+from .config import ExperimentConfig, resolved_yaml
 from .stages import STAGES
 
 
@@ -38,6 +40,7 @@ READS: dict[str, tuple[str, ...]] = {
     "search": ("train", "latency", "predictors"),  # validation re-measures on the supernet and as the tables time
     "export": ("train", "latency", "search"),
 }
+CONFIG_FILE = "config.yaml"  # the run's config as it last ran: every default, headed by its file and --set overrides
 # keys that change how a stage reports, never what it writes
 REPORTING = ("wandb", "wandb_project")
 
@@ -124,8 +127,10 @@ class Pipeline:
             result = stage.run()
             state["stages"][stage.name] = {"config": _hash(stage_inputs(self.cfg, stage.name)),
                                            "seconds": time.perf_counter() - t0, "finished": time.time(),
+                                           "config_file": self.cfg.origin["file"], "overrides": self.cfg.origin["overrides"],
                                            "result": result if _jsonable(result) else None}
             atomic_write_json(self.state_path, state)
+            atomic_write_text(self.run_dir / CONFIG_FILE, resolved_yaml(self.cfg))
             self.log(f"[{stage.name}] done in {time.perf_counter() - t0:.0f} s")
         return state
 

@@ -20,9 +20,10 @@ from tests.tiny import tiny_yaml, write_config
 HWNAS = [sys.executable, "-m", "hwnas.cli"]
 
 
-def run(config: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+def run(config: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([*HWNAS, "run", str(config), "--no-progress"], capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run([*HWNAS, "run", str(config), "--no-progress", *args], capture_output=True, text=True, timeout=timeout,
+                          env=env)
 
 
 def test_pipeline_survives_kills_and_skips_finished_stages(tmp_path, text_dir):  # noqa: F811
@@ -110,3 +111,20 @@ def test_stages_rerun_only_for_what_they_read(tiny_run):
     changed = {s for s in ("train", "latency", "predictors", "search", "export")
                if _hash(stage_inputs(before, s)) != _hash(stage_inputs(after, s))}
     assert changed == {"train", "predictors", "search", "export"}
+
+
+def test_overrides_rerun_what_they_change_and_are_recorded_in_the_run_dir(tiny_run):
+    config, rd = tiny_run
+    out = run(config, "--set", "search.budget=160", "--set", "export.sample_tokens=4")
+    assert out.returncode == 0, out.stderr[-2000:]
+    for stage in ("train", "latency", "predictors"):
+        assert f"[{stage}] complete, skipped" in out.stdout
+    state = json.loads((rd / "pipeline.json").read_text())["stages"]
+    assert state["search"]["overrides"] == state["export"]["overrides"] == ["search.budget=160", "export.sample_tokens=4"]
+    assert state["search"]["config_file"] == str(config) and state["train"]["overrides"] == []
+    resolved = (rd / "config.yaml").read_text()
+    assert resolved.splitlines()[:3] == [f"# resolved by hwnas from {config}", "#   --set search.budget=160",
+                                         "#   --set export.sample_tokens=4"]
+    doc = yaml.safe_load(resolved)
+    assert doc["search"]["budget"] == 160 and doc["export"]["sample_tokens"] == 4 and doc["predictors"]["cv_folds"] == 3
+    assert json.loads((rd / "search/summary.json").read_text())["candidates"] == 160

@@ -6,24 +6,24 @@ import math
 from typing import Any
 
 
-def _num(x: float | None, fmt: str = ".4f") -> str:
+def num(x: float | None, fmt: str = ".4f") -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
 
-def _count(n: float) -> str:
+def count(n: float) -> str:
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= scale:
             return f"{n / scale:.2f}{unit}"
     return f"{n:.0f}"
 
 
-def _model_section(r: dict[str, Any]) -> list[str]:
+def model_section(r: dict[str, Any], heading: str = "## Model") -> list[str]:
     """Parameters, FLOPs, memory and the layers."""
     out: list[str] = []
     p = r["params"]
-    out += ["## Model", "", "| | |", "| --- | --- |",
-            f"| parameters | {p['total']:,} ({_count(p['embedding'])} embedding, {_count(p['non_embedding'])} other; the head is tied) |",
-            f"| FLOPs per token | {_count(r['flops_per_token'])} (at the full context) |",
+    out += [heading, "", "| | |", "| --- | --- |",
+            f"| parameters | {p['total']:,} ({count(p['embedding'])} embedding, {count(p['non_embedding'])} other; the head is tied) |",
+            f"| FLOPs per token | {count(r['flops_per_token'])} (at the full context) |",
             f"| memory at deploy precision | {r['memory_bytes'] / 2**20:.2f} MiB (weights, KV cache, activations; batch 1) |",
             f"| context, vocabulary | {r['model']['block_size']} tokens, {r['model']['vocab_size']} (bytes) |", ""]
     out += ["| layer | heads | MLP ratio | norm | placement | attention | FFN | weight bits | in model.int8.onnx |",
@@ -99,10 +99,10 @@ def _latency_section(r: dict[str, Any]) -> list[str]:
     for row in lat["rows"]:
         median, p90 = row.get("median_ms", row["measured_ms"]), row.get("p90_ms")
         out.append(f"| {row['backend']} | {row['model']} | {row['batch_size']} x {row['seq_len']} | {row['threads']} | "
-                   f"{_num(row['predicted_ms'], '.3f')} | {row['measured_ms']:.3f} ({row.get('statistic', 'median')}) | "
-                   f"{median:.3f} ({_num(row.get('predicted_median_ms'), '.3f')}) | "
-                   f"{_num(p90, '.3f')} ({_num(row.get('predicted_p90_ms'), '.3f')}) | "
-                   f"{_num(row['measured_over_predicted'], '.2f')} | {row['runs']}{'' if row['stable'] else ' (cap)'} |")
+                   f"{num(row['predicted_ms'], '.3f')} | {row['measured_ms']:.3f} ({row.get('statistic', 'median')}) | "
+                   f"{median:.3f} ({num(row.get('predicted_median_ms'), '.3f')}) | "
+                   f"{num(p90, '.3f')} ({num(row.get('predicted_p90_ms'), '.3f')}) | "
+                   f"{num(row['measured_over_predicted'], '.2f')} | {row['runs']}{'' if row['stable'] else ' (cap)'} |")
     out += _fresh_rows(lat.get("fresh"))
     front_lat = {k: val for k, val in r["front_objectives"].items() if k.startswith("latency@")}
     if front_lat:
@@ -130,9 +130,9 @@ def _fresh_rows(fresh: dict[str, Any] | None) -> list[str]:
     for backend in ("torch", "onnxruntime"):
         f = fresh.get(backend)
         if f:
-            out.append(f"| {backend} | `{f['how']}` | {f['median_ms']:.3f} ({_num(f.get('predicted_median_ms'), '.3f')}) | "
-                       f"{f['p90_ms']:.3f} ({_num(f.get('predicted_p90_ms'), '.3f')}) | {f['min_ms']:.3f} | "
-                       f"{_num(f.get('median_over_predicted'), '.2f')} | {f['runs']}{'' if f['complete'] else ' (time cap)'} |")
+            out.append(f"| {backend} | `{f['how']}` | {f['median_ms']:.3f} ({num(f.get('predicted_median_ms'), '.3f')}) | "
+                       f"{f['p90_ms']:.3f} ({num(f.get('predicted_p90_ms'), '.3f')}) | {f['min_ms']:.3f} | "
+                       f"{num(f.get('median_over_predicted'), '.2f')} | {f['runs']}{'' if f['complete'] else ' (time cap)'} |")
     return out
 
 
@@ -148,30 +148,47 @@ def _finetune_section(r: dict[str, Any]) -> list[str]:
     return out
 
 
+def usage_lines(out_dir: str, files: dict[str, int] | None = None, pretrained: bool = False) -> list[str]:
+    """How to load the export in `out_dir`, as Python snippets: torch through `load` (with `pretrained`,
+    `ExportedModel.from_pretrained`), and ONNX Runtime when an ONNX file is among `files` (None: every file was written)."""
+    how = (["from hwnas.export import ExportedModel", "", f"m = ExportedModel.from_pretrained({out_dir!r})"] if pretrained
+           else ["from hwnas.export import load", "", f"m = load({out_dir!r})"])
+    out = ["```python", *how, "print(m.generate('def ', max_new_tokens=200, temperature=0.8, top_k=40, seed=0))", "```", ""]
+    onnx_file = next((f for f in ("model.int8.onnx", "model.onnx") if files is None or f in files), None)
+    if onnx_file:
+        out += ["```python", "import numpy as np, onnxruntime as ort", "",
+                f"sess = ort.InferenceSession({out_dir + '/' + onnx_file!r})",
+                "tokens = np.frombuffer(b'def main():', dtype=np.uint8).astype(np.int64)[None]  # (batch, seq)",
+                "logits = sess.run(['logits'], {'tokens': tokens})[0]  # (batch, seq, vocab)", "```", ""]
+    return out
+
+
+def sample_lines(r: dict[str, Any]) -> list[str]:
+    """The text the exported model wrote at export time, if it wrote one."""
+    s = r.get("sample")
+    if not s:
+        return []
+    return [f"A sample (temperature {s['temperature']}, top-k {s['top_k']}, seed {s['seed']}), prompt `{s['prompt']}`:", "",
+            "```", (s["prompt"] + s["text"]).replace("```", "'''"), "```", ""]
+
+
+def versions_line(r: dict[str, Any]) -> str:
+    """The versions the export was made and checked with, and how long it took."""
+    ver = r["versions"]
+    return (f"torch {ver['torch']}, onnx {ver['onnx']} (opset {ver['opset']}), onnxruntime {ver['onnxruntime']}; "
+            f"export took {r['seconds']:.1f} s.")
+
+
 def _try_section(r: dict[str, Any]) -> list[str]:
     """How to load and run the files, a sample, the versions."""
-    out: list[str] = []
-    out += ["## Try it", "", "```python", "from hwnas.export import load", "",
-            f"m = load({r['out_dir']!r})", "print(m.generate('def ', max_new_tokens=200, temperature=0.8, top_k=40, seed=0))",
-            "```", "", "```python", "import numpy as np, onnxruntime as ort", "",
-            f"sess = ort.InferenceSession({r['out_dir'] + '/model.int8.onnx'!r})",
-            "tokens = np.frombuffer(b'def main():', dtype=np.uint8).astype(np.int64)[None]  # (batch, seq)",
-            "logits = sess.run(['logits'], {'tokens': tokens})[0]  # (batch, seq, vocab)", "```", ""]
-    s = r.get("sample")
-    if s:
-        out += [f"A sample (temperature {s['temperature']}, top-k {s['top_k']}, seed {s['seed']}), prompt `{s['prompt']}`:", "",
-                "```", (s["prompt"] + s["text"]).replace("```", "'''"), "```", ""]
-    ver = r["versions"]
-    out += [f"torch {ver['torch']}, onnx {ver['onnx']} (opset {ver['opset']}), onnxruntime {ver['onnxruntime']}; "
-            f"export took {r['seconds']:.1f} s.", ""]
-    return out
+    return ["## Try it", "", *usage_lines(r["out_dir"], r.get("files")), *sample_lines(r), versions_line(r), ""]
 
 
 def render_report(r: dict[str, Any]) -> str:
     arch_objectives = ", ".join(f"{k} {v:.4g}" for k, v in r["front_objectives"].items())
     out = [f"# Export of `{r['key']}`", "",
            f"Front member #{r['front_index']} of `{r['run_dir']}`, picked by `{r['pick']}` (front values: {arch_objectives}).", ""]
-    for section in (_model_section, _loss_section, _parity_section, _quantization_section, _latency_section,
+    for section in (model_section, _loss_section, _parity_section, _quantization_section, _latency_section,
                     _finetune_section, _try_section):
         out += section(r)
     return "\n".join(out)

@@ -11,6 +11,8 @@ is needed), picks the member, extracts its weights (optionally fine-tunes them),
     <out>/model.int8.onnx      ONNX Runtime quantization following the arch's weight bits
     <out>/report.md, report.json   params, validation loss (torch, ONNX fp32, int8), parity,
                                predicted vs re-measured latency, fine-tuning, a sample
+    <out>/README.md            the model card (`export.card`): arch, headline figures, place on the
+                               front, machine, how to load (`ExportedModel.from_pretrained`)
     <out>/manifest.json        size and sha256 of each file above (`hwnas.export.load` checks it)
 
 Everything is built in a temporary folder beside the target and renamed into place only after
@@ -36,9 +38,11 @@ import numpy as np
 import torch
 
 from hwnas.core.device import resolve_device
+from hwnas.core.io import atomic_write_text
 from hwnas.core.manifest import EXPORT_COMMAND, Manifest
 from hwnas.core.progress import progress_bar
 from hwnas.core.rundir import stage_lock
+from hwnas.latency.fingerprint import device_fingerprint
 from hwnas.search.pareto import read_front, read_validation
 from hwnas.search_space import ArchConfig, SearchSpace, SearchSpaceConfig
 from hwnas.supernet.checkpoint import check_finite, read_meta
@@ -49,6 +53,7 @@ from hwnas.supernet.memory import check_fits
 from hwnas.supernet.subnet import Subnet, extract_subnet, save_subnet
 from hwnas.supernet.train import load_supernet, verify_supernet
 
+from .card import render_card
 from .config import ExportConfig
 from .deploy import (
     ExportError,
@@ -66,7 +71,7 @@ from .report import render_report
 from .standalone import EXPORT_FORMAT, ExportedModel
 
 STAGES = ("extract", "onnx", "quantize", "parity", "latency", "write")  # progress steps (plus fine-tuning steps)
-EXPORT_FILES = ("config.json", "model.safetensors", "model.onnx", "model.int8.onnx", "report.json", "report.md")
+EXPORT_FILES = ("config.json", "model.safetensors", "model.onnx", "model.int8.onnx", "report.json", "report.md", "README.md")
 
 
 # --- the run ----------------------------------------------------------------------------------------
@@ -270,7 +275,8 @@ def _run_export(run_dir: Path, pick: str | int | None, out_dir: str | Path | Non
     seq_len = min(train_cfg.seq_len or space_cfg.block_size, space_cfg.block_size)
     device = _device(cfg.device)
     report: dict[str, Any] = {"format": EXPORT_FORMAT, "run_dir": str(run_dir.resolve()), "pick": str(pick), "front_index": index,
-                              "key": arch.key(), "front_objectives": dict(zip(front["objectives"], member["objectives"], strict=True))}
+                              "key": arch.key(), "front_objectives": dict(zip(front["objectives"], member["objectives"], strict=True)),
+                              "front": front_position(front, index)}
 
     with progress_bar("export", len(STAGES) + steps, progress, unit="step") as advance:
         advance(0, description=f"export: extracting front member #{index}")
@@ -315,6 +321,18 @@ def _run_export(run_dir: Path, pick: str | int | None, out_dir: str | Path | Non
     return report
 
 
+def front_position(front: dict[str, Any], index: int) -> dict[str, Any]:
+    """Where front member `index` sits on the saved front: per objective (each minimized) the front's
+    least and greatest value and the member's rank among the front's members (1: the least)."""
+    names, members = front["objectives"], front["front"]
+    values = {n: [m["objectives"][j] for m in members] for j, n in enumerate(names)}
+    mine = members[index]["objectives"]
+    return {"size": len(members), "objectives": list(names), "constraints": list(front.get("constraints", [])),
+            "n_candidates": front.get("n_candidates"),
+            "range": {n: [min(v), max(v)] for n, v in values.items()},
+            "rank": {n: 1 + sum(x < mine[j] for x in values[n]) for j, n in enumerate(names)}}
+
+
 def _facts(space: SearchSpace, arch: ArchConfig, subnet: Subnet, train_cfg: TrainConfig, corpus: Corpus, cfg: ExportConfig,
            checks: dict[str, Any], latency, fp32, int8, bits: dict[str, int], form, run_dir: Path) -> dict[str, Any]:
     import onnx
@@ -331,7 +349,9 @@ def _facts(space: SearchSpace, arch: ArchConfig, subnet: Subnet, train_cfg: Trai
     if cfg.sample_tokens and space.dims.vocab_size >= 256:
         text = ExportedModel(subnet, arch).generate(cfg.sample_prompt, cfg.sample_tokens, temperature=0.8, top_k=40, seed=cfg.seed)
         sample = {"prompt": cfg.sample_prompt, "text": text, "temperature": 0.8, "top_k": 40, "seed": cfg.seed}
+    threads = latency["rows"][0]["threads"] if latency and latency["rows"] else (cfg.threads or torch.get_num_threads())
     return {
+        "machine": device_fingerprint("cpu", threads),  # where every figure of the report was measured (ONNX Runtime runs on CPU)
         "arch": arch.to_dict(),
         "params": {"total": n_params, **{k: v for k, v in space.params(arch).items() if k != "total"},
                    "analytic_total": space.params(arch)["total"]},
@@ -406,6 +426,7 @@ def _write(target: Path, force: bool, subnet: Subnet, fp32, int8, report: dict[s
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
         (tmp / "report.md").write_text(render_report(report))
+        atomic_write_text(tmp / "README.md", render_card(report))  # the model card
         Manifest(tmp, EXPORT_COMMAND).add(*EXPORT_FILES)
         for f in tmp.iterdir():
             os.chmod(f, 0o666 & ~umask)

@@ -1,6 +1,6 @@
 """`load(path)`: an exported model as a plain PyTorch module, with a byte-level `generate`.
 
-    from hwnas.export import load
+    from hwnas.export import load             # or: ExportedModel.from_pretrained, from_pretrained
 
     m = load("runs/quickstart/export")        # the export folder (or its model.safetensors)
     m.generate("def parse(", max_new_tokens=120, temperature=0.8, top_k=40, seed=0)
@@ -38,6 +38,13 @@ class ExportedModel:
     model: Subnet
     arch: ArchConfig
     config: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", real_kernels: bool = False,
+                        threads: int | None = None, pin_allocator: bool = True) -> ExportedModel:
+        """The exported model at `path` (an `hwnas export` folder, or its model.safetensors): `load`
+        under the name other model libraries use; the same checks, the same safe (no pickle) read."""
+        return load(path, device=device, real_kernels=real_kernels, threads=threads, pin_allocator=pin_allocator)
 
     @property
     def dims(self) -> ModelDims:
@@ -86,6 +93,18 @@ class ExportedModel:
         return self.decode(x[0, start:].tolist())
 
 
+def _weights_file(path: Path) -> Path:
+    """model.safetensors of the export at `path`; an `ExportError` naming the path and what is missing."""
+    expected = "expected an `hwnas export` folder or its model.safetensors"
+    if not path.exists():
+        raise ExportError(f"{path}: no exported model here: no such file or folder ({expected})")
+    weights = path / "model.safetensors" if path.is_dir() else path
+    if not weights.is_file():
+        what = "model.safetensors is missing from this folder" if path.is_dir() else "not a file"
+        raise ExportError(f"{path}: no exported model here: {what} ({expected})")
+    return weights
+
+
 def load(path: str | Path, device: str | torch.device = "cpu", real_kernels: bool = False, threads: int | None = None,
          pin_allocator: bool = True) -> ExportedModel:
     """The exported model at `path` (an export folder, or its model.safetensors) in eval mode.
@@ -109,9 +128,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", real_kernels: boo
         steady_allocator()
     if threads is not None:
         torch.set_num_threads(threads)
-    weights = path / "model.safetensors" if path.is_dir() else path
-    if not weights.is_file():
-        raise ExportError(f"{weights}: no exported model here (expected an `hwnas export` folder or its model.safetensors)")
+    weights = _weights_file(path)
     cfg_path = weights.parent / "config.json"
     if path.is_dir() or (weights.parent / NAME).exists():
         Manifest(weights.parent, EXPORT_COMMAND).verify(weights.name, *(["config.json"] if cfg_path.exists() else []))
@@ -135,3 +152,10 @@ def load(path: str | Path, device: str | torch.device = "cpu", real_kernels: boo
 
         model = torch_deploy_copy(model.cpu(), str(device)).to(device)
     return ExportedModel(model=model, arch=model.arch, config=config)
+
+
+def from_pretrained(path: str | Path, device: str | torch.device = "cpu", real_kernels: bool = False,
+                    threads: int | None = None, pin_allocator: bool = True) -> ExportedModel:
+    """`ExportedModel.from_pretrained(path, ...)`: the exported model at `path` (see `load`)."""
+    return ExportedModel.from_pretrained(path, device=device, real_kernels=real_kernels, threads=threads,
+                                         pin_allocator=pin_allocator)

@@ -14,28 +14,15 @@ from pathlib import Path
 from hwnas.core.config import MAX_SEED
 from hwnas.core.errors import ConfigError, HwnasError
 
+from .api import check_folder, export_run, prepare, prepare_run, search_folder
 from .stages import STAGES, add_set, int_in
 
 MAX_SAMPLES = 10**4  # random archs `hwnas space` prints, one table row each
 
 
-def _check_folder(path: str | Path, what: str) -> None:
-    """Refuse, before any work, a folder a command would write that cannot be written."""
-    from hwnas.core.io import unwritable
-
-    why = unwritable(path, folder=True)
-    if why:
-        raise ConfigError(f"{what} {path}: {why}")
-
-
 def _load(args: argparse.Namespace):
-    """The experiment config, its run directory checked to be writable."""
-    from hwnas.config import load_config
-
-    cfg = load_config(args.config, getattr(args, "set", None) or ())
-    _check_folder(cfg.run_path, f"{args.config}: run_dir")
-    cfg.check_run_dir()
-    return cfg
+    """The experiment config, its run directory checked to be writable and this experiment's."""
+    return prepare(args.config, args.set)[0]
 
 
 def _cmd_space(args: argparse.Namespace) -> int:
@@ -59,10 +46,8 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
     from hwnas.report import print_front
     from hwnas.search.stage import write_plots
 
-    out = Path(args.run_dir) / "search"
-    if not (out / "front.json").exists():
-        raise HwnasError(f"{out / 'front.json'}: no search results; run `hwnas search CONFIG` first")
-    _check_folder(out, "plots folder")
+    out = search_folder(args.run_dir)
+    check_folder(out, "plots folder")
     print_front(out)
     plots = write_plots(out)
     print(f"plots: {', '.join(str(p) for p in plots)}")
@@ -72,20 +57,13 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from hwnas.export import ExportConfig
 
-    cfg = ExportConfig()
+    cfg, experiment = ExportConfig(), None
     if args.config:
         from hwnas.config import load_config
 
         experiment = load_config(args.config, args.set or ())
-        if (Path(args.run_dir) / "run.json").exists():  # the config must be the run's own
-            experiment.check_run_dir(args.run_dir)
         cfg = experiment.export
-    if not Path(args.run_dir).is_dir():
-        raise HwnasError(f"{args.run_dir}: not a run directory (no such folder)")
-    out = args.out if args.out is not None else cfg.out_dir
-    _check_folder(out if out is not None else Path(args.run_dir) / "export", "--out" if args.out is not None else "export folder")
-    stage = STAGES["export"]
-    stage.show(None, stage.run_on(args.run_dir, cfg, args, progress=not args.no_progress))
+    STAGES["export"].show(None, export_run(args.run_dir, cfg, args, progress=not args.no_progress, experiment=experiment))
     return 0
 
 
@@ -93,9 +71,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from hwnas.pipeline import Pipeline
     from hwnas.report import print_front
 
-    cfg = _load(args)
-    if cfg.export.out_dir:
-        _check_folder(cfg.export.out_dir, f"{args.config}: export.out_dir")
+    cfg = prepare_run(args.config, args.set)
     Pipeline(cfg, progress=not args.no_progress).run()
     rd = cfg.run_path
     print_front(rd / "search")

@@ -255,7 +255,7 @@ def exported(run_dir, tmp_path_factory) -> tuple[Path, dict]:
 
 def test_export_writes_a_verified_model(run_dir, exported):
     out, report = exported
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "manifest.json", "model.int8.onnx", "model.onnx",
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "manifest.json", "model.int8.onnx", "model.onnx",
                                                      "model.safetensors", "report.json", "report.md"]
     assert sorted(Manifest(out, "hwnas export RUN_DIR --force").verify(*EXPORT_FILES)) == sorted(EXPORT_FILES)
     config = json.loads((out / "config.json").read_text())

@@ -5,16 +5,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from hwnas.search_space.metrics import human_count as count
+
 
 def num(x: float | None, fmt: str = ".4f") -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
-
-
-def count(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return f"{n:.0f}"
 
 
 def model_section(r: dict[str, Any], heading: str = "## Model") -> list[str]:

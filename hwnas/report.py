@@ -7,13 +7,7 @@ from rich.table import Table
 
 from hwnas.config import ExperimentConfig
 from hwnas.search_space import ArchConfig, SearchSpace, as_rng
-
-
-def _fmt_count(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return f"{n:.0f}"
+from hwnas.search_space.metrics import human_count
 
 
 def arch_row(space: SearchSpace, arch: ArchConfig) -> list[str]:
@@ -22,9 +16,9 @@ def arch_row(space: SearchSpace, arch: ArchConfig) -> list[str]:
     return [
         str(arch.depth),
         str(arch.embed_dim),
-        _fmt_count(p["total"]),
-        _fmt_count(p["non_embedding"]),
-        _fmt_count(space.flops(arch) / t),
+        human_count(p["total"]),
+        human_count(p["non_embedding"]),
+        human_count(space.flops(arch) / t),
         f"{space.memory(arch)['total'] / 2**20:.2f}",
         arch.key(),
     ]

@@ -31,6 +31,14 @@ class ModelDims:
     head_dim: int
 
 
+def human_count(n: float) -> str:
+    """A count for people: 1.23M, 45.60k, 7."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
 def attn_width(layer: LayerConfig, dims: ModelDims) -> int:
     return layer.n_heads * dims.head_dim
 

@@ -59,6 +59,9 @@ class ExportConfig(Section):
     sample_prompt: str = "def "
     sample_tokens: int = Field(default=80, ge=0, le=MAX_SAMPLE_TOKENS)
     seed: Seed = 0
+    wandb: Literal["offline", "online", "disabled"] = Field(
+        default="offline", description="W&B mode for the export's run: its figures, and the exported folder as a model artifact")
+    wandb_project: str = Field(default="hwnas", description="W&B project of the export's run")
 
     @field_validator("int4_block_size")
     @classmethod

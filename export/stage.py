@@ -69,6 +69,7 @@ from .deploy import (
 from .pick import pick_member
 from .report import render_report
 from .standalone import EXPORT_FORMAT, ExportedModel
+from .tracking import log_export
 
 STAGES = ("extract", "onnx", "quantize", "parity", "latency", "write")  # progress steps (plus fine-tuning steps)
 EXPORT_FILES = ("config.json", "model.safetensors", "model.onnx", "model.int8.onnx", "report.json", "report.md", "README.md")
@@ -318,6 +319,7 @@ def _run_export(run_dir: Path, pick: str | int | None, out_dir: str | Path | Non
         _write(target, force, subnet, fp32, int8, report, space_cfg,
                lambda folder: _add_fresh(report["latency"], folder, cfg) if latency else None)
         advance(1 if cfg.measure_latency else 2, description=f"export: written to {target}")
+    log_export(run_dir, target, report, cfg)  # W&B: the figures, and the folder as a model artifact
     return report
 
 

@@ -57,7 +57,7 @@ COVERING = [
                     L(2, 4.0, "rmsnorm", "peri", "softmax", None, "mlp", weight_bits=4),
                     L(2, 2.0, "dyt", "pre", "linear", None, "swiglu", weight_bits=16))),
 ]
-FAST = ExportConfig(eval_tokens=2048, eval_batch_size=16, latency_max_seconds=0.2, threads=1, sample_tokens=16)
+FAST = ExportConfig(eval_tokens=2048, eval_batch_size=16, latency_max_seconds=0.2, threads=1, sample_tokens=16, wandb="disabled")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -432,3 +432,28 @@ def test_force_replaces_an_export_with_a_finetuned_one(run_dir, exported, tmp_pa
     shipped = evaluate(load(target).model, None, corpus, 16, 32, FAST.eval_tokens)["loss"]
     assert shipped == pytest.approx(ft["loss_after"], abs=1e-5)
     assert "## Fine-tuning" in (target / "report.md").read_text() and report["latency"] is None
+
+
+def test_export_logs_its_figures_and_the_folder_as_a_wandb_model_artifact(run_dir, tmp_path):
+    import shutil
+    import time
+
+    from hwnas.core.tracking import read_wandb_history, read_wandb_runs
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    cfg = FAST.model_copy(update={"wandb": "offline", "measure_latency": False})
+    report = run_export(run, "min loss", out_dir=tmp_path / "shipped", cfg=cfg, progress=False)
+    runs, deadline = [], time.time() + 30
+    while time.time() < deadline:  # W&B's writer may flush the offline file just after finish() returns
+        runs = read_wandb_runs(run)
+        if runs and runs[0]["artifacts"]:
+            break
+        time.sleep(0.5)
+    (logged,) = runs
+    assert (logged["name"], logged["group"], logged["job_type"]) == (f"{run.name}-export", run.name, "export")
+    (art,) = [a for a in logged["artifacts"] if a["type"] == "model"]
+    assert art["name"] == f"{run.name}-model"
+    assert set(art["files"]) == set(report["files"]) | {"config.json", "report.json", "report.md", "README.md", "manifest.json"}
+    row = next(r for r in read_wandb_history(run) if "params" in r)
+    assert row["params"] == report["params"]["total"] and row["val_loss/torch"] == pytest.approx(report["val_loss"]["torch"])

@@ -92,16 +92,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_config(args: argparse.Namespace) -> int:
     import json
 
-    import yaml
-
-    from hwnas.config import ExperimentConfig, load_config
+    from hwnas.config import ExperimentConfig, load_config, resolved_yaml
 
     if args.schema:
         print(json.dumps(ExperimentConfig.model_json_schema(), indent=2))
         return 0
     if not args.config:
         raise ConfigError("config: give an experiment YAML (or --schema)")
-    print(yaml.safe_dump(load_config(args.config, args.set or ()).model_dump(mode="json"), sort_keys=False), end="")
+    print(resolved_yaml(load_config(args.config, args.set or ())), end="")
     return 0
 
 

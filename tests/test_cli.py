@@ -152,6 +152,8 @@ def test_set_overrides_a_value_and_bad_ones_are_one_line(tmp_path):
     shown = hwnas("config", str(config), "--set", "train.steps=600", "--set", "search.objectives=[loss, params]")
     assert shown.returncode == 0, shown.stderr
     resolved = yaml.safe_load(shown.stdout)
+    assert shown.stdout.splitlines()[:3] == [f"# resolved by hwnas from {config}", "#   --set train.steps=600",
+                                             "#   --set search.objectives=[loss, params]"]
     assert resolved["train"]["steps"] == 600 and resolved["search"]["objectives"] == ["loss", "params"]
     assert resolved["predictors"]["cv_folds"] == 3 and "risk" in resolved["search"]  # every default is shown
     assert_refused(hwnas("config", str(config), "--set", "train.stepz=1"), "train.stepz", "unknown key", "steps")

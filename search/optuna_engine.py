@@ -188,13 +188,20 @@ class OptunaEngine(SearchEngine):
             wanted = {"objectives": list(objectives.names), "constraints": list(objectives.constraint_names)}
             held = {"objectives": list(study.metric_names or wanted["objectives"]),
                     "constraints": study.user_attrs.get("constraints", wanted["constraints"])}
-            if held == wanted:
-                study.set_metric_names(wanted["objectives"])
-                study.set_user_attr("constraints", wanted["constraints"])
+            engine = study.user_attrs.get("engine", self.name)  # another engine's candidates, written for optuna-dashboard
+            if held == wanted and engine == self.name:
+                study.set_metric_names(wanted["objectives"])  # the dashboard's names of its values
+                for key, value in {"constraints": wanted["constraints"], "engine": self.name, "algorithm": self.algorithm}.items():
+                    if study.user_attrs.get(key) != value:
+                        study.set_user_attr(key, value)
         except Exception as e:  # a damaged database, a server that refuses, a study made for other objectives
             reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
             raise SearchError(f"search.storage {shown_storage(self.storage_url)}: cannot open the Optuna study "
                               f"{self.study_name!r} ({reason}); repair or delete it, or set search.storage to another") from None
+        if engine != self.name:
+            raise SearchError(f"search.storage {shown_storage(self.storage_url)}: the Optuna study {self.study_name!r} holds "
+                              f"the candidates of a {engine} search, not an optuna one's trials; set search.study_name to "
+                              "another name, or delete it")
         for field in ("objectives", "constraints"):
             if held[field] != wanted[field]:  # its trials hold values of other objectives or constraints
                 raise SearchError(f"search.storage {shown_storage(self.storage_url)}: the Optuna study {self.study_name!r} "

@@ -31,6 +31,7 @@ from .engines import SearchError, make_engine
 from .objectives import LATENCY_STATISTICS, ObjectiveSet, build_objectives
 from .pareto import SEARCH_FILES, ParetoFront, pick_spread, read_front, read_validation
 from .plots import PlotContext, front_plots, hypervolume_plot, validation_plots
+from .study import check_study, write_study
 from .tracking import log_search
 
 
@@ -76,6 +77,8 @@ def default_study_name(experiment: str | None, space: SearchSpace, cfg: SearchCo
     deps = {"space": space.config.model_dump(mode="json"), "seed": seed, "objectives": cfg.objectives,
             "constraints": cfg.constraints, "risk": cfg.risk, "latency_backend": cfg.latency_backend,
             "algorithm": cfg.algorithm, "population": cfg.population, "inputs": inputs}
+    if cfg.engine != "optuna":  # another engine's study (its candidates, for optuna-dashboard) is not one to resume
+        deps["engine"] = cfg.engine
     digest = hashlib.sha256(json.dumps(deps, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return f"{experiment or 'hwnas'}-{digest}"
 
@@ -218,6 +221,7 @@ def _run_search(space_cfg: SearchSpaceConfig, cfg: SearchConfig, run_dir: Path, 
     study = cfg.study_name or default_study_name(name, space, cfg, run_dir, seed)
     engine = make_engine(space, cfg, run_dir, seed, workers, study_name=study)
     engine.prepare(objectives)  # e.g. an Optuna study that cannot be opened: refused before anything is written
+    check_study(cfg, run_dir, study)  # the study the candidates of another engine will be written as (search/study.py)
     ref = reference_point(space, objectives, cfg, seed)
     front = ParetoFront(objectives.names, ref, objectives.constraint_names)
     t0 = time.perf_counter()
@@ -233,6 +237,7 @@ def _run_search(space_cfg: SearchSpaceConfig, cfg: SearchConfig, run_dir: Path, 
     paths = front.save(out)
     validation = validate_front(space, front, cfg, run_dir, latency_cfg, real_loss)
     manifest.write_json("validation.json", {"rows": validation})
+    write_study(space, cfg, run_dir, study, front, validation)  # for optuna-dashboard
     tables = latency_tables(space, cfg, run_dir)
     choices = choices_report(space, [c.arch for c in front.members()], tables, seed)
     manifest.write_json("choices.json", choices)

@@ -91,14 +91,22 @@ class ExperimentConfig(Section):
 
     name: str = Field(max_length=100, description="run name (at most 100 characters: it names a folder); the run "
                                                   "directory defaults to runs/<name>")
-    run_dir: str | None = None
-    seed: Seed = 0
-    search_space: SearchSpaceConfig = SearchSpaceConfig()
-    train: TrainConfig = TrainConfig()
-    latency: LatencyConfig = LatencyConfig()
-    predictors: PredictorsConfig = PredictorsConfig()
-    search: SearchConfig = SearchConfig()
-    export: ExportConfig = ExportConfig()
+    run_dir: str | None = Field(default=None, description="folder holding every stage's outputs; null: runs/<name>; a "
+                                "folder another experiment (other name, space or seed) wrote to is refused")
+    seed: Seed = Field(default=0, description="experiment seed: the supernet's initialization and every training "
+                       "step's subnets and batches, the predictors' draws (unless predictors.seed) and the search")
+    search_space: SearchSpaceConfig = Field(default=SearchSpaceConfig(), description="the searchable choices of every "
+                                            "dimension and the fixed model sizes; every stage of a run reads the same")
+    train: TrainConfig = Field(default=TrainConfig(), description="supernet training (`hwnas train`): data, schedule, "
+                               "sandwich rule and distillation, checkpoints")
+    latency: LatencyConfig = Field(default=LatencyConfig(), description="latency tables (`hwnas latency`): workload, "
+                                   "devices and runtimes, measurement protocol, correction and fidelity report")
+    predictors: PredictorsConfig = Field(default=PredictorsConfig(), description="accuracy predictors (`hwnas "
+                                         "predictors`): which subnets are evaluated, how, and which regressors compete")
+    search: SearchConfig = Field(default=SearchConfig(), description="the multi-objective search (`hwnas search`): "
+                                 "objectives, constraints, engine, budget and Optuna storage")
+    export: ExportConfig = Field(default=ExportConfig(), description="defaults of `hwnas export`: which front member, "
+                                 "fine-tuning, the ONNX checks and the report")
     # where the config came from: the YAML file and its --set overrides (recorded in the run directory)
     _origin: dict[str, Any] = PrivateAttr(default_factory=lambda: {"file": None, "overrides": []})
 

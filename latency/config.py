@@ -74,35 +74,66 @@ class LatencyConfig(Section):
     process, a plain wall-clock loop), and the report scores the table on that too (`user_view`).
     """
 
-    batch_size: int = Field(default=1, gt=0, le=MAX_BATCH)
-    seq_len: int | None = Field(default=None, gt=0, le=MAX_BLOCK, description="default (and at most): the space's block_size")
-    devices: list[Device] = Field(default_factory=lambda: ["cpu"])
-    backends: list[BackendName] = Field(default_factory=lambda: list(BACKENDS))
-    threads: int | None = Field(default=1, gt=0, le=MAX_THREADS)
-    warmup: int = Field(default=10, ge=0, le=MAX_RUNS)
-    min_repeats: int = Field(default=20, gt=0, le=MAX_RUNS)
-    max_repeats: int = Field(default=300, gt=0, le=MAX_RUNS)
-    max_seconds: float = Field(default=2.0, gt=0, le=MAX_SECONDS)
-    check_every: int = Field(default=10, gt=0, le=MAX_RUNS)
-    tolerance: float = Field(default=0.005, gt=0, lt=1)
-    interleave: int = Field(default=16, gt=0, le=MAX_INTERLEAVE)
-    passes: int = Field(default=3, gt=0, le=MAX_PASSES)
-    statistic: Literal["median", "p90", "p10", "min"] = "median"
-    clock: Literal["auto", "wall", "thread"] = "auto"
-    speed_reference: bool = True
-    speed_tolerance: float = Field(default=0.05, gt=0, lt=1)
-    speed_retakes: int = Field(default=3, ge=0, le=MAX_RETAKES)
-    speed_backoff_s: float = Field(default=10.0, ge=0, le=MAX_SECONDS)
-    n_correction: int = Field(default=60, ge=0, le=MAX_SUBNETS)
-    n_fidelity: int = Field(default=100, ge=0, le=MAX_SUBNETS)
+    batch_size: int = Field(default=1, gt=0, le=MAX_BATCH, description="sequences per timed forward pass (the "
+                            "workload: a prefill of batch_size x seq_len tokens)")
+    seq_len: int | None = Field(default=None, gt=0, le=MAX_BLOCK, description="tokens per timed sequence; "
+                                "default (and at most): the space's block_size")
+    devices: list[Device] = Field(default_factory=lambda: ["cpu"], description="devices to build tables for (cpu, "
+                                  "cuda); every latency@<device> the search names needs its device here")
+    backends: list[BackendName] = Field(default_factory=lambda: list(BACKENDS), description="runtimes to build tables "
+                                        "for: torch (eager PyTorch) and onnxruntime (the exported ONNX model, what "
+                                        "the export deploys); each latency objective's runtime needs its table")
+    threads: int | None = Field(default=1, gt=0, le=MAX_THREADS, description="fixed CPU thread count of every "
+                                "measurement; null: the cores this process may use (1 is the steadiest on a shared "
+                                "machine)")
+    warmup: int = Field(default=10, ge=0, le=MAX_RUNS, description="untimed runs before each measurement")
+    min_repeats: int = Field(default=20, gt=0, le=MAX_RUNS, description="timed runs before the median may be "
+                             "called settled")
+    max_repeats: int = Field(default=300, gt=0, le=MAX_RUNS, description="most timed runs of one measurement "
+                             "(at least min_repeats)")
+    max_seconds: float = Field(default=2.0, gt=0, le=MAX_SECONDS, description="most seconds of timing per "
+                               "measurement, whatever the run count")
+    check_every: int = Field(default=10, gt=0, le=MAX_RUNS, description="timed runs between two checks of whether "
+                             "the median has settled")
+    tolerance: float = Field(default=0.005, gt=0, lt=1, description="relative change of the median between two "
+                             "checks below which a measurement stops (0.005: 0.5%)")
+    interleave: int = Field(default=16, gt=0, le=MAX_INTERLEAVE, description="table pieces timed together, in "
+                            "rounds of a random order, so each runs amid others as inside a model")
+    passes: int = Field(default=3, gt=0, le=MAX_PASSES, description="passes over each batch of pieces or subnets, "
+                        "spread over time, whose runs are pooled into one measurement")
+    statistic: Literal["median", "p90", "p10", "min"] = Field(
+        default="median", description="the table's headline statistic of the run times (fidelity report, export "
+        "comparison); every statistic is kept, and a search objective may name its own (latency@cpu:p90)")
+    clock: Literal["auto", "wall", "thread"] = Field(
+        default="auto", description="wall time, or the timing thread's CPU time (needs threads: 1; a busy machine "
+        "does not inflate it); auto: thread for 1 thread on CPU, else wall")
+    speed_reference: bool = Field(default=True, description="time one fixed subnet in every window of measurements "
+                                  "and scale each window to the build's median speed of it, so a machine whose "
+                                  "speed drifts does not move the table")
+    speed_tolerance: float = Field(default=0.05, gt=0, lt=1, description="relative change of the machine's speed "
+                                   "in a window (the speed reference's spread there, or its shift from the windows "
+                                   "before) above which the window is measured again; raise it on a noisy machine")
+    speed_retakes: int = Field(default=3, ge=0, le=MAX_RETAKES, description="most re-measurements of a disturbed "
+                               "window (the least disturbed attempt is kept)")
+    speed_backoff_s: float = Field(default=10.0, ge=0, le=MAX_SECONDS, description="seconds to wait before a "
+                                   "retake, times the retake's number")
+    n_correction: int = Field(default=60, ge=0, le=MAX_SUBNETS, description="whole subnets (half stratified by size) "
+                              "timed end to end to fit the correction on top of the table's sum of pieces")
+    n_fidelity: int = Field(default=100, ge=0, le=MAX_SUBNETS, description="further held-out subnets timed end to "
+                            "end to check the table (the fidelity report); 0: no report")
     n_user_view: int = Field(default=0, ge=0, le=MAX_SUBNETS, description="of the held-out subnets, how many the fidelity "
                              "report also times as a user does (each in a fresh process, a plain wall-clock loop; about 5 s "
                              "each on CPU), scoring the table on what users see")
-    seed: Seed = 0
-    onnx_exporter: Literal["torchscript", "dynamo"] = "torchscript"
-    int4_block_size: int = Field(default=32, ge=16, le=MAX_INT4_BLOCK)
-    wandb: Literal["offline", "online", "disabled"] = "offline"
-    wandb_project: str = "hwnas"
+    seed: Seed = Field(default=0, description="seed of the latency stage's own draws: the correction and held-out "
+                       "subnets, the speed reference, the interleaving order and the input tokens")
+    onnx_exporter: Literal["torchscript", "dynamo"] = Field(
+        default="torchscript", description="torch.onnx exporter the onnxruntime backend uses: torchscript (opset 17) "
+        "or dynamo")
+    int4_block_size: int = Field(default=32, ge=16, le=MAX_INT4_BLOCK, description="weights per block of the "
+                                 "onnxruntime backend's int4 MatMulNBits layers (a power of two)")
+    wandb: Literal["offline", "online", "disabled"] = Field(default="offline", description="W&B mode of the "
+                                                            "fidelity reports (offline: `wandb sync` later)")
+    wandb_project: str = Field(default="hwnas", description="W&B project the fidelity reports are logged to")
 
     @field_validator("devices", "backends")
     @classmethod

@@ -29,35 +29,55 @@ MAX_POPULATION = 10**5
 
 
 class LinasConfig(Section):
-    initial: int = Field(default=20, gt=0, le=MAX_REAL, description="random archs evaluated for real before the first fit")
-    per_iteration: int = Field(default=10, gt=0, le=MAX_REAL, description="real evaluations per iteration")
-    inner_budget: int = Field(default=3000, gt=0, le=MAX_BUDGET, description="predictor evaluations per inner search")
+    initial: int = Field(default=20, gt=0, le=MAX_REAL, description="random archs evaluated for real (validation loss "
+                         "on the supernet) before the first predictor fit")
+    per_iteration: int = Field(default=10, gt=0, le=MAX_REAL, description="archs evaluated for real per iteration, "
+                               "picked evenly along the predicted front")
+    inner_budget: int = Field(default=3000, gt=0, le=MAX_BUDGET, description="predictor evaluations of each "
+                              "iteration's inner NSGA-II search")
 
 
 class SearchConfig(Section):
     objectives: list[str] = Field(default_factory=lambda: ["loss", "latency@cpu"],
-                                  description="loss, latency@<device>[/<runtime>], params, flops, memory; a latency "
-                                  "without a runtime is latency_backend's")
-    constraints: list[str] = Field(default_factory=list, description="e.g. 'latency@cpu/torch <= 5ms', 'params <= 2e6'")
-    engine: str = Field(default="pymoo", description="a registered engine (search.engines): pymoo, optuna, linas, random")
-    algorithm: str = Field(default="nsga2", description="pymoo: nsga2|nsga3|smsemoa; optuna: nsga2|nsga3|tpe|random")
-    budget: int = Field(default=10000, gt=0, le=MAX_BUDGET, description="candidates evaluated (on predictors; real ones for linas)")
-    population: int = Field(default=100, gt=1, le=MAX_POPULATION)
-    storage: str | None = Field(default=None, description="Optuna storage URL; default: SQLite in the run dir; 'journal:<path>' for a journal file")
+                                  description="quantities to minimize: loss (validation loss; predicted, real for linas), "
+                                  "latency@<device>[/<runtime>][:<statistic>] (ms, from the latency table), params, "
+                                  "flops (per sequence of block_size tokens), memory (bytes at deploy precision); a "
+                                  "latency without a runtime is latency_backend's")
+    constraints: list[str] = Field(default_factory=list, description="bounds every front member must meet, "
+                                   "'<quantity> <=|<|>=|> <number>[unit]' (units ms, us, s; k, m, g; b, kb, mb, gb, "
+                                   "kib, mib, gib), e.g. 'latency@cpu/torch <= 5ms', 'params <= 2e6'")
+    engine: str = Field(default="pymoo", description="a registered engine (search.engines): pymoo (evolutionary), "
+                        "optuna (a study several workers share), linas (predictor in the loop, real losses), random")
+    algorithm: str = Field(default="nsga2", description="the engine's algorithm: pymoo nsga2|nsga3|smsemoa; optuna "
+                           "nsga2|nsga3|tpe|random; linas nsga2; random nsga2|random (both uniform sampling)")
+    budget: int = Field(default=10000, gt=0, le=MAX_BUDGET, description="candidates evaluated (on predictors and "
+                        "tables; for linas, real evaluations on the supernet, seconds each)")
+    population: int = Field(default=100, gt=1, le=MAX_POPULATION, description="population size of the evolutionary "
+                            "algorithms (pymoo, optuna's nsga2/nsga3; linas' inner search takes at most 50)")
+    storage: str | None = Field(default=None, description="Optuna storage URL: sqlite:///<path>, "
+                                "postgresql+<driver>://... (to share a study across machines) or journal:<path>; "
+                                "default: SQLite file search/study.db in the run dir")
     study_name: str | None = Field(
         default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:@+=-]+$",
         description="Optuna study name; default: <experiment>-<hash of what the trials depend on: the space, seed, "
         "objectives, constraints, risk, algorithm, population and the run's predictor and latency files>")
-    workers: int = Field(default=1, gt=0, le=MAX_WORKERS, description="Optuna worker processes sharing the study")
-    risk: float | None = Field(default=None, gt=0.5, lt=1, description="constraints must hold at this upper bound of the prediction")
-    ref_point: list[float] | None = Field(default=None, description="hypervolume reference point (default: 1.1 x the worst corner)")
+    workers: int = Field(default=1, gt=0, le=MAX_WORKERS, description="Optuna worker processes sharing the study "
+                         "(engine optuna only; `hwnas search --workers` overrides)")
+    risk: float | None = Field(default=None, gt=0.5, lt=1, description="probability with which constraints must hold: "
+                               "a quantity with a known error (predicted loss, table latency) must meet its bound at "
+                               "this quantile of its prediction (the upper one for <=); null: the prediction itself")
+    ref_point: list[float] | None = Field(default=None, description="hypervolume reference point, one value per "
+                                          "objective in its unit; default: 1.1 x the worst value over the smallest, "
+                                          "largest and 200 random archs (fix it to compare runs' hypervolumes)")
     latency_backend: Literal["onnxruntime", "torch"] = Field(
         default=LATENCY_RUNTIMES[0], description="the runtime of a latency objective that names none: onnxruntime (what "
         "the export deploys, real int8/int4 kernels) or torch (eager)")
-    validate_top: int = Field(default=8, ge=0, le=MAX_REAL, description="front members evaluated for real after the search")
-    linas: LinasConfig = LinasConfig()
-    wandb: Literal["offline", "online", "disabled"] = "offline"
-    wandb_project: str = "hwnas"
+    validate_top: int = Field(default=8, ge=0, le=MAX_REAL, description="front members (spread along it) evaluated "
+                              "for real after the search: loss on the supernet, latency re-measured; 0: none")
+    linas: LinasConfig = Field(default=LinasConfig(), description="settings of the linas engine (ignored by the others)")
+    wandb: Literal["offline", "online", "disabled"] = Field(default="offline", description="W&B mode of the search "
+                                                            "run (offline: `wandb sync` later)")
+    wandb_project: str = Field(default="hwnas", description="W&B project the search is logged to")
 
     @field_validator("objectives")
     @classmethod

@@ -62,8 +62,10 @@ def _positive_at_most(values: list, most: float, kind: str, show=str) -> list:
 
 
 class PositiveIntDim(Section):
-    choices: list[int] = Field(description=f"attention heads per layer, each in 1..{MAX_HEADS}")
-    per_layer: bool = True
+    choices: list[int] = Field(description=f"attention heads per layer to choose from, each in 1..{MAX_HEADS}; a "
+                               "layer's attention width is heads x search_space.head_dim")
+    per_layer: bool = Field(default=True, description="true: each layer picks its own head count; false: all layers "
+                            "share one")
 
     @field_validator("choices")
     @classmethod
@@ -72,8 +74,10 @@ class PositiveIntDim(Section):
 
 
 class RatioDim(Section):
-    choices: list[float] = Field(description=f"hidden units per embedding dimension, each in (0, {MAX_MLP_RATIO:g}]")
-    per_layer: bool = True
+    choices: list[float] = Field(description=f"FFN hidden units per embedding dimension to choose from, each in "
+                                 f"(0, {MAX_MLP_RATIO:g}]; every ratio x embed_dim must be a whole number")
+    per_layer: bool = Field(default=True, description="true: each layer picks its own MLP ratio; false: all layers "
+                            "share one")
 
     @field_validator("choices", mode="before")
     @classmethod
@@ -101,21 +105,31 @@ class KindDim(Section):
 
 class NormDim(KindDim):
     what = "norm kind"
-    choices: list[NormKind]
-    per_layer: bool = True
+    choices: list[NormKind] = Field(description="normalization kinds to choose from: layernorm, rmsnorm, dyt "
+                                    "(Dynamic Tanh), crmsnorm (compressed RMSNorm); the final norm takes the last "
+                                    "layer's kind")
+    per_layer: bool = Field(default=True, description="true: each layer picks its own norm kind; false: all layers "
+                            "share one")
 
 
 class PlacementDim(KindDim):
     what = "placement"
-    choices: list[Placement]
-    per_layer: bool = False
+    choices: list[Placement] = Field(description="where each sublayer's norm sits: pre (x + f(norm(x))), post "
+                                     "(norm(x + f(x))) or peri (x + norm(f(norm(x))), two norms per sublayer)")
+    per_layer: bool = Field(default=False, description="true: each layer picks its own placement; false (the "
+                            "default): all layers share one")
 
 
 class AttentionDim(KindDim):
     what = "attention kind"
-    choices: list[AttentionKind]
-    per_layer: bool = True
-    windows: list[int] = Field(default_factory=lambda: [32], description=f"window sizes in tokens, each in 1..{MAX_BLOCK}")
+    choices: list[AttentionKind] = Field(description="attention kinds to choose from: softmax (causal, every earlier "
+                                         "token), linear (chunked causal linear attention) or window (causal "
+                                         "sliding window, sizes from `windows`)")
+    per_layer: bool = Field(default=True, description="true: each layer picks its own attention kind; false: all "
+                            "layers share one")
+    windows: list[int] = Field(default_factory=lambda: [32], description=f"window sizes in tokens of the window kind "
+                               f"(a token sees itself and the window - 1 before it), each in 1..{MAX_BLOCK} and at "
+                               "most block_size; ignored without window in choices")
 
     @field_validator("windows")
     @classmethod
@@ -125,10 +139,15 @@ class AttentionDim(KindDim):
 
 class FfnDim(KindDim):
     what = "FFN kind"
-    choices: list[FfnKind]
-    per_layer: bool = True
-    experts: list[int] = Field(default_factory=lambda: [4], description=f"experts per MoE layer, each in 2..{MAX_EXPERTS}")
-    top_k: list[int] = Field(default_factory=lambda: [1, 2], description=f"experts per token, each in 1..{MAX_EXPERTS}")
+    choices: list[FfnKind] = Field(description="FFN kinds to choose from: mlp (GELU), swiglu, or moe (the layer's "
+                                   "hidden units split into GELU-MLP experts, counts from `experts` and `top_k`)")
+    per_layer: bool = Field(default=True, description="true: each layer picks its own FFN kind; false: all layers "
+                            "share one")
+    experts: list[int] = Field(default_factory=lambda: [4], description=f"experts per MoE layer, each in "
+                               f"2..{MAX_EXPERTS} and dividing every hidden size (embed_dim x mlp_ratio); ignored "
+                               "without moe in choices")
+    top_k: list[int] = Field(default_factory=lambda: [1, 2], description=f"experts each token runs (routed by a "
+                             f"learned router), each in 1..{MAX_EXPERTS}; a pair with top_k > experts is skipped")
 
     @field_validator("experts", "top_k")
     @classmethod
@@ -146,30 +165,43 @@ class FfnDim(KindDim):
 
 class BitsDim(KindDim):
     what = "bit width"
-    choices: list[WeightBits]
-    per_layer: bool = True
+    choices: list[WeightBits] = Field(description="bits of a layer's attention and FFN weights: 16 (full "
+                                      "precision), 8 (int8) or 4 (int4); the supernet trains them fake-quantized, "
+                                      "latency tables and the export run real low-bit kernels")
+    per_layer: bool = Field(default=True, description="true: each layer picks its own bit width; false: all layers "
+                            "share one")
 
 
 class SearchSpaceConfig(Section):
     """Choices of every searchable dimension, plus the fixed model hyperparameters they live in."""
 
-    vocab_size: int = Field(default=256, gt=0, le=MAX_VOCAB, description=f"tokens, 1..{MAX_VOCAB}")
-    block_size: int = Field(default=128, gt=0, le=MAX_BLOCK, description=f"context length in tokens, 1..{MAX_BLOCK}")
-    head_dim: int = Field(default=16, gt=0, le=MAX_WIDTH, description=f"width of one attention head, 1..{MAX_WIDTH}")
-    depth: list[int] = Field(default_factory=lambda: [2, 3, 4], description=f"layer counts, each in 1..{MAX_DEPTH}")
-    embed_dim: list[int] = Field(default_factory=lambda: [64, 96, 128], description=f"widths, each in 1..{MAX_WIDTH}")
-    n_heads: PositiveIntDim = PositiveIntDim(choices=[2, 4])
-    mlp_ratio: RatioDim = RatioDim(choices=[2.0, 3.0, 4.0])
-    norm: NormDim = NormDim(choices=list(DEFAULT_NORMS))
-    norm_placement: PlacementDim = PlacementDim(choices=["pre", "post", "peri"])
-    attention: AttentionDim = AttentionDim(choices=["softmax", "linear", "window"])
-    ffn: FfnDim = FfnDim(choices=["mlp", "swiglu", "moe"])
-    weight_bits: BitsDim = BitsDim(choices=[16, 8, 4])
-    # how the supernet shares projection weights: "per_kind" (each attention / FFN kind its own, as
-    # few-shot NAS splits a supernet: less interference between kinds, better-trained subnets; up to
-    # 3x the attention / FFN weights to store) or "shared" (one Q/K/V/O set for every attention kind,
-    # one set of FFN hidden units for every FFN kind)
-    weight_sharing: Literal["shared", "per_kind"] = "per_kind"
+    vocab_size: int = Field(default=256, gt=0, le=MAX_VOCAB, description=f"token ids the model embeds, 1..{MAX_VOCAB}; "
+                            "the corpora are bytes (token = byte), so keep it at 256 or more")
+    block_size: int = Field(default=128, gt=0, le=MAX_BLOCK, description=f"context length in tokens, 1..{MAX_BLOCK}: "
+                            "the longest sequence any subnet reads, and the default seq_len of every stage")
+    head_dim: int = Field(default=16, gt=0, le=MAX_WIDTH, description=f"width of one attention head, 1..{MAX_WIDTH} "
+                          "(fixed: the head count is what is searched)")
+    depth: list[int] = Field(default_factory=lambda: [2, 3, 4], description=f"layer counts to choose from, each in "
+                             f"1..{MAX_DEPTH}")
+    embed_dim: list[int] = Field(default_factory=lambda: [64, 96, 128], description=f"embedding widths to choose from, "
+                                 f"each in 1..{MAX_WIDTH} (one per subnet, shared by all its layers)")
+    n_heads: PositiveIntDim = Field(default=PositiveIntDim(choices=[2, 4]), description="attention heads per layer")
+    mlp_ratio: RatioDim = Field(default=RatioDim(choices=[2.0, 3.0, 4.0]), description="FFN hidden units per "
+                                "embedding dimension")
+    norm: NormDim = Field(default=NormDim(choices=list(DEFAULT_NORMS)), description="the normalization layer's kind")
+    norm_placement: PlacementDim = Field(default=PlacementDim(choices=["pre", "post", "peri"]),
+                                         description="where the norms sit around each sublayer")
+    attention: AttentionDim = Field(default=AttentionDim(choices=["softmax", "linear", "window"]),
+                                    description="the attention kind, and the window sizes of sliding-window attention")
+    ffn: FfnDim = Field(default=FfnDim(choices=["mlp", "swiglu", "moe"]), description="the FFN kind, and the expert "
+                        "counts and top-k of mixture-of-experts FFNs")
+    weight_bits: BitsDim = Field(default=BitsDim(choices=[16, 8, 4]), description="the bit width of each layer's "
+                                 "attention and FFN weights")
+    weight_sharing: Literal["shared", "per_kind"] = Field(
+        default="per_kind", description="how the supernet shares projection weights: per_kind (each attention and FFN "
+        "kind its own, as few-shot NAS splits a supernet: less interference, better-trained subnets, up to 3x the "
+        "attention / FFN weights) or shared (one Q/K/V/O set for every attention kind, one set of FFN hidden units "
+        "for every FFN kind)")
 
     @field_validator("depth")
     @classmethod

@@ -60,10 +60,13 @@ class DeployAttention(nn.Module):
             self.w_qkv = nn.Parameter(w_qkv.t().contiguous())  # (d, 3a): columns q | k | v, heads major
             self.w_proj = nn.Parameter(ops.fake_quant(attn.proj.detach(), layer.weight_bits).t().contiguous())  # (a, d)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cache: ops.LayerCache | None = None, pos: int = 0) -> Tensor:
         B, T, _ = x.shape
         qkv = _mm(x, self.w_qkv).view(B, T, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
-        y = self.core(qkv[0], qkv[1], qkv[2])
+        if cache is None:
+            y = self.core(qkv[0], qkv[1], qkv[2])
+        else:
+            y = ops.cached_attention(self.kind, qkv[0], qkv[1], qkv[2], self.window, cache, pos)
         y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, a)
         return _mm(y, self.w_proj)
 

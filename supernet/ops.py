@@ -184,12 +184,58 @@ def window_attention_gather(q: Tensor, k: Tensor, v: Tensor, window: int) -> Ten
 def linear_attention_cumsum(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Causal linear attention (feature map elu+1) for any length T: the running state
     sum_{s<=t} k_s^T [v_s, 1] as a cumulative sum; the ones column carries the normalizer."""
+    return linear_attention_state(q, k, v)[0]
+
+
+def linear_attention_state(q: Tensor, k: Tensor, v: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """`linear_attention_cumsum` continuing from the recurrent `state` (B, nh, hs, hs+1) of the
+    tokens before (None: none): (output (B, nh, T, hs), the state after the last token)."""
     hs = q.shape[-1]
     q, k = F.elu(q) + 1, F.elu(k) + 1
     v1 = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # (B, nh, T, hs+1)
-    state = torch.cumsum(k.unsqueeze(-1) * v1.unsqueeze(-2), dim=2)  # (B, nh, T, hs, hs+1)
-    out = torch.matmul(q.unsqueeze(-2), state).squeeze(-2)  # (B, nh, T, hs+1)
-    return out[..., :hs] / out[..., hs:].clamp_min(EPS)
+    states = torch.cumsum(k.unsqueeze(-1) * v1.unsqueeze(-2), dim=2)  # (B, nh, T, hs, hs+1)
+    if state is not None:
+        states = states + state.unsqueeze(2)
+    out = torch.matmul(q.unsqueeze(-2), states).squeeze(-2)  # (B, nh, T, hs+1)
+    return out[..., :hs] / out[..., hs:].clamp_min(EPS), states[:, :, -1]
+
+
+# --- cached decoding ------------------------------------------------------------------------------
+@dataclass
+class LayerCache:
+    """What one attention layer keeps between decoding steps: the keys and values of the tokens
+    before (softmax: all of them; sliding window: the last window-1), or linear attention's
+    recurrent state (B, nh, hs, hs+1), whose size does not grow with the context."""
+
+    k: Tensor | None = None  # (B, nh, L, hs)
+    v: Tensor | None = None
+    state: Tensor | None = None
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.state) if t is not None)
+
+
+def cached_attention(kind: str, q: Tensor, k: Tensor, v: Tensor, window: int | None, cache: LayerCache, pos: int) -> Tensor:
+    """The attention of `kind` for new tokens at positions pos .. pos+T-1 (q, k, v (B, nh, T, hs)),
+    given what `cache` holds of the tokens before; updates `cache`. Equal to `attention` on the
+    whole sequence at those positions."""
+    if kind == "linear":
+        y, cache.state = linear_attention_state(q, k, v, cache.state)
+        return y
+    if kind not in ("softmax", "window"):
+        raise ValueError(f"attention kind {kind!r} is not one of softmax, linear, window")
+    keys = k if cache.k is None else torch.cat([cache.k, k], dim=2)
+    values = v if cache.v is None else torch.cat([cache.v, v], dim=2)
+    T, L = q.shape[2], keys.shape[2]
+    q_pos = torch.arange(pos, pos + T, device=q.device).view(T, 1)
+    k_pos = torch.arange(pos + T - L, pos + T, device=q.device).view(1, L)  # the keys' positions
+    mask = k_pos <= q_pos
+    if kind == "window":
+        mask = mask & (k_pos > q_pos - window)
+    y = F.scaled_dot_product_attention(q, keys, values, attn_mask=None if bool(mask.all()) else mask)
+    first = 0 if kind == "softmax" else max(L - (window - 1), 0)  # a window keeps the last window-1
+    cache.k, cache.v = keys[:, :, first:], values[:, :, first:]
+    return y
 
 
 def attention(kind: str, q: Tensor, k: Tensor, v: Tensor, window: int | None) -> Tensor:
@@ -248,13 +294,18 @@ def expert_mix(flat: Tensor, gates: Tensor, idx: Tensor, experts: Sequence[Calla
 
 
 # --- sublayers ------------------------------------------------------------------------------------
-def attention_sublayer(x: Tensor, layer, w_qkv: Tensor, w_proj: Tensor) -> Tensor:
+def attention_sublayer(x: Tensor, layer, w_qkv: Tensor, w_proj: Tensor, cache: LayerCache | None = None,
+                       pos: int = 0) -> Tensor:
     """The attention core of `layer` (a `LayerConfig`) with its (quantized) weights: x (B, T, d) ->
-    QKV projection, the layer's attention kind, output projection."""
+    QKV projection, the layer's attention kind, output projection. With a `cache`, x holds the
+    tokens at positions pos .. pos+T-1 and the cache what attention keeps of those before."""
     B, T, _ = x.shape
     q, k, v = qkv_project(x, w_qkv, layer.n_heads)  # each (B, nh, T, hs)
-    y = attention(layer.attention, q, k, v, layer.window).transpose(1, 2).reshape(B, T, -1)  # (B, T, nh*hs)
-    return F.linear(y, w_proj)
+    if cache is None:
+        y = attention(layer.attention, q, k, v, layer.window)
+    else:
+        y = cached_attention(layer.attention, q, k, v, layer.window, cache, pos)
+    return F.linear(y.transpose(1, 2).reshape(B, T, -1), w_proj)  # (B, T, nh*hs) -> (B, T, d)
 
 
 def ffn_sublayer(x: Tensor, layer, w: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:

@@ -15,6 +15,7 @@ from hwnas.search_space import ArchConfig, LayerConfig, ModelDims
 from hwnas.search_space.kinds import NORMS
 
 from . import ops
+from .decode import DecodeCache
 from .model import ElasticNorms, Supernet, quantized
 
 
@@ -38,9 +39,9 @@ class Attention(nn.Module):
         self.qkv = nn.Parameter(torch.zeros(3, a, d))
         self.proj = nn.Parameter(torch.zeros(d, a))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cache: ops.LayerCache | None = None, pos: int = 0) -> Tensor:
         bits = self.layer.weight_bits
-        return ops.attention_sublayer(x, self.layer, ops.fake_quant(self.qkv, bits), ops.fake_quant(self.proj, bits))
+        return ops.attention_sublayer(x, self.layer, ops.fake_quant(self.qkv, bits), ops.fake_quant(self.proj, bits), cache, pos)
 
 
 class FFN(nn.Module):
@@ -72,10 +73,11 @@ class SubnetBlock(nn.Module):
         if layer.placement == "peri":
             self.norm_attn_out, self.norm_ffn_out = Norm(layer.norm, d), Norm(layer.norm, d)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x: Tensor, cache: ops.LayerCache | None = None, pos: int = 0) -> tuple[Tensor, Tensor | None]:
         p = self.layer.placement
         norm_attn_out, norm_ffn_out = getattr(self, "norm_attn_out", None), getattr(self, "norm_ffn_out", None)
-        x = ops.combine(p, x, self.attn(ops.core_input(p, x, self.norm_attn)), self.norm_attn, norm_attn_out)
+        h = ops.core_input(p, x, self.norm_attn)
+        x = ops.combine(p, x, self.attn(h) if cache is None else self.attn(h, cache, pos), self.norm_attn, norm_attn_out)
         y, aux = self.ffn(ops.core_input(p, x, self.norm_ffn))
         return ops.combine(p, x, y, self.norm_ffn, norm_ffn_out), aux
 
@@ -92,12 +94,15 @@ class Subnet(nn.Module):
         self.blocks = nn.ModuleList(SubnetBlock(layer, d, dims.head_dim) for layer in arch.layers)
         self.norm_final = Norm(arch.layers[-1].norm, d)
 
-    def forward(self, tokens: Tensor, return_aux: bool = False):
+    def forward(self, tokens: Tensor, return_aux: bool = False, cache: DecodeCache | None = None):
+        """Logits (B, T, vocab) of `tokens` (B, T). With a `cache` (`supernet.decode`), the tokens
+        continue the sequence the cache holds, at positions cache.pos .. cache.pos+T-1."""
         T = tokens.shape[1]
-        x = ops.embed(tokens, self.tok_emb, self.pos_emb[:T])
+        pos = 0 if cache is None else cache.claim(T)
+        x = ops.embed(tokens, self.tok_emb, self.pos_emb[pos:pos + T])
         aux = x.new_zeros(())
-        for block in self.blocks:
-            x, a = block(x)
+        for i, block in enumerate(self.blocks):
+            x, a = block(x) if cache is None else block(x, cache.layers[i], pos)
             if a is not None:
                 aux = aux + a
         logits = nn.functional.linear(self.norm_final(x), self.tok_emb)

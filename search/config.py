@@ -60,7 +60,8 @@ class SearchConfig(Section):
     study_name: str | None = Field(
         default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:@+=-]+$",
         description="Optuna study name; default: <experiment>-<hash of what the trials depend on: the space, seed, "
-        "objectives, constraints, risk, algorithm, population and the run's predictor and latency files>")
+        "objectives, constraints, risk, algorithm, population, the run's predictor and latency files, and for an engine "
+        "other than optuna the engine>; every engine's candidates end up in this study (optuna-dashboard reads it)")
     workers: int = Field(default=1, gt=0, le=MAX_WORKERS, description="Optuna worker processes sharing the study "
                          "(engine optuna only; `hwnas search --workers` overrides)")
     risk: float | None = Field(default=None, gt=0.5, lt=1, description="probability with which constraints must hold: "

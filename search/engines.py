@@ -78,6 +78,7 @@ class SearchEngine(ABC):
 
 
 _REGISTRY: dict[str, type[SearchEngine]] = {}
+BUILT_IN = ("pymoo", "random", "linas", "optuna")
 
 
 def register_engine(cls: type[SearchEngine]) -> type[SearchEngine]:
@@ -87,10 +88,12 @@ def register_engine(cls: type[SearchEngine]) -> type[SearchEngine]:
 
 
 def engines() -> dict[str, type[SearchEngine]]:
-    """Every registered engine by name (the built-in ones first)."""
+    """Every registered engine by name: the built-in ones first, in a fixed order (whichever module
+    was imported first), then the others as they registered."""
     from . import linas, optuna_engine  # noqa: F401  (their engines register when imported)
 
-    return dict(_REGISTRY)
+    order = [n for n in BUILT_IN if n in _REGISTRY] + [n for n in _REGISTRY if n not in BUILT_IN]
+    return {n: _REGISTRY[n] for n in order}
 
 
 def make_engine(space: SearchSpace, cfg: SearchConfig, run_dir: Path, seed: int, workers: int | None = None,

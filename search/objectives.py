@@ -239,17 +239,18 @@ def latency_objective(table, name: str, rel_error: float | None = None) -> Objec
 
 def build_objectives(names: list[str], constraints: list[str], space: SearchSpace, predictor=None,
                      latency_tables: dict | None = None, latency_errors: dict | None = None,
-                     risk: float | None = None) -> ObjectiveSet:
+                     risk: float | None = None, loss_unit: str = "nats/byte") -> ObjectiveSet:
     """Objectives and constraints by name: 'loss', 'latency@<device>/<runtime>', 'params', 'flops',
     'memory'. `latency_tables` are keyed by '<device>/<runtime>', `latency_errors` by
-    '<device>/<runtime>:<statistic>'."""
+    '<device>/<runtime>:<statistic>'. `loss_unit`: what the predictor predicts (nats/byte, or bits/byte
+    for a predictor fitted on bpb), shown on the plots' axes."""
     latency_tables, latency_errors = latency_tables or {}, latency_errors or {}
 
     def make(name: str) -> Objective:
         if name == "loss":
             if predictor is None:
                 raise ObjectiveError("objective 'loss': needs a fitted accuracy predictor (run `hwnas predictors` first)")
-            return predictor_objective(predictor)
+            return predictor_objective(predictor, unit=loss_unit)
         target = latency_target(name)
         if target is not None:
             key = "/".join(filter(None, target))

@@ -93,7 +93,7 @@ def latency_tables(space: SearchSpace, cfg: SearchConfig, run_dir: Path) -> dict
 def load_objectives(space: SearchSpace, cfg: SearchConfig, run_dir: Path) -> ObjectiveSet:
     """The search's objectives, from the run's fitted predictor and latency tables."""
     needs = cfg.quantities()
-    predictor = None
+    predictor, loss_unit = None, "nats/byte"
     if "loss" in needs and cfg.engine != "linas":
         from hwnas.predictors.persist import (
             MANIFEST_FILE,
@@ -104,15 +104,17 @@ def load_objectives(space: SearchSpace, cfg: SearchConfig, run_dir: Path) -> Obj
         )
 
         Manifest.of(run_dir, "predictors").verify(PREDICTOR_FILE, MANIFEST_FILE)
-        if load_manifest(run_dir / "predictors").get("search_space") != space.config.model_dump(mode="json"):
+        fitted = load_manifest(run_dir / "predictors")
+        if fitted.get("search_space") != space.config.model_dump(mode="json"):
             raise PredictorError(f"{run_dir / 'predictors' / MANIFEST_FILE}: the predictor was fitted on another search space; "
                                  f"run `{RUN_FOLDERS['predictors']}`")
         predictor = load_predictor(run_dir / "predictors")
+        loss_unit = "bits/byte" if fitted.get("target") == "bpb" else "nats/byte"  # what the predictor was fitted on
     tables = latency_tables(space, cfg, run_dir)
     errors = {f"{t}:{stat}": e for t in tables for stat, e in latency_errors(run_dir, *t.split("/")).items()}
     if "loss" in needs and cfg.engine == "linas":
         predictor = RealLoss(space, run_dir)
-    return build_objectives(cfg.objectives, cfg.constraints, space, predictor, tables, errors, cfg.risk)
+    return build_objectives(cfg.objectives, cfg.constraints, space, predictor, tables, errors, cfg.risk, loss_unit)
 
 
 class RealLoss:

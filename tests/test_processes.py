@@ -103,7 +103,8 @@ class Search:
         url = self.storage or f"sqlite:///{self.run_dir / 'search' / 'study.db'}"
         try:
             storage = open_storage(url)
-            names = [s.study_name for s in optuna.get_all_study_summaries(storage)]  # the run's one study (named by its inputs)
+            # the run's one Optuna study (named by its inputs); the tiny run's pymoo search wrote its candidates as another
+            names = [s.study_name for s in optuna.get_all_study_summaries(storage) if s.user_attrs.get("engine", "optuna") == "optuna"]
             if not names:
                 return {}
             assert len(names) == 1, names

@@ -745,7 +745,9 @@ def complete_trials(db: Path) -> int:
     for _ in range(20):
         try:
             with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as c:
-                return c.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]
+                return c.execute(  # the optuna engine's trials (another engine's candidates are a study of their own)
+                    "select count(*) from trials where state = 'COMPLETE' and study_id not in (select study_id from "
+                    "study_user_attributes where key = 'engine' and value_json != '\"optuna\"')").fetchone()[0]
         except sqlite3.Error:
             time.sleep(0.2)
     return -1

@@ -66,31 +66,65 @@ class ExportedModel:
         return bytes(ids).decode("utf-8", errors="replace")
 
     @torch.no_grad()
+    @torch.no_grad()
     def generate(self, prompt: str = "", max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = 50,
-                 seed: int | None = None) -> str:
+                 seed: int | None = None, cache: bool = True) -> str:
         """The text the model writes after `prompt` (the continuation only). Sampling at
-        `temperature` from the `top_k` likeliest bytes (temperature 0: greedy); the context is
-        cropped to the last `block_size` bytes. `seed` makes it repeatable; the generator is local."""
-        model = self.model.eval()
-        device = next(model.parameters()).device
+        `temperature` from the `top_k` likeliest bytes (temperature 0: greedy). `seed` makes it
+        repeatable; the generator is local.
+
+        `cache` (default): the prompt is read once and every new byte is one decoding step over what
+        each attention layer keeps (`supernet.decode`); until the context fills the block size the
+        logits equal a full recomputation. When it is full, the last half block is read again and
+        decoding goes on from there. `cache=False` recomputes the whole context, cropped to the last
+        `block_size` bytes, for every new byte."""
+        self.model.eval()
         ids = self.encode(prompt) or [ord("\n")]  # an empty prompt starts at a line break
         start = len(ids) if prompt else 1
         gen = torch.Generator(device="cpu")
         gen.manual_seed(seed) if seed is not None else gen.seed()
-        x = torch.tensor([ids], dtype=torch.int64, device=device)
-        block = self.dims.block_size
+        step = self._cached_steps() if cache else self._full_steps()
         for _ in range(max_new_tokens):
-            logits = model(x[:, -block:])[0, -1].float().cpu()  # (vocab,)
-            if temperature <= 0:
-                nxt = int(torch.argmax(logits))
+            ids.append(_sample(step(ids), temperature, top_k, gen))
+        return self.decode(ids[start:])
+
+    def _tensor(self, ids: list[int]) -> Tensor:
+        return torch.tensor([ids], dtype=torch.int64, device=next(self.model.parameters()).device)
+
+    def _full_steps(self):
+        """The next byte's logits of `ids`, recomputed from the last block_size bytes each time."""
+        block = self.dims.block_size
+        return lambda ids: self.model(self._tensor(ids[-block:]))[0, -1].float().cpu()
+
+    def _cached_steps(self):
+        """The next byte's logits of `ids`, one decoding step per new byte (the first call reads the prompt)."""
+        from hwnas.supernet.decode import DecodeCache
+
+        block, state = self.dims.block_size, {"cache": None, "read": 0}
+
+        def step(ids: list[int]) -> Tensor:
+            cache = state["cache"]
+            if cache is None or cache.room() < len(ids) - state["read"]:  # start, or the block is full
+                context = ids[-block:] if cache is None else ids[-(block // 2):]
+                cache = state["cache"] = DecodeCache.of(self.model)
+                logits = self.model(self._tensor(context), cache=cache)
             else:
-                logits = logits / temperature
-                if top_k:
-                    kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                nxt = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen))
-            x = torch.cat([x, torch.tensor([[nxt]], dtype=torch.int64, device=device)], dim=1)
-        return self.decode(x[0, start:].tolist())
+                logits = self.model(self._tensor(ids[state["read"]:]), cache=cache)
+            state["read"] = len(ids)
+            return logits[0, -1].float().cpu()
+
+        return step
+
+
+def _sample(logits: Tensor, temperature: float, top_k: int | None, gen: torch.Generator) -> int:
+    """A byte drawn from `logits` (vocab,) at `temperature` among the `top_k` likeliest (0: greedy)."""
+    if temperature <= 0:
+        return int(torch.argmax(logits))
+    logits = logits / temperature
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen))
 
 
 def _weights_file(path: Path) -> Path:

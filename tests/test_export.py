@@ -362,6 +362,12 @@ def test_load_and_generate_without_the_supernet(run_dir, exported, tmp_path, mon
     with torch.no_grad():
         first = int(m(torch.tensor([ids]))[0, -1].argmax())
     assert first >= 128 or greedy[0] == chr(first)
+    # cached decoding (the default) writes what recomputing the whole context writes, within the block size
+    long = m.generate("import ", max_new_tokens=25, temperature=0)  # 7 + 25 = block_size 32
+    assert long == m.generate("import ", max_new_tokens=25, temperature=0, cache=False)
+    assert m.generate("def ", max_new_tokens=28, seed=4) == m.generate("def ", max_new_tokens=28, seed=4, cache=False)
+    assert fast.generate("def ", max_new_tokens=20, temperature=0) == fast.generate("def ", max_new_tokens=20, temperature=0,
+                                                                                    cache=False)
 
 
 def test_load_of_a_wrong_path_is_a_clear_error(tmp_path):

@@ -49,9 +49,9 @@ class ExportError(HwnasError, ValueError):
 
 # --- ONNX -------------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet_exporter() -> Iterator[None]:
     """The exporter warns and logs at length (missing torchvision ops, decomposition notes)."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript", "torch.fx")]
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir", "torch.fx")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
@@ -75,7 +75,7 @@ def export_onnx_dynamic(subnet: Subnet, example: Tensor | None = None):
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     seq = torch.export.Dim("seq", min=1, max=block)
     try:
-        with _quiet(), torch.no_grad():
+        with quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(form, (example.cpu(),), dynamo=True, optimize=True, input_names=[INPUT],
                                         output_names=[OUTPUT], dynamic_shapes=({0: batch, 1: seq},), verbose=False)
     except Exception as e:  # the exporter's errors are pages long; keep the first line
@@ -102,7 +102,7 @@ def quantize(model, weight_bits: dict[str, int], int4_block_size: int = 32):
 
     model_copy = onnx.ModelProto()
     model_copy.CopyFrom(model)
-    with tempfile.TemporaryDirectory(prefix="hwnas-export-") as tmp, _quiet():
+    with tempfile.TemporaryDirectory(prefix="hwnas-export-") as tmp, quiet_exporter():
         return quantize_onnx(model_copy, weight_bits, tmp, int4_block_size)
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from torch import Tensor
+
 from .ops import LayerCache
 
 
@@ -25,7 +27,7 @@ class DecodeCache:
 
     block_size: int
     layers: list[LayerCache] = field(default_factory=list)
-    pos: int = 0
+    pos: int | Tensor = 0
 
     @classmethod
     def of(cls, model) -> DecodeCache:
@@ -38,7 +40,7 @@ class DecodeCache:
 
     def claim(self, n: int) -> int:
         """Reserve positions for `n` new tokens; returns the first. A `ValueError` past the block size."""
-        if n > self.room():
+        if isinstance(self.pos, int) and n > self.room():  # (a tensor position: the exported graph's, unchecked)
             raise ValueError(f"decoding {n} more token(s) at position {self.pos} exceeds the block size {self.block_size} "
                              "(learned positions stop there); start a new cache from the last tokens")
         start, self.pos = self.pos, self.pos + n

@@ -215,10 +215,12 @@ class LayerCache:
         return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.state) if t is not None)
 
 
-def cached_attention(kind: str, q: Tensor, k: Tensor, v: Tensor, window: int | None, cache: LayerCache, pos: int) -> Tensor:
+def cached_attention(kind: str, q: Tensor, k: Tensor, v: Tensor, window: int | None, cache: LayerCache,
+                     pos: int | Tensor) -> Tensor:
     """The attention of `kind` for new tokens at positions pos .. pos+T-1 (q, k, v (B, nh, T, hs)),
     given what `cache` holds of the tokens before; updates `cache`. Equal to `attention` on the
-    whole sequence at those positions."""
+    whole sequence at those positions. `pos` a 0-d tensor: the exported decoding graph's form
+    (no data-dependent branch, the cache always given, possibly empty)."""
     if kind == "linear":
         y, cache.state = linear_attention_state(q, k, v, cache.state)
         return y
@@ -227,14 +229,17 @@ def cached_attention(kind: str, q: Tensor, k: Tensor, v: Tensor, window: int | N
     keys = k if cache.k is None else torch.cat([cache.k, k], dim=2)
     values = v if cache.v is None else torch.cat([cache.v, v], dim=2)
     T, L = q.shape[2], keys.shape[2]
-    q_pos = torch.arange(pos, pos + T, device=q.device).view(T, 1)
-    k_pos = torch.arange(pos + T - L, pos + T, device=q.device).view(1, L)  # the keys' positions
+    q_pos = (torch.arange(T, device=q.device) + pos).view(T, 1)
+    k_pos = (torch.arange(L, device=q.device) + (pos + T - L)).view(1, L)  # the keys' positions
     mask = k_pos <= q_pos
     if kind == "window":
         mask = mask & (k_pos > q_pos - window)
-    y = F.scaled_dot_product_attention(q, keys, values, attn_mask=None if bool(mask.all()) else mask)
-    first = 0 if kind == "softmax" else max(L - (window - 1), 0)  # a window keeps the last window-1
-    cache.k, cache.v = keys[:, :, first:], values[:, :, first:]
+    eager_all = isinstance(pos, int) and bool(mask.all())  # e.g. one new token: no mask, the faster kernel
+    y = F.scaled_dot_product_attention(q, keys, values, attn_mask=None if eager_all else mask)
+    if kind == "window":  # a window keeps the last window-1 keys (all of them while there are fewer)
+        keep = window - 1
+        keys, values = (keys[:, :, -keep:], values[:, :, -keep:]) if keep else (keys[:, :, :0], values[:, :, :0])
+    cache.k, cache.v = keys, values
     return y
 
 

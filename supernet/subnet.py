@@ -99,7 +99,8 @@ class Subnet(nn.Module):
         continue the sequence the cache holds, at positions cache.pos .. cache.pos+T-1."""
         T = tokens.shape[1]
         pos = 0 if cache is None else cache.claim(T)
-        x = ops.embed(tokens, self.tok_emb, self.pos_emb[pos:pos + T])
+        x = ops.embed(tokens, self.tok_emb, self.pos_emb[pos:pos + T] if isinstance(pos, int) else
+                      self.pos_emb.index_select(0, torch.arange(T, device=tokens.device) + pos))
         aux = x.new_zeros(())
         for i, block in enumerate(self.blocks):
             x, a = block(x) if cache is None else block(x, cache.layers[i], pos)

@@ -94,3 +94,35 @@ def test_a_step_past_the_block_size_is_refused(supernet):
     with pytest.raises(ValueError, match="exceeds the block size 32"):
         sub(torch.zeros(1, 3, dtype=torch.long), cache=cache)
     assert cache.pos == 30 and cache.room() == 2
+
+
+@pytest.fixture(scope="module")
+def decode_graphs(supernet):
+    from hwnas.export.decode import export_decode_onnx
+
+    return {arch.key(): (extract_subnet(supernet, arch).eval(), *export_decode_onnx(extract_subnet(supernet, arch).eval()))
+            for arch in COVERING}
+
+
+@pytest.mark.parametrize("arch", COVERING, ids=["mixed-a", "mixed-b"])
+def test_the_onnx_decoding_step_equals_torch_and_its_low_bit_form_follows(decode_graphs, arch):
+    """The exported decoding step (cache in, cache out) run by ONNX Runtime: a prompt, then one token
+    per call, equals torch recomputing the whole sequence; its int8/int4 form has the quantized
+    kernels and follows the fp32 logits."""
+    import numpy as np
+
+    from hwnas.export.decode import onnx_decode
+    from hwnas.export.deploy import low_bit_weights, op_counts, quantize, session
+
+    sub, model, form = decode_graphs[arch.key()]
+    prompt = torch.randint(0, 256, (1, 6), generator=torch.Generator().manual_seed(1))
+    logits, chosen = onnx_decode(session(model, 1), form, prompt, 20)
+    with torch.no_grad():
+        full = sub(torch.tensor([prompt[0].tolist() + chosen]))[0].numpy()
+    assert logits.shape == full.shape == (26, 256) and np.abs(logits - full).max() <= 1e-4
+    low = quantize(model, low_bit_weights(form))
+    ops = op_counts(low)
+    assert ops.get("MatMulNBits", 0) > 0 and ops.get("DynamicQuantizeMatMul", 0) + ops.get("MatMulInteger", 0) > 0  # 4 and 8 bits
+    low_logits, _ = onnx_decode(session(low, 1), form, prompt, 20)
+    first = low_logits[:6]  # the prompt's positions: the same tokens in both
+    assert np.corrcoef(first.ravel(), logits[:6].ravel())[0, 1] > 0.95

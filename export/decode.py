@@ -1,0 +1,112 @@
+"""The exported model's decoding step as ONNX: `model.decode.onnx` (and its int8 / int4 form) takes
+the new tokens, their first position and each attention layer's cache, and returns the logits and
+the updated cache, so a runtime generates token by token without recomputing the context.
+
+Inputs: `tokens` (batch, seq) int64, `pos` () int64, then per layer `past_k.<i>` / `past_v.<i>`
+(batch, heads, past, head_dim) for softmax and sliding-window attention (past: 0 at the start; a
+window keeps at most window-1) or `state.<i>` (batch, heads, head_dim, head_dim + 1) for linear
+attention (zeros at the start). Outputs: `logits` (batch, seq, vocab), then `present_k.<i>` /
+`present_v.<i>` / `new_state.<i>` in the same order, to feed back as the next step's inputs. The math
+is `supernet.decode`'s (the same functions), checked against torch in the tests.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from hwnas.supernet.decode import DecodeCache
+from hwnas.supernet.deploy import export_form
+from hwnas.supernet.ops import LayerCache
+from hwnas.supernet.subnet import Subnet
+
+
+def cache_names(arch, prefix: tuple[str, str, str]) -> list[str]:
+    """Per layer, the names of its cache tensors: (k, v) names for softmax and window, a state name for linear."""
+    k, v, s = prefix
+    names: list[str] = []
+    for i, layer in enumerate(arch.layers):
+        names += [f"{s}.{i}"] if layer.attention == "linear" else [f"{k}.{i}", f"{v}.{i}"]
+    return names
+
+
+def input_names(arch) -> list[str]:
+    return ["tokens", "pos", *cache_names(arch, ("past_k", "past_v", "state"))]
+
+
+def output_names(arch) -> list[str]:
+    return ["logits", *cache_names(arch, ("present_k", "present_v", "new_state"))]
+
+
+class DecodeForm(nn.Module):
+    """A subnet in export form with the decoding cache as explicit inputs and outputs."""
+
+    def __init__(self, subnet: Subnet):
+        super().__init__()
+        self.model = export_form(subnet)
+        self.arch, self.dims = subnet.arch, subnet.dims
+
+    def forward(self, tokens: Tensor, pos: Tensor, *past: Tensor) -> tuple[Tensor, ...]:
+        it = iter(past)
+        layers = [LayerCache(state=next(it)) if layer.attention == "linear" else LayerCache(next(it), next(it))
+                  for layer in self.arch.layers]
+        logits = self.model(tokens, cache=DecodeCache(self.dims.block_size, layers, pos))
+        out: list[Tensor] = [logits]
+        for layer, c in zip(self.arch.layers, layers, strict=True):
+            out += [c.state] if layer.attention == "linear" else [c.k, c.v]
+        return tuple(out)
+
+    def empty_cache(self, batch: int = 1) -> list[Tensor]:
+        """The cache inputs of the first step: no past keys, zero states."""
+        hs, out = self.dims.head_dim, []
+        for layer in self.arch.layers:
+            nh = layer.n_heads
+            out += [torch.zeros(batch, nh, hs, hs + 1)] if layer.attention == "linear" else [torch.zeros(batch, nh, 0, hs)] * 2
+        return out
+
+
+def export_decode_onnx(subnet: Subnet):
+    """The fp32 decoding-step ONNX model (`onnx.ModelProto`) of `subnet`, and its `DecodeForm`
+    (whose modules carry the weight bits `deploy.quantize` reads). Exported by tracing (the
+    TorchScript exporter) with batch, seq and each cache's past length as dynamic axes."""
+    from .deploy import ExportError, quiet_exporter
+
+    form = DecodeForm(subnet.cpu().float()).eval()
+    arch = subnet.arch
+    block = subnet.dims.block_size
+    tokens = torch.zeros(2, 3, dtype=torch.int64)
+    example_past = [torch.zeros(2, t.shape[1], 4, t.shape[3]) if t.shape[2] == 0 else t.expand(2, -1, -1, -1).clone()
+                    for t in form.empty_cache()]
+    batch, seq = torch.export.Dim("batch", min=1, max=1 << 16), torch.export.Dim("seq", min=1, max=block)
+    shapes: list = [{0: batch, 1: seq}, None]
+    for i, layer in enumerate(arch.layers):
+        past = torch.export.Dim(f"past{i}", min=0, max=block)
+        shapes += [{0: batch}] if layer.attention == "linear" else [{0: batch, 2: past}] * 2
+    try:
+        with quiet_exporter(), torch.no_grad():
+            program = torch.onnx.export(form, (tokens, torch.tensor(4, dtype=torch.int64), *example_past), dynamo=True,
+                                        optimize=True, input_names=input_names(arch), output_names=output_names(arch),
+                                        dynamic_shapes=(shapes[0], shapes[1], tuple(shapes[2:])), verbose=False)
+    except Exception as e:  # the exporter's errors are pages long; keep the first line
+        raise ExportError(f"ONNX export of the decoding step of {arch.key()} failed: {str(e).strip().splitlines()[0]}") from e
+    return program.model_proto, form
+
+
+def onnx_decode(sess, form: DecodeForm, prompt: Tensor, steps: int) -> tuple[np.ndarray, list[int]]:
+    """Greedy decoding with an ONNX Runtime session of the decoding step: the prompt (1, P) read in
+    one call, then `steps` single-token calls, each feeding back the token chosen last. Returns the
+    logits of every position read (P + steps, vocab) and the `steps` tokens fed back."""
+    feeds_past = [t.numpy() for t in form.empty_cache(prompt.shape[0])]
+    names_in, n_out = input_names(form.arch), len(output_names(form.arch))
+    tokens, pos, rows, chosen = prompt.numpy().astype(np.int64), 0, [], []
+    for _ in range(steps + 1):
+        out = sess.run(None, dict(zip(names_in, [tokens, np.array(pos, dtype=np.int64), *feeds_past], strict=True)))
+        rows.append(out[0][0])
+        pos += tokens.shape[1]
+        feeds_past = out[1:n_out]
+        nxt = int(out[0][0, -1].argmax())
+        chosen.append(nxt)
+        tokens = np.array([[nxt]], dtype=np.int64)
+    return np.concatenate(rows, axis=0)[:prompt.shape[1] + steps], chosen[:steps]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .report import count, model_section, num, sample_lines, usage_lines, versions_line
+from .report import count, decode_section, model_section, num, sample_lines, usage_lines, versions_line
 
 
 def _figures(r: dict[str, Any]) -> list[str]:
@@ -90,7 +90,7 @@ def render_card(r: dict[str, Any]) -> str:
            f"vocabulary {r['model']['vocab_size']}) found by hardware-aware neural architecture search with hwnas, "
            "exported as safetensors and ONNX (fp32 and quantized), checked against each other.", "",
            f"Arch key: `{r['key']}`", ""]
-    out += _figures(r) + _front_section(r)
+    out += _figures(r) + decode_section(r) + _front_section(r)
     out += model_section(r, "## Architecture")
     out += _machine_section(r)
     out += ["## How to load", "", *usage_lines(r["out_dir"], r.get("files"), pretrained=True),

@@ -74,6 +74,9 @@ class ExportConfig(Section):
     sample_tokens: int = Field(default=80, ge=0, le=MAX_SAMPLE_TOKENS, description="tokens (bytes) generated for "
                                "the sample in report.md; 0: no sample")
     seed: Seed = Field(default=0, description="seed of the fine-tuning batches, the sample and the latency inputs")
+    decode: bool = Field(default=True, description="also write the decoding step as ONNX (model.decode.onnx and, with "
+                         "low-bit layers, model.decode.int8.onnx: the cache in and out), check it against torch, and "
+                         "(with measure_latency) time prefill and tokens/s on this machine")
     wandb: Literal["offline", "online", "disabled"] = Field(
         default="offline", description="W&B mode for the export's run: its figures, and the exported folder as a model artifact")
     wandb_project: str = Field(default="hwnas", description="W&B project of the export's run")

@@ -12,6 +12,8 @@ is `supernet.decode`'s (the same functions), checked against torch in the tests.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -110,3 +112,74 @@ def onnx_decode(sess, form: DecodeForm, prompt: Tensor, steps: int) -> tuple[np.
         chosen.append(nxt)
         tokens = np.array([[nxt]], dtype=np.int64)
     return np.concatenate(rows, axis=0)[:prompt.shape[1] + steps], chosen[:steps]
+
+
+# --- timing -----------------------------------------------------------------------------------------
+def _median(xs: list[float]) -> float:
+    return float(np.median(np.asarray(xs)))
+
+
+def _timed_runs(run, repeats: int) -> dict[str, float]:
+    """`run()` -> (prefill seconds, seconds per decoded token); one warm-up, then the medians of `repeats`."""
+    run()
+    prefill, per_token = zip(*(run() for _ in range(repeats)), strict=True)
+    return {"prefill_ms": 1e3 * _median(list(prefill)), "decode_ms_per_token": 1e3 * _median(list(per_token)),
+            "tokens_per_s": 1.0 / max(_median(list(per_token)), 1e-12)}
+
+
+def _torch_run(model, prompt: Tensor, steps: Tensor):
+    import time
+
+    @torch.no_grad()
+    def run() -> tuple[float, float]:
+        cache = DecodeCache.of(model)
+        t0 = time.perf_counter()
+        model(prompt, cache=cache)
+        t1 = time.perf_counter()
+        for i in range(steps.shape[1]):
+            model(steps[:, i:i + 1], cache=cache)
+        return t1 - t0, (time.perf_counter() - t1) / steps.shape[1]
+
+    return run
+
+
+def _onnx_run(sess, form: DecodeForm, prompt: Tensor, steps: Tensor):
+    import time
+
+    names, n_out = input_names(form.arch), len(output_names(form.arch))
+    first = [prompt.numpy().astype(np.int64)] + [steps[:, i:i + 1].numpy().astype(np.int64) for i in range(steps.shape[1])]
+
+    def run() -> tuple[float, float]:
+        past, pos, stamps = [t.numpy() for t in form.empty_cache()], 0, [time.perf_counter()]
+        for tokens in first:
+            out = sess.run(None, dict(zip(names, [tokens, np.array(pos, dtype=np.int64), *past], strict=True)))
+            past, pos = out[1:n_out], pos + tokens.shape[1]
+            stamps.append(time.perf_counter())
+        return stamps[1] - stamps[0], (stamps[-1] - stamps[1]) / steps.shape[1]
+
+    return run
+
+
+def measure_decode(subnet: Subnet, graphs: dict[str, bytes], context: int, new_tokens: int, threads: int | None,
+                   repeats: int = 5, seed: int = 0) -> dict[str, Any]:
+    """Prefill ms (a prompt of `context` tokens) and decoding ms per token (`new_tokens` more, one per
+    call, each over the cache) on this machine: eager torch as it deploys (8/4-bit layers on real
+    low-bit kernels, `torch_deploy_copy`) and ONNX Runtime on each decoding graph in `graphs`
+    ({file name: serialized model}). Medians of `repeats` runs after a warm-up; batch 1."""
+    from hwnas.supernet.deploy import torch_deploy_copy
+
+    from .deploy import session
+
+    if threads:
+        torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, subnet.dims.vocab_size, (1, context + new_tokens), generator=gen)
+    prompt, steps = tokens[:, :context], tokens[:, context:]
+    rows = [{"runtime": "torch", "file": "model.safetensors (real low-bit kernels)",
+             **_timed_runs(_torch_run(torch_deploy_copy(subnet.cpu().float().eval()), prompt, steps), repeats)}]
+    form = DecodeForm(subnet)
+    for name, graph in graphs.items():
+        rows.append({"runtime": "onnxruntime", "file": name,
+                     **_timed_runs(_onnx_run(session(graph, threads), form, prompt, steps), repeats)})
+    return {"context": context, "new_tokens": new_tokens, "batch_size": 1, "threads": threads or torch.get_num_threads(),
+            "repeats": repeats, "rows": rows}

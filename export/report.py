@@ -112,6 +112,27 @@ def _latency_section(r: dict[str, Any]) -> list[str]:
     return out
 
 
+def decode_section(r: dict[str, Any]) -> list[str]:
+    """The decoding-step graphs and how fast the model generates on this machine."""
+    dec = r.get("decode")
+    if not dec:
+        return []
+    out = ["## Generating: prefill and decoding on this machine (CPU)", "",
+           f"`model.decode.onnx` (and `model.decode.int8.onnx`, the arch's bits) run one decoding step: the new tokens, "
+           f"their first position and each attention layer's cache in, the logits and the updated cache out "
+           f"(`hwnas.export.decode`). ONNX Runtime decoding of a prompt then one token per call matched torch "
+           f"recomputing the whole sequence within {dec['parity_max_abs_diff']:.2g} (fp32 logits).", ""]
+    timing = dec.get("timing")
+    if not timing:
+        return out + ["Not timed (`export.measure_latency: false`).", ""]
+    out += [f"A prompt of {timing['context']} tokens read in one call (prefill), then {timing['new_tokens']} tokens "
+            f"generated one per call over the cache; batch 1, {timing['threads']} thread(s), medians of {timing['repeats']} runs.", "",
+            "| runtime | model | prefill ms | decode ms per token | tokens/s |", "| --- | --- | --- | --- | --- |"]
+    out += [f"| {row['runtime']} | {row['file']} | {row['prefill_ms']:.3f} | {row['decode_ms_per_token']:.3f} | "
+            f"{row['tokens_per_s']:.0f} |" for row in timing["rows"]]
+    return out + [""]
+
+
 def _fresh_rows(fresh: dict[str, Any] | None) -> list[str]:
     """The export's files timed as a user times them, in a fresh process."""
     out: list[str] = []
@@ -184,6 +205,6 @@ def render_report(r: dict[str, Any]) -> str:
     out = [f"# Export of `{r['key']}`", "",
            f"Front member #{r['front_index']} of `{r['run_dir']}`, picked by `{r['pick']}` (front values: {arch_objectives}).", ""]
     for section in (model_section, _loss_section, _parity_section, _quantization_section, _latency_section,
-                    _finetune_section, _try_section):
+                    decode_section, _finetune_section, _try_section):
         out += section(r)
     return "\n".join(out)

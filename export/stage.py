@@ -55,6 +55,7 @@ from hwnas.supernet.train import load_supernet, verify_supernet
 
 from .card import render_card
 from .config import ExportConfig
+from .decode import export_decode_onnx, measure_decode, onnx_decode
 from .deploy import (
     ExportError,
     cross_entropy_sum,
@@ -309,18 +310,52 @@ def _run_export(run_dir: Path, pick: str | int | None, out_dir: str | Path | Non
                               f"(> {cfg.parity_atol:g}) for {arch.key()}; nothing was written")
         advance(1, description="export: latency on this machine" if cfg.measure_latency else "export: writing")
         latency = measure_latency(run_dir, arch, subnet, form, fp32, int8, cfg, space_cfg.block_size) if cfg.measure_latency else None
+        decode = decode_graphs(subnet, cfg, seq_len, latency) if cfg.decode else None
         advance(1 if cfg.measure_latency else 0, description="export: writing")
         report.update(_facts(space, arch, subnet, train_cfg, corpus, cfg, checks, latency, fp32, int8, bits, form, run_dir))
+        report["decode"] = decode and decode["report"]
         report["model"] = {"vocab_size": space_cfg.vocab_size, "block_size": space_cfg.block_size, "head_dim": space_cfg.head_dim,
                            "embed_dim": arch.embed_dim, "depth": arch.depth, "tokens": "bytes: token id = UTF-8 byte value",
                            "params": report["params"]["total"]}
         report["out_dir"] = str(target)
         report["seconds"] = time.perf_counter() - t_start
-        _write(target, force, subnet, fp32, int8, report, space_cfg,
+        _write(target, force, subnet, fp32, int8, report, space_cfg, decode and decode["files"],
                lambda folder: _add_fresh(report["latency"], folder, cfg) if latency else None)
         advance(1 if cfg.measure_latency else 2, description=f"export: written to {target}")
     log_export(run_dir, target, report, cfg)  # W&B: the figures, and the folder as a model artifact
     return report
+
+
+def decode_graphs(subnet: Subnet, cfg: ExportConfig, seq_len: int, latency: dict[str, Any] | None) -> dict[str, Any]:
+    """The decoding step as ONNX (fp32, and the arch's bits when it has low-bit layers), checked
+    against torch (greedy decoding of a prompt then one token per call vs recomputing the sequence)
+    and, with `measure_latency`, timed on this machine in a fresh process: {"files": {name: model},
+    "report": ...}. An `ExportError` when ONNX Runtime disagrees with torch beyond `parity_atol`."""
+    from hwnas.core.isolate import run_isolated
+
+    fp32, form = export_decode_onnx(subnet)
+    files = {"model.decode.onnx": fp32}
+    bits = low_bit_weights(form, cfg.full_precision_layers)
+    if bits:  # as model.int8.onnx: the arch's 8- and 4-bit layers (and its 16-bit ones at 8 unless kept in fp32)
+        files["model.decode.int8.onnx"] = quantize(fp32, bits, cfg.int4_block_size)
+    block = subnet.dims.block_size
+    prompt = torch.randint(0, subnet.dims.vocab_size, (1, max(1, min(8, block // 4))), generator=torch.Generator().manual_seed(cfg.seed))
+    logits, chosen = onnx_decode(session(fp32, cfg.threads), form, prompt, block - prompt.shape[1])
+    with torch.no_grad():
+        full = subnet.cpu().float().eval()(torch.tensor([prompt[0].tolist() + chosen]))[0].numpy()
+    diff = float(np.abs(logits - full).max())
+    if not diff <= cfg.parity_atol:
+        raise ExportError(f"decode parity: ONNX Runtime's cached decoding differs from torch by {diff:.3g} (> {cfg.parity_atol:g}) "
+                          f"for {subnet.arch.key()}; nothing was written")
+    report: dict[str, Any] = {"files": sorted(files), "parity_max_abs_diff": diff, "parity_positions": int(full.shape[0]),
+                              "timing": None}
+    if cfg.measure_latency:
+        threads = latency["rows"][0]["threads"] if latency and latency["rows"] else cfg.threads
+        graphs = {name: m.SerializeToString() for name, m in files.items()}
+        context = max(1, min(seq_len, block) // 2)
+        report["timing"] = run_isolated(measure_decode, subnet.cpu().float().eval(), graphs, context, block - context, threads,
+                                        seed=cfg.seed)
+    return {"files": files, "report": report}
 
 
 def front_position(front: dict[str, Any], index: int) -> dict[str, Any]:
@@ -396,7 +431,7 @@ def _add_fresh(latency: dict[str, Any], folder: Path, cfg: ExportConfig) -> None
 
 
 def _write(target: Path, force: bool, subnet: Subnet, fp32, int8, report: dict[str, Any], space_cfg: SearchSpaceConfig,
-           before_report: Callable[[Path], None] | None = None) -> None:
+           extra: dict[str, Any] | None = None, before_report: Callable[[Path], None] | None = None) -> None:
     """Write the export into a temporary folder beside `target`, then move it into place;
     `before_report(folder)` runs once the model files are there, before the report is written."""
     import onnx
@@ -411,6 +446,8 @@ def _write(target: Path, force: bool, subnet: Subnet, fp32, int8, report: dict[s
         save_subnet(subnet, tmp / "model.safetensors")
         onnx.save(fp32, tmp / "model.onnx")
         onnx.save(int8, tmp / "model.int8.onnx")
+        for name, model in (extra or {}).items():  # the decoding-step graphs
+            onnx.save(model, tmp / name)
         if before_report:
             before_report(tmp)
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
@@ -429,7 +466,7 @@ def _write(target: Path, force: bool, subnet: Subnet, fp32, int8, report: dict[s
         (tmp / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
         (tmp / "report.md").write_text(render_report(report))
         atomic_write_text(tmp / "README.md", render_card(report))  # the model card
-        Manifest(tmp, EXPORT_COMMAND).add(*EXPORT_FILES)
+        Manifest(tmp, EXPORT_COMMAND).add(*EXPORT_FILES, *(extra or {}))
         for f in tmp.iterdir():
             os.chmod(f, 0o666 & ~umask)
         commit(tmp, target, force)

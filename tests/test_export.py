@@ -57,7 +57,8 @@ COVERING = [
                     L(2, 4.0, "rmsnorm", "peri", "softmax", None, "mlp", weight_bits=4),
                     L(2, 2.0, "dyt", "pre", "linear", None, "swiglu", weight_bits=16))),
 ]
-FAST = ExportConfig(eval_tokens=2048, eval_batch_size=16, latency_max_seconds=0.2, threads=1, sample_tokens=16, wandb="disabled")
+FAST = ExportConfig(eval_tokens=2048, eval_batch_size=16, latency_max_seconds=0.2, threads=1, sample_tokens=16, wandb="disabled",
+                    decode=False)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -249,15 +250,24 @@ def front_of(run: Path) -> dict:
 @pytest.fixture(scope="module")
 def exported(run_dir, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("shipped") / "export"
-    report = run_export(run_dir, "min loss", out_dir=out, cfg=FAST, progress=False)
+    report = run_export(run_dir, "min loss", out_dir=out, cfg=FAST.model_copy(update={"decode": True}), progress=False)
     return out, report
 
 
 def test_export_writes_a_verified_model(run_dir, exported):
     out, report = exported
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "manifest.json", "model.int8.onnx", "model.onnx",
-                                                     "model.safetensors", "report.json", "report.md"]
-    assert sorted(Manifest(out, "hwnas export RUN_DIR --force").verify(*EXPORT_FILES)) == sorted(EXPORT_FILES)
+    decode_files = ["model.decode.int8.onnx", "model.decode.onnx"]  # the decoding step (export.decode)
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "manifest.json", *decode_files, "model.int8.onnx",
+                                                     "model.onnx", "model.safetensors", "report.json", "report.md"]
+    assert sorted(Manifest(out, "hwnas export RUN_DIR --force").verify(*EXPORT_FILES, *decode_files)) == sorted(
+        [*EXPORT_FILES, *decode_files])
+    dec = report["decode"]
+    assert dec["files"] == decode_files and dec["parity_max_abs_diff"] <= FAST.parity_atol and dec["parity_positions"] == 32
+    timing = dec["timing"]
+    assert [r["file"] for r in timing["rows"]][1:] == ["model.decode.onnx", "model.decode.int8.onnx"]
+    assert timing["context"] + timing["new_tokens"] == 32 and all(r["tokens_per_s"] > 0 and r["prefill_ms"] > 0 for r in timing["rows"])
+    for text in ((out / "report.md").read_text(), (out / "README.md").read_text()):
+        assert "decode ms per token" in text and f"{timing['rows'][1]['tokens_per_s']:.0f} |" in text
     config = json.loads((out / "config.json").read_text())
     assert ArchConfig.from_dict(config["arch"]) == COVERING[0] and config["key"] == COVERING[0].key()
     assert config["model"] | {"params": 0} == {"vocab_size": 256, "block_size": 32, "head_dim": 8, "embed_dim": 32, "depth": 3,

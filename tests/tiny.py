@@ -50,7 +50,8 @@ def tiny_config(run_dir: Path, corpus: Path) -> dict:
                        "wandb": "disabled", "threads": 1},
         "search": {"objectives": ["loss", "latency@cpu"], "latency_backend": "torch", "engine": "pymoo", "budget": 200, "population": 20,
                    "validate_top": 2, "wandb": "disabled"},
-        "export": {"eval_tokens": 256, "measure_latency": False, "sample_tokens": 8, "threads": 1, "wandb": "disabled"},
+        "export": {"eval_tokens": 256, "measure_latency": False, "sample_tokens": 8, "threads": 1, "wandb": "disabled",
+                   "decode": False},
     }
 
 

@@ -135,6 +135,9 @@ class ExperimentConfig(Section):
             seq_len = getattr(self, name).seq_len
             if seq_len is not None and seq_len > block:
                 raise field_error(f"{name}.seq_len", f"{seq_len} exceeds search_space.block_size {block}")
+        if self.latency.decode_context is not None and self.latency.decode_context >= block:
+            raise field_error("latency.decode_context", f"{self.latency.decode_context} leaves no room for a new token in "
+                              f"search_space.block_size {block} (at most {block - 1})")
         for target in self.search.latency_targets():  # each latency the search names needs its table
             device, runtime = target.split("/")
             if device not in self.latency.devices or runtime not in self.latency.backends:

@@ -197,7 +197,8 @@ class LatencyStage(Stage):
         shown: list[str] = []
 
         def show(device: str, backend: str, table, r) -> None:
-            line = f"latency table {device}/{backend}: {len(table.entries)} pieces -> {cfg.run_path / 'latency'}"
+            what = f"{device}/{backend}" + ("" if table.workload_kind == "prefill" else f" {table.workload_kind}")
+            line = f"latency table {what}: {len(table.entries)} pieces -> {cfg.run_path / 'latency'}"
             if args is not None:  # the CLI prints each table as it finishes
                 print(line)
             shown.append(line)
@@ -218,9 +219,11 @@ class LatencyStage(Stage):
         return LatencyResult(record, () if args is not None else tuple(shown))
 
     def outputs(self, cfg):
+        from hwnas.latency.table import table_name
+
         lat = cfg.latency
-        pairs = [(d, b) for d in lat.devices for b in lat.backends]
-        files = [f"{d}-{b}.json" for d, b in pairs] + ([f"fidelity-{d}-{b}.json" for d, b in pairs] if lat.n_fidelity else [])
+        names = [table_name(d, b, w) for d in lat.devices for b in lat.backends for w in lat.workloads]
+        files = [f"{n}.json" for n in names] + ([f"fidelity-{n}.json" for n in names] if lat.n_fidelity else [])
         return [(Manifest.of(cfg.run_path, "latency"), tuple(files))]
 
 

@@ -94,12 +94,14 @@ def open_table(path: Path, fresh: LatencyTable, strict: bool, manifest: Manifest
 
 def build_table(space: SearchSpace, cfg: LatencyConfig, path: str | Path, device: str = "cpu", backend: str = "torch",
                 strict: bool = False, progress: bool = True, measurer: Measurer | None = None,
-                manifest: Manifest | None = None) -> LatencyTable:
+                manifest: Manifest | None = None, workload: str = "prefill") -> LatencyTable:
     """Measure the pieces of `space` not yet in the table at `path` and the calibration subnets
     not yet measured, fit the correction, save. Returns the finished table. Without `measurer`
     every window is timed by a freshly spawned process, as the table is used (see `run_isolated`).
-    `manifest`: the manifest of the table's folder, which lists every save."""
+    `manifest`: the manifest of the table's folder, which lists every save. `workload`: prefill or
+    decode (`session.workload`)."""
     path = Path(path)
+    cfg = cfg.model_copy(update={"workloads": [workload]})  # what every measurer made for this table times
     if measurer is None:
         measurer = make_measurer(space, cfg, device, backend)
         time_pieces = partial(run_isolated, measure_pieces_job, space.config, cfg, device, backend)
@@ -166,13 +168,14 @@ def build_table(space: SearchSpace, cfg: LatencyConfig, path: str | Path, device
 
 
 def run_latency(space: SearchSpace, cfg: LatencyConfig, run_dir: str | Path, device: str = "cpu", backend: str = "torch",
-                strict: bool = False, progress: bool = True, seed: int | None = None, name: str | None = None) -> LatencyTable:
+                strict: bool = False, progress: bool = True, seed: int | None = None, name: str | None = None,
+                workload: str = "prefill") -> LatencyTable:
     """The `hwnas latency` stage for one device and backend: build or resume the table in the
     run directory and return it. `seed`, `name`: the experiment's (the run directory must belong
     to it, `core.rundir`)."""
     check_stage(space, cfg, run_dir, [device], seed, name)
     with stage_lock(run_dir, "latency"):
-        return build_in_run(space, cfg, run_dir, device, backend, strict, progress)
+        return build_in_run(space, cfg, run_dir, device, backend, strict, progress, workload)
 
 
 def check_stage(space: SearchSpace, cfg: LatencyConfig, run_dir: str | Path, devices: list[str], seed: int | None,
@@ -187,9 +190,10 @@ def check_stage(space: SearchSpace, cfg: LatencyConfig, run_dir: str | Path, dev
 
 
 def build_in_run(space: SearchSpace, cfg: LatencyConfig, run_dir: str | Path, device: str, backend: str, strict: bool,
-                 progress: bool) -> LatencyTable:
-    """Build or resume the table of `device`/`backend` in the run directory (checked and locked by the caller)."""
-    return build_table(space, cfg, table_path(run_dir, device, backend), device, backend, strict, progress,
-                       manifest=Manifest.of(run_dir, "latency"))
+                 progress: bool, workload: str = "prefill") -> LatencyTable:
+    """Build or resume the `workload` table of `device`/`backend` in the run directory (checked and
+    locked by the caller)."""
+    return build_table(space, cfg, table_path(run_dir, device, backend, workload), device, backend, strict, progress,
+                       manifest=Manifest.of(run_dir, "latency"), workload=workload)
 
 

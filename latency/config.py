@@ -36,7 +36,9 @@ MAX_SUBNETS = 10**5
 class LatencyConfig(Section):
     """How latency tables are measured and checked.
 
-    Workload: `batch_size` sequences of `seq_len` tokens (default: the space's block size), prefill.
+    Workload: `batch_size` sequences of `seq_len` tokens (default: the space's block size), prefill;
+    with `decode` among `workloads`, also one new token per sequence over a cache of `decode_context`
+    tokens (a generation step), in a table of its own.
     Protocol: `warmup` untimed runs, then timed runs until the median of all runs so far moves less
     than `tolerance` (relative) between two checks `check_every` runs apart, after at least
     `min_repeats` runs; at most `max_repeats` runs or `max_seconds` of timing per measurement.
@@ -78,6 +80,13 @@ class LatencyConfig(Section):
                             "workload: a prefill of batch_size x seq_len tokens)")
     seq_len: int | None = Field(default=None, gt=0, le=MAX_BLOCK, description="tokens per timed sequence; "
                                 "default (and at most): the space's block_size")
+    workloads: list[Literal["prefill", "decode"]] = Field(
+        default_factory=lambda: ["prefill"], description="what each table times: prefill (a forward of batch_size x "
+        "seq_len tokens, the table <device>-<runtime>.json) and/or decode (one new token per sequence over the cache of "
+        "decode_context tokens, the table <device>-<runtime>-decode.json: the time of each generated token)")
+    decode_context: int | None = Field(default=None, gt=0, le=MAX_BLOCK, description="tokens already in the cache when "
+                                       "the decode workload times a step; default: half the space's block_size (at most "
+                                       "block_size - 1)")
     devices: list[Device] = Field(default_factory=lambda: ["cpu"], description="devices to build tables for (cpu, "
                                   "cuda); every latency@<device> the search names needs its device here")
     backends: list[BackendName] = Field(default_factory=lambda: list(BACKENDS), description="runtimes to build tables "
@@ -135,7 +144,7 @@ class LatencyConfig(Section):
                                                             "fidelity reports (offline: `wandb sync` later)")
     wandb_project: str = Field(default="hwnas", description="W&B project the fidelity reports are logged to")
 
-    @field_validator("devices", "backends")
+    @field_validator("devices", "backends", "workloads")
     @classmethod
     def _distinct(cls, v: list) -> list:
         if not v:

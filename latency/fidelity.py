@@ -30,7 +30,7 @@ from .fingerprint import describe
 from .protocol import STATISTICS, Measurement
 from .session import WINDOW_ARCHS, Measurer, heldout_archs, make_measurer, progress_bar, windows
 from .speed import SpeedWindow, steady_window
-from .table import LatencyTable
+from .table import LatencyTable, table_name
 
 
 def error_metrics(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
@@ -69,7 +69,7 @@ def fidelity_report(space: SearchSpace, cfg: LatencyConfig, table: LatencyTable,
     n = cfg.n_fidelity if n is None else n
     run_dir = Path(run_dir)
     out_dir = run_dir / "latency"
-    stem = f"fidelity-{table.device}-{table.backend}"
+    stem = f"fidelity-{table_name(table.device, table.backend, table.workload_kind)}"
     measurer = measurer or make_measurer(space, cfg, table.device, table.backend, like=table)
     exclude = list(table.calibration) + ([table.reference.key()] if table.reference else [])
     archs = heldout_archs(space, n, cfg.seed, exclude=exclude)
@@ -98,7 +98,7 @@ def fidelity_report(space: SearchSpace, cfg: LatencyConfig, table: LatencyTable,
     report["by_statistic"] = by_statistic(by_stat, archs, cache, again)
     report["retest"] = report["by_statistic"][table.statistic].get("retest")
     report["speed"] = speed_report(table, archs, cache, speed, cfg.speed_tolerance)
-    if cfg.n_user_view and table.device == "cpu":
+    if cfg.n_user_view and table.device == "cpu" and table.workload_kind == "prefill":  # users time forwards
         report["user_view"] = user_view(space, table, by_stat, archs[:cfg.n_user_view], progress)
     write_report(report, out_dir, stem)
     mode = cfg.wandb if wandb is None else {True: "offline", False: "disabled"}.get(wandb, wandb)
@@ -108,21 +108,21 @@ def fidelity_report(space: SearchSpace, cfg: LatencyConfig, table: LatencyTable,
 
 
 def _report_from_file(space_config, cfg: LatencyConfig, run_dir: str, device: str, backend: str, progress: bool,
-                      wandb: str | bool | None) -> dict[str, Any]:
+                      wandb: str | bool | None, workload: str = "prefill") -> dict[str, Any]:
     from .table import load_table
 
-    return fidelity_report(SearchSpace(space_config), cfg, load_table(run_dir, device, backend), run_dir, progress=progress,
-                           wandb=wandb)
+    return fidelity_report(SearchSpace(space_config), cfg, load_table(run_dir, device, backend, workload=workload), run_dir,
+                           progress=progress, wandb=wandb)
 
 
 def fidelity_report_fresh(space_config, cfg: LatencyConfig, run_dir: str | Path, device: str = "cpu", backend: str = "torch",
-                          progress: bool = True, wandb: str | bool | None = None) -> dict[str, Any]:
+                          progress: bool = True, wandb: str | bool | None = None, workload: str = "prefill") -> dict[str, Any]:
     """`fidelity_report` on the run's finished table, by a freshly spawned process that loads it
     from its file, as the search and the export later use it: the process that has just built the
     table times subnets a few percent off (2-4% on the build machine), a state of that process."""
     from hwnas.core.isolate import run_isolated
 
-    return run_isolated(_report_from_file, space_config, cfg, str(run_dir), device, backend, progress, wandb)
+    return run_isolated(_report_from_file, space_config, cfg, str(run_dir), device, backend, progress, wandb, workload)
 
 
 def _row(space: SearchSpace, table: LatencyTable, arch: ArchConfig, measured: Measurement,

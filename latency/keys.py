@@ -29,7 +29,17 @@ from hwnas.search_space import ArchConfig, LayerConfig, ModelDims, SearchSpace
 from hwnas.search_space.kinds import attention_tag, ffn_tag, norm_tag
 from hwnas.search_space.space import layer_fields
 
-from .modules import AttentionCore, Embed, FfnCore, Head, NormResidual, Nothing, random_init_
+from .modules import (
+    AttentionCore,
+    DecodeAttentionCore,
+    Embed,
+    FfnCore,
+    Head,
+    NormResidual,
+    Nothing,
+    cache_shapes,
+    random_init_,
+)
 
 KINDS = ("call", "embed", "norm", "attn", "ffn", "head")
 
@@ -82,8 +92,10 @@ class Piece:
                                top_k=self.top_k, weight_bits=self.weight_bits)
         raise ValueError(f"{self.key} is not a core piece")
 
-    def build(self, dims: ModelDims) -> nn.Module:
-        """The real module of this piece with random weights (seeded by the key)."""
+    def build(self, dims: ModelDims, context: int | None = None) -> nn.Module:
+        """The real module of this piece with random weights (seeded by the key). `context`: the
+        decoding workload's (one new token over a cache of `context` tokens): an attention core
+        then takes and returns its cache (`DecodeAttentionCore`); the other pieces are the same."""
         k, d = self.kind, self.d
         if k == "call":
             module: nn.Module = Nothing()
@@ -94,20 +106,24 @@ class Piece:
         elif k == "head":
             module = Head(self.norm, d, dims)
         elif k == "attn":
-            module = AttentionCore(self.layer(), d, dims.head_dim)
+            module = (AttentionCore(self.layer(), d, dims.head_dim) if context is None
+                      else DecodeAttentionCore(self.layer(), d, dims.head_dim, context))
         else:
             module = FfnCore(self.layer(), d)
         gen = torch.Generator().manual_seed(zlib.crc32(self.key.encode()))
         return random_init_(module, gen).eval()
 
-    def inputs(self, batch: int, seq_len: int, dims: ModelDims) -> tuple[torch.Tensor, ...]:
-        """Example inputs: tokens for `call` and `embed`, hidden states (x, and y for norms) else."""
+    def inputs(self, batch: int, seq_len: int, dims: ModelDims, context: int | None = None) -> tuple[torch.Tensor, ...]:
+        """Example inputs: tokens for `call` and `embed`, hidden states (x, and y for norms) else;
+        with a decoding `context`, an attention core's cache of that many tokens too."""
         gen = torch.Generator().manual_seed(zlib.crc32(self.key.encode()) + 1)
         if self.kind in ("call", "embed"):
             return (torch.randint(0, dims.vocab_size, (batch, seq_len), generator=gen),)
         x = torch.randn(batch, seq_len, self.d, generator=gen)
         if self.kind == "norm":
             return x, torch.randn(batch, seq_len, self.d, generator=gen)
+        if self.kind == "attn" and context is not None:
+            return (x, *[torch.randn(*s, generator=gen).abs() for s in cache_shapes(self.layer(), context, dims.head_dim, batch)])
         return (x,)
 
 

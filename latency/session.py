@@ -44,8 +44,17 @@ def windows(items: list, most: int) -> list[list]:
     return [items[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
-def workload(space: SearchSpace, cfg: LatencyConfig) -> dict[str, int]:
-    seq_len = cfg.seq_len or space.config.block_size
+def workload(space: SearchSpace, cfg: LatencyConfig, kind: str = "prefill") -> dict[str, int]:
+    """What a table of `kind` times: a prefill of batch_size x seq_len tokens, or a decoding step (one
+    new token per sequence, seq_len 1, over a cache of `context` tokens)."""
+    block = space.config.block_size
+    if kind == "decode":
+        context = cfg.decode_context or block // 2
+        if context >= block:
+            raise LatencyError(f"latency.decode_context: {context} leaves no room for a new token in the search space's "
+                               f"block_size {block} (at most {block - 1})")
+        return {"batch_size": cfg.batch_size, "seq_len": 1, "context": context}
+    seq_len = cfg.seq_len or block
     if seq_len > space.config.block_size:
         raise LatencyError(f"latency.seq_len: {seq_len} exceeds the search space's block_size {space.config.block_size}")
     return {"batch_size": cfg.batch_size, "seq_len": seq_len}
@@ -75,17 +84,32 @@ class Measurer:
         self.space, self.backend, self.protocol, self.work, self.seed = space, backend, protocol, work, seed
         self._supernet = None
 
+    @property
+    def context(self) -> int | None:
+        """The decoding workload's cache length (None: a prefill workload)."""
+        return self.work.get("context")
+
     def measure_pieces(self, pieces: list[Piece], interleave: int = 16,
                        reference: ArchConfig | None = None) -> dict[str, Measurement]:
         """Time `pieces` in groups of one width (`interleave_groups`), each piece interleaved
         with its group, every group `protocol.passes` times over; with `reference`, that whole
         subnet too, as one more group (key `REFERENCE`)."""
-        dims, (B, T) = self.space.dims, (self.work["batch_size"], self.work["seq_len"])
-        groups = [{p.key: (p.build(dims), p.inputs(B, T, dims)) for p in g}
+        dims, (B, T), c = self.space.dims, (self.work["batch_size"], self.work["seq_len"]), self.context
+        groups = [{p.key: (p.build(dims, c), p.inputs(B, T, dims, c)) for p in g}
                   for g in interleave_groups(pieces, interleave, self.seed)]
         if reference is not None:
-            groups.append({REFERENCE: (self.subnet(reference), (self.tokens(),))})
+            groups.append({REFERENCE: self.whole(reference)})
         return self.backend.measure_groups(groups, self.protocol, seed=self.seed)
+
+    def whole(self, arch: ArchConfig) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+        """A whole subnet as the workload runs it and its inputs: a forward of the tokens, or one
+        decoding step over caches of `context` tokens (`modules.DecodeStep`)."""
+        if self.context is None:
+            return self.subnet(arch), (self.tokens(),)
+        from .modules import DecodeStep
+
+        step = DecodeStep(self.subnet(arch), self.context).eval()
+        return step, step.inputs(self.work["batch_size"], torch.Generator().manual_seed(self.seed))
 
     def subnet(self, arch: ArchConfig):
         """The extracted subnet of `arch` from a randomly initialized supernet (seeded)."""
@@ -105,7 +129,7 @@ class Measurer:
         """Time whole subnets end to end, each in a tight loop, all `protocol.passes` times over;
         with `reference`, that subnet too (key `REFERENCE`)."""
         named = {a.key(): a for a in archs} | ({REFERENCE: reference} if reference is not None else {})
-        modules = {k: (self.subnet(a), (self.tokens(),)) for k, a in named.items()}
+        modules = {k: self.whole(a) for k, a in named.items()}
         return self.backend.measure_each(modules, self.protocol, seed=self.seed)
 
     def measure_arch(self, arch: ArchConfig) -> Measurement:
@@ -121,7 +145,7 @@ def make_measurer(space: SearchSpace, cfg: LatencyConfig, device: str, backend: 
     if like:
         return Measurer(space, be, like.protocol, dict(like.workload), cfg.seed)
     protocol = Protocol.from_config(cfg, clock=cfg.resolved_clock(device, threads))
-    return Measurer(space, be, protocol, workload(space, cfg), cfg.seed)
+    return Measurer(space, be, protocol, workload(space, cfg, cfg.workloads[0]), cfg.seed)
 
 
 def measure_archs_job(space_config, cfg: LatencyConfig, device: str, backend: str, archs: list[ArchConfig],

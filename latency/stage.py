@@ -4,6 +4,7 @@ its fidelity report on held-out subnets, with the run directory locked for the w
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ def run_latency_stage(space_cfg: SearchSpaceConfig, cfg: LatencyConfig, run_dir:
                       backends: list[str] | None = None, strict: bool = False, fidelity: bool = True, progress: bool = True,
                       seed: int | None = None, name: str | None = None,
                       on_table: Callable[[str, str, LatencyTable, dict[str, Any] | None], None] | None = None) -> dict[str, Any]:
-    """Build (or resume) each table (`devices` x `backends`, default: the config's) and, with
+    """Build (or resume) each table (`devices` x `backends`, default: the config's, x `cfg.workloads`) and, with
     `fidelity` and `cfg.n_fidelity`, its fidelity report; `on_table(device, backend, table, report)`
     after each. Returns each report's prediction figures and proxies by "device/backend"."""
     space = SearchSpace(space_cfg)
@@ -28,13 +29,13 @@ def run_latency_stage(space_cfg: SearchSpaceConfig, cfg: LatencyConfig, run_dir:
     check_stage(space, cfg, run_dir, devices, seed, name)
     out: dict[str, Any] = {}
     with stage_lock(run_dir, "latency"):
-        for device in devices:
-            for backend in backends:
-                table = build_in_run(space, cfg, run_dir, device, backend, strict, progress)
-                report = None
-                if fidelity and cfg.n_fidelity:
-                    report = fidelity_report_fresh(space_cfg, cfg, run_dir, device, backend, progress=progress)
-                    out[f"{device}/{backend}"] = report["prediction"] | {"proxies": report["proxies"]}
-                if on_table:
-                    on_table(device, backend, table, report)
+        for device, backend, workload in product(devices, backends, cfg.workloads):
+            table = build_in_run(space, cfg, run_dir, device, backend, strict, progress, workload)
+            report = None
+            if fidelity and cfg.n_fidelity:
+                report = fidelity_report_fresh(space_cfg, cfg, run_dir, device, backend, progress=progress, workload=workload)
+                out[f"{device}/{backend}" + ("" if workload == "prefill" else f":{workload}")] = \
+                    report["prediction"] | {"proxies": report["proxies"]}
+            if on_table:
+                on_table(device, backend, table, report)
     return out

@@ -60,7 +60,7 @@ class LatencyTable:
     backend: str
     fingerprint: dict[str, Any]
     protocol: Protocol
-    workload: dict[str, int]  # batch_size, seq_len
+    workload: dict[str, int]  # batch_size, seq_len (and context: a decoding step over a cache of that many tokens)
     dims: ModelDims
     entries: dict[str, Measurement] = field(default_factory=dict)
     calibration: dict[str, tuple[ArchConfig, Measurement]] = field(default_factory=dict)  # arch key -> arch, time
@@ -131,6 +131,11 @@ class LatencyTable:
             "depth": float(arch.depth),
             "moe_layers": float(sum(layer.ffn == "moe" for layer in arch.layers)),
         }
+
+    @property
+    def workload_kind(self) -> str:
+        """prefill (a forward of batch_size x seq_len tokens) or decode (one token over a cache of `context`)."""
+        return "decode" if "context" in self.workload else "prefill"
 
     def predict(self, arch: ArchConfig) -> float:
         """Predicted seconds of one forward of `arch` (batch and sequence of the table's workload;
@@ -269,22 +274,32 @@ class LatencyTable:
         return table
 
 
-def table_path(run_dir: str | Path, device: str, backend: str) -> Path:
-    return Path(run_dir) / "latency" / f"{device}-{backend}.json"
+WORKLOADS = ("prefill", "decode")
+
+
+def table_name(device: str, backend: str, workload: str = "prefill") -> str:
+    """'cpu-torch' (prefill) or 'cpu-torch-decode': a table's file stem."""
+    if workload not in WORKLOADS:
+        raise TableError(f"workload {workload!r} is not one of {', '.join(WORKLOADS)}")
+    return f"{device}-{backend}" + ("" if workload == "prefill" else f"-{workload}")
+
+
+def table_path(run_dir: str | Path, device: str, backend: str, workload: str = "prefill") -> Path:
+    return Path(run_dir) / "latency" / f"{table_name(device, backend, workload)}.json"
 
 
 def load_table(run_dir: str | Path, device: str = "cpu", backend: str = "torch", strict: bool = False,
-               space: SearchSpace | None = None) -> LatencyTable:
+               space: SearchSpace | None = None, workload: str = "prefill") -> LatencyTable:
     """The finished table of a run directory (raises `TableError` if absent, unfinished or, given
     `space`, measured for another one's model dims; `ArtifactError` if it is not the file its
     build wrote)."""
-    path = table_path(run_dir, device, backend)
+    path = table_path(run_dir, device, backend, workload)
     if not path.exists():
         raise TableError(f"{path}: latency table not found; build it with `hwnas latency CONFIG`")
     Manifest.of(run_dir, "latency").verify(path.name)
     table = LatencyTable.load(path, strict=strict)
     if not table.meta.get("complete"):
-        raise TableError(f"{table_path(run_dir, device, backend)}: the table build was interrupted; "
+        raise TableError(f"{path}: the table build was interrupted; "
                          "run `hwnas latency CONFIG` again to finish it")
     if space is not None and table.dims != space.dims:
         raise TableError(f"{path}: measured for model dims {table.dims}, the search space has {space.dims}; "

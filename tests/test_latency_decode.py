@@ -1,0 +1,107 @@
+"""The decode workload of the latency tables: one new token over a cache of `decode_context`
+tokens. Its attention pieces take and return the cache and compose to the real decoding step; every
+piece runs on both backends (ONNX Runtime agrees with torch); a tiny decode table builds, names its
+files `<device>-<runtime>-decode`, and reports its fidelity on held-out decoding steps."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hwnas.latency import LatencyConfig, LatencyTable, table_path
+from hwnas.latency.backends import OnnxRuntimeBackend, TorchBackend
+from hwnas.latency.keys import arch_pieces
+from hwnas.latency.modules import DecodeStep
+from hwnas.latency.session import workload
+from hwnas.latency.stage import run_latency_stage
+from hwnas.search_space import SearchSpace
+from hwnas.supernet import extract_subnet
+from hwnas.supernet.decode import DecodeCache
+from tests.test_latency_backends import SMALL, covering_archs
+from tests.tiny import perturbed_supernet
+
+CONTEXT = 9
+
+
+@pytest.fixture(scope="module")
+def net():
+    return perturbed_supernet(SMALL).eval()
+
+
+@pytest.mark.parametrize("arch", covering_archs(16)[:3], ids=["pre", "pre-32", "post"])
+def test_the_decoding_step_is_a_decode_cache_step_and_its_pieces_run(net, arch):
+    """`DecodeStep` (what a decode table times for a whole subnet) equals the subnet stepping its own
+    DecodeCache after CONTEXT tokens; each decode piece runs and returns its updated cache."""
+    space = SearchSpace(SMALL)
+    sub = extract_subnet(net, arch).eval()
+    seq = torch.randint(0, 32, (2, CONTEXT + 1), generator=torch.Generator().manual_seed(3))
+    cache = DecodeCache.of(sub)
+    with torch.no_grad():
+        sub(seq[:, :CONTEXT], cache=cache)
+        past = [t for c, layer in zip(cache.layers, arch.layers, strict=True)
+                for t in ([c.state] if layer.attention == "linear" else [c.k, c.v])]
+        want = sub(seq[:, CONTEXT:], cache=cache)
+        got = DecodeStep(sub, CONTEXT)(seq[:, CONTEXT:], *past)
+    torch.testing.assert_close(got[0], want, rtol=0, atol=1e-6)
+    for piece in arch_pieces(arch):
+        module = piece.build(space.dims, CONTEXT)
+        inputs = piece.inputs(2, 1, space.dims, CONTEXT)
+        with torch.no_grad():
+            out = module(*inputs)
+        first = out[0] if isinstance(out, tuple) else out
+        assert torch.isfinite(first).all() and first.shape[1] == 1, piece.key
+        if piece.kind == "attn":
+            grown = [o.shape[2] for o in out[1:]] if piece.attention != "linear" else [out[1].shape]
+            want_len = {"softmax": CONTEXT + 1, "window": min(CONTEXT + 1, (piece.window or 1) - 1)}.get(piece.attention)
+            assert grown == ([want_len] * 2 if want_len is not None else [inputs[1].shape]), piece.key
+
+
+def test_onnxruntime_runs_the_decode_pieces_as_torch_does(net):
+    """Each attention kind's decode piece (and a whole decoding step) exported to ONNX: the same outputs."""
+    space = SearchSpace(SMALL)
+    torch_be, ort_be = TorchBackend("cpu", 1), OnnxRuntimeBackend("cpu", 1)
+    arch = covering_archs(16)[0]
+    pieces = [p for p in arch_pieces(arch) if p.kind == "attn"]
+    assert {p.attention for p in pieces} == {"softmax", "linear", "window"}
+    step = DecodeStep(extract_subnet(net, arch).eval(), CONTEXT).eval()
+    cases = [(p.build(space.dims, CONTEXT), p.inputs(1, 1, space.dims, CONTEXT)) for p in pieces]
+    cases.append((step, step.inputs(1, torch.Generator().manual_seed(0))))
+    for module, inputs in cases:
+        with torch.no_grad():
+            a, b = torch_be.prepare(module, inputs)(), ort_be.prepare(module, inputs)()
+        a = a if isinstance(a, tuple) else (a,)
+        b = b if isinstance(b, list | tuple) else (b,)
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_allclose(np.asarray(y), x.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_a_decode_table_builds_beside_the_prefill_one_and_reports_its_fidelity(tmp_path):
+    cfg = LatencyConfig(workloads=["prefill", "decode"], decode_context=CONTEXT, backends=["torch"], threads=1, warmup=1,
+                        min_repeats=3, max_repeats=5, check_every=3, max_seconds=0.2, n_correction=6, n_fidelity=6,
+                        passes=1, wandb="disabled", speed_backoff_s=0)
+    space = SearchSpace(SMALL.model_copy(update={"depth": [1, 2], "embed_dim": [16]}))
+    out = run_latency_stage(space.config, cfg, tmp_path, progress=False)
+    assert set(out) == {"cpu/torch", "cpu/torch:decode"}
+    prefill = LatencyTable.load(table_path(tmp_path, "cpu", "torch"))
+    decode = LatencyTable.load(table_path(tmp_path, "cpu", "torch", "decode"))
+    assert table_path(tmp_path, "cpu", "torch", "decode").name == "cpu-torch-decode.json"
+    assert decode.workload == {"batch_size": 1, "seq_len": 1, "context": CONTEXT} and decode.workload_kind == "decode"
+    assert prefill.workload_kind == "prefill" and set(decode.entries) == set(prefill.entries)  # the same pieces
+    report = json.loads((tmp_path / "latency" / "fidelity-cpu-torch-decode.json").read_text())
+    assert report["workload"]["context"] == CONTEXT and report["n"] == 6
+    assert {"within_10pct", "kendall_tau", "mape_pct"} <= set(report["prediction"])
+    for arch, measured in decode.calibration.values():  # the calibration subnets: each timed as a decoding step
+        assert decode.predict(arch) > 0 and measured.median > 0
+
+
+def test_the_decode_context_must_leave_room_for_a_token():
+    from hwnas.core.errors import HwnasError
+
+    space = SearchSpace(SMALL)
+    assert workload(space, LatencyConfig(), "decode")["context"] == 8  # half the block size by default
+    with pytest.raises(HwnasError, match="decode_context: 16 leaves no room"):
+        workload(space, LatencyConfig(decode_context=16), "decode")

@@ -20,6 +20,7 @@ from hwnas.export.config import ExportConfig
 from hwnas.latency.config import LatencyConfig
 from hwnas.predictors.config import PredictorsConfig
 from hwnas.search.config import SearchConfig
+from hwnas.search.objectives import split_table_key
 from hwnas.search_space import SearchSpaceConfig
 from hwnas.supernet.config import TrainConfig
 
@@ -139,7 +140,10 @@ class ExperimentConfig(Section):
             raise field_error("latency.decode_context", f"{self.latency.decode_context} leaves no room for a new token in "
                               f"search_space.block_size {block} (at most {block - 1})")
         for target in self.search.latency_targets():  # each latency the search names needs its table
-            device, runtime = target.split("/")
+            device, runtime, workload = split_table_key(target)
+            if workload not in self.latency.workloads:
+                raise field_error("search.objectives", f"latency@{target} needs latency.workloads to include {workload} "
+                                  f"(have {self.latency.workloads})")
             if device not in self.latency.devices or runtime not in self.latency.backends:
                 raise field_error("search.objectives", f"latency@{target} needs latency.devices to include {device} and "
                                   f"latency.backends to include {runtime} (have {self.latency.devices} and "

@@ -161,17 +161,19 @@ def measure_pieces_job(space_config, cfg: LatencyConfig, device: str, backend: s
 
 
 def table_statistic_job(space_config, cfg: LatencyConfig, run_dir: str, device: str, backend: str,
-                             archs: list[ArchConfig]) -> dict[str, float]:
-    table = load_table(run_dir, device, backend)
-    return {k: m.value(table.statistic) for k, m in measure_archs_job(space_config, cfg, device, backend, archs, table).items()}
+                        archs: list[ArchConfig], workload: str = "prefill", statistic: str | None = None) -> dict[str, float]:
+    table = load_table(run_dir, device, backend, workload=workload)
+    return {k: m.value(statistic or table.statistic)
+            for k, m in measure_archs_job(space_config, cfg, device, backend, archs, table).items()}
 
 
 def measure_in_fresh_process(space_config, cfg: LatencyConfig, run_dir: str | Path, device: str, backend: str,
-                             archs: list[ArchConfig]) -> dict[str, float]:
-    """Seconds (the table's statistic) of each arch, timed end to end with the protocol, threads and
-    workload of the run's table for `device`/`backend`, by a freshly spawned process (a process
-    that has trained or evaluated models times the same subnet slower; see `core.isolate`)."""
-    return run_isolated(table_statistic_job, space_config, cfg, str(run_dir), device, backend, list(archs))
+                             archs: list[ArchConfig], workload: str = "prefill", statistic: str | None = None) -> dict[str, float]:
+    """Seconds (`statistic` of the run times, default the table's own) of each arch, timed end to end
+    with the protocol, threads and workload of the run's `workload` table for `device`/`backend`, by a
+    freshly spawned process (a process that has trained or evaluated models times the same subnet
+    slower; see `core.isolate`)."""
+    return run_isolated(table_statistic_job, space_config, cfg, str(run_dir), device, backend, list(archs), workload, statistic)
 
 
 @contextmanager

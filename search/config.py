@@ -16,7 +16,14 @@ from pydantic_core import PydanticCustomError
 from hwnas.core.config import MAX_WORKERS, Section, field_error
 from hwnas.core.io import unwritable
 
-from .objectives import LATENCY_RUNTIMES, Constraint, ObjectiveError, canonical_name, latency_target
+from .objectives import (
+    LATENCY_RUNTIMES,
+    Constraint,
+    ObjectiveError,
+    canonical_name,
+    latency_target,
+    table_key,
+)
 
 ENGINES = ("pymoo", "optuna", "linas", "random")
 
@@ -158,8 +165,9 @@ class SearchConfig(Section):
         return set(self.objectives) | {Constraint.parse(c).objective for c in self.constraints}
 
     def latency_targets(self) -> list[str]:
-        """'<device>/<runtime>' of every latency objective and constraint (whatever statistic), sorted."""
-        return sorted({"/".join(t) for t in map(latency_target, self.quantities()) if t is not None})
+        """The table every latency objective and constraint reads (whatever statistic), sorted:
+        '<device>/<runtime>' (prefill) or '<device>/<runtime>:decode' (`objectives.table_key`)."""
+        return sorted({k for k in map(table_key, self.quantities()) if k is not None})
 
 
 def workers_problem(workers: int, engine: str, storage: str | None) -> str | None:

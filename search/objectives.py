@@ -37,15 +37,57 @@ LATENCY_RUNTIMES = (DEPLOYED, *(b for b in BACKENDS if b != DEPLOYED))
 LATENCY_STATISTICS = STATISTICS  # what a table can predict of the run times
 
 
+# what a latency objective times after a colon: a prefill (the default, never written out) or one
+# decoding step, the time of each generated token (`latency.workloads`)
+LATENCY_WORKLOADS = ("prefill", "decode")
+
+
+def _suffixes(name: str) -> tuple[str | None, str | None]:
+    """(workload, statistic) named after the colons of a latency name, each None when not named;
+    `ObjectiveError` for anything else, or either named twice."""
+    parts = name.split(":")[1:]
+    workloads, stats = [p for p in parts if p in LATENCY_WORKLOADS], [p for p in parts if p in LATENCY_STATISTICS]
+    other = [p for p in parts if p not in LATENCY_WORKLOADS and p not in LATENCY_STATISTICS]
+    if other:
+        raise ObjectiveError(f"{name!r}: statistic {other[0]!r} is not one of {', '.join(LATENCY_STATISTICS)} "
+                             f"(nor a workload: {', '.join(LATENCY_WORKLOADS)})")
+    if len(workloads) > 1 or len(stats) > 1:
+        raise ObjectiveError(f"{name!r}: names {'a workload' if len(workloads) > 1 else 'a statistic'} twice; expected "
+                             "latency@<device>[/<runtime>][:<workload>][:<statistic>], e.g. latency@cpu/onnxruntime:decode:p90")
+    return (workloads or [None])[0], (stats or [None])[0]
+
+
 def latency_statistic(name: str) -> str | None:
     """The statistic a latency name asks for (`latency@cpu/torch:p90` -> p90; none named: median);
     None for any other name. Raises `ObjectiveError` for a statistic not in `LATENCY_STATISTICS`."""
     if not name.startswith("latency@"):
         return None
-    _, colon, stat = name.partition(":")
-    if colon and stat not in LATENCY_STATISTICS:
-        raise ObjectiveError(f"{name!r}: statistic {stat!r} is not one of {', '.join(LATENCY_STATISTICS)}")
-    return stat or LATENCY_STATISTICS[0]
+    return _suffixes(name)[1] or LATENCY_STATISTICS[0]
+
+
+def latency_workload(name: str) -> str | None:
+    """What a latency name times (`latency@cpu/onnxruntime:decode` -> decode: one generated token;
+    none named: prefill); None for any other name."""
+    if not name.startswith("latency@"):
+        return None
+    return _suffixes(name)[0] or LATENCY_WORKLOADS[0]
+
+
+def table_key(name: str) -> str | None:
+    """The latency table a latency name reads: '<device>/<runtime>' (prefill) or
+    '<device>/<runtime>:decode'; None for another name or one without a runtime."""
+    target = latency_target(name)
+    if target is None or target[1] is None:
+        return None
+    workload = latency_workload(name)
+    return "/".join(target) + ("" if workload == LATENCY_WORKLOADS[0] else f":{workload}")
+
+
+def split_table_key(key: str) -> tuple[str, str, str]:
+    """'<device>/<runtime>[:<workload>]' -> (device, runtime, workload)."""
+    target, _, workload = key.partition(":")
+    device, _, runtime = target.partition("/")
+    return device, runtime, workload or LATENCY_WORKLOADS[0]
 
 
 def latency_target(name: str) -> tuple[str, str | None] | None:
@@ -58,30 +100,35 @@ def latency_target(name: str) -> tuple[str, str | None] | None:
     if slash and runtime not in LATENCY_RUNTIMES:
         raise ObjectiveError(f"{name!r}: runtime {runtime!r} is not one of {', '.join(LATENCY_RUNTIMES)}")
     if not device:
-        raise ObjectiveError(f"{name!r}: expected latency@<device>[/<runtime>][:<statistic>], e.g. latency@cpu/onnxruntime:p90")
+        raise ObjectiveError(f"{name!r}: expected latency@<device>[/<runtime>][:<workload>][:<statistic>], e.g. "
+                             "latency@cpu/onnxruntime:p90 or latency@cpu/onnxruntime:decode")
     return device, runtime or None
 
 
-def latency_name(device: str, runtime: str | None, statistic: str | None = None) -> str:
-    """The canonical spelling: `latency@<device>[/<runtime>]`, then `:<statistic>` unless the median."""
+def latency_name(device: str, runtime: str | None, statistic: str | None = None, workload: str | None = None) -> str:
+    """The canonical spelling: `latency@<device>[/<runtime>]`, then `:<workload>` unless prefill and
+    `:<statistic>` unless the median."""
+    work = "" if workload in (None, LATENCY_WORKLOADS[0]) else f":{workload}"
     stat = "" if statistic in (None, LATENCY_STATISTICS[0]) else f":{statistic}"
-    return f"latency@{device}{'/' + runtime if runtime else ''}{stat}"
+    return f"latency@{device}{'/' + runtime if runtime else ''}{work}{stat}"
 
 
 def canonical_name(name: str, runtime: str) -> str:
     """`name` with its runtime spelled out and a median left implicit: `latency@cpu` ->
     `latency@cpu/<runtime>`, `latency@cpu:median` -> the same; other names as they are."""
     target = latency_target(name)
-    return name if target is None else latency_name(target[0], target[1] or runtime, latency_statistic(name))
+    return name if target is None else latency_name(target[0], target[1] or runtime, latency_statistic(name),
+                                                    latency_workload(name))
 
 
 def same_latency(name: str, names: Sequence[str]) -> list[str]:
-    """The latency names among `names` on `name`'s device with its statistic, whatever their runtime."""
+    """The latency names among `names` on `name`'s device with its workload and statistic, whatever their runtime."""
     target = latency_target(name)
     if target is None:
         return []
-    stat = latency_statistic(name)
-    return [n for n in names if (t := latency_target(n)) is not None and t[0] == target[0] and latency_statistic(n) == stat]
+    stat, work = latency_statistic(name), latency_workload(name)
+    return [n for n in names if (t := latency_target(n)) is not None and t[0] == target[0] and latency_statistic(n) == stat
+            and latency_workload(n) == work]
 
 
 def resolve_name(name: str, names: Sequence[str], runtime: str | None = None) -> str | None:
@@ -94,7 +141,7 @@ def resolve_name(name: str, names: Sequence[str], runtime: str | None = None) ->
     if target is None:
         return None
     if target[1] is not None or runtime:
-        full = latency_name(target[0], target[1] or runtime, latency_statistic(name))
+        full = latency_name(target[0], target[1] or runtime, latency_statistic(name), latency_workload(name))
         if full in names or target[1] is not None:
             return full if full in names else None
     same = same_latency(name, names)
@@ -225,7 +272,7 @@ def predictor_objective(predictor, name: str = "loss", unit: str = "nats/byte") 
     return Objective(name, unit, fn)
 
 
-def latency_objective(table, name: str, rel_error: float | None = None) -> Objective:
+def latency_objective(table, name: str, rel_error: float | None = None, unit: str = "ms") -> Objective:
     """Predicted latency in ms from a latency table (`table.predict`: the statistic `name` asks
     for); its std is `rel_error` x the prediction (the table's measured relative error on held-out
     subnets, on that statistic), when known."""
@@ -234,15 +281,15 @@ def latency_objective(table, name: str, rel_error: float | None = None) -> Objec
         ms = np.array([1e3 * table.predict(a) for a in archs], dtype=float)
         return ms, (None if rel_error is None else ms * rel_error)
 
-    return Objective(name, "ms", fn)
+    return Objective(name, unit, fn)
 
 
 def build_objectives(names: list[str], constraints: list[str], space: SearchSpace, predictor=None,
                      latency_tables: dict | None = None, latency_errors: dict | None = None,
                      risk: float | None = None, loss_unit: str = "nats/byte") -> ObjectiveSet:
     """Objectives and constraints by name: 'loss', 'latency@<device>/<runtime>', 'params', 'flops',
-    'memory'. `latency_tables` are keyed by '<device>/<runtime>', `latency_errors` by
-    '<device>/<runtime>:<statistic>'. `loss_unit`: what the predictor predicts (nats/byte, or bits/byte
+    'memory'. `latency_tables` are keyed by `table_key` ('<device>/<runtime>[:decode]'), `latency_errors` by
+    '<table key>:<statistic>'. `loss_unit`: what the predictor predicts (nats/byte, or bits/byte
     for a predictor fitted on bpb), shown on the plots' axes."""
     latency_tables, latency_errors = latency_tables or {}, latency_errors or {}
 
@@ -253,12 +300,14 @@ def build_objectives(names: list[str], constraints: list[str], space: SearchSpac
             return predictor_objective(predictor, unit=loss_unit)
         target = latency_target(name)
         if target is not None:
-            key = "/".join(filter(None, target))
+            key = table_key(name) or target[0]
             if target[1] is None or key not in latency_tables:
                 raise ObjectiveError(f"objective {name!r}: no latency table for {key!r} (run `hwnas latency` with device "
-                                     f"{target[0]} and backend {target[1] or '<runtime>'}); have: {', '.join(latency_tables) or 'none'}")
+                                     f"{target[0]}, backend {target[1] or '<runtime>'} and workload {latency_workload(name)}); "
+                                     f"have: {', '.join(latency_tables) or 'none'}")
             stat = latency_statistic(name)
-            return latency_objective(latency_tables[key].for_statistic(stat), name, latency_errors.get(f"{key}:{stat}"))
+            unit = "ms" if latency_workload(name) == "prefill" else "ms/token"  # a decoding step: one generated token
+            return latency_objective(latency_tables[key].for_statistic(stat), name, latency_errors.get(f"{key}:{stat}"), unit)
         return analytic_objective(name, space)
 
     objectives = [make(n) for n in names]

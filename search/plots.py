@@ -14,7 +14,7 @@ from typing import Any
 
 from hwnas.core.plotting import HTML_LEGEND, html_title, legend_below, pyplot, save_html, save_png
 
-from .objectives import latency_target
+from .objectives import table_key
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,7 @@ class PlotContext:
         """Where the latencies among `names` were measured, for a subtitle ('' when none is a latency)."""
         where = []
         for n in names:
-            target = latency_target(n)
-            key = "/".join(filter(None, target)) if target else None
+            key = table_key(n)
             if key in self.measured_on and f"{key}: {self.measured_on[key]}" not in where:
                 where.append(f"{key}: {self.measured_on[key]}")
         return "latency measured on " + "; ".join(where) if where else ""

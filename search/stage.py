@@ -28,18 +28,27 @@ from hwnas.search_space import ArchConfig, SearchSpace, SearchSpaceConfig
 from .choices import choices_report
 from .config import SearchConfig
 from .engines import SearchError, make_engine
-from .objectives import LATENCY_STATISTICS, ObjectiveSet, build_objectives
+from .objectives import (
+    LATENCY_STATISTICS,
+    ObjectiveSet,
+    build_objectives,
+    latency_statistic,
+    split_table_key,
+    table_key,
+)
 from .pareto import SEARCH_FILES, ParetoFront, pick_spread, read_front, read_validation
 from .plots import PlotContext, front_plots, hypervolume_plot, validation_plots
 from .study import check_study, write_study
 from .tracking import log_search
 
 
-def latency_errors(run_dir: Path, device: str, backend: str) -> dict[str, float | None]:
+def latency_errors(run_dir: Path, device: str, backend: str, workload: str = "prefill") -> dict[str, float | None]:
     """The table's relative RMSE on held-out subnets for each statistic of the run times, from its
     fidelity report (read once): None where the report is absent, or predates per-statistic rows
     and scored another statistic."""
-    path = run_dir / "latency" / f"fidelity-{device}-{backend}.json"
+    from hwnas.latency.table import table_name
+
+    path = run_dir / "latency" / f"fidelity-{table_name(device, backend, workload)}.json"
     if not path.exists():
         return dict.fromkeys(LATENCY_STATISTICS)
     Manifest.of(run_dir, "latency").verify(path.name)
@@ -87,7 +96,8 @@ def latency_tables(space: SearchSpace, cfg: SearchConfig, run_dir: Path) -> dict
     """The run's latency tables of every latency the search names, by '<device>/<runtime>'."""
     from hwnas.latency.table import load_table
 
-    return {t: load_table(run_dir, *t.split("/"), space=space) for t in cfg.latency_targets()}
+    return {t: load_table(run_dir, *split_table_key(t)[:2], space=space, workload=split_table_key(t)[2])
+            for t in cfg.latency_targets()}
 
 
 def load_objectives(space: SearchSpace, cfg: SearchConfig, run_dir: Path) -> ObjectiveSet:
@@ -111,7 +121,7 @@ def load_objectives(space: SearchSpace, cfg: SearchConfig, run_dir: Path) -> Obj
         predictor = load_predictor(run_dir / "predictors")
         loss_unit = "bits/byte" if fitted.get("target") == "bpb" else "nats/byte"  # what the predictor was fitted on
     tables = latency_tables(space, cfg, run_dir)
-    errors = {f"{t}:{stat}": e for t in tables for stat, e in latency_errors(run_dir, *t.split("/")).items()}
+    errors = {f"{t}:{stat}": e for t in tables for stat, e in latency_errors(run_dir, *split_table_key(t)).items()}
     if "loss" in needs and cfg.engine == "linas":
         predictor = RealLoss(space, run_dir)
     return build_objectives(cfg.objectives, cfg.constraints, space, predictor, tables, errors, cfg.risk, loss_unit)
@@ -183,9 +193,10 @@ def validate_front(space: SearchSpace, front: ParetoFront, cfg: SearchConfig, ru
         from hwnas.latency.session import measure_in_fresh_process
 
         for name in latency_names:  # timed as the table was, by a process with no history
-            device, runtime = name.removeprefix("latency@").split("/")
+            device, runtime, workload = split_table_key(table_key(name))
             measured_ms[name] = {k: 1e3 * v for k, v in measure_in_fresh_process(
-                space.config, latency_cfg, run_dir, device, runtime, [c.arch for c in members]).items()}
+                space.config, latency_cfg, run_dir, device, runtime, [c.arch for c in members], workload,
+                latency_statistic(name)).items()}
     rows = []
     for c in members:
         row: dict[str, Any] = {"key": c.key}

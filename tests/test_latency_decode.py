@@ -17,7 +17,7 @@ from hwnas.latency.keys import arch_pieces
 from hwnas.latency.modules import DecodeStep
 from hwnas.latency.session import workload
 from hwnas.latency.stage import run_latency_stage
-from hwnas.search_space import SearchSpace
+from hwnas.search_space import ArchConfig, SearchSpace
 from hwnas.supernet import extract_subnet
 from hwnas.supernet.decode import DecodeCache
 from tests.test_latency_backends import SMALL, covering_archs
@@ -96,6 +96,19 @@ def test_a_decode_table_builds_beside_the_prefill_one_and_reports_its_fidelity(t
     assert {"within_10pct", "kendall_tau", "mape_pct"} <= set(report["prediction"])
     for arch, measured in decode.calibration.values():  # the calibration subnets: each timed as a decoding step
         assert decode.predict(arch) > 0 and measured.median > 0
+    # a search on the time of each generated token, its front re-measured as decoding steps
+    from hwnas.search.config import SearchConfig
+    from hwnas.search.stage import run_search
+
+    scfg = SearchConfig(objectives=["params", "latency@cpu/torch:decode"], engine="random", algorithm="random", budget=30,
+                        validate_top=2, wandb="disabled")
+    summary = run_search(space.config, scfg, tmp_path, latency_cfg=cfg, progress=False)
+    assert summary["units"]["latency@cpu/torch:decode"] == "ms/token" and "cpu/torch:decode" in summary["measured_on"]
+    front = json.loads((tmp_path / "search" / "front.json").read_text())
+    rows = json.loads((tmp_path / "search" / "validation.json").read_text())["rows"]
+    assert len(rows) == 2 and all(r["measured:latency@cpu/torch:decode"] > 0 for r in rows)
+    arch = ArchConfig.from_dict(front["front"][0]["arch"])
+    assert front["front"][0]["objectives"][1] == pytest.approx(1e3 * decode.predict(arch))
 
 
 def test_the_decode_context_must_leave_room_for_a_token():
@@ -105,3 +118,39 @@ def test_the_decode_context_must_leave_room_for_a_token():
     assert workload(space, LatencyConfig(), "decode")["context"] == 8  # half the block size by default
     with pytest.raises(HwnasError, match="decode_context: 16 leaves no room"):
         workload(space, LatencyConfig(decode_context=16), "decode")
+
+
+def test_a_latency_name_says_its_workload_and_statistic_in_any_order():
+    from hwnas.search.config import SearchConfig
+    from hwnas.search.objectives import (
+        ObjectiveError,
+        canonical_name,
+        latency_statistic,
+        latency_workload,
+        split_table_key,
+        table_key,
+    )
+
+    for name, work, stat, key in [("latency@cpu/torch", "prefill", "median", "cpu/torch"),
+                                  ("latency@cpu/onnxruntime:decode", "decode", "median", "cpu/onnxruntime:decode"),
+                                  ("latency@cpu/torch:p90:decode", "decode", "p90", "cpu/torch:decode"),
+                                  ("latency@cpu/torch:min", "prefill", "min", "cpu/torch")]:
+        assert (latency_workload(name), latency_statistic(name), table_key(name)) == (work, stat, key)
+    assert canonical_name("latency@cpu:p90:decode", "onnxruntime") == "latency@cpu/onnxruntime:decode:p90"
+    assert split_table_key("cpu/torch:decode") == ("cpu", "torch", "decode") and latency_workload("loss") is None
+    for bad, needle in [("latency@cpu/torch:fast", "'fast' is not one of median, p90, p10, min \\(nor a workload: prefill, decode\\)"), ("latency@cpu:decode:decode", "a workload twice"),
+                        ("latency@cpu:p90:min", "a statistic twice")]:
+        with pytest.raises(ObjectiveError, match=needle):
+            latency_statistic(bad)
+    assert SearchConfig(objectives=["loss", "latency@cpu:decode"]).objectives == ["loss", "latency@cpu/onnxruntime:decode"]
+
+
+def test_a_decode_objective_needs_the_decode_workload(tmp_path):
+    from tests.tiny import assert_refused, hwnas, stdlib_text, tiny_yaml
+
+    config = tiny_yaml(tmp_path, stdlib_text(tmp_path / "text"))
+    assert_refused(hwnas("config", str(config), "--set", "search.objectives=[loss, 'latency@cpu/torch:decode']"),
+                   "search.objectives", "latency.workloads to include decode")
+    shown = hwnas("config", str(config), "--set", "search.objectives=[loss, 'latency@cpu/torch:decode']",
+                  "--set", "latency.workloads=[prefill, decode]")
+    assert shown.returncode == 0, shown.stderr

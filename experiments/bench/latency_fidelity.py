@@ -9,6 +9,10 @@ issue), a state of that process, not a property of the table.
 
     python experiments/bench/latency_fidelity.py [--config experiments/quickstart.yaml] [--threads 2]
         [--n 100] [--n-correction 40] [--backends torch onnxruntime] [--keep] [--no-write]
+        [--workload decode [--decode-context 64]]
+
+`--workload decode`: the tables of one decoding step (one new token over a cache of the context's
+tokens, `latency.workloads`), in runs/bench-latency-decode.
 
 Tables and reports go to runs/bench-latency/latency/ (rebuilt from scratch unless --keep).
 
@@ -36,6 +40,13 @@ from hwnas.latency import LatencyConfig, run_latency, space_pieces  # noqa: E402
 from hwnas.latency.fidelity import fidelity_report_fresh  # noqa: E402
 from hwnas.latency.protocol import STATISTICS  # noqa: E402
 from hwnas.search_space import SearchSpace  # noqa: E402
+
+
+def workload_text(work: dict) -> str:
+    if "context" in work:
+        return (f"batch {work['batch_size']}, one new token per sequence over a cache of {work['context']} tokens (a "
+                "decoding step: what each generated token costs)")
+    return f"batch {work['batch_size']} x {work['seq_len']} tokens (prefill)"
 
 
 def load_average() -> float:
@@ -75,7 +86,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the latency config's, else all cores)")
     p.add_argument("--n", type=int, default=None, help="held-out subnets (default: the latency config's n_fidelity)")
     p.add_argument("--n-correction", type=int, default=None)
-    p.add_argument("--run-dir", default=str(ROOT / "runs" / "bench-latency"))
+    p.add_argument("--run-dir", default=None, help="default: runs/bench-latency (prefill), runs/bench-latency-decode (decode)")
+    p.add_argument("--workload", default="prefill", choices=["prefill", "decode"],
+                   help="what the tables time: a prefill, or one decoding step over a cache of --decode-context tokens")
+    p.add_argument("--decode-context", type=int, default=None, help="default: the latency config's (half the block size)")
     p.add_argument("--keep", action="store_true", help="resume existing tables instead of rebuilding them")
     p.add_argument("--wandb", action="store_true", help="also log the reports to W&B (offline)")
     p.add_argument("--no-write", action="store_true", help="print only; do not update BENCHMARKS.md")
@@ -95,8 +109,9 @@ def main() -> None:
         overrides["n_fidelity"] = args.n
     if args.n_correction is not None:
         overrides["n_correction"] = args.n_correction
+    overrides |= {"workloads": [args.workload]} | ({"decode_context": args.decode_context} if args.decode_context else {})
     lat = lat.model_copy(update=overrides)
-    run_dir = Path(args.run_dir)
+    run_dir = Path(args.run_dir or ROOT / "runs" / ("bench-latency" + ("" if args.workload == "prefill" else f"-{args.workload}")))
     if not args.keep and (run_dir / "latency").exists():
         shutil.rmtree(run_dir / "latency")
     n_pieces = len(space_pieces(space))
@@ -104,10 +119,10 @@ def main() -> None:
     for backend in args.backends:
         load0 = load_average()
         t0 = time.perf_counter()
-        table = run_latency(space, lat, run_dir, device="cpu", backend=backend, progress=True)
+        table = run_latency(space, lat, run_dir, device="cpu", backend=backend, progress=True, workload=args.workload)
         build_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        report = fidelity_report_fresh(cfg.search_space, lat, run_dir, "cpu", backend, progress=True)
+        report = fidelity_report_fresh(cfg.search_space, lat, run_dir, "cpu", backend, progress=True, workload=args.workload)
         report_s = time.perf_counter() - t0
         results.append((backend, table, report, build_s, report_s, (load0 + load_average()) / 2))
         pr, ts, px = report["prediction"], report["table_sum"], report["proxies"]
@@ -123,7 +138,7 @@ def main() -> None:
         f"Command: `{command()}`  ",
         f"Machine: {machine().split(',')[0]}, {os.cpu_count()} cores, {threads} threads timed, "
         f"{', '.join(f'{k} {v}' for k, v in results[0][1].fingerprint.items() if k in ('torch', 'onnxruntime')) if results else ''}  ",
-        f"Workload: batch {results[0][1].workload['batch_size']} x {results[0][1].workload['seq_len']} tokens (prefill), fp32 "
+        f"Workload: {workload_text(results[0][1].workload)}, fp32 "
         "activations; int8 layers run ONNX Runtime's DynamicQuantizeMatMul/MatMulInteger, int4 layers MatMulNBits "
         "(torch eager: dynamic int8 through `torch._int_mm`, weight-only int4 through `_weight_int4pack_mm_for_cpu`).  " if results else "",
         f"The table has {n_pieces} pieces for a space of {space.size():,} subnets; the correction is fitted on "
@@ -166,13 +181,15 @@ def main() -> None:
     body += [f"| {backend} | {speed_cells(report.get('speed'))} |" for backend, _, report, *_ in results]
     body.append("\nTargets: >= 95% within +-10% and Kendall tau >= 0.9, above FLOPs and parameter count (nn-Meter: "
                 "99.0% within +-10% for CNNs on a mobile CPU). Plots and per-subnet rows: "
-                "`runs/bench-latency/latency/fidelity-cpu-<backend>.{png,html,json}`. `retest`: 20 of the held-out subnets "
+                f"`{run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir}/latency/fidelity-cpu-<backend>"
+                f"{'' if args.workload == 'prefill' else '-' + args.workload}.{{png,html,json}}`. `retest`: 20 of the held-out subnets "
                 "measured a second time at the end against their first measurement, the ceiling for any predictor on this "
                 "machine at the time. `load avg` is the 1-minute load average while measuring; above the core count, other "
                 "processes shared the CPU.")
     print("\n".join(body))
     if not args.no_write:
-        title = "Latency table fidelity (quickstart space, CPU)"
+        title = "Latency table fidelity (quickstart space, CPU)" + (
+            "" if args.workload == "prefill" else f", decoding step at context {results[0][1].workload['context']}")
         if args.disturb:
             title += ", with a busy neighbour"
             body.insert(0, f"A process streaming memory on the other core ran from {args.disturb[0]:.0f} s into the run for "

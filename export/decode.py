@@ -183,3 +183,40 @@ def measure_decode(subnet: Subnet, graphs: dict[str, bytes], context: int, new_t
                      **_timed_runs(_onnx_run(session(graph, threads), form, prompt, steps), repeats)})
     return {"context": context, "new_tokens": new_tokens, "batch_size": 1, "threads": threads or torch.get_num_threads(),
             "repeats": repeats, "rows": rows}
+
+
+def decode_table_rows(run_dir, subnet: Subnet, graphs: dict[str, bytes], threads: int | None, max_seconds: float | None,
+                      seed: int = 0) -> dict[str, Any]:
+    """The run's decode tables (`latency.workloads: [decode]`) against the exported model: one
+    decoding step at the table's context, timed with each table's protocol, threads and statistic
+    (torch: the exported weights on real low-bit kernels, as the table times them; ONNX Runtime: the
+    table's own form, then each exported decoding graph at the same context), with the table's
+    prediction beside it. {"rows": [...], "notes": [...]}; no rows without a decode table."""
+    from hwnas.latency.modules import DecodeStep
+    from hwnas.latency.session import TableTiming
+
+    from .deploy import session
+
+    rows, notes = [], []
+    for backend in ("torch", "onnxruntime"):
+        timing = TableTiming(run_dir, "cpu", backend, subnet.dims.block_size, threads, max_seconds, workload="decode")
+        notes += timing.notes
+        if timing.table is None:
+            continue
+        context, stat = timing.workload["context"], timing.statistic
+        step = DecodeStep(subnet.cpu().float().eval(), context).eval()
+        inputs = step.inputs(timing.workload["batch_size"], torch.Generator().manual_seed(seed))
+        base = {"backend": backend, "context": context, "batch_size": timing.workload["batch_size"], "threads": timing.threads,
+                "statistic": stat, "predicted_ms": timing.predict_ms(subnet.arch)}
+        label = "model.safetensors (real low-bit kernels)" if backend == "torch" else "the table's form (its bits)"
+        rows.append({**base, "model": label, "measured_ms": 1e3 * timing.time_module(step, inputs).value(stat)})
+        if backend == "onnxruntime":
+            feeds_in = [inputs[0].numpy(), np.array(context, dtype=np.int64), *[t.numpy() for t in inputs[1:]]]
+            for name, graph in graphs.items():
+                sess = session(graph, timing.threads)
+                feeds = dict(zip(input_names(subnet.arch), feeds_in, strict=True))
+                m = timing.time_call(lambda s=sess, f=feeds: s.run(None, f))
+                rows.append({**base, "model": name, "measured_ms": 1e3 * m.value(stat)})
+    for row in rows:
+        row["measured_over_predicted"] = row["measured_ms"] / row["predicted_ms"] if row["predicted_ms"] else None
+    return {"rows": rows, "notes": notes}

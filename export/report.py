@@ -130,7 +130,16 @@ def decode_section(r: dict[str, Any]) -> list[str]:
             "| runtime | model | prefill ms | decode ms per token | tokens/s |", "| --- | --- | --- | --- | --- |"]
     out += [f"| {row['runtime']} | {row['file']} | {row['prefill_ms']:.3f} | {row['decode_ms_per_token']:.3f} | "
             f"{row['tokens_per_s']:.0f} |" for row in timing["rows"]]
-    return out + [""]
+    tables = (dec.get("tables") or {}).get("rows") or []
+    if tables:
+        out += ["", "Against the run's decode tables (`latency.workloads: [decode]`): one decoding step at the table's "
+                "context, timed with the table's protocol, threads and statistic, beside its prediction:", "",
+                "| backend | model | context | threads | predicted ms | measured ms | measured / predicted | tokens/s measured |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        out += [f"| {r['backend']} | {r['model']} | {r['context']} | {r['threads']} | {num(r['predicted_ms'], '.3f')} | "
+                f"{r['measured_ms']:.3f} ({r['statistic']}) | {num(r['measured_over_predicted'], '.2f')} | "
+                f"{1e3 / r['measured_ms']:.0f} |" for r in tables]
+    return out + [f"- {n}" for n in (dec.get("tables") or {}).get("notes", [])] + [""]
 
 
 def _fresh_rows(fresh: dict[str, Any] | None) -> list[str]:

@@ -55,7 +55,7 @@ from hwnas.supernet.train import load_supernet, verify_supernet
 
 from .card import render_card
 from .config import ExportConfig
-from .decode import export_decode_onnx, measure_decode, onnx_decode
+from .decode import decode_table_rows, export_decode_onnx, measure_decode, onnx_decode
 from .deploy import (
     ExportError,
     cross_entropy_sum,
@@ -310,7 +310,7 @@ def _run_export(run_dir: Path, pick: str | int | None, out_dir: str | Path | Non
                               f"(> {cfg.parity_atol:g}) for {arch.key()}; nothing was written")
         advance(1, description="export: latency on this machine" if cfg.measure_latency else "export: writing")
         latency = measure_latency(run_dir, arch, subnet, form, fp32, int8, cfg, space_cfg.block_size) if cfg.measure_latency else None
-        decode = decode_graphs(subnet, cfg, seq_len, latency) if cfg.decode else None
+        decode = decode_graphs(subnet, cfg, seq_len, latency, run_dir) if cfg.decode else None
         advance(1 if cfg.measure_latency else 0, description="export: writing")
         report.update(_facts(space, arch, subnet, train_cfg, corpus, cfg, checks, latency, fp32, int8, bits, form, run_dir))
         report["decode"] = decode and decode["report"]
@@ -326,7 +326,8 @@ def _run_export(run_dir: Path, pick: str | int | None, out_dir: str | Path | Non
     return report
 
 
-def decode_graphs(subnet: Subnet, cfg: ExportConfig, seq_len: int, latency: dict[str, Any] | None) -> dict[str, Any]:
+def decode_graphs(subnet: Subnet, cfg: ExportConfig, seq_len: int, latency: dict[str, Any] | None, run_dir: Path
+                  ) -> dict[str, Any]:
     """The decoding step as ONNX (fp32, and the arch's bits when it has low-bit layers), checked
     against torch (greedy decoding of a prompt then one token per call vs recomputing the sequence)
     and, with `measure_latency`, timed on this machine in a fresh process: {"files": {name: model},
@@ -355,6 +356,9 @@ def decode_graphs(subnet: Subnet, cfg: ExportConfig, seq_len: int, latency: dict
         context = max(1, min(seq_len, block) // 2)
         report["timing"] = run_isolated(measure_decode, subnet.cpu().float().eval(), graphs, context, block - context, threads,
                                         seed=cfg.seed)
+        # against the run's decode tables, when it has them: one step at their context, by their protocol
+        report["tables"] = run_isolated(decode_table_rows, run_dir, subnet.cpu().float().eval(), graphs, cfg.threads,
+                                        cfg.latency_max_seconds, cfg.seed)
     return {"files": files, "report": report}
 
 

@@ -236,18 +236,18 @@ class TableTiming:
     comparable with what the table predicts. `notes` say why a table was not used."""
 
     def __init__(self, run_dir: str | Path, device: str, backend: str, block_size: int, threads: int | None = None,
-                 max_seconds: float | None = None, defaults: LatencyConfig | None = None):
+                 max_seconds: float | None = None, defaults: LatencyConfig | None = None, workload: str = "prefill"):
         import warnings
         from dataclasses import replace
 
         defaults = defaults or LatencyConfig()
         self.device, self.backend, self.table, self.notes = device, backend, None, []
-        self.path = table_path(run_dir, device, backend)
+        self.path = table_path(run_dir, device, backend, workload)
         if self.path.exists():
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
-                    self.table = load_table(run_dir, device, backend)
+                    self.table = load_table(run_dir, device, backend, workload=workload)
                 self.notes += [f"{backend} table: {w.message}" for w in caught]
             except LatencyError as e:
                 self.notes.append(f"{backend} table unusable: {e}")

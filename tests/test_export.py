@@ -240,6 +240,11 @@ def run_dir(tmp_path_factory) -> Path:
                      entries={k: Measurement(t, t, 5, True) for k in arch_keys(COVERING[0])
                               for t in [1e-4 if k == "call" else ms * 1e-3]},
                      meta={"complete": True}).save(table_path(run, "cpu", backend), Manifest.of(run, "latency"))
+        LatencyTable(device="cpu", backend=backend, fingerprint=device_fingerprint("cpu", 1),  # one decoding step at context 12
+                     protocol=Protocol(warmup=1, min_repeats=3, max_repeats=6, check_every=3),
+                     workload={"batch_size": 1, "seq_len": 1, "context": 12}, dims=space.dims,
+                     entries={k: Measurement(t, t, 5, True) for k in arch_keys(COVERING[0]) for t in [0.05 * ms * 1e-3]},
+                     meta={"complete": True}).save(table_path(run, "cpu", backend, "decode"), Manifest.of(run, "latency"))
     return run
 
 
@@ -268,6 +273,16 @@ def test_export_writes_a_verified_model(run_dir, exported):
     assert timing["context"] + timing["new_tokens"] == 32 and all(r["tokens_per_s"] > 0 and r["prefill_ms"] > 0 for r in timing["rows"])
     for text in ((out / "report.md").read_text(), (out / "README.md").read_text()):
         assert "decode ms per token" in text and f"{timing['rows'][1]['tokens_per_s']:.0f} |" in text
+    # against the run's decode tables: a step at their context, by their protocol, the prediction beside it
+    tables = dec["tables"]["rows"]
+    assert [(r["backend"], r["model"]) for r in tables] == [
+        ("torch", "model.safetensors (real low-bit kernels)"), ("onnxruntime", "the table's form (its bits)"),
+        ("onnxruntime", "model.decode.onnx"), ("onnxruntime", "model.decode.int8.onnx")]
+    decode_tables = {b: LatencyTable.load(table_path(run_dir, "cpu", b, "decode")) for b in ("torch", "onnxruntime")}
+    for r in tables:
+        assert r["context"] == 12 and r["measured_ms"] > 0
+        assert r["predicted_ms"] == pytest.approx(decode_tables[r["backend"]].predict_ms(COVERING[0]))
+    assert "Against the run's decode tables" in (out / "report.md").read_text()
     config = json.loads((out / "config.json").read_text())
     assert ArchConfig.from_dict(config["arch"]) == COVERING[0] and config["key"] == COVERING[0].key()
     assert config["model"] | {"params": 0} == {"vocab_size": 256, "block_size": 32, "head_dim": 8, "embed_dim": 32, "depth": 3,

@@ -189,7 +189,9 @@ def test_killed_search_leaves_no_worker_and_resumes_to_exactly_its_budget(search
     search.proc.wait(timeout=30)
     assert search.proc.returncode == -sig, search.error()
     assert not _survivors(workers), f"workers outlived the search killed by {sig.name}"
-    assert search.stops_growing() < search.budget
+    search.stops_growing()
+    # killed before its budget was complete (the trials the workers held at the kill may bring the count to it)
+    assert search.states().get("COMPLETE", 0) < search.budget
     search.resume_ends_at_budget()
 
 

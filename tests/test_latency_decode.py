@@ -79,6 +79,7 @@ def test_onnxruntime_runs_the_decode_pieces_as_torch_does(net):
             np.testing.assert_allclose(np.asarray(y), x.numpy(), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow  # about 25 s: the pieces and whole steps are checked by default above; this builds, reports and searches
 def test_a_decode_table_builds_beside_the_prefill_one_and_reports_its_fidelity(tmp_path):
     cfg = LatencyConfig(workloads=["prefill", "decode"], decode_context=CONTEXT, backends=["torch"], threads=1, warmup=1,
                         min_repeats=3, max_repeats=5, check_every=3, max_seconds=0.2, n_correction=6, n_fidelity=6,

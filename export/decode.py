@@ -16,12 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
 from torch import Tensor
 
-from hwnas.supernet.decode import DecodeCache
+from hwnas.supernet.decode import DecodeCache, DecodeStep
 from hwnas.supernet.deploy import export_form
-from hwnas.supernet.ops import LayerCache
 from hwnas.supernet.subnet import Subnet
 
 
@@ -42,45 +40,24 @@ def output_names(arch) -> list[str]:
     return ["logits", *cache_names(arch, ("present_k", "present_v", "new_state"))]
 
 
-class DecodeForm(nn.Module):
-    """A subnet in export form with the decoding cache as explicit inputs and outputs."""
-
-    def __init__(self, subnet: Subnet):
-        super().__init__()
-        self.model = export_form(subnet)
-        self.arch, self.dims = subnet.arch, subnet.dims
-
-    def forward(self, tokens: Tensor, pos: Tensor, *past: Tensor) -> tuple[Tensor, ...]:
-        it = iter(past)
-        layers = [LayerCache(state=next(it)) if layer.attention == "linear" else LayerCache(next(it), next(it))
-                  for layer in self.arch.layers]
-        logits = self.model(tokens, cache=DecodeCache(self.dims.block_size, layers, pos))
-        out: list[Tensor] = [logits]
-        for layer, c in zip(self.arch.layers, layers, strict=True):
-            out += [c.state] if layer.attention == "linear" else [c.k, c.v]
-        return tuple(out)
-
-    def empty_cache(self, batch: int = 1) -> list[Tensor]:
-        """The cache inputs of the first step: no past keys, zero states."""
-        hs, out = self.dims.head_dim, []
-        for layer in self.arch.layers:
-            nh = layer.n_heads
-            out += [torch.zeros(batch, nh, hs, hs + 1)] if layer.attention == "linear" else [torch.zeros(batch, nh, 0, hs)] * 2
-        return out
+def decode_form(subnet: Subnet) -> DecodeStep:
+    """`subnet` in export form (weights quantized once and folded in, length-agnostic attention) as a
+    decoding step with the position and the caches as inputs (`supernet.decode.DecodeStep`)."""
+    return DecodeStep(export_form(subnet)).eval()
 
 
 def export_decode_onnx(subnet: Subnet):
-    """The fp32 decoding-step ONNX model (`onnx.ModelProto`) of `subnet`, and its `DecodeForm`
-    (whose modules carry the weight bits `deploy.quantize` reads). Exported by tracing (the
-    TorchScript exporter) with batch, seq and each cache's past length as dynamic axes."""
+    """The fp32 decoding-step ONNX model (`onnx.ModelProto`) of `subnet`, and its `decode_form`
+    (whose modules carry the weight bits `deploy.quantize` reads). Exported with torch.export (the
+    dynamo exporter) with batch, seq and each cache's past length (0 at the start) as dynamic dims."""
     from .deploy import ExportError, quiet_exporter
 
-    form = DecodeForm(subnet.cpu().float()).eval()
+    form = decode_form(subnet.cpu().float())
     arch = subnet.arch
     block = subnet.dims.block_size
     tokens = torch.zeros(2, 3, dtype=torch.int64)
-    example_past = [torch.zeros(2, t.shape[1], 4, t.shape[3]) if t.shape[2] == 0 else t.expand(2, -1, -1, -1).clone()
-                    for t in form.empty_cache()]
+    # traced with 4 past keys everywhere (a length of 0 or 1 would be specialized, not kept dynamic)
+    example_past = [torch.zeros(2, t.shape[1], 4, t.shape[3]) if t.shape[2] == 0 else t for t in form.caches(2, 0)]
     batch, seq = torch.export.Dim("batch", min=1, max=1 << 16), torch.export.Dim("seq", min=1, max=block)
     shapes: list = [{0: batch, 1: seq}, None]
     for i, layer in enumerate(arch.layers):
@@ -90,17 +67,17 @@ def export_decode_onnx(subnet: Subnet):
         with quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(form, (tokens, torch.tensor(4, dtype=torch.int64), *example_past), dynamo=True,
                                         optimize=True, input_names=input_names(arch), output_names=output_names(arch),
-                                        dynamic_shapes=(shapes[0], shapes[1], tuple(shapes[2:])), verbose=False)
+                                        dynamic_shapes=(shapes[0], tuple(shapes[1:])), verbose=False)
     except Exception as e:  # the exporter's errors are pages long; keep the first line
         raise ExportError(f"ONNX export of the decoding step of {arch.key()} failed: {str(e).strip().splitlines()[0]}") from e
     return program.model_proto, form
 
 
-def onnx_decode(sess, form: DecodeForm, prompt: Tensor, steps: int) -> tuple[np.ndarray, list[int]]:
+def onnx_decode(sess, form: DecodeStep, prompt: Tensor, steps: int) -> tuple[np.ndarray, list[int]]:
     """Greedy decoding with an ONNX Runtime session of the decoding step: the prompt (1, P) read in
     one call, then `steps` single-token calls, each feeding back the token chosen last. Returns the
     logits of every position read (P + steps, vocab) and the `steps` tokens fed back."""
-    feeds_past = [t.numpy() for t in form.empty_cache(prompt.shape[0])]
+    feeds_past = [t.numpy() for t in form.caches(prompt.shape[0], 0)]
     names_in, n_out = input_names(form.arch), len(output_names(form.arch))
     tokens, pos, rows, chosen = prompt.numpy().astype(np.int64), 0, [], []
     for _ in range(steps + 1):
@@ -143,14 +120,14 @@ def _torch_run(model, prompt: Tensor, steps: Tensor):
     return run
 
 
-def _onnx_run(sess, form: DecodeForm, prompt: Tensor, steps: Tensor):
+def _onnx_run(sess, form: DecodeStep, prompt: Tensor, steps: Tensor):
     import time
 
     names, n_out = input_names(form.arch), len(output_names(form.arch))
     first = [prompt.numpy().astype(np.int64)] + [steps[:, i:i + 1].numpy().astype(np.int64) for i in range(steps.shape[1])]
 
     def run() -> tuple[float, float]:
-        past, pos, stamps = [t.numpy() for t in form.empty_cache()], 0, [time.perf_counter()]
+        past, pos, stamps = [t.numpy() for t in form.caches(1, 0)], 0, [time.perf_counter()]
         for tokens in first:
             out = sess.run(None, dict(zip(names, [tokens, np.array(pos, dtype=np.int64), *past], strict=True)))
             past, pos = out[1:n_out], pos + tokens.shape[1]
@@ -177,7 +154,7 @@ def measure_decode(subnet: Subnet, graphs: dict[str, bytes], context: int, new_t
     prompt, steps = tokens[:, :context], tokens[:, context:]
     rows = [{"runtime": "torch", "file": "model.safetensors (real low-bit kernels)",
              **_timed_runs(_torch_run(torch_deploy_copy(subnet.cpu().float().eval()), prompt, steps), repeats)}]
-    form = DecodeForm(subnet)
+    form = decode_form(subnet)
     for name, graph in graphs.items():
         rows.append({"runtime": "onnxruntime", "file": name,
                      **_timed_runs(_onnx_run(session(graph, threads), form, prompt, steps), repeats)})
@@ -192,7 +169,6 @@ def decode_table_rows(run_dir, subnet: Subnet, graphs: dict[str, bytes], threads
     (torch: the exported weights on real low-bit kernels, as the table times them; ONNX Runtime: the
     table's own form, then each exported decoding graph at the same context), with the table's
     prediction beside it. {"rows": [...], "notes": [...]}; no rows without a decode table."""
-    from hwnas.latency.modules import DecodeStep
     from hwnas.latency.session import TableTiming
 
     from .deploy import session

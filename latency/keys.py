@@ -28,6 +28,7 @@ import torch.nn as nn
 from hwnas.search_space import ArchConfig, LayerConfig, ModelDims, SearchSpace
 from hwnas.search_space.kinds import attention_tag, ffn_tag, norm_tag
 from hwnas.search_space.space import layer_fields
+from hwnas.supernet.decode import cache_shapes
 
 from .modules import (
     AttentionCore,
@@ -37,7 +38,6 @@ from .modules import (
     Head,
     NormResidual,
     Nothing,
-    cache_shapes,
     random_init_,
 )
 

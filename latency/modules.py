@@ -21,6 +21,7 @@ from torch import Tensor
 
 from hwnas.search_space import LayerConfig, ModelDims
 from hwnas.supernet import ops
+from hwnas.supernet.decode import cache_tensors, layer_cache
 from hwnas.supernet.subnet import FFN, Attention, Norm, Subnet
 
 INIT_STD = 0.02  # the supernet's init scale for matrices
@@ -47,24 +48,6 @@ class AttentionCore(nn.Module):
         return self.attn(x)
 
 
-def cache_shapes(layer: LayerConfig, context: int, head_dim: int, batch: int) -> list[tuple[int, ...]]:
-    """The shapes of what one attention layer keeps after `context` tokens (`ops.LayerCache`):
-    keys and values (softmax: all of them; a window: the last window-1) or linear attention's state."""
-    nh = layer.n_heads
-    if layer.attention == "linear":
-        return [(batch, nh, head_dim, head_dim + 1)]
-    past = context if layer.attention == "softmax" else min(context, layer.window - 1)
-    return [(batch, nh, past, head_dim)] * 2
-
-
-def layer_cache(layer: LayerConfig, past: tuple[Tensor, ...]) -> ops.LayerCache:
-    return ops.LayerCache(state=past[0]) if layer.attention == "linear" else ops.LayerCache(past[0], past[1])
-
-
-def cache_tensors(layer: LayerConfig, cache: ops.LayerCache) -> list[Tensor]:
-    return [cache.state] if layer.attention == "linear" else [cache.k, cache.v]
-
-
 class DecodeAttentionCore(nn.Module):
     """The attention core of one layer decoding one step: the new tokens' hidden states x and what
     the layer keeps of the `context` tokens before in, the output and the updated cache out."""
@@ -78,35 +61,6 @@ class DecodeAttentionCore(nn.Module):
         cache = layer_cache(self.layer, past)
         y = self.attn(x, cache, self.context)
         return (y, *cache_tensors(self.layer, cache))
-
-
-class DecodeStep(nn.Module):
-    """A whole subnet decoding one step after `context` tokens: tokens and every layer's cache in,
-    the logits and the updated caches out (`Subnet.forward` with a `DecodeCache`)."""
-
-    def __init__(self, subnet: Subnet, context: int):
-        super().__init__()
-        self.subnet, self.context = subnet, context
-
-    def forward(self, tokens: Tensor, *past: Tensor) -> tuple[Tensor, ...]:
-        from hwnas.supernet.decode import DecodeCache
-
-        layers, at = [], 0
-        for layer in self.subnet.arch.layers:
-            n = 1 if layer.attention == "linear" else 2
-            layers.append(layer_cache(layer, past[at:at + n]))
-            at += n
-        cache = DecodeCache(self.subnet.dims.block_size, layers, self.context)
-        logits = self.subnet(tokens, cache=cache)
-        return (logits, *[t for layer, c in zip(self.subnet.arch.layers, layers, strict=True) for t in cache_tensors(layer, c)])
-
-    def inputs(self, batch: int, generator: torch.Generator) -> tuple[Tensor, ...]:
-        """Example inputs: one new token per sequence and caches of `context` tokens."""
-        dims = self.subnet.dims
-        tokens = torch.randint(0, dims.vocab_size, (batch, 1), generator=generator)
-        past = [torch.randn(*shape, generator=generator).abs() if layer.attention == "linear" else torch.randn(*shape, generator=generator)
-                for layer in self.subnet.arch.layers for shape in cache_shapes(layer, self.context, dims.head_dim, batch)]
-        return (tokens, *past)
 
 
 class FfnCore(nn.Module):

@@ -103,10 +103,10 @@ class Measurer:
 
     def whole(self, arch: ArchConfig) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
         """A whole subnet as the workload runs it and its inputs: a forward of the tokens, or one
-        decoding step over caches of `context` tokens (`modules.DecodeStep`)."""
+        decoding step over caches of `context` tokens (`supernet.decode.DecodeStep`)."""
         if self.context is None:
             return self.subnet(arch), (self.tokens(),)
-        from .modules import DecodeStep
+        from hwnas.supernet.decode import DecodeStep
 
         step = DecodeStep(self.subnet(arch), self.context).eval()
         return step, step.inputs(self.work["batch_size"], torch.Generator().manual_seed(self.seed))

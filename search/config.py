@@ -178,16 +178,21 @@ def workers_problem(workers: int, engine: str, storage: str | None) -> str | Non
     if workers > 1 and not engines()[engine].parallel:
         parallel = " or ".join(repr(n) for n, e in engines().items() if e.parallel)
         return f"{workers} workers need engine {parallel} (got {engine!r})"
-    if workers > 1 and storage is not None and storage.startswith("sqlite:") and _sqlite_file(storage) is None:
+    if workers > 1 and storage is not None and storage_file(storage) == "":
         return f"{workers} workers cannot share an in-memory SQLite study; give storage a file (sqlite:///path/study.db)"
     return None
 
 
-def _sqlite_file(url: str) -> str | None:
+def storage_file(url: str) -> str | None:
+    """The file of a SQLite or journal storage URL; "" for an in-memory SQLite one; None for a server's."""
+    if url.startswith("journal:"):
+        return url.removeprefix("journal:")
+    if not url.startswith("sqlite:"):
+        return None
     from sqlalchemy.engine import make_url
 
-    database = make_url(url).database
-    return database if database and database != ":memory:" and not database.startswith("file::memory:") else None
+    database = make_url(url).database or ""
+    return "" if database == ":memory:" or database.startswith("file::memory:") else database
 
 
 def storage_problem(url: str) -> str | None:
@@ -216,7 +221,8 @@ def storage_problem(url: str) -> str | None:
         dialect.import_dbapi()
     except ImportError as e:
         return f"the driver of {parsed.drivername!r} is not installed ({e}); pip install it or use another URL"
-    if parsed.get_backend_name() == "sqlite" and _sqlite_file(url):
-        why = unwritable(_sqlite_file(url), folder=False)
-        return f"SQLite file {_sqlite_file(url)}: {why}" if why else None
+    file = storage_file(url) if parsed.get_backend_name() == "sqlite" else None
+    if file:
+        why = unwritable(file, folder=False)
+        return f"SQLite file {file}: {why}" if why else None
     return None

@@ -25,6 +25,18 @@ from .pareto import Candidate, ParetoFront
 
 
 # --- Optuna -----------------------------------------------------------------------------------
+def storage_url(cfg, run_dir: str | Path) -> str:
+    """The run's Optuna storage: `search.storage`, else the SQLite file in the run's search folder."""
+    return cfg.storage or default_storage(Path(run_dir) / "search")
+
+
+def unopenable(url: str, study_name: str, e: Exception) -> SearchError:
+    """The one-line refusal of a study that cannot be opened (a damaged database, a server that refuses)."""
+    reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+    return SearchError(f"search.storage {shown_storage(url)}: cannot open the Optuna study {study_name!r} ({reason}); "
+                       "repair or delete it, or set search.storage to another")
+
+
 def default_storage(run_dir: str | Path) -> str:
     return f"sqlite:///{Path(run_dir).resolve() / 'study.db'}"
 
@@ -165,7 +177,7 @@ class OptunaEngine(SearchEngine):
 
     @classmethod
     def from_config(cls, space, cfg, run_dir, seed, workers=None, study_name=None) -> OptunaEngine:
-        storage = cfg.storage or default_storage(run_dir / "search")
+        storage = storage_url(cfg, run_dir)
         name = cfg.study_name or study_name or "hwnas"
         engine = cls(space, cfg.algorithm, storage, study_name=name, population=cfg.population, seed=seed)
         engine.workers = workers or cfg.workers
@@ -195,9 +207,7 @@ class OptunaEngine(SearchEngine):
                     if study.user_attrs.get(key) != value:
                         study.set_user_attr(key, value)
         except Exception as e:  # a damaged database, a server that refuses, a study made for other objectives
-            reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
-            raise SearchError(f"search.storage {shown_storage(self.storage_url)}: cannot open the Optuna study "
-                              f"{self.study_name!r} ({reason}); repair or delete it, or set search.storage to another") from None
+            raise unopenable(self.storage_url, self.study_name, e) from None
         if engine != self.name:
             raise SearchError(f"search.storage {shown_storage(self.storage_url)}: the Optuna study {self.study_name!r} holds "
                               f"the candidates of a {engine} search, not an optuna one's trials; set search.study_name to "

@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 from hwnas.search_space import ArchConfig, SearchSpace
 
+from .config import storage_file
 from .engines import SearchError
-from .optuna_engine import default_storage, open_storage, shown_storage
+from .optuna_engine import open_storage, shown_storage, storage_url, unopenable
 from .pareto import Candidate, ParetoFront
 
 if TYPE_CHECKING:
@@ -38,19 +39,12 @@ if TYPE_CHECKING:
 OPTUNA_ENGINE = "optuna"
 
 
-def storage_url(cfg: SearchConfig, run_dir: Path) -> str:
-    """The run's Optuna storage: `search.storage`, else the SQLite file in the search folder."""
-    return cfg.storage or default_storage(Path(run_dir) / "search")
-
-
 def _open(url: str, study_name: str):
     """The storage at `url`; SearchError (naming it) where it cannot be opened."""
     try:
         return open_storage(url)
     except Exception as e:  # a damaged database, a server that refuses
-        reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
-        raise SearchError(f"search.storage {shown_storage(url)}: cannot open the Optuna study {study_name!r} ({reason}); "
-                          "repair or delete it, or set search.storage to another") from None
+        raise unopenable(url, study_name, e) from None
 
 
 def _held(storage, study_name: str) -> tuple[int, dict[str, Any]] | None:
@@ -62,22 +56,15 @@ def _held(storage, study_name: str) -> tuple[int, dict[str, Any]] | None:
     return study_id, storage.get_study_user_attrs(study_id)
 
 
+def optuna_study_held(url: str, study_name: str, engine: str) -> SearchError:
+    return SearchError(f"search.storage {shown_storage(url)}: the Optuna study {study_name!r} holds the trials of an "
+                       f"optuna search; set search.study_name to another name for this {engine} search")
+
+
 def written_by_stage(storage, study_id: int, attrs: dict[str, Any]) -> bool:
     """A study this module wrote (its `engine` is not optuna), or one without trials: replaceable."""
     engine = attrs.get("engine")
     return (engine is not None and engine != OPTUNA_ENGINE) or storage.get_n_trials(study_id) == 0
-
-
-def storage_file(url: str) -> str | None:
-    """The file of a SQLite or journal storage URL; "" for an in-memory SQLite one; None for a server's."""
-    if url.startswith("journal:"):
-        return url.removeprefix("journal:")
-    if not url.startswith("sqlite:"):
-        return None
-    from sqlalchemy.engine import make_url
-
-    database = make_url(url).database or ""
-    return "" if database == ":memory:" or database.startswith("file::memory:") else database
 
 
 def check_study(cfg: SearchConfig, run_dir: Path, study_name: str) -> None:
@@ -90,8 +77,7 @@ def check_study(cfg: SearchConfig, run_dir: Path, study_name: str) -> None:
     storage = _open(url, study_name)
     held = _held(storage, study_name)
     if held is not None and not written_by_stage(storage, *held):
-        raise SearchError(f"search.storage {shown_storage(url)}: the Optuna study {study_name!r} holds the trials of an "
-                          f"optuna search; set search.study_name to another name for this {cfg.engine} search")
+        raise optuna_study_held(url, study_name, cfg.engine)
 
 
 class _Recorder:
@@ -249,8 +235,7 @@ def write_study(space: SearchSpace, cfg: SearchConfig, run_dir: Path, study_name
     held = _held(storage, study_name)
     if held is not None:
         if not written_by_stage(storage, *held):  # made meanwhile by an optuna search (check_study saw none)
-            raise SearchError(f"search.storage {shown_storage(url)}: the Optuna study {study_name!r} holds the trials of an "
-                              f"optuna search; set search.study_name to another name for this {cfg.engine} search")
+            raise optuna_study_held(url, study_name, cfg.engine)
         clear_trials_at_once(storage, held[0])
         optuna.delete_study(study_name=study_name, storage=storage)
     trials = study_trials(space, front, validation)

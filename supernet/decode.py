@@ -16,9 +16,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+import torch.nn as nn
 from torch import Tensor
 
 from .ops import LayerCache
+
+
+def cache_shapes(layer, context: int, head_dim: int, batch: int) -> list[tuple[int, ...]]:
+    """The shapes of what one attention layer (a `LayerConfig`) keeps after `context` tokens:
+    keys and values (softmax: all of them; a window: the last window-1) or linear attention's state."""
+    nh = layer.n_heads
+    if layer.attention == "linear":
+        return [(batch, nh, head_dim, head_dim + 1)]
+    past = context if layer.attention == "softmax" else min(context, layer.window - 1)
+    return [(batch, nh, past, head_dim)] * 2
+
+
+def layer_cache(layer, past: tuple[Tensor, ...] | list[Tensor]) -> LayerCache:
+    """A layer's cache from its tensors, in `cache_shapes` order."""
+    return LayerCache(state=past[0]) if layer.attention == "linear" else LayerCache(past[0], past[1])
+
+
+def cache_tensors(layer, cache: LayerCache) -> list[Tensor]:
+    """A layer's cache as tensors, in `cache_shapes` order."""
+    return [cache.state] if layer.attention == "linear" else [cache.k, cache.v]
 
 
 @dataclass
@@ -49,3 +71,53 @@ class DecodeCache:
     def nbytes(self) -> int:
         """Bytes the cache holds now (keys, values and recurrent states)."""
         return sum(c.nbytes() for c in self.layers)
+
+    @classmethod
+    def from_tensors(cls, model, past: tuple[Tensor, ...] | list[Tensor], pos: int | Tensor) -> DecodeCache:
+        """The cache of `model` whose layers hold `past` (each layer's `cache_shapes` in turn), at `pos`."""
+        layers, at = [], 0
+        for layer in model.arch.layers:
+            n = 1 if layer.attention == "linear" else 2
+            layers.append(layer_cache(layer, past[at:at + n]))
+            at += n
+        return cls(model.dims.block_size, layers, pos)
+
+    def tensors(self, model) -> list[Tensor]:
+        """Every layer's cache as tensors, in the order `from_tensors` reads them."""
+        return [t for layer, c in zip(model.arch.layers, self.layers, strict=True) for t in cache_tensors(layer, c)]
+
+
+class DecodeStep(nn.Module):
+    """`model` (a `Subnet` or a deployment form of one) decoding with its cache as explicit tensors:
+    tokens, then (without a fixed `context`) the first position as a 0-d tensor, then every layer's
+    cache in; the logits and the updated caches out. What the latency tables time (a fixed context)
+    and what the exported decoding graph is (the position an input)."""
+
+    def __init__(self, model: nn.Module, context: int | None = None):
+        super().__init__()
+        self.model, self.context = model, context
+        self.arch, self.dims = model.arch, model.dims
+
+    def forward(self, tokens: Tensor, *args: Tensor) -> tuple[Tensor, ...]:
+        pos, past = (args[0], args[1:]) if self.context is None else (self.context, args)
+        cache = DecodeCache.from_tensors(self, past, pos)
+        logits = self.model(tokens, cache=cache)
+        return (logits, *cache.tensors(self))
+
+    def caches(self, batch: int, context: int, generator: torch.Generator | None = None) -> list[Tensor]:
+        """Caches of `context` tokens: random (non-negative states) with a `generator`, else empty
+        (no past keys, zero states: the first step's)."""
+        hs, out = self.dims.head_dim, []
+        for layer in self.arch.layers:
+            for shape in cache_shapes(layer, context, hs, batch):
+                if generator is None:
+                    out.append(torch.zeros(*shape))
+                else:
+                    t = torch.randn(*shape, generator=generator)
+                    out.append(t.abs() if layer.attention == "linear" else t)
+        return out
+
+    def inputs(self, batch: int, generator: torch.Generator) -> tuple[Tensor, ...]:
+        """Example inputs at the fixed context: one new token per sequence and random caches."""
+        tokens = torch.randint(0, self.dims.vocab_size, (batch, 1), generator=generator)
+        return (tokens, *self.caches(batch, self.context, generator))

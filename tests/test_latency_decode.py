@@ -14,12 +14,11 @@ import torch
 from hwnas.latency import LatencyConfig, LatencyTable, table_path
 from hwnas.latency.backends import OnnxRuntimeBackend, TorchBackend
 from hwnas.latency.keys import arch_pieces
-from hwnas.latency.modules import DecodeStep
 from hwnas.latency.session import workload
 from hwnas.latency.stage import run_latency_stage
 from hwnas.search_space import ArchConfig, SearchSpace
 from hwnas.supernet import extract_subnet
-from hwnas.supernet.decode import DecodeCache
+from hwnas.supernet.decode import DecodeCache, DecodeStep
 from tests.test_latency_backends import SMALL, covering_archs
 from tests.tiny import perturbed_supernet
 
@@ -41,8 +40,7 @@ def test_the_decoding_step_is_a_decode_cache_step_and_its_pieces_run(net, arch):
     cache = DecodeCache.of(sub)
     with torch.no_grad():
         sub(seq[:, :CONTEXT], cache=cache)
-        past = [t for c, layer in zip(cache.layers, arch.layers, strict=True)
-                for t in ([c.state] if layer.attention == "linear" else [c.k, c.v])]
+        past = cache.tensors(sub)
         want = sub(seq[:, CONTEXT:], cache=cache)
         got = DecodeStep(sub, CONTEXT)(seq[:, CONTEXT:], *past)
     torch.testing.assert_close(got[0], want, rtol=0, atol=1e-6)

@@ -68,9 +68,7 @@ def torch_cached(model, cache: DecodeCache, token: torch.Tensor):
 
 
 def onnx_cached(sess, form, cache: DecodeCache, token: torch.Tensor):
-    past = []
-    for layer, c in zip(form.arch.layers, cache.layers, strict=True):
-        past += [c.state.numpy()] if layer.attention == "linear" else [c.k.numpy(), c.v.numpy()]
+    past = [t.numpy() for t in cache.tensors(form)]
     feeds = dict(zip(input_names(form.arch), [token.numpy(), np.array(cache.pos, dtype=np.int64), *past], strict=True))
     return lambda: sess.run(None, feeds)
 

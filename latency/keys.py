@@ -28,7 +28,7 @@ import torch.nn as nn
 from hwnas.search_space import ArchConfig, LayerConfig, ModelDims, SearchSpace
 from hwnas.search_space.kinds import attention_tag, ffn_tag, norm_tag
 from hwnas.search_space.space import layer_fields
-from hwnas.supernet.decode import cache_shapes
+from hwnas.supernet.decode import layer_caches
 
 from .modules import (
     AttentionCore,
@@ -123,7 +123,7 @@ class Piece:
         if self.kind == "norm":
             return x, torch.randn(batch, seq_len, self.d, generator=gen)
         if self.kind == "attn" and context is not None:
-            return (x, *[torch.randn(*s, generator=gen).abs() for s in cache_shapes(self.layer(), context, dims.head_dim, batch)])
+            return (x, *layer_caches(self.layer(), context, dims.head_dim, batch, gen))
         return (x,)
 
 

@@ -33,6 +33,15 @@ def cache_shapes(layer, context: int, head_dim: int, batch: int) -> list[tuple[i
     return [(batch, nh, past, head_dim)] * 2
 
 
+def layer_caches(layer, context: int, head_dim: int, batch: int, generator: torch.Generator | None = None) -> list[Tensor]:
+    """One layer's cache of `context` tokens: random (a linear state non-negative, as its feature map
+    keeps it) with a `generator`, else empty (no past keys, a zero state: the first step's)."""
+    if generator is None:
+        return [torch.zeros(*s) for s in cache_shapes(layer, context, head_dim, batch)]
+    out = [torch.randn(*s, generator=generator) for s in cache_shapes(layer, context, head_dim, batch)]
+    return [t.abs() for t in out] if layer.attention == "linear" else out
+
+
 def layer_cache(layer, past: tuple[Tensor, ...] | list[Tensor]) -> LayerCache:
     """A layer's cache from its tensors, in `cache_shapes` order."""
     return LayerCache(state=past[0]) if layer.attention == "linear" else LayerCache(past[0], past[1])
@@ -107,15 +116,7 @@ class DecodeStep(nn.Module):
     def caches(self, batch: int, context: int, generator: torch.Generator | None = None) -> list[Tensor]:
         """Caches of `context` tokens: random (non-negative states) with a `generator`, else empty
         (no past keys, zero states: the first step's)."""
-        hs, out = self.dims.head_dim, []
-        for layer in self.arch.layers:
-            for shape in cache_shapes(layer, context, hs, batch):
-                if generator is None:
-                    out.append(torch.zeros(*shape))
-                else:
-                    t = torch.randn(*shape, generator=generator)
-                    out.append(t.abs() if layer.attention == "linear" else t)
-        return out
+        return [t for layer in self.arch.layers for t in layer_caches(layer, context, self.dims.head_dim, batch, generator)]
 
     def inputs(self, batch: int, generator: torch.Generator) -> tuple[Tensor, ...]:
         """Example inputs at the fixed context: one new token per sequence and random caches."""

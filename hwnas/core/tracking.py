@@ -85,8 +85,8 @@ class Tracker:
         self._file.write(json.dumps(record, sort_keys=True) + "\n")
         self._file.flush()
         if self.wandb_run is not None:
-            if self.step_metric == "step" and step is not None:
-                row = {"step": step, **row}
+            if self.step_metric is not None and step is not None:  # the x-axis its metrics are plotted against
+                row = {self.step_metric: step, **row}
             self.wandb_run.log(row, step=step)
 
     def log_wandb(self, data: dict[str, Any]) -> None:

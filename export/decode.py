@@ -196,3 +196,11 @@ def decode_table_rows(run_dir, subnet: Subnet, graphs: dict[str, bytes], threads
     for row in rows:
         row["measured_over_predicted"] = row["measured_ms"] / row["predicted_ms"] if row["predicted_ms"] else None
     return {"rows": rows, "notes": notes}
+
+
+def time_decoding(run_dir, subnet: Subnet, graphs: dict[str, bytes], context: int, new_tokens: int, threads: int | None,
+                  cfg) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`measure_decode`, then `decode_table_rows` (an `ExportConfig` `cfg` gives their threads, cap and
+    seed), in the one process the export spawns for them."""
+    timing = measure_decode(subnet, graphs, context, new_tokens, threads, seed=cfg.seed)
+    return timing, decode_table_rows(run_dir, subnet, graphs, cfg.threads, cfg.latency_max_seconds, cfg.seed)

@@ -55,7 +55,7 @@ from hwnas.supernet.train import load_supernet, verify_supernet
 
 from .card import render_card
 from .config import ExportConfig
-from .decode import decode_table_rows, export_decode_onnx, measure_decode, onnx_decode
+from .decode import export_decode_onnx, onnx_decode, time_decoding
 from .deploy import (
     ExportError,
     cross_entropy_sum,
@@ -354,11 +354,10 @@ def decode_graphs(subnet: Subnet, cfg: ExportConfig, seq_len: int, latency: dict
         threads = latency["rows"][0]["threads"] if latency and latency["rows"] else cfg.threads
         graphs = {name: m.SerializeToString() for name, m in files.items()}
         context = max(1, min(seq_len, block) // 2)
-        report["timing"] = run_isolated(measure_decode, subnet.cpu().float().eval(), graphs, context, block - context, threads,
-                                        seed=cfg.seed)
-        # against the run's decode tables, when it has them: one step at their context, by their protocol
-        report["tables"] = run_isolated(decode_table_rows, run_dir, subnet.cpu().float().eval(), graphs, cfg.threads,
-                                        cfg.latency_max_seconds, cfg.seed)
+        # one fresh process: a generation timed, then (when the run has decode tables) one step at their
+        # context by their protocol
+        report["timing"], report["tables"] = run_isolated(time_decoding, run_dir, subnet.cpu().float().eval(), graphs, context,
+                                                          block - context, threads, cfg)
     return {"files": files, "report": report}
 
 

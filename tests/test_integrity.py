@@ -149,7 +149,7 @@ def _follow(line: str, config: Path, run: Path) -> None:
 
 @pytest.mark.parametrize("rel, how, reader", [
     ("latency/cpu-torch.json", "truncate", ("search",)),
-    ("corpus/train.bin", "edit", ("predictors",)),
+    pytest.param("corpus/train.bin", "edit", ("predictors",), marks=pytest.mark.slow),
     pytest.param("search/front.json", "flip", ("export", "RUN_DIR", "--force"), marks=pytest.mark.slow),
     pytest.param("train/checkpoint.safetensors", "truncate", ("predictors",), marks=pytest.mark.slow),
 ])

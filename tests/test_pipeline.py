@@ -26,6 +26,7 @@ def run(config: Path, *args: str, timeout: float = 600) -> subprocess.CompletedP
                           env=env)
 
 
+@pytest.mark.slow  # about a minute: the whole tiny pipeline, twice killed (the default run keeps the rerun tests)
 def test_pipeline_survives_kills_and_skips_finished_stages(tmp_path, text_dir):  # noqa: F811
     config = tiny_yaml(tmp_path, text_dir)
     rd = tmp_path / "run"

@@ -18,9 +18,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hwnas.supernet.decode import DecodeCache, DecodeStep
+from hwnas.supernet.decode import DecodeCache, DecodeStep, cap
 from hwnas.supernet.deploy import export_form
 from hwnas.supernet.subnet import Subnet
+
+MAX_PAST = 1 << 16  # the longest cache the decoding graph takes without learned positions (rope, none)
 
 
 def cache_names(arch, prefix: tuple[str, str, str]) -> list[str]:
@@ -55,13 +57,14 @@ def export_decode_onnx(subnet: Subnet):
     form = decode_form(subnet.cpu().float())
     arch = subnet.arch
     block = subnet.dims.block_size
+    longest = cap(subnet.dims) or MAX_PAST  # learned positions end at the block size
     tokens = torch.zeros(2, 3, dtype=torch.int64)
     # traced with 4 past keys everywhere (a length of 0 or 1 would be specialized, not kept dynamic)
     example_past = [torch.zeros(2, t.shape[1], 4, t.shape[3]) if t.shape[2] == 0 else t for t in form.caches(2, 0)]
     batch, seq = torch.export.Dim("batch", min=1, max=1 << 16), torch.export.Dim("seq", min=1, max=block)
     shapes: list = [{0: batch, 1: seq}, None]
     for i, layer in enumerate(arch.layers):
-        past = torch.export.Dim(f"past{i}", min=0, max=block)
+        past = torch.export.Dim(f"past{i}", min=0, max=longest)
         shapes += [{0: batch}] if layer.attention == "linear" else [{0: batch, 2: past}] * 2
     try:
         with quiet_exporter(), torch.no_grad():

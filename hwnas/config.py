@@ -136,9 +136,11 @@ class ExperimentConfig(Section):
             seq_len = getattr(self, name).seq_len
             if seq_len is not None and seq_len > block:
                 raise field_error(f"{name}.seq_len", f"{seq_len} exceeds search_space.block_size {block}")
-        if self.latency.decode_context is not None and self.latency.decode_context >= block:
+        learned = self.search_space.positions == "learned"  # (rope and none decode past the block size)
+        if learned and self.latency.decode_context is not None and self.latency.decode_context >= block:
             raise field_error("latency.decode_context", f"{self.latency.decode_context} leaves no room for a new token in "
-                              f"search_space.block_size {block} (at most {block - 1})")
+                              f"search_space.block_size {block} with learned positions (at most {block - 1}; "
+                              "search_space.positions: rope or none decode past it)")
         for target in self.search.latency_targets():  # each latency the search names needs its table
             device, runtime, workload = split_table_key(target)
             if workload not in self.latency.workloads:

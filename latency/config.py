@@ -86,7 +86,7 @@ class LatencyConfig(Section):
         "decode_context tokens, the table <device>-<runtime>-decode.json: the time of each generated token)")
     decode_context: int | None = Field(default=None, gt=0, le=MAX_BLOCK, description="tokens already in the cache when "
                                        "the decode workload times a step; default: half the space's block_size (at most "
-                                       "block_size - 1)")
+                                       "block_size - 1 with learned positions; rope and none may go past it)")
     devices: list[Device] = Field(default_factory=lambda: ["cpu"], description="devices to build tables for (cpu, "
                                   "cuda); every latency@<device> the search names needs its device here")
     backends: list[BackendName] = Field(default_factory=lambda: list(BACKENDS), description="runtimes to build tables "

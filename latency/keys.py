@@ -106,8 +106,9 @@ class Piece:
         elif k == "head":
             module = Head(self.norm, d, dims)
         elif k == "attn":
-            module = (AttentionCore(self.layer(), d, dims.head_dim) if context is None
-                      else DecodeAttentionCore(self.layer(), d, dims.head_dim, context))
+            rotary = dims.positions == "rope"
+            module = (AttentionCore(self.layer(), d, dims.head_dim, rotary) if context is None
+                      else DecodeAttentionCore(self.layer(), d, dims.head_dim, context, rotary))
         else:
             module = FfnCore(self.layer(), d)
         gen = torch.Generator().manual_seed(zlib.crc32(self.key.encode()))

@@ -40,9 +40,9 @@ def random_init_(module: nn.Module, generator: torch.Generator | None = None) ->
 class AttentionCore(nn.Module):
     """The attention core of one layer: QKV projection, attention, output projection."""
 
-    def __init__(self, layer: LayerConfig, d: int, head_dim: int):
+    def __init__(self, layer: LayerConfig, d: int, head_dim: int, rotary: bool = False):
         super().__init__()
-        self.attn = Attention(layer, d, head_dim)
+        self.attn = Attention(layer, d, head_dim, rotary)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.attn(x)
@@ -52,10 +52,10 @@ class DecodeAttentionCore(nn.Module):
     """The attention core of one layer decoding one step: the new tokens' hidden states x and what
     the layer keeps of the `context` tokens before in, the output and the updated cache out."""
 
-    def __init__(self, layer: LayerConfig, d: int, head_dim: int, context: int):
+    def __init__(self, layer: LayerConfig, d: int, head_dim: int, context: int, rotary: bool = False):
         super().__init__()
         self.layer, self.context = layer, context
-        self.attn = Attention(layer, d, head_dim)
+        self.attn = Attention(layer, d, head_dim, rotary)
 
     def forward(self, x: Tensor, *past: Tensor) -> tuple[Tensor, ...]:
         cache = layer_cache(self.layer, past)
@@ -100,16 +100,17 @@ class NormResidual(nn.Module):
 
 
 class Embed(nn.Module):
-    """Token and learned position embedding: tokens (B, T) -> x (B, T, d)."""
+    """Token and (with learned positions) position embedding: tokens (B, T) -> x (B, T, d)."""
 
     def __init__(self, d: int, dims: ModelDims):
         super().__init__()
         self.tok_emb = nn.Parameter(torch.zeros(dims.vocab_size, d))
-        self.pos_emb = nn.Parameter(torch.zeros(dims.block_size, d))
+        if dims.positions == "learned":
+            self.pos_emb = nn.Parameter(torch.zeros(dims.block_size, d))
 
     def forward(self, tokens: Tensor) -> Tensor:
-        T = tokens.shape[1]
-        return nn.functional.embedding(tokens, self.tok_emb) + self.pos_emb[:T]
+        x = nn.functional.embedding(tokens, self.tok_emb)
+        return x + self.pos_emb[:tokens.shape[1]] if hasattr(self, "pos_emb") else x
 
 
 class Head(nn.Module):

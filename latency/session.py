@@ -50,9 +50,9 @@ def workload(space: SearchSpace, cfg: LatencyConfig, kind: str = "prefill") -> d
     block = space.config.block_size
     if kind == "decode":
         context = cfg.decode_context or block // 2
-        if context >= block:
+        if context >= block and space.config.positions == "learned":
             raise LatencyError(f"latency.decode_context: {context} leaves no room for a new token in the search space's "
-                               f"block_size {block} (at most {block - 1})")
+                               f"block_size {block} with learned positions (at most {block - 1})")
         return {"batch_size": cfg.batch_size, "seq_len": 1, "context": context}
     seq_len = cfg.seq_len or block
     if seq_len > space.config.block_size:

@@ -181,6 +181,11 @@ class SearchSpaceConfig(Section):
                             "the longest sequence any subnet reads, and the default seq_len of every stage")
     head_dim: int = Field(default=16, gt=0, le=MAX_WIDTH, description=f"width of one attention head, 1..{MAX_WIDTH} "
                           "(fixed: the head count is what is searched)")
+    positions: Literal["learned", "rope", "none"] = Field(
+        default="learned", description="how the model knows where a token is: learned (a position embedding per "
+        "place, GPT-2's; it caps every context at block_size), rope (rotary embeddings of queries and keys, "
+        "Llama's; no parameters, cached decoding may run past block_size) or none (no positional encoding, "
+        "NoPE: the causal mask alone orders the tokens)")
     depth: list[int] = Field(default_factory=lambda: [2, 3, 4], description=f"layer counts to choose from, each in "
                              f"1..{MAX_DEPTH}")
     embed_dim: list[int] = Field(default_factory=lambda: [64, 96, 128], description=f"embedding widths to choose from, "
@@ -231,6 +236,9 @@ class SearchSpaceConfig(Section):
                                 f"{e} does not divide the hidden size {int(hidden)} "
                                 f"(embed_dim {d} x mlp_ratio {r:g}); use expert counts dividing every hidden size",
                             )
+        if self.positions == "rope" and self.head_dim % 2:
+            raise field_error("head_dim", f"{self.head_dim} is odd; rope rotates pairs of a head's dimensions, so "
+                              "positions: rope needs an even head_dim")
         too_wide = [w for w in self.attention.windows if w > self.block_size]
         if "window" in self.attention.choices and too_wide:
             raise field_error("attention.windows", f"{too_wide[0]} exceeds block_size {self.block_size}")

@@ -1,7 +1,8 @@
 """Analytic cost of an arch: parameters, forward FLOPs and memory, without building a model.
 
 The formulas mirror the supernet's modules exactly (tests count the real module against them):
-- bias-free Q/K/V/O projections of width `n_heads * head_dim`, learned positions, tied LM head;
+- bias-free Q/K/V/O projections of width `n_heads * head_dim`, learned positions (rope and none have
+  no parameters), tied LM head;
 - per sublayer one norm (pre, post) or two (peri), plus a final norm of the last layer's kind;
 - FLOPs count matrix products only (2 per multiply-add), as torch's FlopCounterMode does:
   softmax attention scores all T x T pairs, sliding-window attention works in blocks of `window`
@@ -29,6 +30,7 @@ class ModelDims:
     vocab_size: int
     block_size: int
     head_dim: int
+    positions: str = "learned"  # learned, rope or none (`SearchSpaceConfig.positions`)
 
 
 def human_count(n: float) -> str:
@@ -56,7 +58,7 @@ def layer_params(layer: LayerConfig, d: int, dims: ModelDims) -> dict[str, int]:
 def params(arch: ArchConfig, dims: ModelDims) -> dict[str, int]:
     """Parameter count: `embedding` (tokens + positions; the head is tied), `non_embedding`, `total`."""
     d = arch.embed_dim
-    embedding = dims.vocab_size * d + dims.block_size * d
+    embedding = dims.vocab_size * d + (dims.block_size * d if dims.positions == "learned" else 0)
     body = sum(sum(layer_params(layer, d, dims).values()) for layer in arch.layers)
     body += NORMS[arch.layers[-1].norm].n_params(d)  # final norm
     return {"embedding": embedding, "non_embedding": body, "total": embedding + body}

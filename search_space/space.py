@@ -74,7 +74,7 @@ class SearchSpace:
     def __init__(self, config: SearchSpaceConfig | None = None):
         self.config = config or SearchSpaceConfig()
         c = self.config
-        self.dims = metrics.ModelDims(c.vocab_size, c.block_size, c.head_dim)
+        self.dims = metrics.ModelDims(c.vocab_size, c.block_size, c.head_dim, c.positions)
         self.choices: dict[str, tuple[Any, ...]] = {
             "n_heads": tuple(c.n_heads.choices),
             "mlp_ratio": tuple(c.mlp_ratio.choices),

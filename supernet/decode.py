@@ -9,7 +9,8 @@ Softmax attention keeps every key and value (its cache grows with the context), 
 attention the last window-1 (bounded by the window), linear attention a recurrent state of fixed
 size; norms, placements, FFNs and MoE routing work per token and keep nothing. The logits equal a
 full recomputation of the sequence (tested across every kind). Learned positions cap the context
-at the block size: a step beyond it is refused (`DecodeCache.room`).
+at the block size: a step beyond it is refused (`DecodeCache.room`); with rotary or no positions
+(`search_space.positions`) decoding may go on past it.
 """
 
 from __future__ import annotations
@@ -52,22 +53,29 @@ def cache_tensors(layer, cache: LayerCache) -> list[Tensor]:
     return [cache.state] if layer.attention == "linear" else [cache.k, cache.v]
 
 
+def cap(dims) -> int | None:
+    """The longest context a model of `dims` (a `ModelDims`) reads: its block size with learned
+    positions, else None (rotary and no positions know no end)."""
+    return dims.block_size if dims.positions == "learned" else None
+
+
 @dataclass
 class DecodeCache:
-    """The decoding state of one model: the next position and each layer's `LayerCache`."""
+    """The decoding state of one model: the next position and each layer's `LayerCache`;
+    `block_size` the context cap (None: no cap, rotary or no positions)."""
 
-    block_size: int
+    block_size: int | None
     layers: list[LayerCache] = field(default_factory=list)
     pos: int | Tensor = 0
 
     @classmethod
     def of(cls, model) -> DecodeCache:
         """An empty cache for `model` (a `Subnet`, or a deployment form of one)."""
-        return cls(model.dims.block_size, [LayerCache() for _ in model.arch.layers])
+        return cls(cap(model.dims), [LayerCache() for _ in model.arch.layers])
 
-    def room(self) -> int:
-        """How many more tokens fit before the block size."""
-        return self.block_size - self.pos
+    def room(self) -> float:
+        """How many more tokens fit before the block size (inf without a cap)."""
+        return float("inf") if self.block_size is None else self.block_size - self.pos
 
     def claim(self, n: int) -> int:
         """Reserve positions for `n` new tokens; returns the first. A `ValueError` past the block size."""
@@ -89,7 +97,7 @@ class DecodeCache:
             n = 1 if layer.attention == "linear" else 2
             layers.append(layer_cache(layer, past[at:at + n]))
             at += n
-        return cls(model.dims.block_size, layers, pos)
+        return cls(cap(model.dims), layers, pos)
 
     def tensors(self, model) -> list[Tensor]:
         """Every layer's cache as tensors, in the order `from_tensors` reads them."""

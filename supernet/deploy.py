@@ -52,7 +52,7 @@ class DeployAttention(nn.Module):
     def __init__(self, attn: Attention):
         super().__init__()
         layer = attn.layer
-        self.n_heads, self.kind, self.window = layer.n_heads, layer.attention, layer.window
+        self.n_heads, self.kind, self.window, self.rotary = layer.n_heads, layer.attention, layer.window, attn.rotary
         self.weight_bits = layer.weight_bits  # of every parameter here (the exporter's quantizer reads it)
         three, a, d = attn.qkv.shape
         with torch.no_grad():
@@ -63,10 +63,13 @@ class DeployAttention(nn.Module):
     def forward(self, x: Tensor, cache: ops.LayerCache | None = None, pos: int = 0) -> Tensor:
         B, T, _ = x.shape
         qkv = _mm(x, self.w_qkv).view(B, T, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        if self.rotary:
+            q, k = ops.rope(q, pos), ops.rope(k, pos)
         if cache is None:
-            y = self.core(qkv[0], qkv[1], qkv[2])
+            y = self.core(q, k, v)
         else:
-            y = ops.cached_attention(self.kind, qkv[0], qkv[1], qkv[2], self.window, cache, pos)
+            y = ops.cached_attention(self.kind, q, k, v, self.window, cache, pos)
         y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, a)
         return _mm(y, self.w_proj)
 

@@ -88,9 +88,10 @@ class ElasticAttention(nn.Module):
     """Q/K/V/O projections of softmax, linear and sliding-window attention: one set shared by all
     kinds, or (`kinds` given) one set per kind."""
 
-    def __init__(self, d_max: int, heads_max: int, head_dim: int, kinds: Sequence[str] | None = None):
+    def __init__(self, d_max: int, heads_max: int, head_dim: int, kinds: Sequence[str] | None = None,
+                 rotary: bool = False):
         super().__init__()
-        self.head_dim = head_dim
+        self.head_dim, self.rotary = head_dim, rotary
         a = heads_max * head_dim
         self.qkv = shared_or_per_kind(lambda: fan_in_normal(3, a, d_max), kinds)  # (3, nh*hs, d): q, k, v
         self.proj = shared_or_per_kind(lambda: fan_in_normal(d_max, a), kinds)
@@ -108,7 +109,7 @@ class ElasticAttention(nn.Module):
 
     def forward(self, x: Tensor, layer: LayerConfig) -> Tensor:
         w = quantized(self.static(layer, x.shape[-1]), layer.weight_bits)
-        return ops.attention_sublayer(x, layer, w["qkv"], w["proj"])
+        return ops.attention_sublayer(x, layer, w["qkv"], w["proj"], rotary=self.rotary)
 
 
 class ElasticFFN(nn.Module):
@@ -151,9 +152,9 @@ class Block(nn.Module):
 
     def __init__(self, d_max: int, heads_max: int, head_dim: int, hidden_max: int, expert_counts: list[int],
                  norm_kinds: Sequence[str], attention_kinds: Sequence[str] | None = None,
-                 ffn_kinds: Sequence[str] | None = None):
+                 ffn_kinds: Sequence[str] | None = None, rotary: bool = False):
         super().__init__()
-        self.attn = ElasticAttention(d_max, heads_max, head_dim, attention_kinds)
+        self.attn = ElasticAttention(d_max, heads_max, head_dim, attention_kinds, rotary)
         self.ffn = ElasticFFN(d_max, hidden_max, expert_counts, ffn_kinds)
         self.norm_attn, self.norm_attn_out = ElasticNorms(d_max, norm_kinds), ElasticNorms(d_max, norm_kinds)
         self.norm_ffn, self.norm_ffn_out = ElasticNorms(d_max, norm_kinds), ElasticNorms(d_max, norm_kinds)
@@ -181,10 +182,11 @@ class Supernet(nn.Module):
         # starts near unit scale, which Dynamic Tanh needs (it does not rescale like LayerNorm), and the
         # tied head starts with logits of std <= 1.
         self.tok_emb = nn.Parameter(torch.randn(c.vocab_size, d_max) / d_max**0.5)  # tied with the LM head
-        self.pos_emb = nn.Parameter(torch.randn(c.block_size, d_max) / d_max**0.5)
+        if c.positions == "learned":  # (rope turns queries and keys instead; none: the causal mask alone)
+            self.pos_emb = nn.Parameter(torch.randn(c.block_size, d_max) / d_max**0.5)
         per_kind = c.weight_sharing == "per_kind"
         kinds = {"norm_kinds": list(c.norm.choices), "attention_kinds": list(c.attention.choices) if per_kind else None,
-                 "ffn_kinds": list(c.ffn.choices) if per_kind else None}
+                 "ffn_kinds": list(c.ffn.choices) if per_kind else None, "rotary": c.positions == "rope"}
         self.blocks = nn.ModuleList(
             Block(d_max, heads_max, c.head_dim, hidden_max, list(c.ffn.experts), **kinds) for _ in range(self.space.max_depth)
         )
@@ -212,7 +214,8 @@ class Supernet(nn.Module):
         self.check(tokens, arch)
         d, T = arch.embed_dim, tokens.shape[1]
         emb = corner(self.tok_emb, self.config.vocab_size, d)  # tied with the LM head
-        x = ops.embed(tokens, emb, corner(self.pos_emb, T, d))  # (B, T, d)
+        pos_emb = corner(self.pos_emb, T, d) if self.config.positions == "learned" else None
+        x = ops.embed(tokens, emb, pos_emb)  # (B, T, d)
         aux = x.new_zeros(())
         for block, layer in zip(self.blocks, arch.layers, strict=False):
             x, a = block(x, layer)

@@ -22,9 +22,11 @@ EPS = 1e-5
 
 
 # --- embedding ------------------------------------------------------------------------------------
-def embed(tokens: Tensor, tok_emb: Tensor, pos_emb: Tensor) -> Tensor:
-    """Token plus learned position embeddings, scaled by sqrt(width) (as Gemma does): (B, T, d)."""
-    return (F.embedding(tokens, tok_emb) + pos_emb) * math.sqrt(tok_emb.shape[-1])
+def embed(tokens: Tensor, tok_emb: Tensor, pos_emb: Tensor | None) -> Tensor:
+    """Token plus learned position embeddings (None: rope or no positions), scaled by sqrt(width)
+    (as Gemma does): (B, T, d)."""
+    x = F.embedding(tokens, tok_emb)
+    return (x if pos_emb is None else x + pos_emb) * math.sqrt(tok_emb.shape[-1])
 
 
 # --- quantization ---------------------------------------------------------------------------------
@@ -111,6 +113,24 @@ def qkv_project(x: Tensor, w_qkv: Tensor, n_heads: int) -> tuple[Tensor, Tensor,
     qkv = torch.matmul(x.reshape(1, B * T, d), w_qkv.transpose(1, 2))  # (3, B*T, nh*hs)
     qkv = qkv.view(3, B, T, n_heads, -1).transpose(2, 3)  # (3, B, nh, T, hs)
     return qkv[0], qkv[1], qkv[2]
+
+
+ROPE_BASE = 10000.0  # the rotary frequencies' base (RoFormer, Llama)
+
+
+def rope(x: Tensor, pos: int | Tensor = 0) -> Tensor:
+    """Rotary position embedding (RoFormer) of queries or keys x (B, nh, T, hs) at positions
+    pos .. pos+T-1: each pair (x[i], x[i + hs/2]) turns by the angle position * ROPE_BASE^(-2i/hs)
+    (the half-split pairing of GPT-NeoX and Llama). A dot product of a rotated query and key then
+    depends on their distance alone. `pos` a 0-d tensor: the exported decoding graph's form."""
+    T, hs = x.shape[-2], x.shape[-1]
+    half = hs // 2
+    inv_freq = ROPE_BASE ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    t = (torch.arange(T, device=x.device) + pos).to(torch.float32)
+    angle = t.view(T, 1) * inv_freq.view(1, half)  # (T, hs/2)
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
 def softmax_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -300,12 +320,15 @@ def expert_mix(flat: Tensor, gates: Tensor, idx: Tensor, experts: Sequence[Calla
 
 # --- sublayers ------------------------------------------------------------------------------------
 def attention_sublayer(x: Tensor, layer, w_qkv: Tensor, w_proj: Tensor, cache: LayerCache | None = None,
-                       pos: int = 0) -> Tensor:
+                       pos: int = 0, rotary: bool = False) -> Tensor:
     """The attention core of `layer` (a `LayerConfig`) with its (quantized) weights: x (B, T, d) ->
-    QKV projection, the layer's attention kind, output projection. With a `cache`, x holds the
-    tokens at positions pos .. pos+T-1 and the cache what attention keeps of those before."""
+    QKV projection (`rotary`: queries and keys turned by `rope`), the layer's attention kind, output
+    projection. With a `cache`, x holds the tokens at positions pos .. pos+T-1 and the cache what
+    attention keeps of those before."""
     B, T, _ = x.shape
     q, k, v = qkv_project(x, w_qkv, layer.n_heads)  # each (B, nh, T, hs)
+    if rotary:
+        q, k = rope(q, pos), rope(k, pos)
     if cache is None:
         y = attention(layer.attention, q, k, v, layer.window)
     else:

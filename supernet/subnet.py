@@ -32,16 +32,17 @@ class Norm(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, layer: LayerConfig, d: int, head_dim: int):
+    def __init__(self, layer: LayerConfig, d: int, head_dim: int, rotary: bool = False):
         super().__init__()
-        self.layer = layer
+        self.layer, self.rotary = layer, rotary
         a = layer.n_heads * head_dim
         self.qkv = nn.Parameter(torch.zeros(3, a, d))
         self.proj = nn.Parameter(torch.zeros(d, a))
 
     def forward(self, x: Tensor, cache: ops.LayerCache | None = None, pos: int = 0) -> Tensor:
         bits = self.layer.weight_bits
-        return ops.attention_sublayer(x, self.layer, ops.fake_quant(self.qkv, bits), ops.fake_quant(self.proj, bits), cache, pos)
+        return ops.attention_sublayer(x, self.layer, ops.fake_quant(self.qkv, bits), ops.fake_quant(self.proj, bits), cache, pos,
+                                      self.rotary)
 
 
 class FFN(nn.Module):
@@ -65,10 +66,10 @@ class FFN(nn.Module):
 
 
 class SubnetBlock(nn.Module):
-    def __init__(self, layer: LayerConfig, d: int, head_dim: int):
+    def __init__(self, layer: LayerConfig, d: int, head_dim: int, rotary: bool = False):
         super().__init__()
         self.layer = layer
-        self.attn, self.ffn = Attention(layer, d, head_dim), FFN(layer, d)
+        self.attn, self.ffn = Attention(layer, d, head_dim, rotary), FFN(layer, d)
         self.norm_attn, self.norm_ffn = Norm(layer.norm, d), Norm(layer.norm, d)
         if layer.placement == "peri":
             self.norm_attn_out, self.norm_ffn_out = Norm(layer.norm, d), Norm(layer.norm, d)
@@ -90,8 +91,10 @@ class Subnet(nn.Module):
         self.arch, self.dims = arch, dims
         d = arch.embed_dim
         self.tok_emb = nn.Parameter(torch.zeros(dims.vocab_size, d))  # tied with the LM head
-        self.pos_emb = nn.Parameter(torch.zeros(dims.block_size, d))
-        self.blocks = nn.ModuleList(SubnetBlock(layer, d, dims.head_dim) for layer in arch.layers)
+        if dims.positions == "learned":
+            self.pos_emb = nn.Parameter(torch.zeros(dims.block_size, d))
+        rotary = dims.positions == "rope"
+        self.blocks = nn.ModuleList(SubnetBlock(layer, d, dims.head_dim, rotary) for layer in arch.layers)
         self.norm_final = Norm(arch.layers[-1].norm, d)
 
     def forward(self, tokens: Tensor, return_aux: bool = False, cache: DecodeCache | None = None):
@@ -99,8 +102,7 @@ class Subnet(nn.Module):
         continue the sequence the cache holds, at positions cache.pos .. cache.pos+T-1."""
         T = tokens.shape[1]
         pos = 0 if cache is None else cache.claim(T)
-        x = ops.embed(tokens, self.tok_emb, self.pos_emb[pos:pos + T] if isinstance(pos, int) else
-                      self.pos_emb.index_select(0, torch.arange(T, device=tokens.device) + pos))
+        x = ops.embed(tokens, self.tok_emb, self.positions(pos, T))
         aux = x.new_zeros(())
         for i, block in enumerate(self.blocks):
             x, a = block(x) if cache is None else block(x, cache.layers[i], pos)
@@ -108,6 +110,14 @@ class Subnet(nn.Module):
                 aux = aux + a
         logits = nn.functional.linear(self.norm_final(x), self.tok_emb)
         return (logits, aux) if return_aux else logits
+
+    def positions(self, pos: int | Tensor, T: int) -> Tensor | None:
+        """The learned position embeddings of positions pos .. pos+T-1 (None with rope or none)."""
+        if self.dims.positions != "learned":
+            return None
+        if isinstance(pos, int):
+            return self.pos_emb[pos:pos + T]
+        return self.pos_emb.index_select(0, torch.arange(T, device=self.pos_emb.device) + pos)
 
 
 # --- extraction -----------------------------------------------------------------------------------
@@ -123,7 +133,8 @@ def extract_subnet(supernet: Supernet, arch: ArchConfig) -> Subnet:
     d = arch.embed_dim
     sub = Subnet(arch, supernet.space.dims).to(supernet.tok_emb.device, supernet.tok_emb.dtype)
     sub.tok_emb.copy_(supernet.tok_emb[:, :d])
-    sub.pos_emb.copy_(supernet.pos_emb[:, :d])
+    if hasattr(sub, "pos_emb"):
+        sub.pos_emb.copy_(supernet.pos_emb[:, :d])
     for src, dst, layer in zip(supernet.blocks, sub.blocks, arch.layers, strict=False):
         for part in ("attn", "ffn"):
             for name, w in getattr(src, part).static(layer, d).items():

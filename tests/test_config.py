@@ -14,7 +14,7 @@ from tests.conftest import QUICKSTART, QUICKSTART_SIZE
 
 # the top-level sections grow with the pipeline stages; the foundation's four come first
 TOP_KEYS = ", ".join(ExperimentConfig.model_fields)
-SPACE_KEYS = ("vocab_size, block_size, head_dim, depth, embed_dim, n_heads, mlp_ratio, norm, norm_placement, "
+SPACE_KEYS = ("vocab_size, block_size, head_dim, positions, depth, embed_dim, n_heads, mlp_ratio, norm, norm_placement, "
               "attention, ffn, weight_bits, weight_sharing")
 
 
@@ -85,6 +85,15 @@ BAD_CONFIGS = [
      "config: search_space.ffn.experts: must be >= 2 for moe, got 1"),
     ("window-above-block", ss(block_size=64, attention={"choices": ["window"], "windows": [32, 128]}),
      "search_space.attention.windows", "config: search_space.attention.windows: 128 exceeds block_size 64"),
+    ("rope-odd-head-dim", ss(positions="rope", head_dim=7), "search_space.head_dim",
+     "config: search_space.head_dim: 7 is odd; rope rotates pairs of a head's dimensions, so positions: rope needs an "
+     "even head_dim"),
+    ("unknown-positions", ss(positions="alibi"), "search_space.positions",
+     "config: search_space.positions: Input should be 'learned', 'rope' or 'none' (got 'alibi')"),
+    ("decode-context-past-learned-block", {"name": "t", "search_space": {"block_size": 128},
+                                           "latency": {"decode_context": 200}}, "latency.decode_context",
+     "config: latency.decode_context: 200 leaves no room for a new token in search_space.block_size 128 with learned "
+     "positions (at most 127; search_space.positions: rope or none decode past it)"),
     ("bad-run-name", {"name": "my run"}, "name",
      "config: name: must be letters, digits, '.', '_' or '-' (not starting with a symbol), got 'my run'"),
     ("run-name-leading-symbol", {"name": "../x"}, "name",

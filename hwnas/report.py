@@ -53,6 +53,7 @@ def print_space_summary(cfg: ExperimentConfig, samples: int, seed: int, console:
 
 def print_front(search_dir, console: Console | None = None) -> None:
     """The saved Pareto front as a table, with re-measured values where the search validated them."""
+    from hwnas.search.objectives import decode_objectives, tokens_per_s
     from hwnas.search.pareto import read_front, read_validation
 
     console = console or Console(width=200)
@@ -65,12 +66,17 @@ def print_front(search_dir, console: Console | None = None) -> None:
     for n in names:
         table.add_column(n)
         table.add_column(f"{n} (re-measured)")
+    decode = decode_objectives(names)
+    for n in decode:  # a decoding step's ms per token, as the rate people quote
+        table.add_column(f"{n} tokens/s")
     table.add_column("arch key", overflow="fold")
     for i, m in enumerate(data["front"]):
         row = [str(i)]
-        for n, v in zip(names, m["objectives"], strict=True):
+        values = dict(zip(names, m["objectives"], strict=True))
+        for n, v in values.items():
             real = measured.get(m["key"], {}).get(f"measured:{n}")
             row += [f"{v:.4g}", "" if real is None else f"{real:.4g}"]
+        row += [f"{tokens_per_s(n, values[n]):,.0f}" for n in decode]
         table.add_row(*row, m["key"])
     console.print(table)
     print_choices(search_dir, console)
@@ -78,7 +84,7 @@ def print_front(search_dir, console: Console | None = None) -> None:
 
 def print_choices(search_dir, console: Console) -> None:
     """Which design choices the front uses against the space, and their latency at equal width."""
-    from hwnas.search.choices import HEADERS, latency_targets, read_choices, row_cells
+    from hwnas.search.choices import HEADERS, latency_headers, latency_targets, read_choices, row_cells
 
     report = read_choices(search_dir)
     if report is None:
@@ -86,7 +92,7 @@ def print_choices(search_dir, console: Console) -> None:
     targets = latency_targets(report)
     table = Table(title=f"design choices: share of the front's {report['front_size']} members (and of their layers) against "
                         f"the space; latency of the largest arch with the choice in every layer")
-    for col in (*HEADERS, *[f"latency@{t} ms" for t in targets]):
+    for col in (*HEADERS, *latency_headers(targets)):
         table.add_column(col)
     for r in report["rows"]:
         table.add_row(*row_cells(r, targets))

@@ -84,16 +84,25 @@ def latency_targets(report: dict[str, Any]) -> list[str]:
     return sorted({t for r in report["rows"] for t in r["latency_ms"]})
 
 
+def latency_cell(target: str, ms: float) -> str:
+    """A choice's latency on table `target`: ms, and for a decoding step also the tokens per second."""
+    return f"{ms:.3f} ({1e3 / ms:,.0f} tokens/s)" if target.endswith(":decode") and ms > 0 else f"{ms:.3f}"
+
+
+def latency_headers(targets: list[str]) -> list[str]:
+    return [f"latency@{t} ms/token" if t.endswith(":decode") else f"latency@{t} ms" for t in targets]
+
+
 def row_cells(row: dict[str, Any], targets: list[str]) -> list[str]:
-    """One choice as table cells: shares in percent, latency at equal width in ms per target."""
+    """One choice as table cells: shares in percent, latency at equal width per target."""
     return [row["dim"], row["choice"], *(f"{100 * row[k]:.0f}%" for k in SHARES),
-            *(f"{row['latency_ms'][t]:.3f}" if t in row["latency_ms"] else "" for t in targets)]
+            *(latency_cell(t, row["latency_ms"][t]) if t in row["latency_ms"] else "" for t in targets)]
 
 
 def choices_markdown(report: dict[str, Any]) -> str:
     """The report as a markdown table: shares in percent, latency at equal width in ms."""
     targets = latency_targets(report)
-    head = [*HEADERS, *[f"latency@{t} ms" for t in targets]]
+    head = [*HEADERS, *latency_headers(targets)]
     lines = [f"Design choices on the front ({report['front_size']} members) against the space "
              f"({report['space_samples']:,} uniform samples); latency: the space's largest arch with the choice in "
              f"every layer (`{report['base']}` otherwise), from the tables.", "",

@@ -73,6 +73,17 @@ def latency_workload(name: str) -> str | None:
     return _suffixes(name)[0] or LATENCY_WORKLOADS[0]
 
 
+def tokens_per_s(name: str, value: float) -> float | None:
+    """Generated tokens per second of a decode latency `value` (ms per token) of objective `name`;
+    None for any other objective."""
+    return 1e3 / value if latency_workload(name) == "decode" and value > 0 else None
+
+
+def decode_objectives(names: list[str]) -> list[str]:
+    """The decode latencies among objective `names` (each also shown as tokens/s)."""
+    return [n for n in names if latency_workload(n) == "decode"]
+
+
 def table_key(name: str) -> str | None:
     """The latency table a latency name reads: '<device>/<runtime>' (prefill) or
     '<device>/<runtime>:decode'; None for another name or one without a runtime."""

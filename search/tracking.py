@@ -11,6 +11,7 @@ import numpy as np
 from hwnas.search_space import ArchConfig, SearchSpace
 
 from .choices import latency_targets as choice_targets
+from .objectives import decode_objectives, tokens_per_s
 from .pareto import Candidate, ParetoFront
 from .plots import flat
 
@@ -30,8 +31,11 @@ def front_rows(space: SearchSpace, front: ParetoFront, members: list[Candidate])
     names = front.objective_names
     on_front = {c.key for c in front.members()}
     genes = [g.name for g in space.genes]
-    cols = ["key", *names, *[f"g:{c}" for c in front.constraint_names], "on_front", *genes]
-    rows = [[c.key, *c.objectives, *c.constraints, c.key in on_front, *choice_columns(space, c.arch).values()] for c in members]
+    decode = [names.index(n) for n in decode_objectives(names)]  # decode latencies: also tokens/s
+    cols = ["key", *names, *[f"{names[i]} tokens/s" for i in decode], *[f"g:{c}" for c in front.constraint_names], "on_front",
+            *genes]
+    rows = [[c.key, *c.objectives, *[tokens_per_s(names[i], c.objectives[i]) for i in decode], *c.constraints, c.key in on_front,
+             *choice_columns(space, c.arch).values()] for c in members]
     return cols, rows
 
 

@@ -108,6 +108,15 @@ def test_a_decode_table_builds_beside_the_prefill_one_and_reports_its_fidelity(t
     assert len(rows) == 2 and all(r["measured:latency@cpu/torch:decode"] > 0 for r in rows)
     arch = ArchConfig.from_dict(front["front"][0]["arch"])
     assert front["front"][0]["objectives"][1] == pytest.approx(1e3 * decode.predict(arch))
+    from rich.console import Console
+
+    from hwnas.report import print_front
+
+    console = Console(width=400, record=True)
+    print_front(tmp_path / "search", console)
+    text = console.export_text()
+    assert "latency@cpu/torch:decode tokens/s" in text and "latency@cpu/torch:decode ms/token" in text
+    assert f"{1e3 / front['front'][0]['objectives'][1]:,.0f}" in text
 
 
 def test_the_decode_context_must_leave_room_for_a_token():
@@ -153,3 +162,24 @@ def test_a_decode_objective_needs_the_decode_workload(tmp_path):
     shown = hwnas("config", str(config), "--set", "search.objectives=[loss, 'latency@cpu/torch:decode']",
                   "--set", "latency.workloads=[prefill, decode]")
     assert shown.returncode == 0, shown.stderr
+
+
+def test_decode_latencies_read_as_tokens_per_second_in_tables_and_plots(tmp_path):
+    from hwnas.search.choices import latency_headers, row_cells
+    from hwnas.search.objectives import decode_objectives, tokens_per_s
+    from hwnas.search.plots import PlotContext, front_plots
+
+    name = "latency@cpu/onnxruntime:decode"
+    assert tokens_per_s(name, 0.25) == pytest.approx(4000) and tokens_per_s("latency@cpu/onnxruntime", 0.25) is None
+    assert decode_objectives(["loss", "latency@cpu/torch", name]) == [name]
+    row = {"dim": "attention", "choice": "linear", "front_archs": 0.5, "front_layers": 0.25, "space_archs": 0.5,
+           "space_layers": 0.3, "latency_ms": {"cpu/onnxruntime": 2.0, "cpu/onnxruntime:decode": 0.2}}
+    targets = ["cpu/onnxruntime", "cpu/onnxruntime:decode"]
+    assert row_cells(row, targets)[-2:] == ["2.000", "0.200 (5,000 tokens/s)"]
+    assert latency_headers(targets) == ["latency@cpu/onnxruntime ms", "latency@cpu/onnxruntime:decode ms/token"]
+    cands = [{"key": f"a{i}", "loss": 2.0 - 0.1 * i, name: 0.2 + 0.05 * i} for i in range(4)]
+    ctx = PlotContext("exp", {"loss": "nats/byte", name: "ms/token"})
+    paths = front_plots(cands, cands, ["loss", name], tmp_path, ctx)
+    html = next(p for p in paths if p.suffix == ".html").read_text()
+    html = html.replace("\\u002f", "/")  # (plotly escapes the slash in its JSON)
+    assert "5,000 tokens/s" in html and "2,857 tokens/s" in html  # 1000 / 0.2 and 1000 / 0.35, on hover

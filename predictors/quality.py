@@ -102,15 +102,17 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['eval_seconds_per_subnet']:.2f} s per subnet on {report['device']}.\n",
     ]
     if h:
+        interval = report.get("interval", 0.9)  # (reports before the field: the default's)
         lines += [
-            "| Kendall tau | Spearman | RMSE | MAPE % | 90% interval coverage |",
+            f"| Kendall tau | Spearman | RMSE | MAPE % | {interval:.0%} interval coverage (ideal {interval:.2f}) |",
             "| --- | --- | --- | --- | --- |",
             f"| {h['kendall_tau']:.3f} | {h['spearman']:.3f} | {h['rmse']:.4f} | {100 * h['mape']:.2f} | {h['coverage']:.2f} |\n",
         ]
     lines += [
         "## Candidates\n",
         "Selection uses only the CV columns; the held-out columns are shown for each candidate refitted on the whole fit set.\n",
-        "| model | CV tau | CV tau sd | CV RMSE | held-out tau | held-out Spearman | held-out RMSE | held-out coverage |",
+        f"| model | CV tau | CV tau sd | CV RMSE | held-out tau | held-out Spearman | held-out RMSE | held-out "
+        f"{report.get('interval', 0.9):.0%} coverage |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, c in report["candidates"].items():

@@ -412,3 +412,14 @@ def test_config_is_strict():
     with pytest.raises(ValidationError):
         PredictorsConfig(alt_features=[["onehot", "zerocost"]])
     assert PredictorsConfig().n_fit <= 150 and PredictorsConfig().n_heldout >= 50
+
+
+def test_the_report_names_the_configured_interval():
+    from hwnas.predictors.quality import markdown
+
+    metrics = {"kendall_tau": 0.8, "spearman": 0.9, "rmse": 0.01, "mape": 0.01, "coverage": 0.77, "n": 30}
+    report = {"target": "loss", "model": "gp", "cv_folds": 5, "n_fit": 80, "heldout": metrics, "eval_tokens": 8192,
+              "eval_seconds_per_subnet": 1.0, "device": "cpu", "interval": 0.8,
+              "candidates": {"gp": {"cv": {"kendall_tau": 0.8, "kendall_tau_sd": 0.05, "rmse": 0.01}, "heldout": metrics}}}
+    text = markdown(report)
+    assert "| 80% interval coverage (ideal 0.80) |" in text and "held-out 80% coverage" in text and "90%" not in text

@@ -83,10 +83,17 @@ def _machine_section(r: dict[str, Any]) -> list[str]:
             "| field | value |", "| --- | --- |", *rows, ""]
 
 
+POSITIONS = {"rope": "rotary positions: cached decoding may run past that", "none": "no positional encoding: cached decoding may run "
+             "past that"}
+
+
 def render_card(r: dict[str, Any]) -> str:
     """The model card (README.md) of the export whose report (report.json) is `r`."""
+    positions = r["model"].get("positions", "learned")
+    context = (f"context {r['model']['block_size']} tokens" if positions == "learned" else
+               f"trained on {r['model']['block_size']}-token contexts, {POSITIONS[positions]}")
     out = [f"# `{r['key']}`", "",
-           f"A byte-level transformer language model (token id = UTF-8 byte value; context {r['model']['block_size']} tokens, "
+           f"A byte-level transformer language model (token id = UTF-8 byte value; {context}, "
            f"vocabulary {r['model']['vocab_size']}) found by hardware-aware neural architecture search with hwnas, "
            "exported as safetensors and ONNX (fp32 and quantized), checked against each other.", "",
            f"Arch key: `{r['key']}`", ""]

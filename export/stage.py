@@ -315,7 +315,7 @@ def _run_export(run_dir: Path, pick: str | int | None, out_dir: str | Path | Non
         report.update(_facts(space, arch, subnet, train_cfg, corpus, cfg, checks, latency, fp32, int8, bits, form, run_dir))
         report["decode"] = decode and decode["report"]
         report["model"] = {"vocab_size": space_cfg.vocab_size, "block_size": space_cfg.block_size, "head_dim": space_cfg.head_dim,
-                           "embed_dim": arch.embed_dim, "depth": arch.depth, "tokens": "bytes: token id = UTF-8 byte value",
+                           "positions": space_cfg.positions, "embed_dim": arch.embed_dim, "depth": arch.depth, "tokens": "bytes: token id = UTF-8 byte value",
                            "params": report["params"]["total"]}
         report["out_dir"] = str(target)
         report["seconds"] = time.perf_counter() - t_start

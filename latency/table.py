@@ -25,7 +25,7 @@ import json
 import math
 import statistics
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -187,7 +187,7 @@ class LatencyTable:
             "fingerprint": self.fingerprint,
             "protocol": self.protocol.to_dict(),
             "workload": dict(self.workload),
-            "dims": {"vocab_size": self.dims.vocab_size, "block_size": self.dims.block_size, "head_dim": self.dims.head_dim},
+            "dims": asdict(self.dims),
             "entries": {k: m.to_dict() for k, m in sorted(self.entries.items())},
             "calibration": [{"arch": a.to_dict(), "measured": m.to_dict()} for a, m in self.calibration.values()],
             "correction": self.correction.to_dict() if self.correction else None,

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from hwnas.core.errors import HwnasError
+from hwnas.core.manifest import Manifest
 from hwnas.latency import (
     FingerprintMismatchError,
     FingerprintWarning,
@@ -34,6 +35,7 @@ from hwnas.latency import (
 from hwnas.latency.fidelity import error_metrics
 from hwnas.latency.protocol import measure_many
 from hwnas.latency.speed import REFERENCE
+from hwnas.latency.table import load_table
 from hwnas.search_space import ArchConfig, LayerConfig, SearchSpace, SearchSpaceConfig
 from tests.tiny import page_text
 
@@ -177,6 +179,18 @@ def test_round_trip(tiny, cfg, tmp_path):
     assert again.entries == table.entries
     assert again.correction == table.correction
     assert again.predict(HAND_ARCH) == pytest.approx(table.predict(HAND_ARCH), rel=1e-12)
+
+
+@pytest.mark.parametrize("positions", ["rope", "none"])
+def test_a_table_keeps_the_positions_it_was_measured_with(cfg, tmp_path, positions):
+    """A rotary (or position-free) space's table says so in its file: it loads for that space, and
+    a learned-positions space refuses it (its attention and embedding pieces differ)."""
+    space = SearchSpace(TINY.model_copy(update={"positions": positions}))
+    build_table(space, cfg, table_path(tmp_path, "cpu", "torch"), progress=False, measurer=FakeMeasurer(space, cfg),
+                manifest=Manifest.of(tmp_path, "latency"))
+    assert load_table(tmp_path, "cpu", "torch", space=space).dims.positions == positions
+    with pytest.raises(TableError, match="measured for model dims"):
+        load_table(tmp_path, "cpu", "torch", space=SearchSpace(TINY))
 
 
 def test_truncated_table_fails_clearly(tiny, cfg, tmp_path):

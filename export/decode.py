@@ -18,11 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hwnas.supernet.decode import DecodeCache, DecodeStep, cap
+from hwnas.supernet.decode import DecodeCache, DecodeStep
 from hwnas.supernet.deploy import export_form
 from hwnas.supernet.subnet import Subnet
-
-MAX_PAST = 1 << 16  # the longest cache the decoding graph takes without learned positions (rope, none)
 
 
 def cache_names(arch, prefix: tuple[str, str, str]) -> list[str]:
@@ -56,21 +54,10 @@ def export_decode_onnx(subnet: Subnet):
 
     form = decode_form(subnet.cpu().float())
     arch = subnet.arch
-    block = subnet.dims.block_size
-    longest = cap(subnet.dims) or MAX_PAST  # learned positions end at the block size
-    tokens = torch.zeros(2, 3, dtype=torch.int64)
-    # traced with 4 past keys everywhere (a length of 0 or 1 would be specialized, not kept dynamic)
-    example_past = [torch.zeros(2, t.shape[1], 4, t.shape[3]) if t.shape[2] == 0 else t for t in form.caches(2, 0)]
-    batch, seq = torch.export.Dim("batch", min=1, max=1 << 16), torch.export.Dim("seq", min=1, max=block)
-    shapes: list = [{0: batch, 1: seq}, None]
-    for i, layer in enumerate(arch.layers):
-        past = torch.export.Dim(f"past{i}", min=0, max=longest)
-        shapes += [{0: batch}] if layer.attention == "linear" else [{0: batch, 2: past}] * 2
     try:
         with quiet_exporter(), torch.no_grad():
-            program = torch.onnx.export(form, (tokens, torch.tensor(4, dtype=torch.int64), *example_past), dynamo=True,
-                                        optimize=True, input_names=input_names(arch), output_names=output_names(arch),
-                                        dynamic_shapes=(shapes[0], tuple(shapes[1:])), verbose=False)
+            program = torch.onnx.export(form, form.trace_inputs(), dynamo=True, optimize=True, input_names=input_names(arch),
+                                        output_names=output_names(arch), dynamic_shapes=form.dynamic_shapes(), verbose=False)
     except Exception as e:  # the exporter's errors are pages long; keep the first line
         raise ExportError(f"ONNX export of the decoding step of {arch.key()} failed: {str(e).strip().splitlines()[0]}") from e
     return program.model_proto, form
@@ -172,7 +159,8 @@ def decode_table_rows(run_dir, subnet: Subnet, graphs: dict[str, bytes], threads
     (torch: the exported weights on real low-bit kernels, as the table times them; ONNX Runtime: the
     table's own form, then each exported decoding graph at the same context), with the table's
     prediction beside it. {"rows": [...], "notes": [...]}; no rows without a decode table."""
-    from hwnas.latency.session import TableTiming
+    from hwnas.latency.backends import backend_class
+    from hwnas.latency.session import TableTiming, decode_step
 
     from .deploy import session
 
@@ -183,14 +171,14 @@ def decode_table_rows(run_dir, subnet: Subnet, graphs: dict[str, bytes], threads
         if timing.table is None:
             continue
         context, stat = timing.workload["context"], timing.statistic
-        step = DecodeStep(subnet.cpu().float().eval(), context).eval()
-        inputs = step.inputs(timing.workload["batch_size"], torch.Generator().manual_seed(seed))
+        step, inputs = decode_step(subnet.cpu().float().eval(), context, timing.workload["batch_size"],
+                                   backend_class(backend).position_input, seed)
         base = {"backend": backend, "context": context, "batch_size": timing.workload["batch_size"], "threads": timing.threads,
                 "statistic": stat, "predicted_ms": timing.predict_ms(subnet.arch)}
         label = "model.safetensors (real low-bit kernels)" if backend == "torch" else "the table's form (its bits)"
         rows.append({**base, "model": label, "measured_ms": 1e3 * timing.time_module(step, inputs).value(stat)})
         if backend == "onnxruntime":
-            feeds_in = [inputs[0].numpy(), np.array(context, dtype=np.int64), *[t.numpy() for t in inputs[1:]]]
+            feeds_in = [t.numpy() for t in inputs]  # tokens, the position, the caches: the exported graph's inputs
             for name, graph in graphs.items():
                 sess = session(graph, timing.threads)
                 feeds = dict(zip(input_names(subnet.arch), feeds_in, strict=True))

@@ -21,12 +21,7 @@ block-wise int4 `MatMulNBits`).
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import tempfile
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hwnas.core.errors import HwnasError
-from hwnas.latency.backends import quantize_onnx, quantized_weights
+from hwnas.latency.backends import quantize_onnx, quantized_weights, quiet_exporter
 from hwnas.supernet.deploy import DeployAttention, DeployFFN, export_form
 from hwnas.supernet.subnet import Subnet
 
@@ -48,20 +43,6 @@ class ExportError(HwnasError, ValueError):
 
 
 # --- ONNX -------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def quiet_exporter() -> Iterator[None]:
-    """The exporter warns and logs at length (missing torchvision ops, decomposition notes)."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir", "torch.fx")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
 
 
 def export_onnx_dynamic(subnet: Subnet, example: Tensor | None = None):

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from hwnas.supernet.decode import DecodeStep
 from hwnas.supernet.deploy import DeployAttention, DeployFFN, deploy_copy, torch_deploy_copy
 
 from .errors import LatencyError
@@ -64,6 +65,9 @@ class Backend:
 
     name = "base"
     options: tuple[str, ...] = ()
+    # how a decoding step deploys on this runtime: the position a graph input (the exported
+    # model.decode.onnx, traced with dynamic dims), or a Python int (eager torch's generate)
+    position_input = False
 
     def __init__(self, device: str = "cpu", threads: int = 1):
         if device not in ("cpu", "cuda"):
@@ -188,6 +192,22 @@ def quantized_weights(module: nn.Module) -> dict[str, int]:
     return out
 
 
+@contextlib.contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """The exporter warns and logs at length (missing torchvision ops, decomposition notes)."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir", "torch.fx")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 def export_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], exporter: str = "torchscript"):
     """Export the deployment form of `module` to an `onnx.ModelProto` (fp32 weights)."""
     import onnx
@@ -196,7 +216,12 @@ def export_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], exporter: s
     names = [f"in{i}" for i in range(len(inputs))]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if exporter == "dynamo":
+        if isinstance(dep, DecodeStep) and dep.context is None:  # the decoding graph, traced as the export traces it
+            with quiet_exporter():
+                prog = torch.onnx.export(dep, dep.trace_inputs(), dynamo=True, optimize=True, input_names=names,
+                                         dynamic_shapes=dep.dynamic_shapes(), verbose=False)
+            model = prog.model_proto
+        elif exporter == "dynamo":
             with contextlib.redirect_stdout(io.StringIO()):
                 prog = torch.onnx.export(dep, inputs, dynamo=True, optimize=True, input_names=names, verbose=False)
             model = prog.model_proto
@@ -256,6 +281,7 @@ def quantize_onnx(model, weight_bits: dict[str, int], workdir: str | Path, block
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     options = ("exporter", "int4_block_size")
+    position_input = True
 
     def __init__(self, device: str = "cpu", threads: int = 1, exporter: str = "torchscript", int4_block_size: int = 32):
         super().__init__(device, threads)
@@ -304,11 +330,17 @@ class OnnxRuntimeBackend(Backend):
 BACKENDS: tuple[str, ...] = tuple(_REGISTRY)
 
 
+def backend_class(name: str) -> type[Backend]:
+    """The registered backend class `name` (its class attributes, e.g. `position_input`, without
+    starting the runtime)."""
+    if name not in _REGISTRY:
+        raise LatencyError(f"backend {name!r} is not one of {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
 def make_backend(name: str, device: str = "cpu", threads: int | None = None, **options) -> Backend:
     """The registered backend `name`, given the options it takes (others are ignored)."""
     from .fingerprint import usable_cores
 
-    if name not in _REGISTRY:
-        raise LatencyError(f"backend {name!r} is not one of {', '.join(_REGISTRY)}")
-    cls = _REGISTRY[name]
+    cls = backend_class(name)
     return cls(device, threads or usable_cores(), **{k: v for k, v in options.items() if k in cls.options})

@@ -77,6 +77,22 @@ def heldout_archs(space: SearchSpace, n: int, seed: int, exclude: Iterable[str] 
     return distinct(space, n, np.random.default_rng([seed, 2]), set(exclude), tries=100 * n + 100)
 
 
+def decode_step(model: torch.nn.Module, context: int, batch: int, position_input: bool,
+                seed: int = 0) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    """`model` (a subnet) as one decoding step over random caches of `context` tokens, and its inputs
+    (`supernet.decode.DecodeStep`): with `position_input`, the position a tensor input, as the
+    exported decoding graph takes it (traced with dynamic dims); else fixed at `context`, as eager
+    generation passes it."""
+    from hwnas.supernet.decode import DecodeStep
+
+    gen = torch.Generator().manual_seed(seed)
+    if position_input:
+        step = DecodeStep(model).eval()
+        return step, step.inputs(batch, gen, context)
+    step = DecodeStep(model, context).eval()
+    return step, step.inputs(batch, gen)
+
+
 class Measurer:
     """Times pieces and whole subnets of one space with one backend, by one protocol."""
 
@@ -103,13 +119,10 @@ class Measurer:
 
     def whole(self, arch: ArchConfig) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
         """A whole subnet as the workload runs it and its inputs: a forward of the tokens, or one
-        decoding step over caches of `context` tokens (`supernet.decode.DecodeStep`)."""
+        decoding step over caches of `context` tokens as the backend deploys it (`decode_step`)."""
         if self.context is None:
             return self.subnet(arch), (self.tokens(),)
-        from hwnas.supernet.decode import DecodeStep
-
-        step = DecodeStep(self.subnet(arch), self.context).eval()
-        return step, step.inputs(self.work["batch_size"], torch.Generator().manual_seed(self.seed))
+        return decode_step(self.subnet(arch), self.context, self.work["batch_size"], self.backend.position_input, self.seed)
 
     def subnet(self, arch: ArchConfig):
         """The extracted subnet of `arch` from a randomly initialized supernet (seeded)."""

@@ -53,6 +53,9 @@ def cache_tensors(layer, cache: LayerCache) -> list[Tensor]:
     return [cache.state] if layer.attention == "linear" else [cache.k, cache.v]
 
 
+MAX_PAST = 1 << 16  # the longest cache a decoding graph takes without learned positions (rope, none)
+
+
 def cap(dims) -> int | None:
     """The longest context a model of `dims` (a `ModelDims`) reads: its block size with learned
     positions, else None (rotary and no positions know no end)."""
@@ -126,7 +129,29 @@ class DecodeStep(nn.Module):
         (no past keys, zero states: the first step's)."""
         return [t for layer in self.arch.layers for t in layer_caches(layer, context, self.dims.head_dim, batch, generator)]
 
-    def inputs(self, batch: int, generator: torch.Generator) -> tuple[Tensor, ...]:
-        """Example inputs at the fixed context: one new token per sequence and random caches."""
+    def inputs(self, batch: int, generator: torch.Generator, context: int | None = None) -> tuple[Tensor, ...]:
+        """Example inputs: one new token per sequence and random caches of the fixed context (or,
+        without one, of `context` tokens, the position a 0-d int64 tensor after the tokens)."""
         tokens = torch.randint(0, self.dims.vocab_size, (batch, 1), generator=generator)
-        return (tokens, *self.caches(batch, self.context, generator))
+        if self.context is not None:
+            return (tokens, *self.caches(batch, self.context, generator))
+        return (tokens, torch.tensor(context, dtype=torch.int64), *self.caches(batch, context, generator))
+
+    def trace_inputs(self) -> tuple[Tensor, ...]:
+        """What the decoding graph (no fixed context) is traced with: 2 sequences of 3 new tokens
+        after 4 cached ones (a size of 0 or 1 would be specialized by torch.export, not kept dynamic)."""
+        past = [torch.zeros(2, t.shape[1], 4, t.shape[3]) if t.shape[2] == 0 else t for t in self.caches(2, 0)]
+        return (torch.zeros(2, 3, dtype=torch.int64), torch.tensor(4, dtype=torch.int64), *past)
+
+    def dynamic_shapes(self) -> tuple:
+        """torch.export's dynamic dims of `trace_inputs`: batch, the new tokens (up to the block
+        size) and each cache's past length (0 at the start; up to the block size with learned
+        positions, MAX_PAST without)."""
+        batch = torch.export.Dim("batch", min=1, max=1 << 16)
+        seq = torch.export.Dim("seq", min=1, max=self.dims.block_size)
+        longest = cap(self.dims) or MAX_PAST
+        past: list = []
+        for i, layer in enumerate(self.arch.layers):
+            length = torch.export.Dim(f"past{i}", min=0, max=longest)
+            past += [{0: batch}] if layer.attention == "linear" else [{0: batch, 2: length}] * 2
+        return ({0: batch, 1: seq}, (None, *past))  # (tokens, *args): the position, then the caches

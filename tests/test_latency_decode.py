@@ -77,6 +77,31 @@ def test_onnxruntime_runs_the_decode_pieces_as_torch_does(net):
             np.testing.assert_allclose(np.asarray(y), x.numpy(), atol=1e-4, rtol=1e-4)
 
 
+def test_onnxruntime_tables_time_the_decoding_graph_the_export_writes(net):
+    """A whole decoding step as the ONNX Runtime table times it is the exported model.decode.onnx's
+    graph (the position an input, dynamic dims): the same operators, the same outputs; eager torch
+    times the step with the position fixed, as `generate` runs it."""
+    import collections
+
+    from hwnas.export.decode import export_decode_onnx
+    from hwnas.latency.backends import export_onnx
+    from hwnas.latency.session import decode_step
+
+    arch = covering_archs(16)[0]
+    sub = extract_subnet(net, arch).eval()
+    step, inputs = decode_step(sub, CONTEXT, 1, OnnxRuntimeBackend.position_input)
+    assert step.context is None and inputs[1].ndim == 0 and int(inputs[1]) == CONTEXT
+    assert decode_step(sub, CONTEXT, 1, TorchBackend.position_input)[0].context == CONTEXT
+    timed, exported = export_onnx(step, inputs)[0], export_decode_onnx(sub)[0]
+    ops = [collections.Counter(n.op_type for n in m.graph.node) for m in (timed, exported)]
+    assert ops[0] == ops[1] and ops[0]["MatMul"] > 0
+    with torch.no_grad():
+        want = step(*inputs)
+    got = OnnxRuntimeBackend("cpu", 1).prepare(step, inputs)()
+    for x, y in zip(want, got, strict=True):
+        np.testing.assert_allclose(np.asarray(y), x.numpy(), atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.slow  # about 25 s: the pieces and whole steps are checked by default above; this builds, reports and searches
 def test_a_decode_table_builds_beside_the_prefill_one_and_reports_its_fidelity(tmp_path):
     cfg = LatencyConfig(workloads=["prefill", "decode"], decode_context=CONTEXT, backends=["torch"], threads=1, warmup=1,

@@ -41,7 +41,7 @@ def output_names(arch) -> list[str]:
 
 
 def decode_form(subnet: Subnet) -> DecodeStep:
-    """`subnet` in export form (weights quantized once and folded in, length-agnostic attention) as a
+    """`subnet` in export form (weights quantized once and folded in) as a
     decoding step with the position and the caches as inputs (`supernet.decode.DecodeStep`)."""
     return DecodeStep(export_form(subnet)).eval()
 

@@ -104,9 +104,8 @@ def _latency_section(r: dict[str, Any]) -> list[str]:
         out += ["", "The search's front value: " + ", ".join(f"{k} {val:.3f} ms" for k, val in front_lat.items()) + "."]
     if not any(row["predicted_ms"] for row in lat["rows"]):
         out += ["", "No latency table in the run: only re-measured values (run `hwnas latency CONFIG` for predictions)."]
-    out += ["", "The exported graph computes sliding-window and linear attention in a length-agnostic form (per-query "
-            "key gather; cumulative state) so the sequence axis is dynamic; the table timed the blocked / chunked "
-            "form of the latency stage, so small differences are expected."]
+    out += ["", "The exported graph takes any sequence length (its `seq` axis is dynamic); the table timed the same "
+            "kernels at the table's length with that length fixed in the graph, so small differences are expected."]
     out += [f"- {n}" for n in lat["notes"]]
     out.append("")
     return out

@@ -15,8 +15,6 @@ runs the reference, and `backend="triton"` raises.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -31,8 +29,8 @@ EPS = 1e-5
 def linear_attention_reference(q: Tensor, k: Tensor, v: Tensor, chunk: int = LINEAR_CHUNK) -> Tensor:
     """q, k, v (B, nh, T, hs) -> (B, nh, T, hs); the code of `supernet.ops.linear_attention`."""
     B, nh, T, hs = q.shape
-    c = min(chunk, T)
-    n = math.ceil(T / c)
+    c = min(chunk, T) if isinstance(T, int) else chunk  # (a symbolic length, an exported graph's: whole chunks)
+    n = (T + c - 1) // c
     pad = n * c - T
     q, k = F.elu(q) + 1, F.elu(k) + 1
     v1 = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # (B, nh, T, hs+1)

@@ -8,7 +8,8 @@ The math is the training modules' (`supernet.subnet`), in forms the runtimes and
   empty matrix), norms in their export form (`ops.deploy_norm`);
 - `torch_deploy_copy`: eager PyTorch as it deploys, each 8- or 4-bit attention or FFN with its
   weights on real low-bit kernels (`kernels.LowBitLinear`) instead of fake quantization;
-- `export_form`: `deploy_copy` with length-agnostic attention kernels (a dynamic `seq` axis).
+- `export_form`: `deploy_copy` of fp32 CPU weights, the exported model's form (its kernels take
+  any sequence length: a dynamic `seq` axis).
 
 Tests check each form against the module it comes from.
 """
@@ -176,26 +177,9 @@ def torch_deploy_copy(module: nn.Module, device: str = "cpu") -> nn.Module:
     return out.eval()
 
 
-class ExportAttention(DeployAttention):
-    """`DeployAttention` (same weights, same quantization marks) with length-agnostic kernels."""
-
-    def core(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        if self.kind == "window":
-            return ops.window_attention_gather(q, k, v, self.window)
-        if self.kind == "linear":
-            return ops.linear_attention_cumsum(q, k, v)
-        return ops.softmax_attention(q, k, v)
-
-
-_EXPORT_FORMS = {Attention: ExportAttention, FFN: DeployFFN, Norm: DeployNorm}
-
-
 def export_form(subnet: Subnet) -> nn.Module:
-    """A copy of `subnet` in export form: its attention, FFN and norm modules replaced by their
-    deployment forms (weights fake-quantized once and folded in)."""
-    out = copy.deepcopy(subnet).cpu().float()
-    for parent in list(out.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) in _EXPORT_FORMS:
-                setattr(parent, name, _EXPORT_FORMS[type(child)](child))
-    return out.eval()
+    """A copy of `subnet` in export form: `deploy_copy` on fp32 CPU weights. Its kernels take any
+    sequence length (the exported graph's dynamic `seq` axis): blocked sliding-window and chunked
+    linear attention count their blocks and chunks from the (symbolic) length, so the exported model
+    runs the very forms the latency tables time."""
+    return deploy_copy(copy.deepcopy(subnet).cpu().float())

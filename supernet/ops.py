@@ -155,9 +155,9 @@ def window_attention(q: Tensor, k: Tensor, v: Tensor, window: int, unfold: bool 
     concatenation; same math."""
     B, nh, T, hs = q.shape
     w = window
-    if T <= w:
+    if isinstance(T, int) and T <= w:  # (a symbolic length, the exported graph's: the blocked form for every T)
         return softmax_attention(q, k, v)
-    n = math.ceil(T / w)
+    n = (T + w - 1) // w
     pad = n * w - T
     qb = F.pad(q, (0, 0, 0, pad)).reshape(B * nh, n, w, hs)  # (B*nh, n, w, hs)
     # one empty block in front: (B, nh, (n+1)*w, hs) -> block pairs (B*nh, n, 2w, hs)
@@ -184,32 +184,11 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return kernels.linear_attention(q, k, v, LINEAR_CHUNK)
 
 
-# Forms of the same attention math for exporters: `unfold` and a data-dependent length are what
-# they do not take. `window_attention(unfold=False)` for a fixed length (the latency tables' ONNX
-# pieces); gather and cumsum for any length (the exported model's dynamic `seq` axis).
-def window_attention_gather(q: Tensor, k: Tensor, v: Tensor, window: int) -> Tensor:
-    """Causal sliding-window attention (token t sees t-window+1 .. t) for any length T: each query
-    gathers its window of keys from a copy padded with window-1 empty keys in front."""
-    B, nh, T, hs = q.shape
-    w = window
-    kp = F.pad(k, (0, 0, w - 1, 0))  # (B, nh, T+w-1, hs)
-    vp = F.pad(v, (0, 0, w - 1, 0))
-    slot = torch.arange(T, device=q.device).unsqueeze(1) + torch.arange(w, device=q.device)  # (T, w): padded positions
-    kw, vw = kp[:, :, slot], vp[:, :, slot]  # (B, nh, T, w, hs)
-    scores = torch.matmul(q.unsqueeze(-2), kw.transpose(-1, -2)).squeeze(-2) / math.sqrt(hs)  # (B, nh, T, w)
-    scores = scores.masked_fill(slot < w - 1, float("-inf"))  # padding keys (before position 0)
-    return torch.matmul(torch.softmax(scores, dim=-1).unsqueeze(-2), vw).squeeze(-2)  # (B, nh, T, hs)
-
-
-def linear_attention_cumsum(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Causal linear attention (feature map elu+1) for any length T: the running state
-    sum_{s<=t} k_s^T [v_s, 1] as a cumulative sum; the ones column carries the normalizer."""
-    return linear_attention_state(q, k, v)[0]
-
-
 def linear_attention_state(q: Tensor, k: Tensor, v: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """`linear_attention_cumsum` continuing from the recurrent `state` (B, nh, hs, hs+1) of the
-    tokens before (None: none): (output (B, nh, T, hs), the state after the last token)."""
+    """Causal linear attention (feature map elu+1) as a cumulative sum of the running state
+    sum_{s<=t} k_s^T [v_s, 1] (the ones column carries the normalizer), continuing from the recurrent
+    `state` (B, nh, hs, hs+1) of the tokens before (None: none): (output (B, nh, T, hs), the state
+    after the last token). Cached decoding's form; `linear_attention` is the chunked one."""
     hs = q.shape[-1]
     q, k = F.elu(q) + 1, F.elu(k) + 1
     v1 = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # (B, nh, T, hs+1)

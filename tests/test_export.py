@@ -157,14 +157,11 @@ def test_export_config_rejects_unknown_keys():
 
 
 # --- ONNX parity ----------------------------------------------------------------------------------
-def test_length_agnostic_kernels_equal_the_blocked_ones():
+def test_decodings_recurrent_state_equals_the_chunked_linear_attention():
     gen = torch.Generator().manual_seed(0)
     for T in (1, 5, 8, 9, 31, 32, 33, 70):
         q, k, v = torch.randn(3, 2, 2, T, 8, generator=gen).unbind(0)
-        torch.testing.assert_close(ops.linear_attention_cumsum(q, k, v), ops.linear_attention(q, k, v), rtol=1e-5, atol=1e-5)
-        for w in (1, 4, 8, 32):
-            torch.testing.assert_close(ops.window_attention_gather(q, k, v, w), ops.window_attention(q, k, v, w),
-                                       rtol=1e-5, atol=1e-5, msg=f"T={T} window={w}")
+        torch.testing.assert_close(ops.linear_attention_state(q, k, v)[0], ops.linear_attention(q, k, v), rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -285,7 +282,7 @@ def test_export_writes_a_verified_model(run_dir, exported):
     assert "Against the run's decode tables" in (out / "report.md").read_text()
     config = json.loads((out / "config.json").read_text())
     assert ArchConfig.from_dict(config["arch"]) == COVERING[0] and config["key"] == COVERING[0].key()
-    assert config["model"] | {"params": 0} == {"vocab_size": 256, "block_size": 32, "head_dim": 8, "embed_dim": 32, "depth": 3,
+    assert config["model"] | {"params": 0} == {"vocab_size": 256, "block_size": 32, "head_dim": 8, "positions": "learned", "embed_dim": 32, "depth": 3,
                                                "tokens": "bytes: token id = UTF-8 byte value", "params": 0}
     assert report == json.loads((out / "report.json").read_text())
     assert report["front_index"] == 0 and report["pick"] == "min loss"

@@ -112,7 +112,9 @@ def main() -> None:
             f"{cfg.search.algorithm}, budget {cfg.search.budget}, seed {cfg.seed}, the run's predictor for loss).", "",
             "Each front comes from the same search with a different latency objective (ONNX Runtime tables of this "
             "machine, batch 1, 1 thread): the prefill of a whole block, or one generated token over a cache of the stated "
-            "length. Cells: the share of all the front's layers using each attention kind.", "", text]
+            "length. Cells: the share of all the front's layers using each attention kind. The loss axis is the run's "
+            f"accuracy predictor (fitted on {cfg.predictors.n_fit} subnets of the supernet), the same for every front: the "
+            "fronts differ only by the latency they trade it against.", "", text]
     write_section("Decode fronts: which attention kinds win as the context grows", "\n".join(body))
 
 

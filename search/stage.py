@@ -21,7 +21,7 @@ import numpy as np
 from hwnas.core.io import ArtifactError, read_json
 from hwnas.core.manifest import RUN_FOLDERS, Manifest
 from hwnas.core.progress import progress_bar
-from hwnas.core.rundir import claim_run_dir, experiment_name, stage_lock
+from hwnas.core.rundir import claim_run_dir, experiment_name, recorded_space, stage_lock
 from hwnas.latency.fingerprint import describe
 from hwnas.search_space import ArchConfig, SearchSpace, SearchSpaceConfig
 
@@ -115,7 +115,7 @@ def load_objectives(space: SearchSpace, cfg: SearchConfig, run_dir: Path) -> Obj
 
         Manifest.of(run_dir, "predictors").verify(PREDICTOR_FILE, MANIFEST_FILE)
         fitted = load_manifest(run_dir / "predictors")
-        if fitted.get("search_space") != space.config.model_dump(mode="json"):
+        if recorded_space(fitted.get("search_space")) != space.config.model_dump(mode="json"):
             raise PredictorError(f"{run_dir / 'predictors' / MANIFEST_FILE}: the predictor was fitted on another search space; "
                                  f"run `{RUN_FOLDERS['predictors']}`")
         predictor = load_predictor(run_dir / "predictors")

@@ -29,7 +29,7 @@ from hwnas.core.errors import HwnasError
 from hwnas.core.isolate import die_with_parent
 from hwnas.core.manifest import Manifest
 from hwnas.core.progress import progress_bar
-from hwnas.core.rundir import claim_run_dir, stage_lock
+from hwnas.core.rundir import claim_run_dir, recorded_space, stage_lock
 from hwnas.core.tracking import Tracker
 from hwnas.search_space import ArchConfig, SearchSpaceConfig
 
@@ -214,7 +214,7 @@ class Trainer:
         stored: dict[str, torch.Tensor] = {}
         if self.ckpt_path.exists():
             meta = read_meta(self.ckpt_path)
-            if meta.get("space") != self.space_cfg.model_dump(mode="json"):
+            if recorded_space(meta.get("space")) != self.space_cfg.model_dump(mode="json"):
                 raise TrainingError(f"{self.ckpt_path}: checkpoint of a different search space; use another run_dir")
             saved = load_checkpoint(self.ckpt_path, model, opt, average=stored).get("state")
             if not isinstance(saved, dict) or set(saved) != set(state):

@@ -137,3 +137,22 @@ def test_a_lock_left_by_a_killed_command_does_not_block(tiny_run):
     proc = hwnas("search", str(config), "--no-progress")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not (run / ".search.lock").exists()
+
+
+def test_a_run_recorded_before_a_space_field_existed_still_belongs_to_its_experiment(tiny_run, tmp_path):
+    """A run.json an older hwnas wrote lacks `search_space.positions` (added later, learned before):
+    the same config still owns it, and a config that changes the new field is refused by name."""
+    from hwnas.core.rundir import recorded_space
+
+    config, run = tiny_run
+    record = json.loads((run / "run.json").read_text())
+    del record["search_space"]["positions"]
+    (run / "run.json").write_text(json.dumps(record))
+    proc = hwnas("search", str(config), "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rope = other_config(config, tmp_path, search_space={"positions": "rope"})
+    assert_refused(hwnas("latency", str(rope), "--no-progress"),
+                   f"{run}: belongs to experiment 'tiny' with another search space (search_space.positions: 'learned' there, "
+                   "'rope' in this config)")
+    assert recorded_space({"depth": [2]}) == {"positions": "learned", "depth": [2]}
+    assert recorded_space({"positions": "none"})["positions"] == "none" and recorded_space(None) is None

@@ -31,6 +31,17 @@ class RunDirError(HwnasError, ValueError):
     """A run directory that belongs to another experiment, or is not a run directory at all."""
 
 
+# search_space fields added after run records (run.json, checkpoints, predictor manifests) existed,
+# with the value every record made without them had: a record is read as if it named them
+SPACE_FIELDS_ADDED: dict[str, Any] = {"positions": "learned"}
+
+
+def recorded_space(space: Any) -> Any:
+    """A search-space section as recorded (JSON), with the fields added since filled in as earlier
+    hwnas had them (`SPACE_FIELDS_ADDED`), so that upgrading hwnas does not orphan a run."""
+    return {**SPACE_FIELDS_ADDED, **space} if isinstance(space, dict) else space
+
+
 def first_difference(a: Any, b: Any, where: str = "") -> str | None:
     """The dotted path of the first value that differs between two JSON-like values (None: equal)."""
     if isinstance(a, dict) and isinstance(b, dict):
@@ -124,9 +135,10 @@ def _check_owner(path: Path, ours: dict[str, Any], write: bool) -> None:
     if ours["seed"] is not None and theirs.get("seed") is not None and ours["seed"] != theirs["seed"]:
         raise RunDirError(f"{path.parent}: belongs to {owner} with seed {theirs.get('seed')!r}; this config has seed "
                           f"{ours['seed']!r} (a new seed is a new run); {advice}")
-    where = first_difference(theirs.get("search_space"), ours["search_space"])
+    recorded = recorded_space(theirs.get("search_space"))
+    where = first_difference(recorded, ours["search_space"])
     if where is not None:
-        there, here = _lookup(theirs.get("search_space"), where), _lookup(ours["search_space"], where)
+        there, here = _lookup(recorded, where), _lookup(ours["search_space"], where)
         raise RunDirError(f"{path.parent}: belongs to {owner} with another search space (search_space.{where}: "
                           f"{there!r} there, {here!r} in this config); {advice}")
     learnt = {k: ours[k] for k in ("name", "seed") if ours[k] is not None and theirs.get(k) is None}

@@ -146,7 +146,10 @@ def main() -> None:
         f"and timed end to end (repeated runs until the median is stable; the table predicts their {lat.statistic}) in a fresh "
         "process that loads the table from its file"
         + (", on the timing thread's CPU clock (1 thread: time the OS gave to other processes is not counted)"
-           if results and results[0][1].protocol.clock == "thread" else ", on the wall clock") + ".\n",
+           if results and results[0][1].protocol.clock == "thread" else ", on the wall clock") + "."
+        + (" A whole decoding step is timed as it deploys: on ONNX Runtime the exported model.decode.onnx's graph (the "
+           "position an input, dynamic dims), on torch eager with the position a Python int, as `generate` runs it."
+           if args.workload == "decode" else "") + "\n",
         "| backend | table build s (pieces + whole subnets) | within 5% | within 10% | MAPE % | RMSE ms | Kendall tau | "
         "tau, sum only | within 10%, sum only | FLOPs tau | params tau | retest within 10% (MAPE %) | measured ms | load avg |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",

@@ -20,6 +20,8 @@ from hwnas.core.io import ArtifactError, read_json
 from hwnas.core.manifest import RUN_FOLDERS, Manifest
 from hwnas.search_space import ArchConfig, LayerConfig, SearchSpace
 
+from .objectives import latency_workload, tokens_per_s
+
 # the per-layer design choices reported, and how a layer names its choice (the space's gene values)
 DIMS = ("norm", "placement", "attention", "ffn", "weight_bits")
 SPACE_SAMPLES = 20_000  # uniform draws that estimate the space's shares (standard error < 0.4%)
@@ -86,11 +88,12 @@ def latency_targets(report: dict[str, Any]) -> list[str]:
 
 def latency_cell(target: str, ms: float) -> str:
     """A choice's latency on table `target`: ms, and for a decoding step also the tokens per second."""
-    return f"{ms:.3f} ({1e3 / ms:,.0f} tokens/s)" if target.endswith(":decode") and ms > 0 else f"{ms:.3f}"
+    rate = tokens_per_s(f"latency@{target}", ms)
+    return f"{ms:.3f}" if rate is None else f"{ms:.3f} ({rate:,.0f} tokens/s)"
 
 
 def latency_headers(targets: list[str]) -> list[str]:
-    return [f"latency@{t} ms/token" if t.endswith(":decode") else f"latency@{t} ms" for t in targets]
+    return [f"latency@{t} ms/token" if latency_workload(f"latency@{t}") == "decode" else f"latency@{t} ms" for t in targets]
 
 
 def row_cells(row: dict[str, Any], targets: list[str]) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from hwnas.core.plotting import HTML_LEGEND, html_title, legend_below, pyplot, save_html, save_png
 
-from .objectives import table_key
+from .objectives import latency_workload, table_key, tokens_per_s
 
 
 @dataclass(frozen=True)
@@ -76,17 +76,17 @@ def _per_second(ms):
     return 1e3 / np.where(ms > 1e-9, ms, 1e-9)
 
 
-def rate_axes(ax, ctx: PlotContext, x: str, y: str) -> None:
+def rate_axes(ax, x: str, y: str) -> None:
     """A tokens/s scale beside each axis that is a decoding step's ms per token (top or right)."""
-    if ctx.units.get(x) == "ms/token":
+    if latency_workload(x) == "decode":
         ax.secondary_xaxis("top", functions=(_per_second, _per_second)).set_xlabel("tokens/s")
-    if ctx.units.get(y) == "ms/token":
+    if latency_workload(y) == "decode":
         ax.secondary_yaxis("right", functions=(_per_second, _per_second)).set_ylabel("tokens/s")
 
 
-def hover_text(c: dict[str, Any], ctx: PlotContext, names: list[str]) -> str:
+def hover_text(c: dict[str, Any], names: list[str]) -> str:
     """A candidate's arch key, with the tokens/s of each decode latency among `names`."""
-    rates = [f"{1e3 / c[n]:,.0f} tokens/s" for n in names if ctx.units.get(n) == "ms/token" and c[n] > 0]
+    rates = [f"{r:,.0f} tokens/s" for r in (tokens_per_s(n, c[n]) for n in names) if r is not None]
     return "<br>".join([c["key"], *rates])
 
 
@@ -106,16 +106,16 @@ def front_plots(candidates: list[dict[str, Any]], front: list[dict[str, Any]], n
         ax.scatter([c[x] for c in candidates], [c[y] for c in candidates], s=6, c="0.75", label=f"candidates ({len(candidates)})")
         ax.plot([c[x] for c in fr], [c[y] for c in fr], "o-", c="C3", ms=4, label=f"Pareto front ({len(front)})")
         ax.set(xlabel=ctx.label(x), ylabel=ctx.label(y))
-        rate_axes(ax, ctx, x, y)
+        rate_axes(ax, x, y)
         ax.set_title(title, fontsize=10)
         legend_below(ax)
         save_png(fig, out_dir / f"{stem}.png")
         hfig = go.Figure([
             go.Scattergl(x=[c[x] for c in candidates], y=[c[y] for c in candidates], mode="markers",
                          name=f"candidates ({len(candidates)})", marker=dict(size=4, color="lightgray"),
-                         text=[hover_text(c, ctx, [x, y]) for c in candidates], hoverinfo="text+x+y"),
+                         text=[hover_text(c, [x, y]) for c in candidates], hoverinfo="text+x+y"),
             go.Scatter(x=[c[x] for c in fr], y=[c[y] for c in fr], mode="lines+markers", name=f"Pareto front ({len(front)})",
-                       marker=dict(size=8, color="crimson"), text=[hover_text(c, ctx, [x, y]) for c in fr],
+                       marker=dict(size=8, color="crimson"), text=[hover_text(c, [x, y]) for c in fr],
                        hoverinfo="text+x+y"),
         ])
         hfig.update_layout(title=html_title(title + " — hover: arch"), xaxis_title=ctx.label(x), yaxis_title=ctx.label(y),

@@ -66,7 +66,7 @@ class DeployAttention(nn.Module):
         qkv = _mm(x, self.w_qkv).view(B, T, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
         q, k, v = qkv[0], qkv[1], qkv[2]
         if self.rotary:
-            q, k = ops.rope(q, pos), ops.rope(k, pos)
+            q, k = ops.rope_qk(q, k, pos)
         if cache is None:
             y = self.core(q, k, v)
         else:
@@ -182,4 +182,4 @@ def export_form(subnet: Subnet) -> nn.Module:
     sequence length (the exported graph's dynamic `seq` axis): blocked sliding-window and chunked
     linear attention count their blocks and chunks from the (symbolic) length, so the exported model
     runs the very forms the latency tables time."""
-    return deploy_copy(copy.deepcopy(subnet).cpu().float())
+    return deploy_copy(subnet).cpu().float()

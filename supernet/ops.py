@@ -123,12 +123,26 @@ def rope(x: Tensor, pos: int | Tensor = 0) -> Tensor:
     pos .. pos+T-1: each pair (x[i], x[i + hs/2]) turns by the angle position * ROPE_BASE^(-2i/hs)
     (the half-split pairing of GPT-NeoX and Llama). A dot product of a rotated query and key then
     depends on their distance alone. `pos` a 0-d tensor: the exported decoding graph's form."""
-    T, hs = x.shape[-2], x.shape[-1]
-    half = hs // 2
+    return _rotate(x, *_rope_angles(x, pos))
+
+
+def rope_qk(q: Tensor, k: Tensor, pos: int | Tensor = 0) -> tuple[Tensor, Tensor]:
+    """`rope` of queries and keys at the same positions, the angles computed once."""
+    cos, sin = _rope_angles(q, pos)
+    return _rotate(q, cos, sin), _rotate(k, cos, sin)
+
+
+def _rope_angles(x: Tensor, pos: int | Tensor) -> tuple[Tensor, Tensor]:
+    """cos and sin (T, hs/2) of the rotation angles of x's T positions from `pos`."""
+    T, half = x.shape[-2], x.shape[-1] // 2
     inv_freq = ROPE_BASE ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
     t = (torch.arange(T, device=x.device) + pos).to(torch.float32)
-    angle = t.view(T, 1) * inv_freq.view(1, half)  # (T, hs/2)
-    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    angle = t.view(T, 1) * inv_freq.view(1, half)
+    return angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
@@ -307,7 +321,7 @@ def attention_sublayer(x: Tensor, layer, w_qkv: Tensor, w_proj: Tensor, cache: L
     B, T, _ = x.shape
     q, k, v = qkv_project(x, w_qkv, layer.n_heads)  # each (B, nh, T, hs)
     if rotary:
-        q, k = rope(q, pos), rope(k, pos)
+        q, k = rope_qk(q, k, pos)
     if cache is None:
         y = attention(layer.attention, q, k, v, layer.window)
     else:

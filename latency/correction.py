@@ -9,7 +9,13 @@ from typing import Any
 
 import numpy as np
 
-CORRECTION_FEATURES = ("table_sum", "depth", "moe_layers")
+CORRECTION_FEATURES = ("table_sum", "depth", "moe_layers", "softmax_layers", "linear_layers")
+# the candidate models, simplest first: feature columns (indices into CORRECTION_FEATURES) and
+# whether an intercept is fitted. "kinds" adds the attention kinds' layer counts (window layers are
+# depth minus both): what a decoding step's pieces miss differs per kind (a softmax cache grows, a
+# linear state does not), and on the quickstart's ONNX Runtime decode table it halved the error
+CANDIDATES: dict[str, tuple[list[int], bool]] = {"ratio": ([0], False), "linear": ([0, 1, 2], True),
+                                                 "kinds": ([0, 1, 2, 3, 4], True)}
 
 
 @dataclass(frozen=True)
@@ -38,11 +44,14 @@ def fit_correction(table) -> tuple[Correction | None, dict[str, Any]]:
     """Fit the correction on the calibration subnets and keep it only if it predicts them
     clearly better than the plain sum does, by leave-one-out relative error (so a few noisy
     calibration timings cannot make the table worse). Candidates, simplest first: the plain
-    sum, a single ratio (y = a * sum), the linear model on `CORRECTION_FEATURES` with an
-    intercept; both fitted by relative-error weighted least squares (scikit-learn
-    `LinearRegression`). The simplest candidate within 10% of the best score wins. Returns the
-    correction (None: the plain sum) and the choice's record for the table's `meta`."""
-    if len(table.calibration) < 3 * (len(CORRECTION_FEATURES) + 1):
+    sum, then `CANDIDATES`: a single ratio (y = a * sum), linear models on some of
+    `CORRECTION_FEATURES` with an intercept, each fitted by relative-error weighted least squares
+    (scikit-learn `LinearRegression`) when there are 3 calibration subnets per coefficient. The
+    simplest candidate within 10% of the best score wins. Returns the correction (None: the plain
+    sum) and the choice's record for the table's `meta`."""
+    n = len(table.calibration)
+    candidates = {name: (cols, ic) for name, (cols, ic) in CANDIDATES.items() if n >= 3 * (len(cols) + ic)}
+    if not any(ic for _, ic in candidates.values()):  # (the previous floor: no fit with the ratio alone)
         return None, {}
     from sklearn.linear_model import LinearRegression
 
@@ -50,7 +59,6 @@ def fit_correction(table) -> tuple[Correction | None, dict[str, Any]]:
     y = np.array([m.value(table.statistic) * table.speed_factor(k) for k, (_, m) in table.calibration.items()])
     X = np.array([[table.features(a)[f] for f in CORRECTION_FEATURES] for a in archs])
     w = 1.0 / y**2  # squared relative error
-    candidates = {"ratio": ([0], False), "linear": (list(range(len(CORRECTION_FEATURES))), True)}
 
     def loo_mape(cols: list[int], intercept: bool) -> float:
         errs = []
@@ -69,7 +77,5 @@ def fit_correction(table) -> tuple[Correction | None, dict[str, Any]]:
         return None, choice
     cols, intercept = candidates[best]
     model = LinearRegression(fit_intercept=intercept).fit(X[:, cols], y, sample_weight=w)
-    coef = np.zeros(len(CORRECTION_FEATURES))
-    coef[cols] = model.coef_
-    return Correction(CORRECTION_FEATURES, tuple(float(c) for c in coef), float(model.intercept_) if intercept else 0.0,
-                      len(y)), choice
+    return Correction(tuple(CORRECTION_FEATURES[c] for c in cols), tuple(float(c) for c in model.coef_),
+                      float(model.intercept_) if intercept else 0.0, len(y)), choice

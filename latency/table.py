@@ -130,6 +130,8 @@ class LatencyTable:
             "table_sum": self.table_sum(arch),
             "depth": float(arch.depth),
             "moe_layers": float(sum(layer.ffn == "moe" for layer in arch.layers)),
+            "softmax_layers": float(sum(layer.attention == "softmax" for layer in arch.layers)),
+            "linear_layers": float(sum(layer.attention == "linear" for layer in arch.layers)),
         }
 
     @property

@@ -162,6 +162,30 @@ def test_correction_learns_what_the_sum_misses(tiny, cfg, tmp_path):
                for a in [tiny.sample(i) for i in range(20)])
 
 
+class KindsMeasurer(FakeMeasurer):
+    """Whole subnets as FakeMeasurer's, plus 20 us per softmax layer (say, its growing cache)."""
+
+    @staticmethod
+    def whole(arch) -> float:
+        return FakeMeasurer.whole(arch) + 20e-6 * sum(layer.attention == "softmax" for layer in arch.layers)
+
+
+def test_correction_learns_a_cost_per_attention_kind(tiny, cfg, tmp_path):
+    """With enough calibration subnets the correction may count layers per attention kind: it is
+    chosen when the glue depends on the kind, and recovers it on held-out archs; too few subnets
+    for its coefficients (3 per coefficient) and the simpler model is the only one fitted."""
+    cfg = cfg.model_copy(update={"n_correction": 30})
+    table = build_table(tiny, cfg, table_path(tmp_path, "cpu", "torch"), progress=False, measurer=KindsMeasurer(tiny, cfg))
+    assert table.meta["correction_choice"] == "kinds"
+    assert table.correction.features == ("table_sum", "depth", "moe_layers", "softmax_layers", "linear_layers")
+    m = KindsMeasurer(tiny, cfg)
+    for arch in [tiny.sample(1000 + i) for i in range(20)]:
+        assert table.predict(arch) == pytest.approx(m.measure_arch(arch).median, rel=0.01)
+    few = build_table(tiny, cfg.model_copy(update={"n_correction": 14}), table_path(tmp_path / "few", "cpu", "torch"),
+                      progress=False, measurer=KindsMeasurer(tiny, cfg))
+    assert "kinds" not in few.meta["correction_loo_mape_pct"]
+
+
 def test_keys_grow_with_choices_not_with_subnets(quickstart_space):
     pieces = space_pieces(quickstart_space)
     keys = [p.key for p in pieces]

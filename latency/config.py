@@ -53,7 +53,10 @@ class LatencyConfig(Section):
     on a shared 2-vCPU VM the median of a fixed 128x512x512 matmul drifted 670-782 us between
     one-second windows while each window's minimum stayed within 657-667 us, and on the same 100
     held-out subnets the table was 99% within 10% on the minimum against 60% (torch) and 67%
-    (onnxruntime) on the median.
+    (onnxruntime) on the median. A decoding step (0.05-1.5 ms on the quickstart space) is shorter
+    still: there, 20 subnets timed again minutes later repeated their median within 10% for 75-90%
+    (ONNX Runtime) and their minimum for 95-100%, so the decode fidelity bench states the minimum
+    (`latency@cpu/onnxruntime:decode:min` ranks by it).
     `threads`: the fixed CPU thread count; null: the cores this process may use. The default, 1,
     times on the thread's CPU clock, which other processes on a shared machine do not inflate; with
     several threads, one descheduled thread stalls the others at every parallel op (on the 2-core

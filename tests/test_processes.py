@@ -82,7 +82,8 @@ def _survivors(procs: dict[int, str], wait_s: float = 10) -> list[int]:
 # --- the tiny run, searched by Optuna with two workers ------------------------------------------
 # Budgets: enough trials that the search is still running when it is killed (SQLite commits make
 # its trials ~0.1-0.5 s each on 2 cores; the journal's are ~20x faster), few enough to resume fast.
-BUDGETS = {"sqlite": 24, "journal": 200}
+# 24 SQLite trials once all completed between the 4th and the signal (a quick machine, 2026-12-03).
+BUDGETS = {"sqlite": 60, "journal": 200}
 
 
 class Search:

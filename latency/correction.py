@@ -51,7 +51,7 @@ def fit_correction(table) -> tuple[Correction | None, dict[str, Any]]:
     sum) and the choice's record for the table's `meta`."""
     n = len(table.calibration)
     candidates = {name: (cols, ic) for name, (cols, ic) in CANDIDATES.items() if n >= 3 * (len(cols) + ic)}
-    if not any(ic for _, ic in candidates.values()):  # (the previous floor: no fit with the ratio alone)
+    if "linear" not in candidates:  # too few subnets for more than a ratio: the plain sum
         return None, {}
     from sklearn.linear_model import LinearRegression
 

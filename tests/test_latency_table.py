@@ -173,7 +173,8 @@ class KindsMeasurer(FakeMeasurer):
 def test_correction_learns_a_cost_per_attention_kind(tiny, cfg, tmp_path):
     """With enough calibration subnets the correction may count layers per attention kind: it is
     chosen when the glue depends on the kind, and recovers it on held-out archs; too few subnets
-    for its coefficients (3 per coefficient) and the simpler model is the only one fitted."""
+    for its coefficients (3 per coefficient) and the simpler model is the only one fitted; too few for
+    the linear one and the table is the plain sum."""
     cfg = cfg.model_copy(update={"n_correction": 30})
     table = build_table(tiny, cfg, table_path(tmp_path, "cpu", "torch"), progress=False, measurer=KindsMeasurer(tiny, cfg))
     assert table.meta["correction_choice"] == "kinds"
@@ -184,6 +185,9 @@ def test_correction_learns_a_cost_per_attention_kind(tiny, cfg, tmp_path):
     few = build_table(tiny, cfg.model_copy(update={"n_correction": 14}), table_path(tmp_path / "few", "cpu", "torch"),
                       progress=False, measurer=KindsMeasurer(tiny, cfg))
     assert "kinds" not in few.meta["correction_loo_mape_pct"]
+    fewer = build_table(tiny, cfg.model_copy(update={"n_correction": 8}), table_path(tmp_path / "fewer", "cpu", "torch"),
+                        progress=False, measurer=KindsMeasurer(tiny, cfg))
+    assert fewer.correction is None and "correction_choice" not in fewer.meta  # under 12: no model beyond the sum
 
 
 def test_keys_grow_with_choices_not_with_subnets(quickstart_space):

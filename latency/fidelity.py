@@ -91,13 +91,15 @@ def fidelity_report(space: SearchSpace, cfg: LatencyConfig, table: LatencyTable,
             advance(len(window))
     by_stat = {stat: table.for_statistic(stat) for stat in STATISTICS}
     rows = [_row(space, table, arch, cache[arch.key()], by_stat) for arch in archs]
-    # the same subnets measured again: how repeatable the measurements are here
-    again = measurer.measure_archs(archs[:retest_n]) if retest_n and archs else {}
+    # the same subnets measured again, under the same guard against a moving machine (a retake
+    # while the reference's speed moved): how repeatable the measurements are here
+    again, retest_speed = (steady_window(measurer.measure_archs, archs[:retest_n], "retest", table.reference,
+                                         table.speed_level("min"), cfg) if retest_n and archs else ({}, None))
     seconds = time.perf_counter() - t0
     report = summarize(rows, table, seconds, loads)
     report["by_statistic"] = by_statistic(by_stat, archs, cache, again)
     report["retest"] = report["by_statistic"][table.statistic].get("retest")
-    report["speed"] = speed_report(table, archs, cache, speed, cfg.speed_tolerance)
+    report["speed"] = speed_report(table, archs, cache, speed, cfg.speed_tolerance, retest_speed)
     if cfg.n_user_view and table.device == "cpu" and table.workload_kind == "prefill":  # users time forwards
         report["user_view"] = user_view(space, table, by_stat, archs[:cfg.n_user_view], progress)
     write_report(report, out_dir, stem)
@@ -224,12 +226,14 @@ def user_view(space: SearchSpace, table: LatencyTable, by_stat: dict[str, Latenc
 
 
 def speed_report(table: LatencyTable, archs: list[ArchConfig], measured: dict[str, Measurement],
-                 speed: list[tuple[SpeedWindow, list[str]]], tolerance: float) -> dict[str, Any] | None:
+                 speed: list[tuple[SpeedWindow, list[str]]], tolerance: float,
+                 retest: SpeedWindow | None = None) -> dict[str, Any] | None:
     """How far the machine's speed has moved since the table was built, by the reference subnet
     timed in every window of both; the windows of each that stayed disturbed beyond `tolerance` in
     every attempt; the prediction against the held-out times scaled to the table's speed; and the
     table without its speed scaling (its correction refitted), against the same times as
-    measured. None for a table built without a speed reference."""
+    measured. `retest`: the reference in the retest's window (its disturbance in each attempt is
+    counted with the report's). None for a table built without a speed reference."""
     if table.reference is None or not table.speed_windows:
         return None
     stat, level = table.statistic, table.speed_level()
@@ -245,7 +249,7 @@ def speed_report(table: LatencyTable, archs: list[ArchConfig], measured: dict[st
                      "stages": [w.stage for w in table.speed_windows]},
         "build_disturbance": [list(w.disturbance) for w in table.speed_windows],
         "report_ms": report_ms,
-        "report_disturbance": [list(w.disturbance) for w, _ in speed],
+        "report_disturbance": [list(w.disturbance) for w, _ in speed] + ([list(retest.disturbance)] if retest else []),
         "drift_pct": 100 * (float(np.median(report_ms)) / (level * 1e3) - 1) if report_ms else None,
         "table_unscaled": error_metrics(np.array([unscaled.predict_ms(a) for a in archs]), truth),
         "tolerance": tolerance,

@@ -772,6 +772,19 @@ def test_fidelity_report_states_the_drift_since_the_build(tiny, cfg, tmp_path):
     assert "10.0% slower than at the build" in (tmp_path / "latency" / "fidelity-cpu-torch.md").read_text()
 
 
+def test_the_retest_is_retaken_while_the_machine_moved(tiny, cfg, tmp_path):
+    """The retest (the repeatability ceiling) is guarded like the held-out windows: a retest window
+    in which the reference ran 30% slow is measured again, and the steady retake is what is scored."""
+    table = built(tiny, cfg, tmp_path)
+    cfg = cfg.model_copy(update={"speed_tolerance": 0.05, "speed_retakes": 2})
+    measurer = FakeMeasurer(tiny, cfg, speeds=(1.0, 1.3, 1.0))  # held-out window, retest, its retake
+    report = fidelity_report(tiny, cfg, table, tmp_path, progress=False, wandb=False, measurer=measurer, retest_n=3)
+    assert measurer.windows == 3 and report["retest"]["n"] == 3 and report["retest"]["mape_pct"] < 1e-9
+    assert [len(d) for d in report["speed"]["report_disturbance"]] == [1, 2]
+    assert report["speed"]["report_disturbance"][1][0] == pytest.approx(0.3)
+    assert report["speed"]["retaken"] == {"build": 0, "report": 1}
+
+
 def test_resumed_report_keeps_the_speed_of_its_windows(tiny, cfg, tmp_path, monkeypatch):
     """An interrupted report resumes with its measured windows and their reference times."""
     import hwnas.latency.fidelity as fidelity

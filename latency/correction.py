@@ -4,10 +4,13 @@ stored as plain numbers in the table's file (no pickle)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from .refine import refine, simplest
 
 CORRECTION_FEATURES = ("table_sum", "depth", "moe_layers", "softmax_layers", "linear_layers")
 # the candidate models, simplest first: feature columns (indices into CORRECTION_FEATURES) and
@@ -20,24 +23,38 @@ CANDIDATES: dict[str, tuple[list[int], bool]] = {"ratio": ([0], False), "linear"
 
 @dataclass(frozen=True)
 class Correction:
-    """predict = intercept + sum(coef * feature), features named in `features` (seconds)."""
+    """predict = intercept + sum(coef * feature), features named in `features` (seconds), the
+    table sum taken over the pieces times `piece_factors` (a piece's refinement by the whole
+    subnets, `refine`; a piece not named: 1)."""
 
     features: tuple[str, ...]
     coef: tuple[float, ...]
     intercept: float
     n_samples: int
+    piece_factors: dict[str, float] = field(default_factory=dict)
 
     def apply(self, values: dict[str, float]) -> float:
         return self.intercept + sum(c * values[f] for f, c in zip(self.features, self.coef, strict=True))
 
+    def refined_sum(self, parts: list[tuple[str, float]]) -> float:
+        """The table sum of a breakdown (`LatencyTable.breakdown`) with the refined pieces."""
+        return math.fsum(t * self.piece_factors.get(k, 1.0) for k, t in parts)
+
     def to_dict(self) -> dict[str, Any]:
         return {"features": list(self.features), "coef": list(self.coef), "intercept": self.intercept,
-                "n_samples": self.n_samples}
+                "n_samples": self.n_samples} | ({"piece_factors": dict(sorted(self.piece_factors.items()))}
+                                                if self.piece_factors else {})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Correction:
+        factors = {str(k): float(v) for k, v in data.get("piece_factors", {}).items()}
+        if not all(math.isfinite(v) and v > 0 for v in factors.values()):
+            raise ValueError("a correction's piece factor is not a positive number")
         return cls(tuple(data["features"]), tuple(float(c) for c in data["coef"]), float(data["intercept"]),
-                   int(data["n_samples"]))
+                   int(data["n_samples"]), factors)
+
+
+FACTOR_RANGE = (0.25, 4.0)  # a refined piece stays within these factors of its measured time
 
 
 def fit_correction(table) -> tuple[Correction | None, dict[str, Any]]:
@@ -47,8 +64,9 @@ def fit_correction(table) -> tuple[Correction | None, dict[str, Any]]:
     sum, then `CANDIDATES`: a single ratio (y = a * sum), linear models on some of
     `CORRECTION_FEATURES` with an intercept, each fitted by relative-error weighted least squares
     (scikit-learn `LinearRegression`) when there are 3 calibration subnets per coefficient. The
-    simplest candidate within 10% of the best score wins. Returns the correction (None: the plain
-    sum) and the choice's record for the table's `meta`."""
+    simplest candidate within 10% of the best score wins. Then the pieces are refined by the same
+    subnets where that clearly helps (`refine`), and the chosen form fitted again on the refined
+    sums. Returns the correction (None: the plain sum) and the choice's record for the table's `meta`."""
     n = len(table.calibration)
     candidates = {name: (cols, ic) for name, (cols, ic) in CANDIDATES.items() if n >= 3 * (len(cols) + ic)}
     if "linear" not in candidates:  # too few subnets for more than a ratio: the plain sum
@@ -70,12 +88,41 @@ def fit_correction(table) -> tuple[Correction | None, dict[str, Any]]:
 
     scores = {"sum": float(np.mean(np.abs(X[:, 0] - y) / y))}
     scores |= {name: loo_mape(cols, ic) for name, (cols, ic) in candidates.items()}
-    # the simplest model within 10% of the best score: a hair's edge on 40 noisy timings is not evidence
-    best = next(name for name in scores if scores[name] <= 1.1 * min(scores.values()))
+    best = simplest(scores)
     choice = {"correction_loo_mape_pct": {k: round(100 * v, 3) for k, v in scores.items()}, "correction_choice": best}
-    if best == "sum":
+    cols, intercept = candidates.get(best, ([0], False))
+
+    def fit(rows: np.ndarray, sums: np.ndarray):
+        """The chosen form fitted on calibration subnets `rows` with piece sums `sums`: its
+        prediction (rows, sums) -> seconds, and its coefficient on the sum."""
+        def with_sums(r, s):
+            x = X[r].copy()
+            x[:, 0] = s
+            return x[:, cols]
+
+        if best == "sum":
+            return (lambda r, s: s), 1.0
+        model = LinearRegression(fit_intercept=intercept).fit(with_sums(rows, sums), y[rows], sample_weight=w[rows])
+        return (lambda r, s: model.predict(with_sums(r, s))), float(model.coef_[0])
+
+    breakdowns = [table.breakdown(a) for a in archs]
+    keys = sorted({k for parts in breakdowns for k, _ in parts} - {"call"})
+    column = {k: j for j, k in enumerate(keys)}
+    parts = np.zeros((n, len(keys)))
+    for i, bd in enumerate(breakdowns):
+        for k, t in bd:
+            if k != "call":
+                parts[i, column[k]] += t
+    d, record = refine(parts, X[:, 0], y, fit)
+    choice |= record
+    if d is None and best == "sum":
         return None, choice
-    cols, intercept = candidates[best]
+    factors = {}
+    if d is not None:
+        factors = {k: float(np.clip(1 + d[j], *FACTOR_RANGE)) for k, j in column.items() if d[j] != 0}
+        X[:, 0] = [math.fsum(t * factors.get(k, 1.0) for k, t in bd) for bd in breakdowns]
+    if best == "sum":
+        return Correction(("table_sum",), (1.0,), 0.0, len(y), factors), choice
     model = LinearRegression(fit_intercept=intercept).fit(X[:, cols], y, sample_weight=w)
     return Correction(tuple(CORRECTION_FEATURES[c] for c in cols), tuple(float(c) for c in model.coef_),
-                      float(model.intercept_) if intercept else 0.0, len(y)), choice
+                      float(model.intercept_) if intercept else 0.0, len(y), factors), choice

@@ -1,7 +1,7 @@
 """`LatencyTable`: measured piece latencies for one device and backend, a correction for what
 their sum misses, and a tamper-evident JSON file.
 
-    predict(arch) = correction(table_sum(arch), features(arch))
+    predict(arch) = correction(refined table_sum(arch), features(arch))
     table_sum(arch) = call + sum over the arch's other pieces of (piece - call)
 
 Each piece and calibration time is scaled by its window's speed factor (`speed_factor`): the
@@ -11,8 +11,9 @@ the measurement was taken in (1 for a table built without a reference).
 Every piece was timed as its own forward call, so each carries the backend's fixed per-call cost
 once; `call` (an empty forward) is that cost, subtracted from every piece and counted once. The
 correction is a linear model fitted on whole subnets measured end to end (`fit_correction`): it
-learns what the sum misses (per-layer glue, fusion across pieces, cache effects), and is stored as
-plain numbers in the file (no pickle).
+learns what the sum misses (per-layer glue, fusion across pieces, cache effects), and where the
+same subnets clearly show pieces timed off, a factor per piece (`refine`); it is stored as plain
+numbers in the file (no pickle).
 
 The file: {"format", "sha256", "payload"}; `sha256` is the hash of the canonical JSON of the
 payload (sorted keys, no spaces), so a truncated or edited file fails to load with `TableError`.
@@ -125,9 +126,10 @@ class LatencyTable:
         """Seconds: the plain sum of the arch's pieces (no correction)."""
         return math.fsum(t for _, t in self.breakdown(arch))
 
-    def features(self, arch: ArchConfig) -> dict[str, float]:
+    def features(self, arch: ArchConfig, parts: list[tuple[str, float]] | None = None) -> dict[str, float]:
+        """The correction's features of `arch` (`parts`: its `breakdown`, when already at hand)."""
         return {
-            "table_sum": self.table_sum(arch),
+            "table_sum": math.fsum(t for _, t in parts) if parts is not None else self.table_sum(arch),
             "depth": float(arch.depth),
             "moe_layers": float(sum(layer.ffn == "moe" for layer in arch.layers)),
             "softmax_layers": float(sum(layer.attention == "softmax" for layer in arch.layers)),
@@ -142,11 +144,15 @@ class LatencyTable:
     def predict(self, arch: ArchConfig) -> float:
         """Predicted seconds of one forward of `arch` (batch and sequence of the table's workload;
         the table's `statistic` of the run times, the median by default)."""
-        values = self.features(arch)
+        parts = self.breakdown(arch)
+        values = self.features(arch, parts)
         if self.correction is None:
             return values["table_sum"]
+        plain = values["table_sum"]
+        if self.correction.piece_factors:  # the pieces refined by the whole calibration subnets
+            values["table_sum"] = self.correction.refined_sum(parts)
         # never below the cheapest piece sum it was fitted on would allow: a latency is positive
-        return max(self.correction.apply(values), 0.25 * values["table_sum"])
+        return max(self.correction.apply(values), 0.25 * plain)
 
     def predict_ms(self, arch: ArchConfig) -> float:
         return self.predict(arch) * 1e3
@@ -158,7 +164,8 @@ class LatencyTable:
     def fit_correction(self) -> Correction | None:
         """Fit `correction` on the calibration subnets, or drop it (`correction.fit_correction`)."""
         self.correction, choice = fit_correction(self)
-        self.meta = {**self.meta, **choice}
+        # the record of this fit only (an earlier fit's choices would otherwise linger)
+        self.meta = {k: v for k, v in self.meta.items() if not k.startswith(("correction_", "refine_"))} | choice
         return self.correction
 
     def fit_corrections(self) -> None:

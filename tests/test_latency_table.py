@@ -190,6 +190,49 @@ def test_correction_learns_a_cost_per_attention_kind(tiny, cfg, tmp_path):
     assert fewer.correction is None and "correction_choice" not in fewer.meta  # under 12: no model beyond the sum
 
 
+class MistimedMeasurer(FakeMeasurer):
+    """Whole subnets as FakeMeasurer's, but every MoE piece timed 1.5x too slow on its own (say,
+    a piece that runs faster in a model than alone)."""
+
+    def measure_pieces(self, pieces, interleave=16, reference=None):
+        out = super().measure_pieces(pieces, interleave, reference)
+        return {k: self.timed(1.5 * m.median) if "moe" in k and k.startswith("ffn/") else m for k, m in out.items()}
+
+
+def test_pieces_timed_off_are_refined_by_the_whole_subnets(tiny, cfg, tmp_path, monkeypatch):
+    """Pieces that the whole subnets show to be timed off are scaled by them (refine): the MoE
+    pieces' factors go down, and held-out subnets are predicted with half the error of the same
+    correction without refinement; a table whose pieces are right is not refined."""
+    import hwnas.latency.refine as refine
+
+    cfg = cfg.model_copy(update={"n_correction": 40})
+    table = build_table(tiny, cfg, table_path(tmp_path, "cpu", "torch"), progress=False, measurer=MistimedMeasurer(tiny, cfg))
+    assert table.meta["refine_lambda"] != "none"
+    moe = [f for k, f in table.correction.piece_factors.items() if "moe" in k]
+    assert moe and np.mean(moe) < 0.95  # scaled down (the correction's MoE term takes a share of the gap)
+    again = LatencyTable.load(table_path(tmp_path, "cpu", "torch"))
+    assert again.correction == table.correction  # the factors are in the file
+    m, held = MistimedMeasurer(tiny, cfg), [tiny.sample(2000 + i) for i in range(30)]
+    errors = np.array([table.predict(a) / m.measure_arch(a).median - 1 for a in held])
+    monkeypatch.setattr(refine, "MIN_SUBNETS", 10**6)
+    plain = dataclasses.replace(table)
+    plain.fit_correction()
+    assert "refine_lambda" not in plain.meta and not plain.correction.piece_factors
+    unrefined = np.array([plain.predict(a) / m.measure_arch(a).median - 1 for a in held])
+    assert np.abs(errors).mean() < 0.6 * np.abs(unrefined).mean() and np.abs(errors).max() < np.abs(unrefined).max()
+    monkeypatch.undo()
+
+    class Exact(FakeMeasurer):  # whole subnets exactly a linear function of the table sum and depth
+        @staticmethod
+        def whole(arch) -> float:
+            return 1.05 * table_sum(arch) + 3e-6 * arch.depth
+
+    table_sum = build_table(tiny, cfg, table_path(tmp_path / "exact", "cpu", "torch"), progress=False,
+                                    measurer=FakeMeasurer(tiny, cfg)).table_sum
+    right = build_table(tiny, cfg, table_path(tmp_path / "right", "cpu", "torch"), progress=False, measurer=Exact(tiny, cfg))
+    assert right.meta["refine_lambda"] == "none" and not right.correction.piece_factors
+
+
 def test_keys_grow_with_choices_not_with_subnets(quickstart_space):
     pieces = space_pieces(quickstart_space)
     keys = [p.key for p in pieces]

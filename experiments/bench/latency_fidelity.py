@@ -8,7 +8,7 @@ shifted by 2-4% against the calibration subnets timed there (see the closing not
 issue), a state of that process, not a property of the table.
 
     python experiments/bench/latency_fidelity.py [--config experiments/quickstart.yaml] [--threads 2]
-        [--n 100] [--n-correction 40] [--backends torch onnxruntime] [--keep] [--no-write]
+        [--n 100] [--n-correction 40] [--seed 0] [--backends torch onnxruntime] [--keep] [--no-write]
         [--workload decode [--decode-context 64]] [--statistic min]
 
 `--workload decode`: the tables of one decoding step (one new token over a cache of the context's
@@ -89,6 +89,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the latency config's, else all cores)")
     p.add_argument("--n", type=int, default=None, help="held-out subnets (default: the latency config's n_fidelity)")
     p.add_argument("--n-correction", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None,
+                   help="the latency stage's seed (default the config's): other calibration and held-out subnets, another "
+                        "speed reference")
     p.add_argument("--run-dir", default=None, help="default: runs/bench-latency (prefill), runs/bench-latency-decode (decode)")
     p.add_argument("--workload", default="prefill", choices=["prefill", "decode"],
                    help="what the tables time: a prefill, or one decoding step over a cache of --decode-context tokens")
@@ -115,6 +118,8 @@ def main() -> None:
         overrides["n_fidelity"] = args.n
     if args.n_correction is not None:
         overrides["n_correction"] = args.n_correction
+    if args.seed is not None:
+        overrides["seed"] = args.seed
     if args.statistic:
         overrides["statistic"] = args.statistic
     overrides |= {"workloads": [args.workload]} | ({"decode_context": args.decode_context} if args.decode_context else {})

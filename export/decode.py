@@ -174,7 +174,7 @@ def decode_table_rows(run_dir, subnet: Subnet, graphs: dict[str, bytes], threads
         step, inputs = decode_step(subnet.cpu().float().eval(), context, timing.workload["batch_size"],
                                    backend_class(backend).position_input, seed)
         base = {"backend": backend, "context": context, "batch_size": timing.workload["batch_size"], "threads": timing.threads,
-                "statistic": stat, "predicted_ms": timing.predict_ms(subnet.arch)}
+                "statistic": stat, "predicted_ms": timing.predict_ms(subnet.arch), **timing.anchored_prediction(subnet.arch)}
         label = "model.safetensors (real low-bit kernels)" if backend == "torch" else "the table's form (its bits)"
         rows.append({**base, "model": label, "measured_ms": 1e3 * timing.time_module(step, inputs).value(stat)})
         if backend == "onnxruntime":
@@ -186,6 +186,8 @@ def decode_table_rows(run_dir, subnet: Subnet, graphs: dict[str, bytes], threads
                 rows.append({**base, "model": name, "measured_ms": 1e3 * m.value(stat)})
     for row in rows:
         row["measured_over_predicted"] = row["measured_ms"] / row["predicted_ms"] if row["predicted_ms"] else None
+        if row.get("predicted_now_ms"):
+            row["measured_over_predicted_now"] = row["measured_ms"] / row["predicted_now_ms"]
     return {"rows": rows, "notes": notes}
 
 

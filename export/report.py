@@ -98,6 +98,7 @@ def _latency_section(r: dict[str, Any]) -> list[str]:
                    f"{median:.3f} ({num(row.get('predicted_median_ms'), '.3f')}) | "
                    f"{num(p90, '.3f')} ({num(row.get('predicted_p90_ms'), '.3f')}) | "
                    f"{num(row['measured_over_predicted'], '.2f')} | {row['runs']}{'' if row['stable'] else ' (cap)'} |")
+    out += _anchored_lines(lat["rows"])
     out += _fresh_rows(lat.get("fresh"))
     front_lat = {k: val for k, val in r["front_objectives"].items() if k.startswith("latency@")}
     if front_lat:
@@ -109,6 +110,21 @@ def _latency_section(r: dict[str, Any]) -> list[str]:
     out += [f"- {n}" for n in lat["notes"]]
     out.append("")
     return out
+
+
+def _anchored_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Per backend, the table's prediction anchored to the machine's speed here (`TableTiming.speed_now`)."""
+    out, seen = [], set()
+    for row in rows:
+        if not row.get("predicted_now_ms") or row["backend"] in seen:
+            continue
+        seen.add(row["backend"])
+        pct = 100 * (row["speed_now"] - 1)
+        out.append(f"- {row['backend']}: the table's speed reference subnet ran {abs(pct):.1f}% "
+                   f"{'slower' if pct > 0 else 'faster'} here than at the table build; anchored to this speed the table "
+                   f"predicts {row['predicted_now_ms']:.3f} ms (measured / anchored "
+                   f"{num(row.get('measured_over_predicted_now'), '.2f')}).")
+    return ["", *out] if out else []
 
 
 def decode_section(r: dict[str, Any]) -> list[str]:
@@ -138,6 +154,7 @@ def decode_section(r: dict[str, Any]) -> list[str]:
         out += [f"| {r['backend']} | {r['model']} | {r['context']} | {r['threads']} | {num(r['predicted_ms'], '.3f')} | "
                 f"{r['measured_ms']:.3f} ({r['statistic']}) | {num(r['measured_over_predicted'], '.2f')} | "
                 f"{1e3 / r['measured_ms']:.0f} |" for r in tables]
+        out += _anchored_lines(tables)
     return out + [f"- {n}" for n in (dec.get("tables") or {}).get("notes", [])] + [""]
 
 

@@ -209,6 +209,7 @@ def _measure_latency(run_dir: Path, arch: ArchConfig, subnet: Subnet, form, fp32
             try:
                 predicted = timing.predict_ms(arch)
                 spread = {f"predicted_{s}_ms": timing.predict_ms(arch, s) for s in ("median", "p90")}
+                spread |= timing.anchored_prediction(arch)
             except LatencyError as e:
                 notes.append(f"{backend} table unusable: {e}")
         protocols[backend] = timing.protocol.to_dict()
@@ -239,7 +240,10 @@ def _measure_latency(run_dir: Path, arch: ArchConfig, subnet: Subnet, form, fp32
     for row in rows:
         p = row["predicted_ms"]
         row["measured_over_predicted"] = row["measured_ms"] / p if p else None
+        if row.get("predicted_now_ms"):
+            row["measured_over_predicted_now"] = row["measured_ms"] / row["predicted_now_ms"]
     return {"rows": rows, "notes": notes, "protocols": protocols}
+
 
 
 # --- the stage --------------------------------------------------------------------------------------

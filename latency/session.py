@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from hwnas.core.isolate import run_isolated
-from hwnas.search_space import ArchConfig, SearchSpace
+from hwnas.search_space import ArchConfig, SearchSpace, SearchSpaceConfig
 from hwnas.search_space.sampling import distinct
 
 from .backends import Backend, make_backend
@@ -255,6 +255,8 @@ class TableTiming:
 
         defaults = defaults or LatencyConfig()
         self.device, self.backend, self.table, self.notes = device, backend, None, []
+        self.now: LatencyTable | None = None  # the table anchored to the machine's speed (`speed_now`)
+        self.run_dir = Path(run_dir)
         self.path = table_path(run_dir, device, backend, workload)
         if self.path.exists():
             try:
@@ -271,11 +273,40 @@ class TableTiming:
         self.threads = threads or (t.fingerprint.get("threads") if t else None) or usable_cores()
         self.statistic = t.statistic if t else defaults.statistic  # compare like with like: what the table predicts
 
-    def predict_ms(self, arch: ArchConfig, statistic: str | None = None) -> float | None:
-        """The table's prediction for `arch` (of `statistic`, default the table's own); None without a table."""
-        if self.table is None:
+    def predict_ms(self, arch: ArchConfig, statistic: str | None = None, now: bool = False) -> float | None:
+        """The table's prediction for `arch` (of `statistic`, default the table's own); None without a
+        table. `now`: anchored to the machine's speed measured by `speed_now` (None before it, or
+        without a speed reference)."""
+        table = self.now if now else self.table
+        if table is None:
             return None
-        return self.table.for_statistic(statistic or self.table.statistic).predict_ms(arch)
+        return table.for_statistic(statistic or table.statistic).predict_ms(arch)
+
+    def speed_now(self, space_config=None, seed: int = 0) -> float | None:
+        """Time the table's speed reference subnet here, as the table times subnets (its backend,
+        protocol, workload and threads; weights drawn with `seed`: fp32 and integer kernels take
+        as long whatever the values), and anchor the table to it (`LatencyTable.anchored`;
+        `predict_ms(..., now=True)` then predicts at this speed): the machine's speed now over the
+        build's (1.04: 4% slower now). None without a table or a speed reference. `space_config`:
+        the search space the reference is a subnet of (default: the one the run's run.json records)."""
+        from hwnas.core.rundir import run_search_space
+
+        t = self.table
+        space_config = space_config if space_config is not None else run_search_space(self.run_dir)
+        if t is None or t.reference is None or not t.speed_windows or space_config is None:
+            return None
+        if isinstance(space_config, dict):
+            space_config = SearchSpaceConfig.model_validate(space_config)
+        measurer = Measurer(SearchSpace(space_config), make_backend(self.backend, self.device, self.threads), self.protocol,
+                            dict(self.workload), seed)
+        self.now = t.anchored(measurer.measure_archs([], reference=t.reference)[REFERENCE])
+        return self.now.speed_scale()
+
+    def anchored_prediction(self, arch: ArchConfig) -> dict[str, float]:
+        """The prediction for `arch` anchored to the machine's speed now (`speed_now`, timed once):
+        {"speed_now": now over the build, "predicted_now_ms"}; empty without a speed reference."""
+        speed = self.now.speed_scale() if self.now is not None else self.speed_now()
+        return {} if speed is None else {"speed_now": speed, "predicted_now_ms": self.predict_ms(arch, now=True)}
 
     def time_module(self, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> Measurement:
         """`module(*inputs)` timed as the backend's table times modules (torch: its deployment form)."""

@@ -73,6 +73,8 @@ class LatencyTable:
     window_of: dict[str, int] = field(default_factory=dict)  # piece or calibration key -> its window
     # each other statistic -> its correction (None: the plain sum); the table's own is `correction`
     corrections: dict[str, Correction | None] = field(default_factory=dict)
+    # the speed reference timed where the table is used (`anchored`; never saved): None, the build's speed
+    speed_now: Measurement | None = field(default=None, compare=False)
     _factors: dict[str, list[float]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # --- speed -----------------------------------------------------------------------------------
@@ -99,6 +101,21 @@ class LatencyTable:
             level = self.speed_level()
             factors = self._factors[self.statistic] = [level / x.reference.value(self.statistic) for x in self.speed_windows]
         return factors[w]
+
+    def anchored(self, reference: Measurement) -> LatencyTable:
+        """The table predicting at the machine's speed of the moment: every prediction scaled by
+        the speed reference's time now (`reference`: the reference subnet timed as the table times
+        subnets, `session.TableTiming.speed_now`) over its time at the build (`speed_level`). A
+        shared VM's speed moves by a few percent over hours (torch decode tables: 1-4% between a
+        build and its report), which is most of a 10% error budget."""
+        if self.reference is None or not self.speed_windows:
+            raise TableError(f"latency table ({self.device}, {self.backend}) was built without a speed reference "
+                             "(latency.speed_reference: false): it cannot be anchored to the machine's speed")
+        return replace(self, speed_now=reference)
+
+    def speed_scale(self) -> float:
+        """The machine's speed now over the build's, by the reference (1: not anchored; 1.04: 4% slower now)."""
+        return 1.0 if self.speed_now is None else self.speed_now.value(self.statistic) / self.speed_level()
 
     def entry(self, key: str) -> float:
         """Seconds of one piece, at the build's median speed."""
@@ -146,13 +163,14 @@ class LatencyTable:
         the table's `statistic` of the run times, the median by default)."""
         parts = self.breakdown(arch)
         values = self.features(arch, parts)
+        scale = 1.0 if self.speed_now is None else self.speed_scale()
         if self.correction is None:
-            return values["table_sum"]
+            return values["table_sum"] * scale
         plain = values["table_sum"]
         if self.correction.piece_factors:  # the pieces refined by the whole calibration subnets
             values["table_sum"] = self.correction.refined_sum(parts)
         # never below the cheapest piece sum it was fitted on would allow: a latency is positive
-        return max(self.correction.apply(values), 0.25 * plain)
+        return max(self.correction.apply(values), 0.25 * plain) * scale
 
     def predict_ms(self, arch: ArchConfig) -> float:
         return self.predict(arch) * 1e3

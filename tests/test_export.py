@@ -30,6 +30,7 @@ from hwnas.export.deploy import (
 from hwnas.export.stage import EXPORT_FILES
 from hwnas.latency import LatencyTable, Measurement, Protocol, device_fingerprint, table_path
 from hwnas.latency.keys import arch_keys
+from hwnas.latency.speed import SpeedWindow
 from hwnas.search.pareto import Candidate, ParetoFront
 from hwnas.search_space import ArchConfig, LayerConfig, SearchSpace, SearchSpaceConfig
 from hwnas.supernet import Supernet, extract_subnet, ops
@@ -231,17 +232,20 @@ def run_dir(tmp_path_factory) -> Path:
     front.add(cands)
     front.save(run / "search")
     for backend, ms in (("torch", 0.5), ("onnxruntime", 0.25)):  # tables that know the first covering arch only
+        # the torch tables have a speed reference (the arch itself, 1 ms at the build): the export anchors them
+        speed = {"reference": COVERING[0], "speed_windows": [SpeedWindow("pieces", Measurement(1e-3, 1e-3, 5, True))]} \
+            if backend == "torch" else {}
         LatencyTable(device="cpu", backend=backend, fingerprint=device_fingerprint("cpu", 1),
                      protocol=Protocol(warmup=1, min_repeats=3, max_repeats=6, check_every=3),
                      workload={"batch_size": 1, "seq_len": 24}, dims=space.dims,
                      entries={k: Measurement(t, t, 5, True) for k in arch_keys(COVERING[0])
                               for t in [1e-4 if k == "call" else ms * 1e-3]},
-                     meta={"complete": True}).save(table_path(run, "cpu", backend), Manifest.of(run, "latency"))
+                     meta={"complete": True}, **speed).save(table_path(run, "cpu", backend), Manifest.of(run, "latency"))
         LatencyTable(device="cpu", backend=backend, fingerprint=device_fingerprint("cpu", 1),  # one decoding step at context 12
                      protocol=Protocol(warmup=1, min_repeats=3, max_repeats=6, check_every=3),
                      workload={"batch_size": 1, "seq_len": 1, "context": 12}, dims=space.dims,
                      entries={k: Measurement(t, t, 5, True) for k in arch_keys(COVERING[0]) for t in [0.05 * ms * 1e-3]},
-                     meta={"complete": True}).save(table_path(run, "cpu", backend, "decode"), Manifest.of(run, "latency"))
+                     meta={"complete": True}, **speed).save(table_path(run, "cpu", backend, "decode"), Manifest.of(run, "latency"))
     return run
 
 
@@ -304,6 +308,12 @@ def test_export_writes_a_verified_model(run_dir, exported):
         ("onnxruntime", "model.int8.onnx", None), ("onnxruntime", "arch's own bits (the table's form)", pytest.approx(0.1 + n * 0.15))]
     assert all(r["measured_ms"] > 0 and 3 <= r["runs"] <= 6 and (r["batch_size"], r["seq_len"]) == (1, 24) for r in rows)
     assert rows[0]["measured_over_predicted"] == pytest.approx(rows[0]["measured_ms"] / rows[0]["predicted_ms"])
+    # the torch table anchored to the machine's speed here: its reference timed by the export, the prediction scaled
+    for r in (rows[0], tables[0]):
+        assert r["speed_now"] > 0 and r["predicted_now_ms"] == pytest.approx(r["speed_now"] * r["predicted_ms"])
+        assert r["measured_over_predicted_now"] == pytest.approx(r["measured_ms"] / r["predicted_now_ms"])
+    assert all("speed_now" not in r for r in rows[1:] + tables[1:])  # the ONNX Runtime tables have no reference
+    assert (out / "report.md").read_text().count("anchored to this speed the table predicts") == 2
     # as a user sees it: the written files loaded the documented way in a fresh process, a plain wall-clock loop
     fresh = report["latency"]["fresh"]
     assert "onnxruntime" not in fresh  # no shipped file has the arch's own bits, the form the ORT table times

@@ -828,6 +828,33 @@ def test_the_retest_is_retaken_while_the_machine_moved(tiny, cfg, tmp_path):
     assert report["speed"]["retaken"] == {"build": 0, "report": 1}
 
 
+def test_a_table_anchored_to_the_speed_now_scales_its_predictions(tiny, cfg, tmp_path):
+    """`anchored`: the reference timed now, 10% slower than at the build, scales every prediction
+    (each statistic's) by 1.1; the file keeps the build's speed; a table without a reference refuses."""
+    from hwnas.latency.session import TableTiming
+
+    table = build_table(tiny, cfg, table_path(tmp_path, "cpu", "torch"), progress=False, measurer=FakeMeasurer(tiny, cfg),
+                        manifest=Manifest.of(tmp_path, "latency"))
+    now = table.anchored(FakeMeasurer.timed(1.1 * FakeMeasurer.whole(table.reference)))
+    assert now.speed_scale() == pytest.approx(1.1) and table.speed_scale() == 1.0
+    archs = [tiny.sample(3000 + i) for i in range(10)]
+    for stat in ("median", "p90"):
+        for a in archs:
+            assert now.for_statistic(stat).predict(a) == pytest.approx(1.1 * table.for_statistic(stat).predict(a), rel=1e-12)
+    assert "speed_now" not in json.dumps(now.payload())
+    bare = build_table(tiny, cfg.model_copy(update={"speed_reference": False}), table_path(tmp_path / "bare", "cpu", "torch"),
+                       progress=False, measurer=FakeMeasurer(tiny, cfg), manifest=Manifest.of(tmp_path / "bare", "latency"))
+    with pytest.raises(TableError, match="without a speed reference"):
+        bare.anchored(FakeMeasurer.timed(1e-3))
+    # where the table is used: the reference timed here for real, the prediction anchored to it
+    timing = TableTiming(tmp_path, "cpu", "torch", block_size=16, threads=1, max_seconds=0.2)
+    assert timing.predict_ms(archs[0], now=True) is None  # not anchored yet
+    scale = timing.speed_now(TINY)
+    assert scale == pytest.approx(timing.now.speed_now.value(table.statistic) / table.speed_level())
+    assert timing.predict_ms(archs[0], now=True) == pytest.approx(scale * timing.predict_ms(archs[0]), rel=1e-12)
+    assert TableTiming(tmp_path / "bare", "cpu", "torch", block_size=16, threads=1).speed_now(TINY) is None
+
+
 def test_resumed_report_keeps_the_speed_of_its_windows(tiny, cfg, tmp_path, monkeypatch):
     """An interrupted report resumes with its measured windows and their reference times."""
     import hwnas.latency.fidelity as fidelity

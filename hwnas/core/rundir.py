@@ -72,6 +72,15 @@ def _lookup(doc: Any, path: str) -> Any:
     return doc
 
 
+def run_search_space(run_dir: str | Path) -> dict[str, Any] | None:
+    """The search-space section the run directory's run.json records (None: no readable record)."""
+    try:
+        space = json.loads((Path(run_dir) / RUN_FILE).read_text(encoding="utf-8")).get("search_space")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return recorded_space(space) if isinstance(space, dict) else None
+
+
 def experiment_name(run_dir: str | Path) -> str:
     """The experiment a stage folder (or a run directory) belongs to: the name its run.json records,
     else the run directory's folder name."""

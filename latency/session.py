@@ -4,8 +4,10 @@ times pieces and whole subnets with one backend and protocol, in this process or
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,9 @@ from .table import LatencyTable, load_table, table_path
 # survive; a narrow one loses less work to an interruption.
 WINDOW_GROUPS = 8  # piece groups per window at most (the quickstart space's 202 pieces: two windows)
 CALIBRATION_STRATA, CALIBRATION_POOL = 6, 2000  # size bins and uniform pool of the stratified calibration half
+# the speed reference where a table is used (`TableTiming.speed_now`): seconds run untimed first, then
+# attempts (each the table's passes) this many seconds apart, the median attempt kept
+SPEED_NOW_WARM_S, SPEED_NOW_ATTEMPTS, SPEED_NOW_GAP_S = 3.0, 5, 1.0
 WINDOW_ARCHS = 40  # whole subnets per window at most (windows of nearly equal sizes: `windows`)
 
 
@@ -251,7 +256,6 @@ class TableTiming:
     def __init__(self, run_dir: str | Path, device: str, backend: str, block_size: int, threads: int | None = None,
                  max_seconds: float | None = None, defaults: LatencyConfig | None = None, workload: str = "prefill"):
         import warnings
-        from dataclasses import replace
 
         defaults = defaults or LatencyConfig()
         self.device, self.backend, self.table, self.notes = device, backend, None, []
@@ -297,9 +301,26 @@ class TableTiming:
             return None
         if isinstance(space_config, dict):
             space_config = SearchSpaceConfig.model_validate(space_config)
-        measurer = Measurer(SearchSpace(space_config), make_backend(self.backend, self.device, self.threads), self.protocol,
-                            dict(self.workload), seed)
-        self.now = t.anchored(measurer.measure_archs([], reference=t.reference)[REFERENCE])
+        from .protocol import pooled, time_runs
+
+        backend = make_backend(self.backend, self.device, self.threads)
+        measurer = Measurer(SearchSpace(space_config), backend, self.protocol, dict(self.workload), seed)
+        with torch.no_grad():
+            run = backend.prepare(*measurer.whole(t.reference))
+        timer = backend.timer(self.protocol.clock)
+        attempts = []
+        with backend.session():
+            # a process's first seconds of low-bit kernels ran up to 2x slow here (a fresh process's
+            # first timing of the reference: 1.35-1.6x its build time, then 0.95-1.01x); the build
+            # never times the reference first
+            end = time.perf_counter() + SPEED_NOW_WARM_S
+            while time.perf_counter() < end:
+                run()
+            for i in range(SPEED_NOW_ATTEMPTS):  # spread over seconds: the speed of one moment moves by a few %
+                time.sleep(SPEED_NOW_GAP_S if i else 0.0)
+                attempts.append(pooled([time_runs(run, self.protocol, timer) for _ in range(self.protocol.passes)]))
+        attempts.sort(key=lambda m: m.value(t.statistic))
+        self.now = t.anchored(attempts[len(attempts) // 2])  # the median attempt
         return self.now.speed_scale()
 
     def anchored_prediction(self, arch: ArchConfig) -> dict[str, float]:

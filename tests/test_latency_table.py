@@ -828,11 +828,14 @@ def test_the_retest_is_retaken_while_the_machine_moved(tiny, cfg, tmp_path):
     assert report["speed"]["retaken"] == {"build": 0, "report": 1}
 
 
-def test_a_table_anchored_to_the_speed_now_scales_its_predictions(tiny, cfg, tmp_path):
+def test_a_table_anchored_to_the_speed_now_scales_its_predictions(tiny, cfg, tmp_path, monkeypatch):
     """`anchored`: the reference timed now, 10% slower than at the build, scales every prediction
     (each statistic's) by 1.1; the file keeps the build's speed; a table without a reference refuses."""
+    import hwnas.latency.session as session
     from hwnas.latency.session import TableTiming
 
+    monkeypatch.setattr(session, "SPEED_NOW_WARM_S", 0.2)  # seconds, not the 3 + 4 of a real anchoring
+    monkeypatch.setattr(session, "SPEED_NOW_GAP_S", 0.05)
     table = build_table(tiny, cfg, table_path(tmp_path, "cpu", "torch"), progress=False, measurer=FakeMeasurer(tiny, cfg),
                         manifest=Manifest.of(tmp_path, "latency"))
     now = table.anchored(FakeMeasurer.timed(1.1 * FakeMeasurer.whole(table.reference)))

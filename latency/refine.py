@@ -75,7 +75,7 @@ def refine(parts: np.ndarray, base: np.ndarray, y: np.ndarray, fit: FitForm,
     n = len(y)
     if n < MIN_SUBNETS:
         return None, {}
-    parts = parts * ((parts > 0).sum(axis=0) >= MIN_SEEN)  # a piece in too few subnets stays as measured
+    parts = parts * ((parts != 0).sum(axis=0) >= MIN_SEEN)  # a piece in too few subnets stays as measured
     folds = np.array_split(np.random.default_rng([seed, 5]).permutation(n), FOLDS)
 
     def cv_error(lam: float | None) -> float:

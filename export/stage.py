@@ -245,7 +245,6 @@ def _measure_latency(run_dir: Path, arch: ArchConfig, subnet: Subnet, form, fp32
     return {"rows": rows, "notes": notes, "protocols": protocols}
 
 
-
 # --- the stage --------------------------------------------------------------------------------------
 def _device(kind: str) -> torch.device:
     return torch.device(resolve_device(kind, "export.device", ExportError))

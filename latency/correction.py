@@ -75,7 +75,9 @@ def fit_correction(table) -> tuple[Correction | None, dict[str, Any]]:
 
     archs = [a for a, _ in table.calibration.values()]
     y = np.array([m.value(table.statistic) * table.speed_factor(k) for k, (_, m) in table.calibration.items()])
-    X = np.array([[table.features(a)[f] for f in CORRECTION_FEATURES] for a in archs])
+    breakdowns = [table.breakdown(a) for a in archs]  # each arch's pieces, once: its sum and the refinement's columns
+    X = np.array([[values[f] for f in CORRECTION_FEATURES]
+                  for values in (table.features(a, bd) for a, bd in zip(archs, breakdowns, strict=True))])
     w = 1.0 / y**2  # squared relative error
 
     def loo_mape(cols: list[int], intercept: bool) -> float:
@@ -105,7 +107,6 @@ def fit_correction(table) -> tuple[Correction | None, dict[str, Any]]:
         model = LinearRegression(fit_intercept=intercept).fit(with_sums(rows, sums), y[rows], sample_weight=w[rows])
         return (lambda r, s: model.predict(with_sums(r, s))), float(model.coef_[0])
 
-    breakdowns = [table.breakdown(a) for a in archs]
     keys = sorted({k for parts in breakdowns for k, _ in parts} - {"call"})
     column = {k: j for j, k in enumerate(keys)}
     parts = np.zeros((n, len(keys)))
@@ -119,8 +120,9 @@ def fit_correction(table) -> tuple[Correction | None, dict[str, Any]]:
         return None, choice
     factors = {}
     if d is not None:
-        factors = {k: float(np.clip(1 + d[j], *FACTOR_RANGE)) for k, j in column.items() if d[j] != 0}
-        X[:, 0] = [math.fsum(t * factors.get(k, 1.0) for k, t in bd) for bd in breakdowns]
+        scale = np.clip(1 + d, *FACTOR_RANGE)
+        factors = {k: float(scale[j]) for k, j in column.items() if d[j] != 0}
+        X[:, 0] += parts @ (scale - 1)  # the refined sums (`Correction.refined_sum` of each breakdown)
     if best == "sum":
         return Correction(("table_sum",), (1.0,), 0.0, len(y), factors), choice
     model = LinearRegression(fit_intercept=intercept).fit(X[:, cols], y, sample_weight=w)

@@ -163,7 +163,7 @@ class LatencyTable:
         the table's `statistic` of the run times, the median by default)."""
         parts = self.breakdown(arch)
         values = self.features(arch, parts)
-        scale = 1.0 if self.speed_now is None else self.speed_scale()
+        scale = self.speed_scale()
         if self.correction is None:
             return values["table_sum"] * scale
         plain = values["table_sum"]

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import hwnas.export.stage as stage_mod
+import hwnas.latency.session as session_mod
 from hwnas.core.errors import HwnasError
 from hwnas.core.manifest import Manifest
 from hwnas.export import ExportConfig, ExportError, PickError, load, pick_member, run_export
@@ -256,7 +257,10 @@ def front_of(run: Path) -> dict:
 @pytest.fixture(scope="module")
 def exported(run_dir, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("shipped") / "export"
-    report = run_export(run_dir, "min loss", out_dir=out, cfg=FAST.model_copy(update={"decode": True}), progress=False)
+    with pytest.MonkeyPatch.context() as mp:  # the anchor's warm-up and spacing (seconds each) are not what is tested here
+        mp.setattr(session_mod, "SPEED_NOW_WARM_S", 0.1)
+        mp.setattr(session_mod, "SPEED_NOW_GAP_S", 0.0)
+        report = run_export(run_dir, "min loss", out_dir=out, cfg=FAST.model_copy(update={"decode": True}), progress=False)
     return out, report
 
 

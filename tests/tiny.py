@@ -45,7 +45,8 @@ def tiny_config(run_dir: Path, corpus: Path) -> dict:
         "train": {"corpus": str(corpus), "steps": 12, "warmup_steps": 2, "batch_size": 4, "ckpt_every": 4, "eval_every": 6,
                   "eval_tokens": 512, "val_fraction": 0.2, "ema_decay": 0.9, "wandb": "disabled", "threads": 1},
         "latency": {"backends": ["torch"], "threads": 1, "warmup": 1, "min_repeats": 3, "max_repeats": 5, "check_every": 3,
-                    "max_seconds": 0.2, "n_correction": 6, "n_fidelity": 0, "wandb": "disabled", "speed_backoff_s": 0},
+                    "max_seconds": 0.2, "n_correction": 6, "n_fidelity": 0, "wandb": "disabled", "speed_backoff_s": 0,
+                    "speed_retakes": 0},  # a tiny model's windows move more than 5% on a busy 2-core test machine: no retakes
         "predictors": {"n_fit": 12, "n_heldout": 4, "eval_tokens": 256, "models": ["ridge", "gbr"], "cv_folds": 3,
                        "wandb": "disabled", "threads": 1},
         "search": {"objectives": ["loss", "latency@cpu"], "latency_backend": "torch", "engine": "pymoo", "budget": 200, "population": 20,

@@ -19,13 +19,14 @@ model card), `stage` (`run_export`: pick, extract, optionally fine-tune with
 `supernet.finetune.train_standalone`, verify, write atomically).
 """
 
-from .config import ExportConfig
-from .deploy import ExportError, export_form, export_onnx_dynamic, low_bit_weights, quantize
-from .pick import PickError, pick_member
-from .stage import run_export
-from .standalone import ExportedModel, from_pretrained, load
+from __future__ import annotations
 
-__all__ = [
-    "ExportConfig", "ExportError", "ExportedModel", "PickError", "export_form", "export_onnx_dynamic", "from_pretrained",
-    "load", "low_bit_weights", "pick_member", "quantize", "run_export",
-]
+from hwnas.core.lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "ExportConfig": "config",
+    "ExportError": "deploy", "export_form": "deploy", "export_onnx_dynamic": "deploy", "low_bit_weights": "deploy", "quantize": "deploy",
+    "PickError": "pick", "pick_member": "pick",
+    "run_export": "stage",
+    "ExportedModel": "standalone", "from_pretrained": "standalone", "load": "standalone",
+})

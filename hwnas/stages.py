@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from hwnas.core.config import MAX_PICK, MAX_STEPS, MAX_WORKERS
 from hwnas.core.errors import ConfigError
 from hwnas.core.manifest import EXPORT_COMMAND, Manifest
-from hwnas.latency.backends import BACKENDS
+from hwnas.latency.runtimes import BACKENDS
 
 from .config import ExperimentConfig
 

@@ -17,24 +17,21 @@ sum misses), `table` (`LatencyTable`: the measurements, prediction and the file 
 `stage` (`hwnas latency`: every table and its report, the run directory locked).
 """
 
-from .backends import BACKENDS, Backend, OnnxRuntimeBackend, TorchBackend, make_backend
-from .build import build_table, run_latency
-from .config import LatencyConfig
-from .correction import Correction
-from .errors import FingerprintMismatchError, FingerprintWarning, LatencyError, TableError
-from .fidelity import fidelity_report
-from .fingerprint import device_fingerprint
-from .keys import Piece, arch_keys, arch_pieces, space_pieces
-from .protocol import Measurement, Protocol, measure
-from .session import Measurer, calibration_archs, heldout_archs
-from .stage import run_latency_stage
-from .table import LatencyTable, load_table, table_path
+from __future__ import annotations
 
-__all__ = [
-    "BACKENDS", "Backend", "Correction", "FingerprintMismatchError", "FingerprintWarning", "LatencyConfig",
-    "LatencyError", "LatencyTable", "Measurement", "Measurer", "OnnxRuntimeBackend", "Piece", "Protocol", "TableError",
-    "TorchBackend", "arch_keys", "arch_pieces", "build_table", "calibration_archs", "device_fingerprint",
-    "fidelity_report", "heldout_archs", "load_table", "make_backend", "measure", "run_latency", "run_latency_stage",
-    "space_pieces",
-    "table_path",
-]
+from hwnas.core.lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "BACKENDS": "backends", "Backend": "backends", "OnnxRuntimeBackend": "backends", "TorchBackend": "backends", "make_backend": "backends",
+    "build_table": "build", "run_latency": "build",
+    "LatencyConfig": "config",
+    "Correction": "correction",
+    "FingerprintMismatchError": "errors", "FingerprintWarning": "errors", "LatencyError": "errors", "TableError": "errors",
+    "fidelity_report": "fidelity",
+    "device_fingerprint": "fingerprint",
+    "Piece": "keys", "arch_keys": "keys", "arch_pieces": "keys", "space_pieces": "keys",
+    "Measurement": "protocol", "Protocol": "protocol", "measure": "protocol",
+    "Measurer": "session", "calibration_archs": "session", "heldout_archs": "session",
+    "run_latency_stage": "stage",
+    "LatencyTable": "table", "load_table": "table", "table_path": "table",
+})

@@ -46,9 +46,9 @@ from .protocol import (
     time_runs,
     time_runs_interleaved,
 )
+from .runtimes import BACKENDS
 
 _REGISTRY: dict[str, type] = {}
-DEPLOYED = "onnxruntime"  # the runtime the export deploys: a latency objective's runtime when it names none
 
 
 def register_backend(cls: type) -> type:
@@ -327,7 +327,8 @@ class OnnxRuntimeBackend(Backend):
         return run
 
 
-BACKENDS: tuple[str, ...] = tuple(_REGISTRY)
+if tuple(_REGISTRY) != BACKENDS:  # the names the config accepts (runtimes.py) are the classes registered here
+    raise ImportError(f"latency backends registered {tuple(_REGISTRY)}, latency.runtimes names {BACKENDS}")
 
 
 def backend_class(name: str) -> type[Backend]:

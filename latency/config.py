@@ -18,7 +18,7 @@ from hwnas.core.config import (
     power_of_two,
 )
 
-from .backends import BACKENDS
+from .runtimes import BACKENDS
 
 Device = Literal["cpu", "cuda"]
 BackendName = Literal[BACKENDS]  # the registered backends (latency.backends)

@@ -6,8 +6,7 @@ load scikit-learn."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from hwnas.core.lazy import lazy_exports
 
 _WHERE = {
     "MODEL_NAMES": "config", "PredictorsConfig": "config",
@@ -19,16 +18,4 @@ _WHERE = {
     "SamplingError": "sampling", "plan": "sampling",
     "run_predictors": "stage", "summary_text": "stage",
 }
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _WHERE)

@@ -17,11 +17,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import norm as normal
 
 from hwnas.core.errors import HwnasError
-from hwnas.latency.backends import BACKENDS, DEPLOYED
 from hwnas.latency.protocol import STATISTICS
+from hwnas.latency.runtimes import BACKENDS, DEPLOYED
 from hwnas.search_space import ArchConfig, SearchSpace
 
 
@@ -32,9 +31,17 @@ class ObjectiveError(HwnasError, ValueError):
 # the runtimes a latency objective can name (the latency stage's backends); the first is the default,
 # the runtime the export deploys
 LATENCY_RUNTIMES = (DEPLOYED, *(b for b in BACKENDS if b != DEPLOYED))
+
 # the statistic of the run times a latency objective names after a colon; the first, the median, is
 # what a name without one means (and is never written out)
 LATENCY_STATISTICS = STATISTICS  # what a table can predict of the run times
+
+
+def _normal_quantile(p: float) -> float:
+    """The standard normal's quantile at `p` (SciPy loaded here, not with the config that reads this module)."""
+    from scipy.stats import norm
+
+    return float(norm.ppf(p))
 
 
 # what a latency objective times after a colon: a prefill (the default, never written out) or one
@@ -246,7 +253,7 @@ class ObjectiveSet:
             if std is not None:
                 stds[o.name] = std
         F = np.stack([values[o.name] for o in self.objectives], axis=1) if self.objectives else np.zeros((len(archs), 0))
-        z = normal.ppf(self.risk) if self.risk else 0.0
+        z = _normal_quantile(self.risk) if self.risk else 0.0
         G = np.zeros((len(archs), len(self.constraints)))
         for j, c in enumerate(self.constraints):
             x = values[c.objective]

@@ -1,7 +1,11 @@
 """The weight-sharing supernet: the model, its standalone subnets, and FLOP counting."""
 
-from .flops import count_flops
-from .model import Block, InputError, Supernet
-from .subnet import Subnet, extract_subnet, load_subnet, save_subnet
+from __future__ import annotations
 
-__all__ = ["Block", "InputError", "Subnet", "Supernet", "count_flops", "extract_subnet", "load_subnet", "save_subnet"]
+from hwnas.core.lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "count_flops": "flops",
+    "Block": "model", "InputError": "model", "Supernet": "model",
+    "Subnet": "subnet", "extract_subnet": "subnet", "load_subnet": "subnet", "save_subnet": "subnet",
+})

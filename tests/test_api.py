@@ -29,6 +29,19 @@ def test_import_hwnas_does_not_import_torch():
         hwnas.nope  # noqa: B018
 
 
+def test_reading_a_config_loads_no_runtime_or_numeric_library():
+    """`hwnas config`, `--help` and a refused value answer at once: the config and the CLI import
+    neither torch nor ONNX Runtime, SciPy or scikit-learn (the stages load them when they run)."""
+    heavy = ("torch", "onnxruntime", "scipy.stats", "sklearn", "optuna", "pymoo")
+    code = ("import sys; import hwnas.cli, hwnas.config; from hwnas.latency import LatencyConfig; from hwnas.export import ExportConfig; "
+            f"print([m for m in {heavy!r} if m in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
+    from hwnas.latency import backends  # the names the config accepts are the classes registered
+    assert tuple(backends._REGISTRY) == backends.BACKENDS == ("torch", "onnxruntime")
+
+
 def test_the_api_runs_the_stages_and_matches_the_cli(tiny_run):
     """tiny_run is a copy of a run the CLI made (`hwnas run`); each stage run again from Python, in
     this process, gives the same results (the search: the same front)."""

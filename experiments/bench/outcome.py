@@ -21,6 +21,7 @@ the experiment's `train.eval_tokens` validation bytes.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -166,7 +167,8 @@ def main() -> None:
             f"{cfg.latency.seq_len or space.config.block_size} tokens, median of the latency protocol's runs. Front members: "
             f"the {args.members} whose predicted loss is nearest the standard design's; fine-tuned: {args.finetune_steps} steps "
             f"from the inherited weights.", "", *rows, "", verdict]
-    write_section("Outcome: search vs the standard design, trained from scratch", "\n".join(body))
+    supernet_steps = json.loads((run / "train" / "summary.json").read_text())["steps"]
+    write_section(f"Outcome: search vs the standard design, trained from scratch (supernet of {supernet_steps} steps)", "\n".join(body))
 
 
 if __name__ == "__main__":

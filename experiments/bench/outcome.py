@@ -15,7 +15,11 @@ weights) and the fine-tuned view (`--finetune-steps` from them) are shown too. L
 the experiment's `train.eval_tokens` validation bytes.
 
     python experiments/bench/outcome.py [--config experiments/quickstart.yaml] [--run-dir runs/quickstart]
-        [--steps N] [--seeds 3] [--members 4] [--shrinks 3] [--finetune-steps 100]
+        [--steps N] [--seeds 3] [--members 4] [--shrinks 3] [--finetune-steps 100] [--confirm-steps N]
+
+A short budget favours shallow archs (they learn faster early). `--confirm-steps N` trains the
+standard design and the found subnet again for N steps (`--confirm-seeds` seeds): whether the
+verdict holds at a longer budget.
 """
 
 from __future__ import annotations
@@ -88,11 +92,13 @@ def main() -> None:
     p.add_argument("--members", type=int, default=4)
     p.add_argument("--shrinks", type=int, default=3)
     p.add_argument("--finetune-steps", type=int, default=100)
+    p.add_argument("--confirm-steps", type=int, default=0, help="train the standard and the found subnet this long too")
+    p.add_argument("--confirm-seeds", type=int, default=2)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
-    if args.seeds < 1 or args.members < 1 or args.shrinks < 0 or args.finetune_steps < 0:
-        sys.exit("--seeds and --members: at least 1; --shrinks and --finetune-steps: at least 0")
+    if args.seeds < 1 or args.members < 1 or args.confirm_seeds < 1 or min(args.shrinks, args.finetune_steps, args.confirm_steps) < 0:
+        sys.exit("--seeds, --members and --confirm-seeds: at least 1; --shrinks, --finetune-steps and --confirm-steps: at least 0")
     cfg = load_config(args.config)
     run = Path(args.run_dir) if args.run_dir else cfg.run_path
     steps = args.steps or cfg.train.steps
@@ -158,6 +164,15 @@ def main() -> None:
                    + ", ".join(f"{ups[b]:.2f}x on {b}" for b in runtimes if b != DEPLOY)
                    + f", at {spread(scratch[fk])} bits/byte against the standard design's {spread(scratch[std_key])} "
                    f"(difference {mean(fk) - mean(std_key):+.3f}, seeds' combined sd {sd:.3f}): it {goal}." + versus)
+    if found is not None and args.confirm_steps:
+        pair = [standard, found]
+        long = trained_alone(args.config, cfg, args.confirm_steps, run / "corpus", [(a, s) for a in pair for s in seeds[:args.confirm_seeds]],
+                             args.jobs)
+        std_long, found_long = long[:args.confirm_seeds], long[args.confirm_seeds:]
+        holds = "holds" if np.mean(found_long) <= np.mean(std_long) else "does not hold"
+        verdict += (f"\n\nAt {args.confirm_steps} steps ({args.confirm_seeds} seeds): the standard design {spread(std_long)}, the found "
+                    f"subnet {spread(found_long)} bits/byte (difference {np.mean(found_long) - np.mean(std_long):+.3f}): the verdict "
+                    f"{holds} at the longer budget.")
     print("\n".join(rows) + "\n\n" + verdict)
     if args.no_write:
         return

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command, git_commit, write_section  # noqa: E402
+from common import command, git_commit, supernet_steps, write_section  # noqa: E402
 
 from hwnas.config import load_config  # noqa: E402
 from hwnas.latency.table import load_table, table_path  # noqa: E402
@@ -44,7 +44,7 @@ def main() -> None:
         return
     body = [f"`{command()}` (commit {git_commit()}; run {run}, front of the search `{', '.join(front['objectives'])}`"
             f"{' subject to ' + ', '.join(front['constraints']) if front['constraints'] else ''})", "", text]
-    write_section("Design choices on the front (which choices pay)", "\n".join(body))
+    write_section(f"Design choices on the front (which choices pay), supernet of {supernet_steps(run)} steps", "\n".join(body))
 
 
 if __name__ == "__main__":

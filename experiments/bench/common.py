@@ -70,6 +70,11 @@ def write_section(name: str, body: str) -> None:
     BENCHMARKS.write_text(text.rstrip() + "\n")
 
 
+def supernet_steps(run: Path) -> int:
+    """The steps the run's supernet trained (its train/summary.json): sections of different runs stay apart by it."""
+    return json.loads((Path(run) / "train" / "summary.json").read_text())["steps"]
+
+
 def git_commit() -> str:
     """The checkout's commit (short), with "+changes" when tracked files (but BENCHMARKS.md) differ from it: which code
     measured a figure, so a row measured with an option since removed can still be reproduced."""

@@ -25,7 +25,6 @@ verdict holds at a longer budget.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -34,7 +33,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command, git_commit, machine, write_section  # noqa: E402
+from common import command, git_commit, machine, supernet_steps, write_section  # noqa: E402
 from weight_sharing import LN2, trained_alone  # noqa: E402
 
 from hwnas.config import load_config  # noqa: E402
@@ -182,8 +181,8 @@ def main() -> None:
             f"{cfg.latency.seq_len or space.config.block_size} tokens, median of the latency protocol's runs. Front members: "
             f"the {args.members} whose predicted loss is nearest the standard design's; fine-tuned: {args.finetune_steps} steps "
             f"from the inherited weights.", "", *rows, "", verdict]
-    supernet_steps = json.loads((run / "train" / "summary.json").read_text())["steps"]
-    write_section(f"Outcome: search vs the standard design, trained from scratch (supernet of {supernet_steps} steps)", "\n".join(body))
+    write_section(f"Outcome: search vs the standard design, trained from scratch (supernet of {supernet_steps(run)} steps)",
+                  "\n".join(body))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 The standard design (pre-LN LayerNorm, softmax attention, GELU MLP, 16-bit, the space's largest
 width, depth, heads and MLP ratio) and the `--members` front members whose predicted loss is
-closest to its own are trained from scratch with the experiment's `train` recipe and the same step
+closest to its own (`--match inherited`: whose loss on the supernet's weights is) are trained from scratch with the experiment's `train` recipe and the same step
 budget, `--seeds` times each (one thread per run, two runs at a time). So are uniform shrinks of the
 standard design (fewer layers or narrower, its kinds kept), the design a person would try next: the
 `--shrinks` whose table latency is nearest the members'. Every arch is timed whole in this process
@@ -15,7 +15,7 @@ weights) and the fine-tuned view (`--finetune-steps` from them) are shown too. L
 the experiment's `train.eval_tokens` validation bytes.
 
     python experiments/bench/outcome.py [--config experiments/quickstart.yaml] [--run-dir runs/quickstart]
-        [--steps N] [--seeds 3] [--members 4] [--shrinks 3] [--finetune-steps 100] [--confirm-steps N]
+        [--steps N] [--seeds 3] [--members 4] [--shrinks 3] [--finetune-steps 100] [--match predicted|inherited] [--confirm-steps N]
 
 A short budget favours shallow archs (they learn faster early). `--confirm-steps N` trains the
 standard design and the found subnet again for N steps (`--confirm-seeds` seeds): whether the
@@ -69,6 +69,15 @@ def pick_members(front: dict, predictor, standard: ArchConfig, k: int) -> list[A
     return [archs[i] for i in np.argsort(np.abs(predicted - target), kind="stable")[:k]]
 
 
+def pick_members_inherited(front: dict, net, corpus, tokens: int, standard: ArchConfig, k: int) -> list[ArchConfig]:
+    """The k front members whose inherited loss (the supernet's weights, measured) is nearest the
+    standard design's: its quality by the supernet itself, not by the predictor's view of it."""
+    archs = [ArchConfig.from_dict(m["arch"]) for m in front["front"]]
+    target = evaluate(net, standard, corpus, max_tokens=tokens)["bpb"]
+    losses = np.array([evaluate(net, a, corpus, max_tokens=tokens)["bpb"] for a in archs])
+    return [archs[i] for i in np.argsort(np.abs(losses - target), kind="stable")[:k]]
+
+
 def pick_shrinks(space: SearchSpace, table, members: list[ArchConfig], k: int) -> list[ArchConfig]:
     """The k uniform shrinks of the standard design whose table latency is nearest the members' median."""
     full = standard_design(space)
@@ -91,6 +100,8 @@ def main() -> None:
     p.add_argument("--members", type=int, default=4)
     p.add_argument("--shrinks", type=int, default=3)
     p.add_argument("--finetune-steps", type=int, default=100)
+    p.add_argument("--match", choices=["predicted", "inherited"], default="predicted",
+                   help="front members nearest the standard design's predicted loss, or its inherited (measured) loss")
     p.add_argument("--confirm-steps", type=int, default=0, help="train the standard and the found subnet this long too")
     p.add_argument("--confirm-seeds", type=int, default=2)
     p.add_argument("--jobs", type=int, default=2)
@@ -108,7 +119,11 @@ def main() -> None:
         sys.exit(f"{run}: no cpu/{DEPLOY} latency table; the outcome is measured on the deployment runtime")
     deploy_table = load_table(run, "cpu", DEPLOY, space=space)
     standard = standard_design(space)
-    members = pick_members(front, load_predictor(run / "predictors"), standard, args.members)
+    net = load_supernet(run, space.config)
+    corpus = Corpus.load(run / "corpus")
+    tokens = cfg.train.eval_tokens
+    members = (pick_members(front, load_predictor(run / "predictors"), standard, args.members) if args.match == "predicted" else
+               pick_members_inherited(front, net, corpus, cfg.predictors.eval_tokens, standard, args.members))
     shrinks = pick_shrinks(space, deploy_table, members, args.shrinks)
     roles = {standard.key(): "standard", **{a.key(): "front member" for a in members}, **{a.key(): "uniform shrink" for a in shrinks}}
     archs = [standard, *members, *shrinks]
@@ -121,9 +136,6 @@ def main() -> None:
     torch.set_num_threads(cfg.latency.threads or 1)
     latency = {b: {k: 1e3 * m.median for k, m in make_measurer(space, cfg.latency, "cpu", b).measure_archs(archs).items()}
                for b in runtimes}
-    net = load_supernet(run, space.config)
-    corpus = Corpus.load(run / "corpus")
-    tokens = cfg.train.eval_tokens
     inherited, tuned = {}, {}
     for a in (standard, *members):
         inherited[a.key()] = evaluate(net, a, corpus, max_tokens=tokens)["bpb"]
@@ -179,9 +191,10 @@ def main() -> None:
             f"Machine: {machine()}. From scratch: the `train` recipe, {steps} steps, {args.seeds} seeds, from the supernet's "
             f"initialization. Latency: whole subnets, batch {cfg.latency.batch_size} x "
             f"{cfg.latency.seq_len or space.config.block_size} tokens, median of the latency protocol's runs. Front members: "
-            f"the {args.members} whose predicted loss is nearest the standard design's; fine-tuned: {args.finetune_steps} steps "
+            f"the {args.members} whose {args.match} loss is nearest the standard design's; fine-tuned: {args.finetune_steps} steps "
             f"from the inherited weights.", "", *rows, "", verdict]
-    write_section(f"Outcome: search vs the standard design, trained from scratch (supernet of {supernet_steps(run)} steps)",
+    matched = "" if args.match == "predicted" else ", members matched by inherited loss"
+    write_section(f"Outcome: search vs the standard design, trained from scratch (supernet of {supernet_steps(run)} steps{matched})",
                   "\n".join(body))
 
 

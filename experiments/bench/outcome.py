@@ -18,8 +18,8 @@ the experiment's `train.eval_tokens` validation bytes.
         [--steps N] [--seeds 3] [--members 4] [--shrinks 3] [--finetune-steps 100] [--match predicted|inherited] [--confirm-steps N]
 
 A short budget favours shallow archs (they learn faster early). `--confirm-steps N` trains the
-standard design and the found subnet again for N steps (`--confirm-seeds` seeds): whether the
-verdict holds at a longer budget.
+standard design and every member that matched it again for N steps (`--confirm-seeds` seeds): the
+verdict at a longer budget.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def main() -> None:
     p.add_argument("--finetune-steps", type=int, default=100)
     p.add_argument("--match", choices=["predicted", "inherited"], default="predicted",
                    help="front members nearest the standard design's predicted loss, or its inherited (measured) loss")
-    p.add_argument("--confirm-steps", type=int, default=0, help="train the standard and the found subnet this long too")
+    p.add_argument("--confirm-steps", type=int, default=0, help="train the standard and the members that matched it this long too")
     p.add_argument("--confirm-seeds", type=int, default=2)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--no-write", action="store_true")
@@ -175,15 +175,22 @@ def main() -> None:
                    + ", ".join(f"{ups[b]:.2f}x on {b}" for b in runtimes if b != DEPLOY)
                    + f", at {spread(scratch[fk])} bits/byte against the standard design's {spread(scratch[std_key])} "
                    f"(difference {mean(fk) - mean(std_key):+.3f}, seeds' combined sd {sd:.3f}): it {goal}." + versus)
-    if found is not None and args.confirm_steps:
-        pair = [standard, found]
-        long = trained_alone(args.config, cfg, args.confirm_steps, run / "corpus", [(a, s) for a in pair for s in seeds[:args.confirm_seeds]],
-                             args.jobs)
-        std_long, found_long = long[:args.confirm_seeds], long[args.confirm_seeds:]
-        holds = "holds" if np.mean(found_long) <= np.mean(std_long) else "does not hold"
-        verdict += (f"\n\nAt {args.confirm_steps} steps ({args.confirm_seeds} seeds): the standard design {spread(std_long)}, the found "
-                    f"subnet {spread(found_long)} bits/byte (difference {np.mean(found_long) - np.mean(std_long):+.3f}): the verdict "
-                    f"{holds} at the longer budget.")
+    if winners and args.confirm_steps:  # every member that matched at the short budget, fastest first
+        pair = [standard, *sorted(winners, key=lambda a: latency[DEPLOY][a.key()])]
+        n = args.confirm_seeds
+        long = trained_alone(args.config, cfg, args.confirm_steps, run / "corpus", [(a, s) for a in pair for s in seeds[:n]], args.jobs)
+        std_long = long[:n]
+        verdict += f"\n\nAt {args.confirm_steps} steps ({n} seeds): the standard design {spread(std_long)} bits/byte"
+        held = None
+        for i, a in enumerate(pair[1:], 1):
+            mine = long[i * n:(i + 1) * n]
+            verdict += (f"; `{a.key()}` {spread(mine)} ({np.mean(mine) - np.mean(std_long):+.3f}, "
+                        f"{latency[DEPLOY][std_key] / latency[DEPLOY][a.key()]:.2f}x on {DEPLOY})")
+            if held is None and np.mean(mine) <= np.mean(std_long):
+                held = a
+        verdict += (f". **At the longer budget the fastest member at or below the standard design's loss is "
+                    f"{latency[DEPLOY][std_key] / latency[DEPLOY][held.key()]:.2f}x faster on {DEPLOY}** (`{held.key()}`)." if held else
+                    ". At the longer budget no member is at or below the standard design's loss.")
     print("\n".join(rows) + "\n\n" + verdict)
     if args.no_write:
         return

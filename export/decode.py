@@ -160,7 +160,7 @@ def decode_table_rows(run_dir, subnet: Subnet, graphs: dict[str, bytes], threads
     table's own form, then each exported decoding graph at the same context), with the table's
     prediction beside it. {"rows": [...], "notes": [...]}; no rows without a decode table."""
     from hwnas.latency.backends import backend_class
-    from hwnas.latency.session import TableTiming, decode_step
+    from hwnas.latency.session import TableTiming, add_ratios, decode_step
 
     from .deploy import session
 
@@ -184,11 +184,7 @@ def decode_table_rows(run_dir, subnet: Subnet, graphs: dict[str, bytes], threads
                 feeds = dict(zip(input_names(subnet.arch), feeds_in, strict=True))
                 m = timing.time_call(lambda s=sess, f=feeds: s.run(None, f))
                 rows.append({**base, "model": name, "measured_ms": 1e3 * m.value(stat)})
-    for row in rows:
-        row["measured_over_predicted"] = row["measured_ms"] / row["predicted_ms"] if row["predicted_ms"] else None
-        if row.get("predicted_now_ms"):
-            row["measured_over_predicted_now"] = row["measured_ms"] / row["predicted_now_ms"]
-    return {"rows": rows, "notes": notes}
+    return {"rows": add_ratios(rows), "notes": notes}
 
 
 def time_decoding(run_dir, subnet: Subnet, graphs: dict[str, bytes], context: int, new_tokens: int, threads: int | None,

@@ -198,7 +198,7 @@ def _measure_latency(run_dir: Path, arch: ArchConfig, subnet: Subnet, form, fp32
     16-bit layers in fp32, the others at their bits)."""
     from hwnas.latency.backends import OnnxRuntimeBackend
     from hwnas.latency.errors import LatencyError
-    from hwnas.latency.session import TableTiming
+    from hwnas.latency.session import TableTiming, add_ratios
 
     rows, notes, protocols = [], [], {}
     for backend in ("torch", "onnxruntime"):
@@ -237,12 +237,7 @@ def _measure_latency(run_dir: Path, arch: ArchConfig, subnet: Subnet, form, fp32
             m = timing.time_call(lambda s=sess, f=feeds: s.run(None, f))
             rows.append({**base, "model": label, "file": file, "predicted_ms": predicted if match else None,
                          **(spread if match else {}), **_timed(m, stat)})
-    for row in rows:
-        p = row["predicted_ms"]
-        row["measured_over_predicted"] = row["measured_ms"] / p if p else None
-        if row.get("predicted_now_ms"):
-            row["measured_over_predicted_now"] = row["measured_ms"] / row["predicted_now_ms"]
-    return {"rows": rows, "notes": notes, "protocols": protocols}
+    return {"rows": add_ratios(rows), "notes": notes, "protocols": protocols}
 
 
 # --- the stage --------------------------------------------------------------------------------------

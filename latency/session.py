@@ -22,7 +22,7 @@ from .config import LatencyConfig
 from .errors import LatencyError
 from .fingerprint import usable_cores
 from .keys import Piece
-from .protocol import Measurement, Protocol
+from .protocol import Measurement, Protocol, pooled, time_runs
 from .speed import REFERENCE
 from .table import LatencyTable, load_table, table_path
 
@@ -247,6 +247,16 @@ def interleave_groups(pieces: list[Piece], size: int, seed: int) -> list[list[Pi
     return [groups[i] for i in rng.permutation(len(groups))]  # widths in a mixed order: drift is not width-bound
 
 
+def add_ratios(rows: list[dict]) -> list[dict]:
+    """Each row's measured time over the table's prediction (`measured_over_predicted`, None without
+    one) and over its anchored prediction where it has one (`measured_over_predicted_now`)."""
+    for row in rows:
+        row["measured_over_predicted"] = row["measured_ms"] / row["predicted_ms"] if row["predicted_ms"] else None
+        if row.get("predicted_now_ms"):
+            row["measured_over_predicted_now"] = row["measured_ms"] / row["predicted_now_ms"]
+    return rows
+
+
 class TableTiming:
     """How the run's table for `device`/`backend` times a model: its protocol, workload, thread
     count and statistic (the config's defaults where the run has no usable table). The one call the
@@ -301,8 +311,6 @@ class TableTiming:
             return None
         if isinstance(space_config, dict):
             space_config = SearchSpaceConfig.model_validate(space_config)
-        from .protocol import pooled, time_runs
-
         backend = make_backend(self.backend, self.device, self.threads)
         measurer = Measurer(SearchSpace(space_config), backend, self.protocol, dict(self.workload), seed)
         with torch.no_grad():

@@ -38,8 +38,6 @@ def test_reading_a_config_loads_no_runtime_or_numeric_library():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[]"
-    from hwnas.latency import backends  # the names the config accepts are the classes registered
-    assert tuple(backends._REGISTRY) == backends.BACKENDS == ("torch", "onnxruntime")
 
 
 def test_the_api_runs_the_stages_and_matches_the_cli(tiny_run):

@@ -61,21 +61,23 @@ def standard_design(space: SearchSpace, depth: int | None = None, width: int | N
     return arch
 
 
+def nearest(archs: list[ArchConfig], values, target: float, k: int) -> list[ArchConfig]:
+    """The k archs whose value is nearest `target` (ties: front order)."""
+    return [archs[i] for i in np.argsort(np.abs(np.asarray(values) - target), kind="stable")[:k]]
+
+
 def pick_members(front: dict, predictor, standard: ArchConfig, k: int) -> list[ArchConfig]:
     """The k front members whose predicted loss is nearest the standard design's."""
     archs = [ArchConfig.from_dict(m["arch"]) for m in front["front"]]
-    target = float(predictor.predict([standard])[0])
-    predicted = predictor.predict(archs)
-    return [archs[i] for i in np.argsort(np.abs(predicted - target), kind="stable")[:k]]
+    return nearest(archs, predictor.predict(archs), float(predictor.predict([standard])[0]), k)
 
 
 def pick_members_inherited(front: dict, net, corpus, tokens: int, standard: ArchConfig, k: int) -> list[ArchConfig]:
     """The k front members whose inherited loss (the supernet's weights, measured) is nearest the
     standard design's: its quality by the supernet itself, not by the predictor's view of it."""
     archs = [ArchConfig.from_dict(m["arch"]) for m in front["front"]]
-    target = evaluate(net, standard, corpus, max_tokens=tokens)["bpb"]
-    losses = np.array([evaluate(net, a, corpus, max_tokens=tokens)["bpb"] for a in archs])
-    return [archs[i] for i in np.argsort(np.abs(losses - target), kind="stable")[:k]]
+    losses = [evaluate(net, a, corpus, max_tokens=tokens)["bpb"] for a in archs]
+    return nearest(archs, losses, evaluate(net, standard, corpus, max_tokens=tokens)["bpb"], k)
 
 
 def pick_shrinks(space: SearchSpace, table, members: list[ArchConfig], k: int) -> list[ArchConfig]:

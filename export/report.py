@@ -70,7 +70,8 @@ def _quantization_section(r: dict[str, Any]) -> list[str]:
     ops = ", ".join(f"{k} x{n}" for k, n in sorted(q["int8_ops"].items()))
     out += ["## Quantization policy (model.int8.onnx)", "",
             "Each layer's attention and FFN weight matrices follow the arch's `weight_bits`: 8 bits -> int8 weights per "
-            "output channel with dynamically quantized activations (ONNX Runtime `quantize_dynamic`); 4 bits -> int4 "
+            "output channel, in 7 bits of range so that CPUs without VNNI do not saturate (`reduce_range`), with dynamically "
+            "quantized activations (ONNX Runtime `quantize_dynamic`); 4 bits -> int4 "
             f"`MatMulNBits`, symmetric, blocks of {q['int4_block_size']}; 16-bit layers -> {full}. The embeddings, the tied "
             "head, norms and MoE routers stay fp32. The fp32 model carries the arch's fake-quantized weights, so it computes "
             f"exactly what the supernet trained. MatMul kernels in model.int8.onnx: {ops}.", ""]

@@ -37,10 +37,36 @@ from hwnas.search_space import ArchConfig, SearchSpace, SearchSpaceConfig  # noq
 STATS = ("median", "p90", "min")
 
 
-def main() -> None:
+def time_heldout(space_cfg: SearchSpaceConfig, archs: list[ArchConfig], forms: list[str], batch: int, seq: int, threads: int,
+                 retest: int = 0) -> tuple[list[dict], list[dict], float]:
+    """Each arch timed as a user times it (`user_latency`), each in a fresh process of its own, in each of
+    `forms`; then the first `retest` again, each in another fresh process: (times, retimes, seconds in all)."""
+    from hwnas.core.progress import progress_bar
+
+    times: list[dict] = []
+    t0 = time.perf_counter()
+    todo = archs + archs[:retest]
+    with progress_bar("held-out subnets, each in a fresh process", len(todo), unit="subnet") as advance:
+        for i, arch in enumerate(todo):
+            times.append(user_latency(space_cfg.model_dump(mode="json"), arch.to_dict(), forms, batch, seq, threads, i))
+            advance(1)
+    return times[:len(archs)], times[len(archs):], time.perf_counter() - t0
+
+
+def score(table, archs: list[ArchConfig], truth: list[dict], form: str, stat: str) -> dict[str, float]:
+    """The table's prediction of `stat` against that statistic of the `form` times in `truth`: the share
+    within +-10%, Kendall tau, and the median of predicted over measured, minus 1, in %."""
     from scipy.stats import kendalltau
 
-    from hwnas.core.progress import progress_bar
+    t = table.for_statistic(stat)
+    pred = np.array([t.predict_ms(a) for a in archs])
+    meas = np.array([m[form][stat] for m in truth])
+    rel = pred / meas - 1
+    return {"within_10pct": float(np.mean(np.abs(rel) <= 0.10)), "tau": float(kendalltau(pred, meas).statistic),
+            "median_rel_pct": float(100 * np.median(rel))}
+
+
+def main() -> None:
     from hwnas.latency.session import heldout_archs
     from hwnas.latency.table import load_table, table_path
 
@@ -74,15 +100,8 @@ def main() -> None:
         archs = [ArchConfig.from_dict(a) for a in doc["archs"]]
         truth, again, seconds, commit = doc["truth"], doc["again"], doc["seconds"], doc["commit"]
     else:
-        truth: list[dict] = []
-        t0 = time.perf_counter()
-        retest = archs[:args.retest]
-        with progress_bar("held-out subnets, each in a fresh process", len(archs) + len(retest), unit="subnet") as advance:
-            for i, arch in enumerate(archs + retest):
-                truth.append(user_latency(space_cfg.model_dump(mode="json"), arch.to_dict(), forms, batch, seq, threads, i))
-                advance(1)
-        seconds = time.perf_counter() - t0
-        truth, again, commit = truth[:len(archs)], truth[len(archs):], git_commit()
+        truth, again, seconds = time_heldout(space_cfg, archs, forms, batch, seq, threads, args.retest)
+        commit = git_commit()
         atomic_write_text(saved, json.dumps({"archs": [a.to_dict() for a in archs], "truth": truth, "again": again,
                                              "seconds": seconds, "commit": commit}, indent=1))
 
@@ -91,12 +110,7 @@ def main() -> None:
     for form in forms:
         table = tables["onnxruntime" if form == "onnxruntime" else "torch"]
         for stat in STATS:
-            t = table.for_statistic(stat)
-            pred = np.array([t.predict_ms(a) for a in archs])
-            meas = np.array([m[form][stat] for m in truth])
-            rel = pred / meas - 1
-            results[(form, stat)] = {"within_10pct": float(np.mean(np.abs(rel) <= 0.10)), "tau": float(kendalltau(pred, meas).statistic),
-                                     "median_rel_pct": float(100 * np.median(rel))}
+            results[(form, stat)] = score(table, archs, truth, form, stat)
     spread = {form: float(np.median([m[form]["p90"] / m[form]["median"] for m in truth])) for form in forms}
 
     def repeat(form: str, stat: str) -> str:  # the second measurement against the first, within 10%

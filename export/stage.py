@@ -42,6 +42,7 @@ from hwnas.core.io import atomic_write_text
 from hwnas.core.manifest import EXPORT_COMMAND, Manifest
 from hwnas.core.progress import progress_bar
 from hwnas.core.rundir import stage_lock
+from hwnas.core.tracking import check_wandb
 from hwnas.latency.fingerprint import device_fingerprint
 from hwnas.search.pareto import read_front, read_validation
 from hwnas.search_space import ArchConfig, SearchSpace, SearchSpaceConfig
@@ -101,6 +102,26 @@ def is_export(path: Path) -> bool:
         return json.loads((path / "config.json").read_text()).get("format") == EXPORT_FORMAT
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def export_source(path: Path) -> str | None:
+    """The run directory (resolved) the export in `path` was made from (its report.json), or None."""
+    try:
+        source = json.loads((path / "report.json").read_text()).get("run_dir")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return source if isinstance(source, str) else None
+
+
+def check_own_export(target: Path, run_dir: Path) -> None:
+    """What `hwnas run` may replace without --force: an export made from this run, never another
+    run's (nor anything else: `check_target`)."""
+    if target.is_dir() and any(target.iterdir()) and is_export(target):
+        source = export_source(target)
+        if source != str(run_dir.resolve()):
+            raise ExportError(f"{target}: holds an export of another run ({source or 'unknown'}); `hwnas run` replaces only "
+                              "its own run's export: set export.out_dir to another folder, or replace it with "
+                              "`hwnas export RUN_DIR --out ... --force`")
 
 
 def check_target(target: Path, run_dir: Path, force: bool) -> None:
@@ -252,6 +273,7 @@ def run_export(run_dir: str | Path, pick: str | int | None = None, out_dir: str 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ExportError(f"{run_dir}: no such run directory")
+    check_wandb((cfg or ExportConfig()).wandb, "export.wandb")
     with stage_lock(run_dir, "export"):
         return _run_export(run_dir, pick, out_dir, force, finetune_steps, cfg or ExportConfig(), progress)
 
@@ -273,6 +295,9 @@ def _run_export(run_dir: Path, pick: str | int | None, out_dir: str | Path | Non
     space.validate(arch)  # a front of another space fails here, naming the field
     corpus = Corpus.load(run_dir / "corpus")
     seq_len = min(train_cfg.seq_len or space_cfg.block_size, space_cfg.block_size)
+    if cfg.eval_tokens < seq_len:
+        raise ExportError(f"export.eval_tokens: {cfg.eval_tokens} is less than one validation window of the run's {seq_len} "
+                          f"tokens; at least {seq_len}")
     device = _device(cfg.device)
     report: dict[str, Any] = {"format": EXPORT_FORMAT, "run_dir": str(run_dir.resolve()), "pick": str(pick), "front_index": index,
                               "key": arch.key(), "front_objectives": dict(zip(front["objectives"], member["objectives"], strict=True)),

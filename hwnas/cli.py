@@ -63,6 +63,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
         experiment = load_config(args.config, args.set or ())
         cfg = experiment.export
+    elif args.set:
+        from hwnas.config import export_overrides
+
+        cfg = export_overrides(args.set)
     STAGES["export"].show(None, export_run(args.run_dir, cfg, args, progress=not args.no_progress, experiment=experiment))
     return 0
 

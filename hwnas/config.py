@@ -136,6 +136,13 @@ class ExperimentConfig(Section):
             seq_len = getattr(self, name).seq_len
             if seq_len is not None and seq_len > block:
                 raise field_error(f"{name}.seq_len", f"{seq_len} exceeds search_space.block_size {block}")
+        windows = {"train": self.train.seq_len, "predictors": self.predictors.seq_len, "export": self.train.seq_len}
+        for name, seq_len in windows.items():  # an evaluation reads whole windows of the sequence length
+            tokens, seq_len = getattr(self, name).eval_tokens, seq_len or block
+            if tokens < seq_len:
+                raise field_error(f"{name}.eval_tokens", f"{tokens} is less than one validation window of {seq_len} tokens "
+                                  f"({'train.seq_len' if name != 'predictors' else 'predictors.seq_len'} or "
+                                  f"search_space.block_size); at least {seq_len}")
         learned = self.search_space.positions == "learned"  # (rope and none decode past the block size)
         if learned and self.latency.decode_context is not None and self.latency.decode_context >= block:
             raise field_error("latency.decode_context", f"{self.latency.decode_context} leaves no room for a new token in "
@@ -217,6 +224,20 @@ def parse_config(data: Any, source: str = "config") -> ExperimentConfig:
         raise ConfigError(format_validation_error(e, source)) from None
 
 
+def read_yaml(text: str) -> Any:
+    """One YAML document read as a config is read: `_Loader` (1e-3 a float, no key twice), and no
+    more than `MAX_NODES` values once its aliases are expanded (raises `yaml.YAMLError`)."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None and (n := _expanded_size(node)) > MAX_NODES:
+            raise ConstructorError(None, None, f"it expands to {n:,} values through its aliases (at most {MAX_NODES:,})",
+                                   node.start_mark)
+        return loader.construct_document(node) if node is not None else None
+    finally:
+        loader.dispose()
+
+
 def apply_overrides(data: Any, overrides: list[str] | tuple[str, ...], source: str) -> Any:
     """`data` with each `KEY=VALUE` of `overrides` set (KEY dotted, e.g. train.steps; VALUE read as a
     YAML scalar or flow list, so 600 is an integer and [1, 2] a list), before validation, so a wrong
@@ -229,9 +250,10 @@ def apply_overrides(data: Any, overrides: list[str] | tuple[str, ...], source: s
         if not eq or not key.strip() or any(not part for part in key.split(".")):
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted KEY, e.g. train.steps=600")
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {key}: {text!r} is not a YAML value") from None
+            value = read_yaml(text) if text.strip() else ""
+        except (yaml.YAMLError, ValueError, RecursionError) as e:
+            why = " ".join(str(getattr(e, "problem", None) or e).split())
+            raise ConfigError(f"--set {key}: {_show(text)} is not a YAML value ({why})") from None
         node, parts = data, key.strip().split(".")
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)
@@ -246,6 +268,22 @@ def apply_overrides(data: Any, overrides: list[str] | tuple[str, ...], source: s
     return data
 
 
+def export_overrides(overrides: list[str] | tuple[str, ...]) -> ExportConfig:
+    """The `export:` section from `--set export.KEY=VALUE` alone (`hwnas export` without --config); any
+    other key is refused (it would be silently ignored)."""
+    data = apply_overrides({}, overrides, "--set")
+    other = sorted(set(data) - {"export"})
+    if other:
+        raise ConfigError(f"--set {other[0]}...: without --config only export.* keys apply; pass --config EXPERIMENT.yaml "
+                          "for the others")
+    if not isinstance(data.get("export"), dict):
+        raise ConfigError("--set export: expected export.KEY=VALUE, e.g. export.eval_tokens=16384")
+    try:
+        return ExportConfig.model_validate(data["export"])
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, "--set export")) from None
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
     """Read and validate an experiment YAML file, with `--set KEY=VALUE` overrides (raises `ConfigError`)."""
     path = Path(path)
@@ -256,15 +294,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     except (OSError, UnicodeDecodeError) as e:  # unreadable, or not text: still one line, no traceback
         raise ConfigError(f"{path}: cannot read config file: {e}") from None
     try:
-        loader = _Loader(text)
-        try:
-            node = loader.get_single_node()
-            if node is not None and (n := _expanded_size(node)) > MAX_NODES:
-                raise ConstructorError(None, None, f"it expands to {n:,} values through its aliases (at most {MAX_NODES:,})",
-                                       node.start_mark)
-            data = loader.construct_document(node) if node is not None else None
-        finally:
-            loader.dispose()
+        data = read_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

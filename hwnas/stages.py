@@ -299,9 +299,12 @@ class ExportStage(Stage):
         """Export from `run_dir` with `export_cfg` (an experiment's `export:` section), the command
         line's options over it."""
         from hwnas.export import run_export
+        from hwnas.export.stage import check_own_export
 
         e = export_cfg
         pick, out, steps = _option(args, "pick"), _option(args, "out"), _option(args, "finetune_steps")
+        if args is None:  # the pipeline replaces its own run's earlier export, never another's
+            check_own_export(Path(out or e.out_dir or Path(run_dir) / "export"), Path(run_dir))
         return ExportResult(run_export(run_dir, e.pick if pick is None else pick, out_dir=out,
                                        force=bool(_option(args, "force")) if args is not None else True,
                                        finetune_steps=e.finetune_steps if steps is None else steps, cfg=e, progress=progress))

@@ -186,6 +186,12 @@ def check_stage(space: SearchSpace, cfg: LatencyConfig, run_dir: str | Path, dev
         if device not in ("cpu", "cuda"):
             raise LatencyError(f"device {device!r} is not one of cpu, cuda")
     check_fits(space.config, "latency", cfg.batch_size, cfg.seq_len or space.config.block_size, "latency.batch_size")
+    size, taken = space.size(), 1 if cfg.speed_reference else 0  # distinct subnets: the reference, calibration, held-out
+    for field, n in (("n_correction", cfg.n_correction), ("n_fidelity", cfg.n_fidelity)):
+        if n and taken + n > size:
+            raise LatencyError(f"latency.{field}: {n} distinct subnets asked, but the search space holds {size} and "
+                               f"{taken} are taken (speed reference, calibration); at most {max(size - taken, 0)}")
+        taken += n
     claim_run_dir(run_dir, space.config.model_dump(mode="json"), seed, name)
 
 

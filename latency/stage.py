@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hwnas.core.rundir import stage_lock
+from hwnas.core.tracking import check_wandb
 from hwnas.search_space import SearchSpace, SearchSpaceConfig
 
 from .build import build_in_run, check_stage
@@ -27,6 +28,7 @@ def run_latency_stage(space_cfg: SearchSpaceConfig, cfg: LatencyConfig, run_dir:
     space = SearchSpace(space_cfg)
     devices, backends = devices or cfg.devices, backends or cfg.backends
     check_stage(space, cfg, run_dir, devices, seed, name)
+    check_wandb(cfg.wandb, "latency.wandb")
     out: dict[str, Any] = {}
     with stage_lock(run_dir, "latency"):
         for device, backend, workload in product(devices, backends, cfg.workloads):

@@ -26,6 +26,7 @@ from hwnas.core.device import resolve_device
 from hwnas.core.io import atomic_write_text
 from hwnas.core.manifest import Manifest
 from hwnas.core.rundir import claim_run_dir, experiment_name, stage_lock
+from hwnas.core.tracking import check_wandb
 from hwnas.search_space import ArchConfig, SearchSpace, SearchSpaceConfig, legacy_seed
 from hwnas.supernet.memory import check_fits
 
@@ -152,6 +153,7 @@ def run_predictors(space_cfg: SearchSpaceConfig, cfg: PredictorsConfig, run_dir:
     belong to it, `core.rundir`)."""
     run_dir = Path(run_dir)
     check_fits(space_cfg, "evaluate", cfg.eval_batch_size, cfg.seq_len or space_cfg.block_size, "predictors.eval_batch_size")
+    check_wandb(cfg.wandb, "predictors.wandb")
     claim_run_dir(run_dir, space_cfg.model_dump(mode="json"), seed, name)
     with stage_lock(run_dir, "predictors"):
         return _run_predictors(space_cfg, cfg, run_dir, seed, progress, on_record)

@@ -186,6 +186,14 @@ _UNITS = {
     "k": 1e3, "m": 1e6, "g": 1e9,  # counts
     "b": 1.0, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20, "gib": 2**30,  # bytes
 }
+_UNIT_KIND = {u: "latency" if u in ("ms", "us", "s") else "count" if u in ("k", "m", "g") else "bytes" for u in _UNITS}
+_KIND = {"loss": "loss", "params": "count", "flops": "count", "memory": "bytes"}  # and latency@...: latency
+QUANTITIES = "loss, latency@<device>[/<runtime>][:<statistic>], params, flops, memory"
+
+
+def _quantity_kind(name: str) -> str | None:
+    """What a constrained quantity measures (latency, loss, count, bytes; its units follow), None if unknown."""
+    return "latency" if name.startswith("latency@") else _KIND.get(name)
 _CONSTRAINT = re.compile(r"^\s*([A-Za-z_][\w@./:-]*)\s*(<=|>=|<|>)\s*([-+]?[0-9.]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
 
 
@@ -204,12 +212,23 @@ class Constraint:
         if not m:
             raise ObjectiveError(f"constraint {text!r}: expected '<objective> <=|<|>=|> <number>[unit]', e.g. 'latency@cpu <= 5ms'")
         name, op, number, unit = m.groups()
+        kind = _quantity_kind(name)
+        if kind is None:
+            raise ObjectiveError(f"constraint {text!r}: unknown quantity {name!r}; allowed: {QUANTITIES}")
         scale = 1.0
         if unit:
-            if unit.lower() not in _UNITS:
-                raise ObjectiveError(f"constraint {text!r}: unknown unit {unit!r}; allowed: {', '.join(sorted(_UNITS))}")
+            fits = sorted(u for u, k in _UNIT_KIND.items() if k == kind)
+            if _UNIT_KIND.get(unit.lower()) != kind:
+                allowed = f"allowed: {', '.join(fits)} or none" if fits else "it takes no unit"
+                raise ObjectiveError(f"constraint {text!r}: unit {unit!r} does not fit {name} ({kind}); {allowed}")
             scale = _UNITS[unit.lower()]
-        return cls(objective=name, op=op, bound=float(number) * scale, text=text.strip())
+        try:
+            bound = float(number) * scale
+        except ValueError:  # e.g. "1.2.3"
+            raise ObjectiveError(f"constraint {text!r}: {number!r} is not a number") from None
+        if bound < 0:
+            raise ObjectiveError(f"constraint {text!r}: the bound must be >= 0 ({name} is never negative)")
+        return cls(objective=name, op=op, bound=bound, text=text.strip())
 
     def value(self, x: np.ndarray) -> np.ndarray:
         return x - self.bound if self.op in ("<=", "<") else self.bound - x

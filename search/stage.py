@@ -22,6 +22,7 @@ from hwnas.core.io import ArtifactError, read_json
 from hwnas.core.manifest import RUN_FOLDERS, Manifest
 from hwnas.core.progress import progress_bar
 from hwnas.core.rundir import claim_run_dir, experiment_name, recorded_space, stage_lock
+from hwnas.core.tracking import check_wandb
 from hwnas.latency.fingerprint import describe
 from hwnas.search_space import ArchConfig, SearchSpace, SearchSpaceConfig
 
@@ -217,6 +218,7 @@ def run_search(space_cfg: SearchSpaceConfig, cfg: SearchConfig, run_dir: str | P
     """Run the search stage in `run_dir`; returns a summary. `name`: the experiment's (the run
     directory must belong to it, `core.rundir`)."""
     run_dir = Path(run_dir)
+    check_wandb(cfg.wandb, "search.wandb")
     claim_run_dir(run_dir, space_cfg.model_dump(mode="json"), seed, name)
     with stage_lock(run_dir, "search"):
         return _run_search(space_cfg, cfg, run_dir, seed, latency_cfg, workers, progress, name)

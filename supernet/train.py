@@ -30,7 +30,7 @@ from hwnas.core.isolate import die_with_parent
 from hwnas.core.manifest import Manifest
 from hwnas.core.progress import progress_bar
 from hwnas.core.rundir import claim_run_dir, recorded_space, stage_lock
-from hwnas.core.tracking import Tracker
+from hwnas.core.tracking import Tracker, check_wandb
 from hwnas.search_space import ArchConfig, SearchSpaceConfig
 
 from .checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint
@@ -367,6 +367,7 @@ def train(space_cfg: SearchSpaceConfig, cfg: TrainConfig, run_dir: str | Path, s
           name: str | None = None) -> dict[str, Any]:
     """Train (or resume training) the supernet in `run_dir`; returns the final summary. `name`:
     the experiment's, recorded as the run directory's owner (`core.rundir`)."""
+    check_wandb(cfg.wandb, "train.wandb")
     return Trainer(space_cfg, cfg, run_dir, seed=seed, progress=progress, name=name).run()
 
 

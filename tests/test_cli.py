@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 
@@ -10,6 +11,7 @@ import pytest
 import yaml
 
 from hwnas.cli import main
+from hwnas.core.errors import ConfigError
 from tests.conftest import QUICKSTART, QUICKSTART_SIZE, REPO, VENV_BIN
 
 HWNAS = str(VENV_BIN / "hwnas")
@@ -166,3 +168,31 @@ def test_set_overrides_a_value_and_bad_ones_are_one_line(tmp_path):
     base, more = load_config(config), load_config(config, ["search.budget=240"])
     assert [s for s in ("train", "latency", "predictors", "search", "export")
             if _hash(stage_inputs(base, s)) != _hash(stage_inputs(more, s))] == ["search", "export"]
+
+
+def test_set_values_read_as_the_file_reads_them_and_export_set_needs_its_section(tmp_path):
+    from hwnas.config import export_overrides, load_config
+    from tests.tiny import assert_refused, hwnas, stdlib_text, tiny_yaml
+
+    config = tiny_yaml(tmp_path, stdlib_text(tmp_path / "text"))
+    assert load_config(config, ["train.lr=1e-3"]).train.lr == 1e-3  # a float, as `lr: 1e-3` in the file
+    with pytest.raises(ConfigError, match="duplicate key 'choices'"):
+        load_config(config, ["search_space.n_heads={choices: [1], choices: [2]}"])
+    assert export_overrides(["export.eval_tokens=4096"]).eval_tokens == 4096
+    # `hwnas export RUN --set ...` without --config: only export.* keys, checked, before the run is read
+    assert_refused(hwnas("export", str(tmp_path / "none"), "--set", "foo.bar=1"), "--set foo", "only export.* keys")
+    assert_refused(hwnas("export", str(tmp_path / "none"), "--set", "export.eval_tokens=abc"), "eval_tokens", "integer")
+
+
+def test_wandb_online_without_credentials_is_refused_before_any_work(tmp_path):
+    from tests.tiny import HWNAS, assert_refused, stdlib_text, tiny_yaml
+
+    config = tiny_yaml(tmp_path, stdlib_text(tmp_path / "text"))
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")} | {
+        "HOME": str(home), "NETRC": str(home / "netrc"), "WANDB_CONFIG_DIR": str(home / "wandb"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*HWNAS, "train", str(config), "--wandb", "online"], capture_output=True, text=True, env=env,
+                          stdin=subprocess.DEVNULL, timeout=300)
+    assert_refused(proc, "train.wandb: online", "wandb login", "offline")
+    assert not (tmp_path / "run").exists()  # refused before the corpus or the first checkpoint

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -234,3 +235,32 @@ def test_valid_variants_parse():
     ok = parse_config(ss(attention={"choices": ["softmax"], "windows": [1024]}, ffn={"choices": ["mlp"], "experts": [7]}))
     assert SearchSpace(ok.search_space).choices["attention"] == ("softmax",)
     assert isinstance(ok, ExperimentConfig)
+
+
+@pytest.mark.parametrize("section, field", [("train", "train.eval_tokens"), ("predictors", "predictors.eval_tokens"),
+                                            ("export", "export.eval_tokens")])
+def test_eval_tokens_below_one_window_are_refused_before_any_work(section, field):
+    data = {"name": "t", "search_space": {"block_size": 64}, section: {"eval_tokens": 63}}
+    with pytest.raises(ConfigError, match=rf"^config: {field}: 63 is less than one validation window of 64 tokens"):
+        parse_config(data)
+    parse_config(data | {section: {"eval_tokens": 64}})
+
+
+@pytest.mark.parametrize("constraint, message", [
+    ("foo <= 5", "unknown quantity 'foo'; allowed: loss, latency@"),
+    ("loss <= 5ms", "unit 'ms' does not fit loss"),
+    ("latency@cpu <= 5kb", "unit 'kb' does not fit latency@cpu (latency); allowed: ms, s, us or none"),
+    ("latency@cpu <= 5m", "unit 'm' does not fit latency@cpu"),
+    ("params <= 5ms", "unit 'ms' does not fit params (count); allowed: g, k, m or none"),
+    ("latency@cpu <= -5ms", "the bound must be >= 0"),
+])
+def test_constraints_are_checked_when_the_config_loads(constraint, message):
+    with pytest.raises(ConfigError, match=r"^config: search\.constraints: .*" + re.escape(message)):
+        parse_config({"name": "t", "search": {"constraints": [constraint]}})
+
+
+def test_constraints_read_their_units():
+    cfg = parse_config({"name": "t", "search": {"constraints": ["latency@cpu <= 500us", "params <= 2m", "memory <= 1kib"]}})
+    from hwnas.search.objectives import Constraint
+
+    assert [Constraint.parse(c).bound for c in cfg.search.constraints] == [0.5, 2e6, 1024.0]

@@ -499,3 +499,18 @@ def test_export_logs_its_figures_and_the_folder_as_a_wandb_model_artifact(run_di
     assert set(art["files"]) == set(report["files"]) | {"config.json", "report.json", "report.md", "README.md", "manifest.json"}
     row = next(r for r in read_wandb_history(run) if "params" in r)
     assert row["params"] == report["params"]["total"] and row["val_loss/torch"] == pytest.approx(report["val_loss"]["torch"])
+
+
+def test_the_pipeline_replaces_its_own_runs_export_never_another_runs(tmp_path):
+    from hwnas.export.stage import EXPORT_FORMAT, check_own_export
+
+    target, mine, other = tmp_path / "export", tmp_path / "run-a", tmp_path / "run-b"
+    check_own_export(target, mine)  # nothing there yet
+    target.mkdir()
+    (target / "config.json").write_text(json.dumps({"format": EXPORT_FORMAT}))
+    (target / "report.json").write_text(json.dumps({"run_dir": str(other.resolve())}))
+    with pytest.raises(ExportError, match=rf"^{target}: holds an export of another run \({other.resolve()}\); `hwnas run` "
+                                          "replaces only its own run's export"):
+        check_own_export(target, mine)
+    (target / "report.json").write_text(json.dumps({"run_dir": str(mine.resolve())}))
+    check_own_export(target, mine)

@@ -951,3 +951,21 @@ def test_a_user_times_each_form_with_a_plain_loop():
     assert all(0 < t["min"] <= t["p10"] <= t["median"] <= t["p90"] for t in got.values())
     with pytest.raises(ValueError, match="not among torch, onnxruntime, torch pinned"):
         time_as_a_user(TINY.model_dump(mode="json"), arch.to_dict(), ["tvm"], 1, 8, 1, seed=0)
+
+
+def test_more_calibration_or_held_out_subnets_than_the_space_holds_is_refused_naming_the_field(tmp_path):
+    from hwnas.latency import LatencyConfig
+    from hwnas.latency.build import check_stage
+
+    space = SearchSpace(SearchSpaceConfig(depth=[1, 2], embed_dim=[16], head_dim=8, block_size=16, n_heads={"choices": [1]},
+                                          mlp_ratio={"choices": [2.0]}, norm={"choices": ["layernorm"]},
+                                          norm_placement={"choices": ["pre"]}, attention={"choices": ["softmax"]},
+                                          ffn={"choices": ["mlp"]}, weight_bits={"choices": [16]}))
+    assert space.size() == 2  # the speed reference and one more
+    with pytest.raises(HwnasError, match=r"^latency\.n_correction: 3 distinct subnets asked, but the search space holds 2 "
+                                         r"and 1 are taken .*; at most 1$"):
+        check_stage(space, LatencyConfig(n_correction=3, n_fidelity=0), tmp_path / "run", ["cpu"], None, None)
+    with pytest.raises(HwnasError, match=r"^latency\.n_fidelity: 1 distinct subnets asked, .* at most 0$"):
+        check_stage(space, LatencyConfig(n_correction=1, n_fidelity=1), tmp_path / "run", ["cpu"], None, None)
+    assert not (tmp_path / "run").exists()
+    check_stage(space, LatencyConfig(n_correction=1, n_fidelity=0), tmp_path / "run", ["cpu"], None, None)

@@ -9,3 +9,7 @@ class HwnasError(Exception):
 
 class ConfigError(HwnasError, ValueError):
     """An experiment config (YAML) has a wrong field, type or value."""
+
+
+class TrackingError(HwnasError, RuntimeError):
+    """Experiment tracking (W&B) cannot start as configured, e.g. `wandb: online` without credentials."""

@@ -15,9 +15,25 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from .errors import TrackingError
 from .rundir import experiment_name
 
 WANDB_MODES = ("offline", "online", "disabled")
+
+
+def check_wandb(mode: str, field: str) -> None:
+    """Before a stage does any work: with `mode` online, W&B must have credentials (`wandb.login`,
+    which prompts at a terminal), else `TrackingError` naming the config `field`; a stage would
+    otherwise fail at its first log, after its work (or, the search and export, their writes)."""
+    if mode != "online":
+        return
+    import wandb
+
+    try:
+        wandb.login(verify=False)
+    except Exception as e:  # UsageError without an API key; anything else wandb raises: one line too
+        raise TrackingError(f"{field}: online, but W&B cannot log in ({' '.join(str(e).split())}); run `wandb login` or "
+                            f"set WANDB_API_KEY, or set {field}: offline") from None
 
 
 class Tracker:
@@ -55,12 +71,16 @@ class Tracker:
 
         os.environ.setdefault("WANDB_SILENT", "true")
         name = "-".join(x for x in (self.experiment, self.stage, part) if x)
-        self.wandb_run = wandb.init(
-            project=project, name=name, group=self.experiment, job_type=self.stage,
-            tags=[self.stage, f"config-{self.config_hash}"], dir=str(self.run_dir), mode=mode,
-            config={**config, "experiment": self.experiment, "config_hash": self.config_hash}, reinit="create_new",
-            settings=wandb.Settings(console="off", x_disable_stats=True),
-        )
+        try:
+            self.wandb_run = wandb.init(
+                project=project, name=name, group=self.experiment, job_type=self.stage,
+                tags=[self.stage, f"config-{self.config_hash}"], dir=str(self.run_dir), mode=mode,
+                config={**config, "experiment": self.experiment, "config_hash": self.config_hash}, reinit="create_new",
+                settings=wandb.Settings(console="off", x_disable_stats=True),
+            )
+        except Exception as e:  # e.g. online without credentials: one line, not wandb's traceback
+            self._file.close()
+            raise TrackingError(f"W&B run {name} ({mode}) cannot start: {' '.join(str(e).split())}") from None
         if self.step_metric is not None:
             self.wandb_run.define_metric(self.step_metric)
             for glob in metrics:

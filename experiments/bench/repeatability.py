@@ -15,7 +15,7 @@ percentile of |deviation|); and its fidelity on the same held-out subnets (share
 Kendall tau, median bias) on the median and the minimum of their run times.
 
     python experiments/bench/repeatability.py [--config experiments/quickstart.yaml] [--builds 5] [--neighbour 5]
-        [--gap 0] [--n 100] [--seed 7] [--retest 20] [--saved] [--no-write]
+        [--gap 0] [--backends torch onnxruntime] [--n 100] [--seed 7] [--retest 20] [--saved] [--no-write]
 
 Run it alone on the machine (a test run beside it moves every figure). `--saved` scores the builds and
 times of the last run again (runs/bench-repeat) without measuring anything.
@@ -47,11 +47,12 @@ from hwnas.latency.session import heldout_archs  # noqa: E402
 from hwnas.latency.table import load_table  # noqa: E402
 from hwnas.search_space import ArchConfig, SearchSpace  # noqa: E402
 
-BACKENDS = ("torch", "onnxruntime")  # the user-view form of each is named like the runtime
+BACKENDS = ("torch", "onnxruntime")  # the user-view form of each is named like the runtime (`userview.FORMS`)
 STATS = ("median", "min")
 
 
-def build_all(space: SearchSpace, lat: LatencyConfig, root: Path, builds: int, neighbour: int, gap: float) -> list[dict]:
+def build_all(space: SearchSpace, lat: LatencyConfig, root: Path, builds: int, neighbour: int, gap: float,
+              backends: list[str]) -> list[dict]:
     """Build the tables `builds` times, each in root/build-<i> from scratch: when each ran and how long it took."""
     record = []
     for i in range(1, builds + 1):
@@ -63,7 +64,7 @@ def build_all(space: SearchSpace, lat: LatencyConfig, root: Path, builds: int, n
         try:
             started, load0 = datetime.now(timezone.utc), load_average()
             seconds = {}
-            for backend in BACKENDS:
+            for backend in backends:
                 t0 = time.perf_counter()
                 run_latency(space, lat, run_dir, device="cpu", backend=backend, progress=True)
                 seconds[backend] = time.perf_counter() - t0
@@ -88,6 +89,7 @@ def main() -> None:
     p.add_argument("--builds", type=int, default=5)
     p.add_argument("--neighbour", type=int, default=5, help="the build (1-based) with a memory-streaming neighbour; 0: none")
     p.add_argument("--gap", type=float, default=0.0, help="seconds between builds")
+    p.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS))
     p.add_argument("--n", type=int, default=100, help="held-out subnets")
     p.add_argument("--seed", type=int, default=7, help="draws the held-out subnets")
     p.add_argument("--retest", type=int, default=20, help="the first K held-out subnets timed again, each in another fresh "
@@ -101,28 +103,30 @@ def main() -> None:
 
     cfg = load_config(args.config)
     space = SearchSpace(cfg.search_space)
-    lat = cfg.latency.model_copy(update={"wandb": "disabled", "workloads": ["prefill"], "backends": list(BACKENDS)})
+    backends = args.backends
+    lat = cfg.latency.model_copy(update={"wandb": "disabled", "workloads": ["prefill"], "backends": backends})
     root = Path(args.run_dir)
     if args.saved:
         doc = json.loads((root / "repeatability.json").read_text())
         record, archs = doc["builds"], [ArchConfig.from_dict(a) for a in doc["archs"]]
+        backends = [b for b in BACKENDS if b in doc["truth"][0]]
         truth, again, seconds, commit = doc["truth"], doc["again"], doc["seconds"], doc["commit"]
     else:
-        record = build_all(space, lat, root, args.builds, args.neighbour, args.gap)
-    tables = [{b: load_table(root / f"build-{r['build']}", "cpu", b, space=space) for b in BACKENDS} for r in record]
+        record = build_all(space, lat, root, args.builds, args.neighbour, args.gap, backends)
+    tables = [{b: load_table(root / f"build-{r['build']}", "cpu", b, space=space) for b in backends} for r in record]
     if not args.saved:
         seen = {k for build in tables for t in build.values() for k in t.calibration}
         archs = heldout_archs(space, args.n, args.seed, exclude=seen)
-        first = tables[0]["torch"]
+        first = tables[0][backends[0]]
         batch, seq, threads = first.workload["batch_size"], first.workload["seq_len"], first.fingerprint.get("threads", 1)
-        truth, again, seconds = time_heldout(cfg.search_space, archs, list(BACKENDS), batch, seq, threads, args.retest)
+        truth, again, seconds = time_heldout(cfg.search_space, archs, backends, batch, seq, threads, args.retest)
         commit = git_commit()
         atomic_write_text(root / "repeatability.json", json.dumps(
             {"builds": record, "archs": [a.to_dict() for a in archs], "truth": truth, "again": again, "seconds": seconds,
              "commit": commit}, indent=1))
 
     rows, summary = [], {}
-    for b in BACKENDS:
+    for b in backends:
         keys = sorted(set.intersection(*(set(t[b].entries) for t in tables)))
         pieces = deviations(np.array([[t[b].entry(k) for k in keys] for t in tables]))
         ratios = deviations(np.array([[t[b].entry(k) / t[b].speed_level() for k in keys] for t in tables]))
@@ -146,7 +150,7 @@ def main() -> None:
     body = [
         f"`{command()}` (times measured at commit {commit})", "",
         f"Machine: {machine().split(',')[0]}, {os.cpu_count()} cores. {len(record)} builds of the `{Path(args.config).name}` "
-        f"space's prefill tables (the config's `latency` section and seed: the same pieces, calibration subnets and speed "
+        f"space's prefill tables ({', '.join(backends)}; the config's `latency` section and seed: the same pieces, calibration subnets and speed "
         f"reference in each), one after another; the build marked had a process streaming memory (320 MB, over and over) "
         f"on the other core throughout. Then {len(archs)} held-out subnets (seed {args.seed}, none of any build's calibration "
         f"subnets), each timed once in a fresh process of its own with a plain wall-clock loop (30 warm-up runs, then 200), "

@@ -1226,6 +1226,8 @@ def cases() -> list[Case]:
     add(mk, "run without a config", ["run"], fresh=True)
     add(mk, "unknown option", ["train", "{config}", "--fast"], fresh=True)
     add(mk, "train --wandb bogus", ["train", "{config}", "--wandb", "bogus"], fresh=True)
+    add(mk, "export --set without --config", ["export", "{run}", "--set", "export.eval_tokens=abc", "--out", "{dir}/exp"])
+    add(mk, "export --set of another section without --config", ["export", "{run}", "--set", "train.steps=5", "--out", "{dir}/exp"])
 
     # --- command-line values ---------------------------------------------------------------------------------------
     v = "values"
@@ -1282,7 +1284,7 @@ def cases() -> list[Case]:
     for path, value in (("steps", 0), ("steps", -1), ("steps", 12.0), ("batch_size", 0), ("lr", -1.0), ("lr", float("nan")),
                         ("warmup_steps", -1), ("val_fraction", 1.5), ("ckpt_every", 0), ("corpus", "/nonexistent/text"),
                         ("seq_len", 64), ("threads", 0), ("device", "cuda"), ("distill_weight", 2.0), ("ema_decay", 1.0),
-                        ("max_nonfinite", 0)):
+                        ("max_nonfinite", 0), ("eval_tokens", 8)):
         val(f"train.{path}", value, "train")
     val("train.steps", 10**12, "train", timeout=60, why="a run of 10**12 steps was started instead of refused")
     val("train.batch_size", big, "train")
@@ -1294,11 +1296,13 @@ def cases() -> list[Case]:
                         ("speed", True)):
         val(f"latency.{path}", value, "latency")
     for path, value in (("n_fit", 1), ("n_heldout", -1), ("models", []), ("models", ["ridge", "ridge"]), ("cv_folds", 1),
-                        ("cv_folds", 100), ("seed", -1), ("seed", 2**64), ("seq_len", 64)):
+                        ("cv_folds", 100), ("seed", -1), ("seed", 2**64), ("seq_len", 64), ("eval_tokens", 8)):
         val(f"predictors.{path}", value, "predictors")
     val("predictors.n_fit", big, "predictors", timeout=60)
     for path, value in (("objectives", []), ("objectives", ["accuracy"]), ("objectives", ["loss", "loss"]),
                         ("objectives", ["latency@gpu"]), ("constraints", ["latency@cpu <= abc"]), ("constraints", ["params <= -1"]),
+                        ("constraints", ["foo <= 5"]), ("constraints", ["latency@cpu <= 5kb"]), ("constraints", ["loss <= 5ms"]),
+                        ("constraints", ["latency@cpu <= -5ms"]),
                         ("engine", "gradient"), ("algorithm", "foo"), ("budget", 0), ("population", 1), ("workers", 0), ("workers", 2), ("risk", 1.5),
                         ("ref_point", [float("nan"), float("nan")]), ("latency_backend", "onnxruntime"), ("generations", 5)):
         val(f"search.{path}", value, "search")
@@ -1308,7 +1312,7 @@ def cases() -> list[Case]:
         both(optuna_setup, set_value("search.storage", "journal:/proc/hwnas/journal.log")))
     val("search.budget", 10**12, "search", timeout=60)
     val("search.population", big, "search", timeout=60)
-    for path, value in (("pick", ""), ("pick", "99"), ("pick", "1" * 5000), ("eval_tokens", 0),
+    for path, value in (("pick", ""), ("pick", "99"), ("pick", "1" * 5000), ("eval_tokens", 0), ("eval_tokens", 8),
                         ("finetune_steps", -1), ("seed", -1), ("seed", 2**64), ("format", "onnx")):
         val(f"export.{path}", value, "export")
     val("export.finetune_steps", 10**12, "export", timeout=60)

@@ -52,10 +52,12 @@ STATS = ("median", "min")
 
 
 def build_all(space: SearchSpace, lat: LatencyConfig, root: Path, builds: int, neighbour: int, gap: float,
-              backends: list[str]) -> list[dict]:
-    """Build the tables `builds` times, each in root/build-<i> from scratch: when each ran and how long it took."""
-    record = []
-    for i in range(1, builds + 1):
+              backends: list[str], keep: bool = False) -> list[dict]:
+    """Build the tables `builds` times, each in root/build-<i> from scratch (`keep`: the builds already
+    recorded in root/builds.json are kept): when each ran and how long it took."""
+    done = json.loads((root / "builds.json").read_text()) if keep and (root / "builds.json").exists() else []
+    record = [r for r in done if r["build"] <= builds]
+    for i in range(len(record) + 1, builds + 1):
         if i > 1:
             time.sleep(gap)
         run_dir = root / f"build-{i}"
@@ -74,6 +76,7 @@ def build_all(space: SearchSpace, lat: LatencyConfig, root: Path, builds: int, n
                 hog.wait()
         record.append({"build": i, "started": started.strftime("%H:%M"), "neighbour": i == neighbour, "seconds": seconds,
                        "load": (load0 + load_average()) / 2})
+        atomic_write_text(root / "builds.json", json.dumps(record, indent=1))
         print(f"build {i}: {seconds} s, load {record[-1]['load']:.2f}", flush=True)
     return record
 
@@ -96,6 +99,7 @@ def main() -> None:
                    "process: how well one such measurement repeats")
     p.add_argument("--run-dir", default=str(ROOT / "runs" / "bench-repeat"))
     p.add_argument("--saved", action="store_true", help="score the builds and times of the last run again")
+    p.add_argument("--keep", action="store_true", help="keep the builds an interrupted run finished (builds.json)")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
     if args.builds < 2 or not 0 <= args.neighbour <= args.builds or args.n < 2 or args.retest < 0 or args.gap < 0:
@@ -112,7 +116,7 @@ def main() -> None:
         backends = [b for b in BACKENDS if b in doc["truth"][0]]
         truth, again, seconds, commit = doc["truth"], doc["again"], doc["seconds"], doc["commit"]
     else:
-        record = build_all(space, lat, root, args.builds, args.neighbour, args.gap, backends)
+        record = build_all(space, lat, root, args.builds, args.neighbour, args.gap, backends, args.keep)
     tables = [{b: load_table(root / f"build-{r['build']}", "cpu", b, space=space) for b in backends} for r in record]
     if not args.saved:
         seen = {k for build in tables for t in build.values() for k in t.calibration}

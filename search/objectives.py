@@ -12,6 +12,7 @@ probability.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -218,7 +219,10 @@ class Constraint:
         scale = 1.0
         if unit:
             fits = sorted(u for u, k in _UNIT_KIND.items() if k == kind)
-            if _UNIT_KIND.get(unit.lower()) != kind:
+            if unit.lower() not in _UNITS:
+                raise ObjectiveError(f"constraint {text!r}: unknown unit {unit!r}; allowed for {name}: "
+                                     + (", ".join(fits) + " or none" if fits else "none"))
+            if _UNIT_KIND[unit.lower()] != kind:
                 allowed = f"allowed: {', '.join(fits)} or none" if fits else "it takes no unit"
                 raise ObjectiveError(f"constraint {text!r}: unit {unit!r} does not fit {name} ({kind}); {allowed}")
             scale = _UNITS[unit.lower()]
@@ -226,6 +230,8 @@ class Constraint:
             bound = float(number) * scale
         except ValueError:  # e.g. "1.2.3"
             raise ObjectiveError(f"constraint {text!r}: {number!r} is not a number") from None
+        if not math.isfinite(bound):
+            raise ObjectiveError(f"constraint {text!r}: the bound must be a finite number")
         if bound < 0:
             raise ObjectiveError(f"constraint {text!r}: the bound must be >= 0 ({name} is never negative)")
         return cls(objective=name, op=op, bound=bound, text=text.strip())

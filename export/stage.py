@@ -114,8 +114,11 @@ def export_source(path: Path) -> str | None:
 
 
 def check_own_export(target: Path, run_dir: Path) -> None:
-    """What `hwnas run` may replace without --force: an export made from this run, never another
-    run's (nor anything else: `check_target`)."""
+    """What `hwnas run` may replace without --force: an export inside the run directory (its own, also
+    after the run was copied or moved) or one made from this run, never another run's (nor anything
+    else: `check_target`)."""
+    if target.resolve().is_relative_to(run_dir.resolve()):
+        return
     if target.is_dir() and any(target.iterdir()) and is_export(target):
         source = export_source(target)
         if source != str(run_dir.resolve()):

@@ -514,3 +514,7 @@ def test_the_pipeline_replaces_its_own_runs_export_never_another_runs(tmp_path):
         check_own_export(target, mine)
     (target / "report.json").write_text(json.dumps({"run_dir": str(mine.resolve())}))
     check_own_export(target, mine)
+    inside = mine / "export"  # a run's own folder: its export, also after the run was copied from `other`
+    shutil.copytree(target, inside)
+    (inside / "report.json").write_text(json.dumps({"run_dir": str(other.resolve())}))
+    check_own_export(inside, mine)

@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
 CONFIG ?= experiments/quickstart.yaml
+# test processes (pytest-xdist; whole files per process, so a file's shared fixtures are built once)
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: install demo test test-all lint clean
 
@@ -22,10 +25,10 @@ demo: install
 	$(BIN)/hwnas run $(CONFIG)
 
 test: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 test-all: install
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 lint: install
 	$(BIN)/ruff check .

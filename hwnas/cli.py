@@ -1,8 +1,8 @@
 """The `hwnas` command line: one subcommand per pipeline stage, each reading the experiment YAML.
 
 Errors in user input print one line (`hwnas: error: ...`) and exit with status 2, no traceback.
-Numbers on the command line are bounded as the config's are (argparse prints usage and exits 2),
-and every folder a command will write is checked before any work.
+Numbers on the command line are bounded as the config's are (a bad flag is one line too, pointing at
+`--help`, status 2), and every folder a command will write is checked before any work.
 """
 
 from __future__ import annotations
@@ -18,6 +18,13 @@ from .api import check_folder, export_run, prepare, prepare_run, search_folder
 from .stages import STAGES, add_set, int_in
 
 MAX_SAMPLES = 10**4  # random archs `hwnas space` prints, one table row each
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose refusal is the one error line (no usage block above it), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _load(args: argparse.Namespace):
@@ -99,6 +106,8 @@ def _cmd_config(args: argparse.Namespace) -> int:
     from hwnas.config import ExperimentConfig, load_config, resolved_yaml
 
     if args.schema:
+        if args.config or args.set:
+            raise ConfigError("config --schema: takes no experiment YAML or --set (the schema is the same for every config)")
         print(json.dumps(ExperimentConfig.model_json_schema(), indent=2))
         return 0
     if not args.config:
@@ -147,7 +156,7 @@ OTHER_COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="hwnas",
         description="Hardware-aware neural architecture search for transformers: train one weight-sharing "
         "supernet, measure latency tables, fit accuracy predictors, search Pareto-optimal subnets.",

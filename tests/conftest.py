@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +17,15 @@ QUICKSTART = REPO / "experiments" / "quickstart.yaml"
 # the interpreter running the tests is the venv's; its `hwnas` console script sits beside it
 VENV_BIN = Path(sys.executable).parent
 QUICKSTART_SIZE = 1_589_326_982_208
+
+
+def pytest_configure(config):
+    """Under `pytest -n K` (pytest-xdist) each worker shares the cores with the others: one torch thread
+    each, as their subprocesses run, since OpenMP threads on a busy core wait for each other."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,7 @@ def result(rc: int | None, err: str = "", out: str = "", timed_out: bool = False
 @pytest.mark.parametrize("res, kw, want", [
     (result(2, "hwnas: error: train.steps: must be > 0\n"), {}, "clear"),
     (result(2, "usage: hwnas space ...\nhwnas space: error: argument -n: invalid int value: 'x'\n"), {}, "clear"),
+    (result(2, "hwnas space: error: argument -n: expected an integer (see `hwnas space --help`)\n"), {}, "clear"),
     (result(2, "hwnas: error: a\nhwnas: error: b\n"), {}, "unclear"),
     (result(2, "hwnas: error: a\n  more of the message\n"), {}, "unclear"),
     (result(1, "something failed\n"), {}, "unclear"),

@@ -137,12 +137,15 @@ def test_version_and_usage_errors(capsys):
         main(["--version"])
     assert info.value.code == 0
     assert capsys.readouterr().out.strip() == "hwnas 0.1.0"
-    for argv in ([], ["frobnicate"], ["space"], ["space", str(QUICKSTART), "-n", "many"]):
+    for argv, line in (([], "hwnas: error: the following arguments are required: COMMAND (see `hwnas --help`)"),
+                       (["frobnicate"], "hwnas: error: argument COMMAND: invalid choice: 'frobnicate'"),
+                       (["space"], "hwnas space: error: the following arguments are required: config (see `hwnas space --help`)"),
+                       (["space", str(QUICKSTART), "-n", "many"], "hwnas space: error: argument -n/--samples: expected an integer")):
         with pytest.raises(SystemExit) as info:
             main(argv)
         assert info.value.code == 2, argv
         err = capsys.readouterr().err
-        assert "usage: hwnas" in err and "Traceback" not in err
+        assert err.count("\n") == 1 and err.startswith(line), err  # the one line, no usage block above it
 
 
 def test_set_overrides_a_value_and_bad_ones_are_one_line(tmp_path):
@@ -165,6 +168,8 @@ def test_set_overrides_a_value_and_bad_ones_are_one_line(tmp_path):
     assert not (tmp_path / "run").exists()  # refused before anything was written
     schema = json.loads(hwnas("config", "--schema").stdout)
     assert {"train", "latency", "predictors", "search", "export"} <= set(schema["properties"])
+    assert_refused(hwnas("config", str(config), "--schema"), "--schema", "no experiment YAML")  # not silently ignored
+    assert_refused(hwnas("config", "--schema", "--set", "seed=1"), "--schema", "--set")
     base, more = load_config(config), load_config(config, ["search.budget=240"])
     assert [s for s in ("train", "latency", "predictors", "search", "export")
             if _hash(stage_inputs(base, s)) != _hash(stage_inputs(more, s))] == ["search", "export"]

@@ -151,7 +151,7 @@ def classify(case: Case, res: Result, *, code_ran: bool = False, orphans: int = 
     if len(errors) == 1 and err[-1] == errors[0]:
         # the fix is the last command the line names ("changed since `hwnas train CONFIG` wrote it; delete it and run
         # `hwnas train CONFIG`" names it twice): unclear when it is what just failed, and not after deleting the file
-        names = list(re.finditer(r"(delete \S+ and run )?`hwnas (\w+)", errors[0]))
+        names = list(re.finditer(r"(delete \S+ and run )?`hwnas (\w+)\b(?! --help)", errors[0]))  # not a pointer to help
         fix = names[-1] if names and res.args and names[-1].group(2) == res.args[0] else None
         if fix and not fix.group(1):
             return "unclear", f"the error's fix is the command that failed: {errors[0]}"

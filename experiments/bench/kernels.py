@@ -44,8 +44,7 @@ PEAKS = [
     ("L4", (300.0, 121.0)),
 ]
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
-DEVICE = "cuda"
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()} | {torch.float32: "fp32"}  # fp32: the dry run on CPU
 
 # shapes: decoder widths around GPT-2 small .. LLaMA-7B, with elastic slices of wider weights
 NORM_SHAPES = [(16384, 1000, 1024), (8192, 4096, 4096), (32768, 768, 1024)]  # (rows, d, weight width)
@@ -55,6 +54,9 @@ LINEAR_SHAPES = [  # (rows, out, in, weight rows, weight cols)
 ]
 QUANT_SHAPES = [(m, n, k) for m in (1, 4, 16) for n, k in [(4096, 4096), (11008, 4096)]]  # (rows, out, in)
 ATTN_SHAPES = [(8, 12, 1024, 64), (2, 16, 4096, 64), (32, 4, 512, 32)]  # (B, nh, T, hs)
+SHAPES = {"norm": NORM_SHAPES, "linear": LINEAR_SHAPES, "quant": QUANT_SHAPES, "attention": ATTN_SHAPES}
+# one small shape each, with slices of wider weights: the same code paths on CPU under TRITON_INTERPRET=1 (gpu.py --dry-run)
+TINY_SHAPES = {"norm": [(8, 24, 32)], "linear": [(8, 20, 24, 32, 40)], "quant": [(2, 32, 64)], "attention": [(1, 2, 64, 16)]}
 
 
 def device_peaks(name: str, gbs: float | None, tflops: float | None) -> tuple[float | None, float | None]:
@@ -79,16 +81,16 @@ class Case:
     rtol: float = 2e-2
 
 
-def norm_cases(dtype) -> list[Case]:
+def norm_cases(dtype, shapes=NORM_SHAPES, device="cuda") -> list[Case]:
     cases = []
-    for rows, d, d_max in NORM_SHAPES:
+    for rows, d, d_max in shapes:
         for kind in K.NORM_KINDS:
             for residual in (False, True):
-                x = torch.randn(rows, d, device=DEVICE, dtype=dtype)
-                w, b = torch.randn(d_max, device=DEVICE, dtype=dtype), torch.randn(d_max, device=DEVICE, dtype=dtype)
-                alpha = torch.tensor(0.7, device=DEVICE)
+                x = torch.randn(rows, d, device=device, dtype=dtype)
+                w, b = torch.randn(d_max, device=device, dtype=dtype), torch.randn(d_max, device=device, dtype=dtype)
+                alpha = torch.tensor(0.7, device=device)
                 bias = None if kind == "rmsnorm" else b
-                r = torch.randn(rows, d, device=DEVICE, dtype=dtype) if residual else None
+                r = torch.randn(rows, d, device=device, dtype=dtype) if residual else None
                 es = x.element_size()
                 cases.append(Case(
                     f"{kind}{' + residual' if residual else ''}", f"{rows}x{d} (w {d_max})",
@@ -103,11 +105,11 @@ def norm_cases(dtype) -> list[Case]:
     return cases
 
 
-def linear_cases(dtype) -> list[Case]:
+def linear_cases(dtype, shapes=LINEAR_SHAPES, device="cuda") -> list[Case]:
     cases = []
-    for M, out_f, in_f, out_max, in_max in LINEAR_SHAPES:
-        x = torch.randn(M, in_f, device=DEVICE, dtype=dtype)
-        w = torch.randn(out_max, in_max, device=DEVICE, dtype=dtype) / in_f ** 0.5
+    for M, out_f, in_f, out_max, in_max in shapes:
+        x = torch.randn(M, in_f, device=device, dtype=dtype)
+        w = torch.randn(out_max, in_max, device=device, dtype=dtype) / in_f ** 0.5
         wc = w[:out_f, :in_f].contiguous()
         es = x.element_size()
         cases.append(Case(
@@ -122,12 +124,12 @@ def linear_cases(dtype) -> list[Case]:
     return cases
 
 
-def quant_cases(dtype) -> list[Case]:
+def quant_cases(dtype, shapes=QUANT_SHAPES, device="cuda") -> list[Case]:
     cases = []
-    for M, N, K_ in QUANT_SHAPES:
-        w = torch.randn(N, K_, device=DEVICE) / K_ ** 0.5
+    for M, N, K_ in shapes:
+        w = torch.randn(N, K_, device=device) / K_ ** 0.5
         wd = w.to(dtype)
-        x = torch.randn(M, K_, device=DEVICE, dtype=dtype)
+        x = torch.randn(M, K_, device=device, dtype=dtype)
         for bits in (8, 4):
             qw = K.quantize_weight(w, bits)
             cases.append(Case(
@@ -142,10 +144,10 @@ def quant_cases(dtype) -> list[Case]:
     return cases
 
 
-def attention_cases(dtype) -> list[Case]:
+def attention_cases(dtype, shapes=ATTN_SHAPES, device="cuda") -> list[Case]:
     cases = []
-    for B, nh, T, hs in ATTN_SHAPES:
-        q, k, v = (torch.randn(B, nh, T, hs, device=DEVICE, dtype=dtype) for _ in range(3))
+    for B, nh, T, hs in shapes:
+        q, k, v = (torch.randn(B, nh, T, hs, device=device, dtype=dtype) for _ in range(3))
         c = 32
         flops = B * nh * T * (4.0 * c * hs + 6.0 * hs * hs)  # scores, in-chunk values, state read and update
         cases.append(Case(
@@ -157,8 +159,26 @@ def attention_cases(dtype) -> list[Case]:
     return cases
 
 
+BUILDERS = {"norm": norm_cases, "linear": linear_cases, "quant": quant_cases, "attention": attention_cases}
+
+
+def all_cases(dtype, shapes=SHAPES, device="cuda", only=None) -> list[Case]:
+    """Every case of the kernels in `only` (default all) at `shapes`, tensors on `device`."""
+    return [c for key, build in BUILDERS.items() if not only or key in only for c in build(dtype, shapes[key], device)]
+
+
 def bench(fn) -> float:
-    """Median time in microseconds."""
+    """Median time in microseconds: `do_bench` on CUDA; elsewhere (a dry run under the Triton
+    interpreter, which proves the path and times nothing meaningful) a median of a few calls."""
+    if not torch.cuda.is_available():
+        import statistics
+        import time
+
+        def once() -> float:
+            t0 = time.perf_counter()
+            fn()
+            return time.perf_counter() - t0
+        return statistics.median(once() for _ in range(3)) * 1e6
     from triton.testing import do_bench
 
     return do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
@@ -174,12 +194,13 @@ def compiled(fn):
         return None
 
 
-def run_case(case: Case, peak_gbs, peak_tflops) -> dict:
+def run_case(case: Case, peak_gbs, peak_tflops, compile_: bool = True) -> dict:
+    """Check the Triton output against the reference (raises if it differs), then time every variant."""
     first = lambda out: out[0] if isinstance(out, tuple) else out  # noqa: E731
     torch.testing.assert_close(first(case.triton()).float(), first(case.reference()).float(),
                                atol=case.atol, rtol=case.rtol)
     t = {"triton": bench(case.triton), "eager": bench(case.reference)}
-    comp = compiled(case.reference)
+    comp = compiled(case.reference) if compile_ else None
     t["compile"] = bench(comp) if comp is not None else float("nan")
     for name, fn in case.baselines.items():
         t[name] = bench(fn)
@@ -195,6 +216,53 @@ def run_case(case: Case, peak_gbs, peak_tflops) -> dict:
 
 def fmt_us(v: float) -> str:
     return "n/a" if v != v else f"{v:.1f}"
+
+
+def run_cases(cases: list[Case], peak_gbs, peak_tflops, compile_: bool = True) -> list[dict]:
+    """`run_case` on each, a line printed per case."""
+    rows = []
+    for case in cases:
+        r = run_case(case, peak_gbs, peak_tflops, compile_)
+        t = r["t"]
+        extra = "  ".join(f"{k} {fmt_us(v)}" for k, v in t.items() if k not in ("triton", "eager", "compile"))
+        pct = "" if r["pct"] is None else f" ({r['pct']:.0f}% of peak)"
+        print(f"{case.kernel:28s} {case.shape:38s} triton {fmt_us(t['triton']):>8s} us  eager {fmt_us(t['eager']):>8s}"
+              f"  compile {fmt_us(t['compile']):>8s}  {extra}  {r['achieved']}{pct}")
+        rows.append(r)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return rows
+
+
+def target_met(r: dict) -> bool | None:
+    """Whether the case's target is met (None: it has none)."""
+    return None if r["case"].met is None else bool(r["case"].met(r["t"], r["pct"]))
+
+
+def table(rows: list[dict]) -> list[str]:
+    """The markdown table of the timed cases, with the legend above it."""
+    body = [
+        "Median times (µs) from `triton.testing.do_bench`, L2 flushed between runs. eager = the reference twin in "
+        "torch; compile = `torch.compile` of it; baseline = cuBLAS on a contiguous copy of the slice (elastic linear) "
+        "or the dense 16-bit matmul (weight-only). Speed-ups are other / Triton. Achieved = Triton's GB/s "
+        "(memory-bound) or TFLOP/s (compute-bound, by the roofline).\n",
+        "| kernel | shape | Triton µs | eager µs | compile µs | baseline µs | vs eager | vs compile | vs baseline "
+        "| achieved | % of peak | target |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        c, t, met = r["case"], r["t"], target_met(r)
+        base = next(iter(c.baselines), None)
+        tb = t[base] if base else float("nan")
+        ratio = lambda v, t=t: "n/a" if v != v else f"{v / t['triton']:.2f}x"  # noqa: E731
+        pct = "" if r["pct"] is None else f"{r['pct']:.0f}%"
+        target = c.target + ("" if met is None else (" (met)" if met else " (**missed**)"))
+        body.append(
+            f"| {c.kernel} | {c.shape} | {fmt_us(t['triton'])} | {fmt_us(t['eager'])} | {fmt_us(t['compile'])} | "
+            f"{fmt_us(tb) + (f' ({base})' if base else '')} | {ratio(t['eager'])} | {ratio(t['compile'])} | {ratio(tb)} | "
+            f"{r['achieved']} | {pct} | {target} |"
+        )
+    return body
 
 
 def main() -> int:
@@ -219,44 +287,13 @@ def main() -> int:
     name = torch.cuda.get_device_name()
     peak_gbs, peak_tflops = device_peaks(name, args.peak_gbs, args.peak_tflops)
     print(f"{name}: peak {peak_gbs or '?'} GB/s, {peak_tflops or '?'} TFLOP/s (16-bit dense), dtype {args.dtype}")
-    builders = {"norm": norm_cases, "linear": linear_cases, "quant": quant_cases, "attention": attention_cases}
-    rows = []
-    for key, build in builders.items():
-        if args.only and key not in args.only:
-            continue
-        for case in build(dtype):
-            r = run_case(case, peak_gbs, peak_tflops)
-            t = r["t"]
-            extra = "  ".join(f"{k} {fmt_us(v)}" for k, v in t.items() if k not in ("triton", "eager", "compile"))
-            pct = "" if r["pct"] is None else f" ({r['pct']:.0f}% of peak)"
-            print(f"{case.kernel:28s} {case.shape:38s} triton {fmt_us(t['triton']):>8s} us  eager {fmt_us(t['eager']):>8s}"
-                  f"  compile {fmt_us(t['compile']):>8s}  {extra}  {r['achieved']}{pct}")
-            rows.append(r)
-            torch.cuda.empty_cache()
+    rows = run_cases(all_cases(dtype, only=args.only), peak_gbs, peak_tflops)
     body = [
         f"Command: `{command()}`  ",
         f"GPU: {name}; torch {torch.__version__}, Triton {__import__('triton').__version__}; {args.dtype}; "
         f"peaks used: {peak_gbs or '?'} GB/s, {peak_tflops or '?'} TFLOP/s (16-bit dense, datasheet)  ",
-        "Median times (µs) from `triton.testing.do_bench`, L2 flushed between runs. eager = the reference twin in "
-        "torch; compile = `torch.compile` of it; baseline = cuBLAS on a contiguous copy of the slice (elastic linear) "
-        "or the dense 16-bit matmul (weight-only). Speed-ups are other / Triton. Achieved = Triton's GB/s "
-        "(memory-bound) or TFLOP/s (compute-bound, by the roofline).\n",
-        "| kernel | shape | Triton µs | eager µs | compile µs | baseline µs | vs eager | vs compile | vs baseline "
-        "| achieved | % of peak | target |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *table(rows),
     ]
-    for r in rows:
-        c, t = r["case"], r["t"]
-        base = next(iter(c.baselines), None)
-        tb = t[base] if base else float("nan")
-        ratio = lambda v, t=t: "n/a" if v != v else f"{v / t['triton']:.2f}x"  # noqa: E731
-        pct = "" if r["pct"] is None else f"{r['pct']:.0f}%"
-        target = c.target + ("" if c.met is None else (" (met)" if c.met(t, r["pct"]) else " (**missed**)"))
-        body.append(
-            f"| {c.kernel} | {c.shape} | {fmt_us(t['triton'])} | {fmt_us(t['eager'])} | {fmt_us(t['compile'])} | "
-            f"{fmt_us(tb) + (f' ({base})' if base else '')} | {ratio(t['eager'])} | {ratio(t['compile'])} | {ratio(tb)} | "
-            f"{r['achieved']} | {pct} | {target} |"
-        )
     print("\n" + "\n".join(body))
     if not args.no_write:
         write_section(SECTION, "\n".join(body))

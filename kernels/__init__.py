@@ -15,19 +15,20 @@ Where each runs in the product:
   Triton kernel on CUDA at inference, the reference otherwise.
 - `LowBitLinear` (and through it `quant_matmul`): the `torch` latency tables and the exported
   model loaded with torch (`supernet.deploy.torch_deploy_copy`), for every 8- and 4-bit layer.
-- `elastic_norm` and `elastic_linear`: not on the product path yet. They replace the supernet's
-  slice-then-compute (`corner` + `F.linear`, `ops.norm`) in CUDA training, where reading the slice
-  in place saves a copy per layer; on CPU, the only place this project can measure today, their
-  dispatcher would run the same reference math, so wiring them would change nothing measurable
-  here. They are tested against their references under the Triton interpreter and timed in
-  `experiments/bench/kernels.py`; they go on the path with the CUDA training and CUDA latency
-  tables (issue 28), behind the same `backend="auto"` dispatch.
+- `elastic_norm`: every LayerNorm / RMSNorm / DyT of the supernet and its extracted subnets on CUDA
+  (`supernet.model.ElasticNorms`: CUDA training, evaluation and the CUDA torch latency tables); on
+  CPU the supernet keeps its own `ops.norm` (the same math, with no dispatch cost per call).
+  `HWNAS_KERNELS=triton` forces the kernel (on CPU under `TRITON_INTERPRET=1`, as a test does),
+  `HWNAS_KERNELS=reference` turns it off.
+- `elastic_linear`: not on the product path yet (the supernet slices its weights with `corner` and
+  calls `F.linear`; on CUDA the kernel would read the slice in place). Tested against its reference
+  under the Triton interpreter and timed in `experiments/bench/kernels.py`.
 
 Every function takes `backend="auto" | "triton" | "reference"`. Importing this package never
 imports Triton (the kernels load on first use), so it works where Triton is not installed.
 """
 
-from .dispatch import BACKENDS, KernelUnavailable, interpreting, triton_available, use_triton
+from .dispatch import BACKENDS, KernelUnavailable, interpreting, model_backend, triton_available, use_triton
 from .linear import elastic_linear, linear_reference
 from .linear_attention import linear_attention, linear_attention_reference
 from .lowbit_linear import LowBitLinear
@@ -43,7 +44,7 @@ from .quant_matmul import (
 
 __all__ = [
     "BACKENDS", "EPS", "KernelUnavailable", "LowBitLinear", "NORM_KINDS", "QuantizedWeight", "elastic_linear", "elastic_norm",
-    "interpreting", "linear_attention", "linear_attention_reference", "linear_reference", "norm_reference",
+    "interpreting", "linear_attention", "model_backend", "linear_attention_reference", "linear_reference", "norm_reference",
     "pack_int4", "quant_matmul", "quant_matmul_reference", "quantize_weight", "triton_available", "unpack_int4",
     "use_triton",
 ]

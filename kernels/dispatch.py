@@ -85,6 +85,15 @@ def use_triton(backend: str, *tensors: Tensor | None) -> bool:
     return True
 
 
+def model_backend() -> str:
+    """The backend the supernet's forward asks for (`HWNAS_KERNELS`: auto, the default; triton, also on
+    CPU under the Triton interpreter, as the tests run it; reference)."""
+    backend = os.environ.get("HWNAS_KERNELS", "auto")
+    if backend not in BACKENDS:
+        raise ValueError(f"HWNAS_KERNELS={backend!r} is not one of {', '.join(BACKENDS)}")
+    return backend
+
+
 def needs_grad(*tensors: Tensor | None) -> bool:
     """Whether autograd would record an op on these tensors."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)

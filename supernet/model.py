@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from hwnas import kernels
 from hwnas.core.errors import HwnasError
 from hwnas.search_space import ArchConfig, LayerConfig, SearchSpace, SearchSpaceConfig
 from hwnas.search_space.kinds import NORMS
@@ -58,6 +59,11 @@ class ElasticNorms(nn.Module):
                 for name in k.params}
 
     def forward(self, x: Tensor, kind: str) -> Tensor:
+        backend = kernels.model_backend()
+        if kind in kernels.NORM_KINDS and kernels.use_triton(backend, x):  # CUDA: the fused kernel reads the first d in place
+            k = NORMS[kind]
+            full = {name: getattr(self, f"{k.tag}_{name}") for name in k.params}
+            return kernels.elastic_norm(kind, x, full["weight"], full.get("bias"), full.get("alpha"), backend=backend)
         return ops.norm(kind, x, **self.params(kind, x.shape[-1]))
 
 

@@ -119,6 +119,44 @@ def test_norm_on_supernet_weights_with_gradients(kind):
     assert torch.all(got[2 + list(params).index("weight")][37:] == 0)  # the weight gradient is full width, zero past d
 
 
+def test_the_supernet_runs_its_norms_on_the_kernel_where_dispatched(monkeypatch):
+    """ElasticNorms takes the kernel where the dispatch says so (on CUDA by default; here forced with
+    HWNAS_KERNELS=triton): a whole subnet of every norm kind and placement at a sliced width gives the
+    loss and gradients of the reference path, and HWNAS_KERNELS=reference never calls the kernel."""
+    from hwnas.search_space import ArchConfig, LayerConfig, SearchSpaceConfig
+    from tests.tiny import perturbed_supernet
+
+    cfg = SearchSpaceConfig(depth=[3], embed_dim=[16, 32], head_dim=8, block_size=16, n_heads={"choices": [1, 2]},
+                            attention={"choices": ["softmax"]},
+                            norm_placement={"choices": ["pre", "post", "peri"], "per_layer": True})
+    arch = ArchConfig(16, (LayerConfig(2, 4.0, "layernorm", "pre"), LayerConfig(1, 4.0, "rmsnorm", "post"),
+                           LayerConfig(2, 4.0, "dyt", "peri")))
+    net = perturbed_supernet(cfg).to(DEVICE)
+    x = torch.randint(0, 256, (2, 16), device=DEVICE)
+    calls = []
+    real = K.elastic_norm
+    monkeypatch.setattr(K, "elastic_norm", lambda *a, **kw: calls.append(a[0]) or real(*a, **kw))
+
+    def loss_and_grads(backend: str):
+        monkeypatch.setenv("HWNAS_KERNELS", backend)
+        net.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(x, arch).flatten(0, 1), x.flatten())
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+
+    ref_loss, ref_grads = loss_and_grads("reference")
+    assert calls == []
+    loss, grads = loss_and_grads(TRITON)
+    assert set(calls) == {"layernorm", "rmsnorm", "dyt"}
+    close(loss, ref_loss, 1e-5, 1e-5)
+    assert grads.keys() == ref_grads.keys()
+    for name, g in grads.items():
+        close(g, ref_grads[name], 1e-5, 1e-4)
+    monkeypatch.setenv("HWNAS_KERNELS", "fast")
+    with pytest.raises(ValueError, match="HWNAS_KERNELS='fast' is not one of auto, triton, reference"):
+        net(x, arch)
+
+
 # --- elastic linear ------------------------------------------------------------------------------------
 # (rows, out, in, out_max, in_max)
 LINEAR_SHAPES = [(1, 1, 1, 1, 1), (3, 5, 7, 5, 7), (7, 24, 40, 48, 64), (33, 17, 70, 32, 96), (65, 40, 33, 64, 33)] + [

@@ -10,12 +10,13 @@ Each part runs on its own: one that fails is recorded with its error and the oth
 gpu.json is rewritten after each part, so a run stopped at its time limit keeps what it measured.
 The script exits 1 when a part failed or a kernel differed from its reference, else 0.
 
-Installing on a machine that cannot download (the lent GPU machine has torch, Triton, ONNX Runtime,
-but not pydantic, optuna, pymoo or wandb): here, `pip download -d wheels pydantic pydantic-core
-annotated-types typing-inspection optuna pymoo wandb ...` for its Python, carry `wheels/`, and pass
-`--wheels wheels`: the script then runs `pip install --no-index --find-links wheels -e .` first.
-Without `--wheels` it installs the project itself (`pip install --no-deps -e .`) when `hwnas` is
-not importable and reports any package still missing by name.
+Installing on a machine that cannot download: the script needs torch, Triton, ONNX Runtime, onnx,
+scikit-learn, rich, PyYAML, safetensors and pydantic (the lent GPU machine has all but pydantic; optuna,
+pymoo and wandb are never imported here). When `hwnas` is not importable it installs the project
+itself (`pip install --no-deps -e .`) and names any of those still missing. To carry pydantic, here:
+`pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d
+wheels pydantic pydantic-core annotated-types typing-inspection typing-extensions`, and pass `--wheels wheels` there
+(installed with `pip install --no-index --no-deps`).
 
 Budget: about 8 minutes on one H100/H200 at the defaults (kernels ~1 min without torch.compile,
 training 2 x --steps, tables with --fidelity held-out subnets).
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -35,25 +37,23 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SECTION = "GPU: one prepared run (kernels, CUDA training, CUDA latency tables)"
-NEEDED = ("pydantic", "yaml", "safetensors", "onnxruntime", "sklearn", "optuna", "pymoo", "wandb")
+NEEDED = ("pydantic", "yaml", "safetensors", "onnxruntime", "onnx", "sklearn", "rich", "triton")  # what the parts import
 
 if "--dry-run" in sys.argv:  # the Triton interpreter must be chosen before Triton is imported
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def install(wheels: str | None) -> None:
-    """Make `import hwnas` work in this interpreter, from the project's own files (and `wheels`)."""
-    cmd = [sys.executable, "-m", "pip", "install", "-q"]
+    """Make `import hwnas` work in this interpreter from the project's own files (and the wheels in `wheels`)."""
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps"]
     if wheels:
-        cmd += ["--no-index", "--find-links", wheels, "-e", str(ROOT)]
-    else:
-        try:
-            importlib.import_module("hwnas.supernet")
-            return
-        except ImportError:
-            cmd += ["--no-deps", "--no-build-isolation", "-e", str(ROOT)]
-    print("installing: " + " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+        print(f"installing the wheels in {wheels}", flush=True)
+        subprocess.run([*pip, *map(str, Path(wheels).glob("*.whl"))], check=True)
+    try:
+        importlib.import_module("hwnas.supernet")
+    except ImportError:
+        print("installing hwnas from this copy (pip install --no-deps -e .)", flush=True)
+        subprocess.run([*pip, "--no-build-isolation", "-e", str(ROOT)], check=True)
     importlib.invalidate_caches()
     missing = [m for m in NEEDED if importlib.util.find_spec(m) is None]
     if missing:

@@ -43,14 +43,21 @@ def _version(module: str) -> str | None:
         return None
 
 
-@cache
-def _gpu_driver() -> str | None:
+# what nvidia-smi says of the GPU's clocks and limits (informational: a table built while the GPU was
+# throttled or its clocks were locked says so, but a different clock does not refuse the table)
+GPU_QUERY = ("driver_version", "clocks.sm", "clocks.max.sm", "clocks.mem", "power.limit", "persistence_mode",
+             "clocks_throttle_reasons.active")
+
+
+def gpu_query(index: int = 0) -> dict[str, str]:
+    """`GPU_QUERY` of GPU `index` from nvidia-smi, by field ({} where nvidia-smi is missing or fails)."""
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+        out = subprocess.run(["nvidia-smi", f"--id={index}", f"--query-gpu={','.join(GPU_QUERY)}", "--format=csv,noheader"],
                              capture_output=True, text=True, timeout=10, check=True)
-        return out.stdout.strip().splitlines()[0] or None
-    except Exception:  # no nvidia-smi, or it failed
-        return None
+        values = [v.strip() for v in out.stdout.strip().splitlines()[0].split(",")]
+    except Exception:  # noqa: BLE001 - no nvidia-smi, or it failed: nothing to note
+        return {}
+    return dict(zip(GPU_QUERY, values, strict=False)) if len(values) == len(GPU_QUERY) else {}
 
 
 def device_fingerprint(device: str, threads: int, dtype: str = "float32") -> dict[str, Any]:
@@ -71,10 +78,12 @@ def device_fingerprint(device: str, threads: int, dtype: str = "float32") -> dic
         "cuda": None,
         "dtype": dtype,
         "malloc_pinned": None,  # whether the torch backend pinned glibc's malloc thresholds (informational)
+        "gpu_clocks": None,  # nvidia-smi's clocks, power limit and throttle reasons at the fingerprint (informational)
     }
     if device == "cuda" and torch.cuda.is_available():  # a CUDA table read on a machine without one records None
-        fp.update(gpu=torch.cuda.get_device_name(), gpu_driver=_gpu_driver(), cuda=torch.version.cuda,
-                  triton=_version("triton"))
+        smi = gpu_query(torch.cuda.current_device())
+        fp.update(gpu=torch.cuda.get_device_name(), gpu_driver=smi.pop("driver_version", None), cuda=torch.version.cuda,
+                  triton=_version("triton"), gpu_clocks=smi or None)
     return fp
 
 

@@ -347,7 +347,36 @@ def test_fingerprint_ignores_fields_that_do_not_matter(tiny, cfg, tmp_path):
 def test_fingerprint_records_the_device():
     fp = device_fingerprint("cpu", 2)
     assert fp["threads"] == 2 and fp["device"] == "cpu" and fp["torch"] and fp["cpu"]
-    assert {"gpu", "gpu_driver", "onnxruntime", "triton", "dtype", "cores"} <= set(fp)
+    assert {"gpu", "gpu_driver", "onnxruntime", "triton", "dtype", "cores", "gpu_clocks"} <= set(fp)
+
+
+def test_gpu_clock_notes_come_from_nvidia_smi_and_are_empty_without_it(monkeypatch):
+    import subprocess
+
+    import hwnas.latency.fingerprint as fpm
+
+    seen = []
+
+    def smi(cmd, **kw):
+        seen.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, "580.159.04, 1980 MHz, 1980 MHz, 3201 MHz, 700.00 W, Enabled, 0x0000000000000000\n", "")
+
+    monkeypatch.setattr(fpm.subprocess, "run", smi)
+    assert fpm.gpu_query(1) == {"driver_version": "580.159.04", "clocks.sm": "1980 MHz", "clocks.max.sm": "1980 MHz",
+                                "clocks.mem": "3201 MHz", "power.limit": "700.00 W", "persistence_mode": "Enabled",
+                                "clocks_throttle_reasons.active": "0x0000000000000000"}
+    assert seen[0][:2] == ["nvidia-smi", "--id=1"]
+    monkeypatch.setattr(fpm.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 0, "1, 2\n", ""))
+    assert fpm.gpu_query() == {}  # an answer of another shape: no notes rather than wrong ones
+
+    def missing(cmd, **kw):
+        raise FileNotFoundError(cmd[0])
+
+    monkeypatch.setattr(fpm.subprocess, "run", missing)
+    assert fpm.gpu_query() == {}
+    assert fpm.device_fingerprint("cpu", 1)["gpu_clocks"] is None
+    # the notes never decide whether a table fits this machine
+    assert all("gpu_clocks" not in fields for fields in fpm._RELEVANT.values())
 
 
 # --- resumable build ------------------------------------------------------------------------------

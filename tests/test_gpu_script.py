@@ -25,8 +25,9 @@ def test_the_dry_run_goes_through_every_part_and_records_its_figures(tmp_path):
     proc = gpu_py("--dry-run", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "gpu.json").read_text())
-    assert result["dry_run"] and set(result["parts"]) == {"kernels", "train", "latency"}
+    assert result["dry_run"] and set(result["parts"]) == {"tests", "kernels", "train", "latency"}
     assert not [p for p in result["parts"].values() if "error" in p]
+    assert result["parts"]["tests"]["counts"] == ({"passed": 4} if torch.cuda.is_available() else {"skipped": 4})
     # every kernel was checked against its reference (a mismatch fails the part) and timed
     rows = result["parts"]["kernels"]["rows"]
     assert {r["kernel"] for r in rows} == {"layernorm", "layernorm + residual", "rmsnorm", "rmsnorm + residual", "dyt",
@@ -45,7 +46,7 @@ def test_the_dry_run_goes_through_every_part_and_records_its_figures(tmp_path):
     assert lat["backends"] == ["torch"] and lat["n_fidelity"] == 4
     assert 0 <= report["within_10pct"] <= 1 and -1 <= report["kendall_tau"] <= 1
     text = (tmp_path / "gpu.md").read_text()
-    for needle in ("### Kernels on CPU (Triton interpreter)", "| elastic linear |", "batch tokens/s", "| cpu/torch | 4 |",
+    for needle in ("Tests on this machine (tests/test_cuda.py): 4 skipped", "### Kernels on CPU (Triton interpreter)", "| elastic linear |", "batch tokens/s", "| cpu/torch | 4 |",
                    "Dry run"):
         assert needle in text, needle
     assert (SCRIPT.parents[2] / "BENCHMARKS.md").read_bytes() == benchmarks  # a dry run never writes there

@@ -1,4 +1,4 @@
-"""The GPU proof in one command: on a CUDA GPU, check the Triton kernels against their torch
+"""The GPU proof in one command: on a CUDA GPU, run the CUDA tests, check the Triton kernels against their torch
 references and time them, train the quickstart supernet on CUDA (tokens/s, and its loss against the
 same steps on the CPU), build the CUDA latency tables with their fidelity report on held-out subnets,
 and write every figure to <out>/gpu.json and BENCHMARKS.md ("GPU: one prepared run").
@@ -36,6 +36,7 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+PARTS = ("tests", "kernels", "train", "latency")
 SECTION = "GPU: one prepared run (kernels, CUDA training, CUDA latency tables)"
 NEEDED = ("pydantic", "yaml", "safetensors", "onnxruntime", "onnx", "sklearn", "rich", "triton")  # what the parts import
 
@@ -84,6 +85,24 @@ def config(dry_run: bool, out: Path, steps: int, fidelity: int):
                  "latency.warmup=1", "latency.min_repeats=3", "latency.max_repeats=5", "latency.check_every=3",
                  "latency.max_seconds=0.2", "latency.n_correction=4", "latency.speed_retakes=0", "latency.speed_backoff_s=0"]
     return load_config(ROOT / "experiments" / "quickstart.yaml", sets + [f"run_dir={out / 'run'}"])
+
+
+def tests_part(dry_run: bool) -> dict:
+    """The CUDA tests (tests/test_cuda.py: the supernet and deployed subnet on CUDA against the CPU, a bf16
+    training step, CUDA-event timing) and the Triton kernels' tests, run here; on a dry run the CUDA
+    tests alone (they skip without a GPU)."""
+    import re
+
+    files = ["tests/test_cuda.py"] + ([] if dry_run else ["tests/test_kernels_triton.py"])
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *files], cwd=ROOT,
+                          capture_output=True, text=True)
+    tail = (proc.stdout.strip().splitlines() or [""])[-1]
+    counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|errors?)", tail)}
+    print(f"tests: {tail}", flush=True)
+    if proc.returncode not in (0, 5) or counts.get("failed") or counts.get("error") or counts.get("errors"):
+        print(proc.stdout[-6000:], flush=True)
+        raise RuntimeError(f"the CUDA tests failed: {tail}")
+    return {"files": files, "summary": tail, "counts": counts}
 
 
 def kernels_part(dry_run: bool) -> dict:
@@ -152,6 +171,9 @@ def section(result: dict) -> str:
     lines = [f"Command: `{command()}`  ", f"Machine: {result['machine']}; commit {result['commit']}  "]
     if result["dry_run"]:
         lines.append("Dry run: the GPU run's code paths on the CPU at tiny sizes (Triton interpreted); its times measure nothing.")
+    tests = result["parts"].get("tests", {})
+    if tests:
+        lines.append(f"\nTests on this machine ({', '.join(tests.get('files', []))}): {tests.get('summary') or tests.get('error')}")
     k = result["parts"].get("kernels", {})
     if "error" in k:
         lines.append(f"\nKernels: failed: {k['error']}")
@@ -190,7 +212,7 @@ def main() -> int:
     p.add_argument("--out", default=str(ROOT / "runs" / "gpu"), help="folder of gpu.json and the runs (default runs/gpu)")
     p.add_argument("--steps", type=int, default=None, help="training steps on each device (default 200; dry run 3)")
     p.add_argument("--fidelity", type=int, default=None, help="held-out subnets of each table's report (default 100; dry run 4)")
-    p.add_argument("--parts", nargs="*", choices=["kernels", "train", "latency"], default=["kernels", "train", "latency"])
+    p.add_argument("--parts", nargs="*", choices=PARTS, default=list(PARTS))
     p.add_argument("--wheels", default=None, help="a folder of wheels to install the project's requirements from (offline)")
     p.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md (gpu.json and gpu.md are written)")
     args = p.parse_args()
@@ -211,7 +233,7 @@ def main() -> int:
 
     result = {"dry_run": args.dry_run, "machine": machine() + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
               "commit": git_commit(), "parts": {}}
-    run = {"kernels": lambda: kernels_part(args.dry_run), "train": lambda: train_part(cfg, out, args.dry_run),
+    run = {"tests": lambda: tests_part(args.dry_run), "kernels": lambda: kernels_part(args.dry_run), "train": lambda: train_part(cfg, out, args.dry_run),
            "latency": lambda: latency_part(cfg, args.dry_run)}
     failed = False
     for part in args.parts:

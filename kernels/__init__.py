@@ -20,9 +20,13 @@ Where each runs in the product:
   CPU the supernet keeps its own `ops.norm` (the same math, with no dispatch cost per call).
   `HWNAS_KERNELS=triton` forces the kernel (on CPU under `TRITON_INTERPRET=1`, as a test does),
   `HWNAS_KERNELS=reference` turns it off.
-- `elastic_linear`: not on the product path yet (the supernet slices its weights with `corner` and
-  calls `F.linear`; on CUDA the kernel would read the slice in place). Tested against its reference
-  under the Triton interpreter and timed in `experiments/bench/kernels.py`.
+- `elastic_linear`: not on the product path, by choice. The supernet slices its weights with `corner`
+  (a view) and calls `F.linear`, which hands cuBLAS the view through its leading dimension, no copy;
+  in bf16-autocast training the weights are fp32 and the activations bf16, where the kernel falls
+  back to that same call; and a deployed subnet has contiguous weights, so the CUDA tables must time
+  cuBLAS, as users run it. The kernel is tested against its reference under the Triton interpreter
+  and timed against cuBLAS in `experiments/bench/kernels.py` (and gpu.py), which says whether it
+  would ever pay.
 
 Every function takes `backend="auto" | "triton" | "reference"`. Importing this package never
 imports Triton (the kernels load on first use), so it works where Triton is not installed.

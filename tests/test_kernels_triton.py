@@ -146,6 +146,11 @@ def test_the_supernet_runs_its_norms_on_the_kernel_where_dispatched(monkeypatch)
 
     ref_loss, ref_grads = loss_and_grads("reference")
     assert calls == []
+    auto_loss, _ = loss_and_grads("auto")  # the default: the kernel on CUDA, the supernet's own ops on CPU
+    assert (calls == []) if DEVICE == "cpu" else (set(calls) == {"layernorm", "rmsnorm", "dyt"})
+    if DEVICE == "cpu":
+        assert torch.equal(auto_loss, ref_loss)
+    calls.clear()
     loss, grads = loss_and_grads(TRITON)
     assert set(calls) == {"layernorm", "rmsnorm", "dyt"}
     close(loss, ref_loss, 1e-5, 1e-5)

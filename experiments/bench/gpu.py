@@ -7,7 +7,8 @@ and write every figure to <out>/gpu.json and BENCHMARKS.md ("GPU: one prepared r
     python experiments/bench/gpu.py --dry-run --out DIR  # the same code paths on CPU, tiny sizes (the test suite runs it)
 
 Each part runs on its own: one that fails is recorded with its error and the others still run, and
-gpu.json is rewritten after each part, so a run stopped at its time limit keeps what it measured.
+gpu.json, gpu.md and the BENCHMARKS.md section are rewritten after each part, so a run stopped at its time
+limit keeps what it measured.
 The script exits 1 when a part failed or a kernel differed from its reference, else 0.
 
 Installing on a machine that cannot download: the script needs torch, Triton, ONNX Runtime, onnx,
@@ -229,8 +230,6 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from common import git_commit, machine
 
-    from hwnas.core.io import atomic_write_json, atomic_write_text
-
     result = {"dry_run": args.dry_run, "machine": machine() + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
               "commit": git_commit(), "parts": {}}
     run = {"tests": lambda: tests_part(args.dry_run), "kernels": lambda: kernels_part(args.dry_run), "train": lambda: train_part(cfg, out, args.dry_run),
@@ -247,16 +246,22 @@ def main() -> int:
             failed = True
         result["parts"][part]["part_seconds"] = time.perf_counter() - t0
         print(f"[{part}] done in {time.perf_counter() - t0:.0f} s", flush=True)
-        atomic_write_json(out / "gpu.json", result)
-    text = section(result)
-    atomic_write_text(out / "gpu.md", text + "\n")
-    print("\n" + text)
-    if not args.no_write and not args.dry_run:
-        from common import write_section
-
-        write_section(SECTION, text)
-        print(f"wrote the section '{SECTION}' of BENCHMARKS.md")
+        record(result, out, write=not args.no_write and not args.dry_run)  # after each part: a stopped run keeps it
+    print("\n" + section(result))
     return 1 if failed else 0
+
+
+def record(result: dict, out: Path, write: bool) -> None:
+    """gpu.json, gpu.md and (with `write`) the BENCHMARKS.md section, as the parts so far have them."""
+    from common import write_section
+
+    from hwnas.core.io import atomic_write_json, atomic_write_text
+
+    text = section(result)
+    atomic_write_json(out / "gpu.json", result)
+    atomic_write_text(out / "gpu.md", text + "\n")
+    if write:
+        write_section(SECTION, text)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from hwnas.core.errors import HwnasError
-from hwnas.core.io import atomic_write_json, atomic_write_text
+from hwnas.core.io import atomic_path, atomic_write_json, atomic_write_text
 from hwnas.core.manifest import Manifest
 
 from .config import ExperimentConfig, resolved_yaml
@@ -91,7 +92,11 @@ class Pipeline:
                     return state
             except (OSError, ValueError):
                 pass
-            self.log(f"{self.state_path}: unreadable; re-checking every stage")
+            kept = self.state_path.with_name(self.state_path.name + ".damaged")
+            with atomic_path(kept) as tmp:  # the damaged record stays readable beside the new one
+                shutil.copyfile(self.state_path, tmp)
+            self.log(f"{self.state_path}: unreadable (kept as {kept.name}); re-checking every stage, each resuming from "
+                     "its outputs")
         return {"stages": {}}
 
     def complete(self, stage: Step, state: dict[str, Any]) -> bool:

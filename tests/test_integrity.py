@@ -245,8 +245,9 @@ def test_an_unreadable_pipeline_state_is_recovered(tiny_run):
     (run / "pipeline.json").write_text('{"stages": {"train"')
     proc = hwnas("run", str(config), "--no-progress")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "unreadable; re-checking every stage" in proc.stdout
-    json.loads((run / "pipeline.json").read_text())
+    assert "unreadable (kept as pipeline.json.damaged); re-checking every stage" in proc.stdout
+    assert set(json.loads((run / "pipeline.json").read_text())["stages"]) == {"train", "latency", "predictors", "search", "export"}
+    assert (run / "pipeline.json.damaged").read_text() == '{"stages": {"train"'  # nothing the user had is lost
 
 
 # --- non-finite weights -----------------------------------------------------------------------------

@@ -25,7 +25,7 @@ SPACE = SearchSpaceConfig(
 )
 ARCH = ArchConfig(32, (L(2, 4.0, "layernorm", "pre", "softmax", None, "mlp", weight_bits=16),
                        L(4, 2.0, "rmsnorm", "post", "linear", None, "swiglu", weight_bits=8),
-                       L(2, 2.0, "dyt", "peri", "window", 8, "moe", 2, 1, weight_bits=4)))
+                       L(2, 2.0, "dyt", "peri", "window", 8, "moe", 2, 2, weight_bits=4)))  # top-2 of 2: no routing tie to flip
 
 
 @pytest.fixture(scope="module")

@@ -79,7 +79,10 @@ def git_commit() -> str:
     """The checkout's commit (short), with "+changes" when tracked files (but BENCHMARKS.md) differ from it: which code
     measured a figure, so a row measured with an option since removed can still be reproduced."""
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=False).stdout.strip()
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, check=False, cwd=ROOT).stdout.strip()
+        except OSError:  # no git on this machine (a bare GPU machine): the commit is unknown
+            return ""
 
     head = git("rev-parse", "--short=7", "HEAD") or "unknown"
     changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!BENCHMARKS.md")  # benches write that one

@@ -153,10 +153,11 @@ def test_the_supernet_runs_its_norms_on_the_kernel_where_dispatched(monkeypatch)
     calls.clear()
     loss, grads = loss_and_grads(TRITON)
     assert set(calls) == {"layernorm", "rmsnorm", "dyt"}
-    close(loss, ref_loss, 1e-5, 1e-5)
+    atol, rtol = (1e-5, 1e-4) if DEVICE == "cpu" else (1e-4, 1e-3)  # CUDA's own norms reduce in another order
+    close(loss, ref_loss, atol, rtol)
     assert grads.keys() == ref_grads.keys()
     for name, g in grads.items():
-        close(g, ref_grads[name], 1e-5, 1e-4)
+        close(g, ref_grads[name], atol, rtol)
     monkeypatch.setenv("HWNAS_KERNELS", "fast")
     with pytest.raises(ValueError, match="HWNAS_KERNELS='fast' is not one of auto, triton, reference"):
         net(x, arch)

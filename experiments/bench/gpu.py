@@ -207,12 +207,25 @@ def section(result: dict) -> str:
     return "\n".join(lines)
 
 
+def at_least(lo: int):
+    """An argparse type: an integer >= lo (the config checks the upper bounds)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < lo:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {text[:40]!r}")
+        return value
+    return parse
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dry-run", action="store_true", help="CPU, Triton interpreter, tiny sizes: proves the code paths")
     p.add_argument("--out", default=str(ROOT / "runs" / "gpu"), help="folder of gpu.json and the runs (default runs/gpu)")
-    p.add_argument("--steps", type=int, default=None, help="training steps on each device (default 200; dry run 3)")
-    p.add_argument("--fidelity", type=int, default=None, help="held-out subnets of each table's report (default 100; dry run 4)")
+    p.add_argument("--steps", type=at_least(1), default=None, help="training steps on each device (default 200; dry run 3)")
+    p.add_argument("--fidelity", type=at_least(0), default=None, help="held-out subnets of each table's report (default 100; dry run 4)")
     p.add_argument("--parts", nargs="*", choices=PARTS, default=list(PARTS))
     p.add_argument("--wheels", default=None, help="a folder of wheels to install the project's requirements from (offline)")
     p.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md (gpu.json and gpu.md are written)")
@@ -224,9 +237,15 @@ def main() -> int:
         print("gpu.py: torch sees no CUDA GPU here; nothing was measured (--dry-run runs the same code on CPU)", file=sys.stderr)
         return 2
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     steps = args.steps or (3 if args.dry_run else 200)
-    cfg = config(args.dry_run, out, steps, args.fidelity if args.fidelity is not None else (4 if args.dry_run else 100))
+    from hwnas.core.errors import HwnasError
+
+    try:
+        cfg = config(args.dry_run, out, steps, args.fidelity if args.fidelity is not None else (4 if args.dry_run else 100))
+    except HwnasError as e:
+        print(f"gpu.py: error: {e}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from common import git_commit, machine
 

@@ -48,7 +48,7 @@ from .quant_matmul import (
 
 __all__ = [
     "BACKENDS", "EPS", "KernelUnavailable", "LowBitLinear", "NORM_KINDS", "QuantizedWeight", "elastic_linear", "elastic_norm",
-    "interpreting", "linear_attention", "model_backend", "linear_attention_reference", "linear_reference", "norm_reference",
+    "interpreting", "linear_attention", "linear_attention_reference", "linear_reference", "model_backend", "norm_reference",
     "pack_int4", "quant_matmul", "quant_matmul_reference", "quantize_weight", "triton_available", "unpack_int4",
     "use_triton",
 ]

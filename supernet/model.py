@@ -60,7 +60,8 @@ class ElasticNorms(nn.Module):
 
     def forward(self, x: Tensor, kind: str) -> Tensor:
         backend = kernels.model_backend()
-        if kind in kernels.NORM_KINDS and kernels.use_triton(backend, x):  # CUDA: the fused kernel reads the first d in place
+        # CUDA (or forced): the fused kernel reads the first d in place; on CPU one attribute test, no dispatch
+        if (x.is_cuda or backend == "triton") and kind in kernels.NORM_KINDS and kernels.use_triton(backend, x):
             k = NORMS[kind]
             full = {name: getattr(self, f"{k.tag}_{name}") for name in k.params}
             return kernels.elastic_norm(kind, x, full["weight"], full.get("bias"), full.get("alpha"), backend=backend)

@@ -69,9 +69,9 @@ def test_without_a_gpu_the_real_run_measures_and_writes_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--steps", "0"], "argument --steps: expected an integer >= 1, got '0'"),
-    (["--fidelity", "x"], "argument --fidelity: expected an integer >= 0, got 'x'"),
-    (["--steps", "1000000000000"], "train.steps: Input should be less than or equal to 100000000"),
+    (["--steps", "0"], "argument --steps: must be an integer in 1..100000000, got '0'"),
+    (["--fidelity", "x"], "argument --fidelity: expected an integer in 0..100000, got 'x'"),
+    (["--steps", "1000000000000"], "argument --steps: must be an integer in 1..100000000, got '1000000000000'"),
 ])
 def test_bad_counts_are_refused_in_one_line(tmp_path, args, needle):
     proc = gpu_py("--dry-run", "--out", str(tmp_path / "out"), "--parts", "kernels", *args, timeout=120)

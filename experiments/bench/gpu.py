@@ -36,13 +36,15 @@ import time
 import traceback
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+if "--dry-run" in sys.argv:  # the Triton interpreter must be chosen before Triton is imported
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, command, git_commit, machine, write_section  # noqa: E402  (torch only: no hwnas import yet)
+
 PARTS = ("tests", "kernels", "train", "latency")
 SECTION = "GPU: one prepared run (kernels, CUDA training, CUDA latency tables)"
 NEEDED = ("pydantic", "yaml", "safetensors", "onnxruntime", "onnx", "sklearn", "rich", "triton")  # what the parts import
-
-if "--dry-run" in sys.argv:  # the Triton interpreter must be chosen before Triton is imported
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def install(wheels: str | None) -> None:
@@ -110,7 +112,6 @@ def kernels_part(dry_run: bool) -> dict:
     """Each Triton kernel checked against its reference and timed (bf16 on CUDA; fp32, tiny, interpreted on a dry run)."""
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import kernels as bench
 
     device = "cpu" if dry_run else "cuda"
@@ -129,8 +130,7 @@ def train_part(cfg, out: Path, dry_run: bool) -> dict:
 
     tc = cfg.train
     runs = {}
-    for device in ("cpu", "cpu") if dry_run else ("cuda", "cpu"):
-        key = "cuda" if not runs else "cpu"  # on a dry run the first ("cuda") run is on the CPU too
+    for key, device in (("cuda", "cpu" if dry_run else "cuda"), ("cpu", "cpu")):  # a dry run's "cuda" run is on the CPU too
         t0 = time.perf_counter()
         s = train(cfg.search_space, tc.model_copy(update={"device": device}), out / f"train-{key}", seed=cfg.seed,
                   progress=False, name=cfg.name)
@@ -166,9 +166,6 @@ def latency_part(cfg, dry_run: bool) -> dict:
 # --- the record -----------------------------------------------------------------------------------
 def section(result: dict) -> str:
     """The BENCHMARKS.md section: the machine, each part's figures or its error."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from common import command
-
     lines = [f"Command: `{command()}`  ", f"Machine: {result['machine']}; commit {result['commit']}  "]
     if result["dry_run"]:
         lines.append("Dry run: the GPU run's code paths on the CPU at tiny sizes (Triton interpreted); its times measure nothing.")
@@ -207,37 +204,30 @@ def section(result: dict) -> str:
     return "\n".join(lines)
 
 
-def at_least(lo: int):
-    """An argparse type: an integer >= lo (the config checks the upper bounds)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < lo:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {text[:40]!r}")
-        return value
-    return parse
-
-
 def main() -> int:
+    first = argparse.ArgumentParser(add_help=False)  # --wheels first: the rest of the parser needs hwnas installed
+    first.add_argument("--wheels", default=None)
+    install(first.parse_known_args()[0].wheels)
+    from hwnas.core.config import MAX_STEPS
+    from hwnas.latency.config import MAX_SUBNETS
+    from hwnas.stages import int_in
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dry-run", action="store_true", help="CPU, Triton interpreter, tiny sizes: proves the code paths")
     p.add_argument("--out", default=str(ROOT / "runs" / "gpu"), help="folder of gpu.json and the runs (default runs/gpu)")
-    p.add_argument("--steps", type=at_least(1), default=None, help="training steps on each device (default 200; dry run 3)")
-    p.add_argument("--fidelity", type=at_least(0), default=None, help="held-out subnets of each table's report (default 100; dry run 4)")
+    p.add_argument("--steps", type=int_in(1, MAX_STEPS), default=None, help="training steps on each device (default 200; dry run 3)")
+    p.add_argument("--fidelity", type=int_in(0, MAX_SUBNETS), default=None, help="held-out subnets of each table's report (default 100; dry run 4)")
     p.add_argument("--parts", nargs="*", choices=PARTS, default=list(PARTS))
     p.add_argument("--wheels", default=None, help="a folder of wheels to install the project's requirements from (offline)")
     p.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md (gpu.json and gpu.md are written)")
     args = p.parse_args()
-    install(args.wheels)
     import torch
 
     if not args.dry_run and not torch.cuda.is_available():
         print("gpu.py: torch sees no CUDA GPU here; nothing was measured (--dry-run runs the same code on CPU)", file=sys.stderr)
         return 2
     out = Path(args.out)
-    steps = args.steps or (3 if args.dry_run else 200)
+    steps = args.steps if args.steps is not None else (3 if args.dry_run else 200)
     from hwnas.core.errors import HwnasError
 
     try:
@@ -246,9 +236,6 @@ def main() -> int:
         print(f"gpu.py: error: {e}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from common import git_commit, machine
-
     result = {"dry_run": args.dry_run, "machine": machine() + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
               "commit": git_commit(), "parts": {}}
     run = {"tests": lambda: tests_part(args.dry_run), "kernels": lambda: kernels_part(args.dry_run), "train": lambda: train_part(cfg, out, args.dry_run),
@@ -265,15 +252,13 @@ def main() -> int:
             failed = True
         result["parts"][part]["part_seconds"] = time.perf_counter() - t0
         print(f"[{part}] done in {time.perf_counter() - t0:.0f} s", flush=True)
-        record(result, out, write=not args.no_write and not args.dry_run)  # after each part: a stopped run keeps it
-    print("\n" + section(result))
+        text = record(result, out, write=not args.no_write and not args.dry_run)  # after each part: a stopped run keeps it
+    print("\n" + text)
     return 1 if failed else 0
 
 
-def record(result: dict, out: Path, write: bool) -> None:
-    """gpu.json, gpu.md and (with `write`) the BENCHMARKS.md section, as the parts so far have them."""
-    from common import write_section
-
+def record(result: dict, out: Path, write: bool) -> str:
+    """gpu.json, gpu.md and (with `write`) the BENCHMARKS.md section, as the parts so far have them; the section."""
     from hwnas.core.io import atomic_write_json, atomic_write_text
 
     text = section(result)
@@ -281,6 +266,7 @@ def record(result: dict, out: Path, write: bool) -> None:
     atomic_write_text(out / "gpu.md", text + "\n")
     if write:
         write_section(SECTION, text)
+    return text
 
 
 if __name__ == "__main__":

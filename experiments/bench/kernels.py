@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command, write_section  # noqa: E402
+from common import command, median_time, write_section  # noqa: E402
 
 from hwnas import kernels as K  # noqa: E402
 
@@ -171,14 +171,7 @@ def bench(fn) -> float:
     """Median time in microseconds: `do_bench` on CUDA; elsewhere (a dry run under the Triton
     interpreter, which proves the path and times nothing meaningful) a median of a few calls."""
     if not torch.cuda.is_available():
-        import statistics
-        import time
-
-        def once() -> float:
-            t0 = time.perf_counter()
-            fn()
-            return time.perf_counter() - t0
-        return statistics.median(once() for _ in range(3)) * 1e6
+        return median_time(fn, repeats=3, warmup=0) * 1e6
     from triton.testing import do_bench
 
     return do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3

@@ -154,7 +154,7 @@ def test_the_supernet_runs_its_norms_on_the_kernel_where_dispatched(monkeypatch)
     loss, grads = loss_and_grads(TRITON)
     assert set(calls) == {"layernorm", "rmsnorm", "dyt"}
     atol, rtol = (1e-5, 1e-4) if DEVICE == "cpu" else (1e-4, 1e-3)  # CUDA's own norms reduce in another order
-    close(loss, ref_loss, atol, rtol)
+    close(loss, ref_loss, atol, 1e-5 if DEVICE == "cpu" else rtol)  # the CPU loss as strict as before CUDA ran this
     assert grads.keys() == ref_grads.keys()
     for name, g in grads.items():
         close(g, ref_grads[name], atol, rtol)

@@ -209,6 +209,7 @@ def main() -> int:
     first.add_argument("--wheels", default=None)
     install(first.parse_known_args()[0].wheels)
     from hwnas.core.config import MAX_STEPS
+    from hwnas.core.errors import HwnasError
     from hwnas.latency.config import MAX_SUBNETS
     from hwnas.stages import int_in
 
@@ -228,8 +229,6 @@ def main() -> int:
         return 2
     out = Path(args.out)
     steps = args.steps if args.steps is not None else (3 if args.dry_run else 200)
-    from hwnas.core.errors import HwnasError
-
     try:
         cfg = config(args.dry_run, out, steps, args.fidelity if args.fidelity is not None else (4 if args.dry_run else 100))
     except HwnasError as e:

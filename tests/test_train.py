@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 import hwnas.supernet.train as train_mod
 from hwnas.core.rundir import RunDirError
-from hwnas.core.tracking import read_wandb_history, read_wandb_runs
+from hwnas.core.tracking import read_wandb_history, read_wandb_records, read_wandb_runs
 from hwnas.search_space import SearchSpace, SearchSpaceConfig
 from hwnas.supernet.config import TrainConfig
 from hwnas.supernet.data import Corpus, CorpusError
@@ -109,6 +109,17 @@ def test_training_learns_and_logs_to_wandb_offline(tmp_path, text_dir):
     assert (run["name"], run["group"], run["job_type"]) == ("run-train", "run", "train")
     assert run["metrics"] == {"step": None, "*": "step"}
     assert any(t.startswith("config-") and len(t) == 19 for t in run["tags"])
+    # a file that wandb-core is still writing, or one damaged, reads as the records before the cut
+    (path,) = (tmp_path / "run").rglob("*.wandb")
+    whole, data = read_wandb_records(tmp_path / "run"), path.read_bytes()
+    for cut in sorted({7, 8, 20, len(data) // 3, len(data) // 2, len(data) - 1, *range(len(data) - 40, len(data))}):
+        (tmp_path / "torn").mkdir(exist_ok=True)
+        (tmp_path / "torn/run-x.wandb").write_bytes(data[:cut])
+        assert read_wandb_records(tmp_path / "torn") == whole[:len(read_wandb_records(tmp_path / "torn"))]
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF
+    (tmp_path / "torn/run-x.wandb").write_bytes(bytes(flipped))
+    assert 0 < len(read_wandb_records(tmp_path / "torn")) < len(whole)
 
 
 def test_nonfinite_loss_skips_the_step_and_repeated_ones_stop(tmp_path, text_dir, monkeypatch):

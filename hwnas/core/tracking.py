@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +159,9 @@ def _row(line: str) -> dict[str, Any] | None:
 
 def _wandb_records(path: Path):
     """Yield the protobuf payloads of a W&B `.wandb` log: a 7-byte file header, then leveldb-style
-    32 KiB blocks of records, each with a 7-byte header (crc32, length, type: full/first/middle/last)."""
+    32 KiB blocks of records, each with a 7-byte header (crc32 of type and payload, length, type:
+    full/first/middle/last). It stops at the first record that is cut short or fails its checksum:
+    the tail that wandb-core is still writing, or a damaged one, is left out rather than misread."""
     data = path.read_bytes()
     pos, block, pending = 7, 32 * 1024, b""
     while pos + 7 <= len(data):
@@ -166,11 +169,13 @@ def _wandb_records(path: Path):
         if left < 7:  # block trailer padding
             pos += left
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
         payload = data[pos + 7:pos + 7 + length]
         pos += 7 + length
         if kind == 0 and length == 0:  # zero padding
             continue
+        if len(payload) < length or zlib.crc32(bytes([kind]) + payload) != crc:
+            return
         if kind == 1:  # full
             yield payload
         elif kind == 2:  # first

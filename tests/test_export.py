@@ -41,6 +41,7 @@ from hwnas.supernet.deploy import export_form
 from hwnas.supernet.evaluate import evaluate
 from hwnas.supernet.train import train
 from tests.tiny import perturbed_supernet as perturbed
+from tests.tiny import wandb_when
 
 TINY = SearchSpaceConfig(
     depth=[1, 2, 3], embed_dim=[16, 32], head_dim=8, block_size=32,
@@ -478,26 +479,20 @@ def test_force_replaces_an_export_with_a_finetuned_one(run_dir, exported, tmp_pa
 
 def test_export_logs_its_figures_and_the_folder_as_a_wandb_model_artifact(run_dir, tmp_path):
     import shutil
-    import time
 
-    from hwnas.core.tracking import read_wandb_history, read_wandb_runs
+    from hwnas.core.tracking import read_wandb_runs
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
     cfg = FAST.model_copy(update={"wandb": "offline", "measure_latency": False})
     report = run_export(run, "min loss", out_dir=tmp_path / "shipped", cfg=cfg, progress=False)
-    runs, deadline = [], time.time() + 30
-    while time.time() < deadline:  # W&B's writer may flush the offline file just after finish() returns
-        runs = read_wandb_runs(run)
-        if runs and runs[0]["artifacts"]:
-            break
-        time.sleep(0.5)
+    runs = wandb_when(run, lambda runs: runs and runs[0]["artifacts"], read=read_wandb_runs)
     (logged,) = runs
     assert (logged["name"], logged["group"], logged["job_type"]) == (f"{run.name}-export", run.name, "export")
     (art,) = [a for a in logged["artifacts"] if a["type"] == "model"]
     assert art["name"] == f"{run.name}-model"
     assert set(art["files"]) == set(report["files"]) | {"config.json", "report.json", "report.md", "README.md", "manifest.json"}
-    row = next(r for r in read_wandb_history(run) if "params" in r)
+    row = next(r for r in wandb_when(run, lambda h: any("params" in r for r in h)) if "params" in r)
     assert row["params"] == report["params"]["total"] and row["val_loss/torch"] == pytest.approx(report["val_loss"]["torch"])
 
 

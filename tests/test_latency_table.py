@@ -37,7 +37,7 @@ from hwnas.latency.protocol import measure_many
 from hwnas.latency.speed import REFERENCE
 from hwnas.latency.table import load_table
 from hwnas.search_space import ArchConfig, LayerConfig, SearchSpace, SearchSpaceConfig
-from tests.tiny import page_text
+from tests.tiny import page_text, wandb_when
 
 TINY = SearchSpaceConfig(
     vocab_size=32, block_size=16, head_dim=4, depth=[1, 2], embed_dim=[8, 16],
@@ -543,18 +543,12 @@ def test_fidelity_report_writes_its_files(tiny, cfg, tmp_path):
 
 def test_fidelity_report_logs_to_wandb_offline(tiny, cfg, tmp_path):
     from hwnas.core.plotting import remote_resources
-    from hwnas.core.tracking import read_wandb_history
 
     table = built(tiny, cfg, tmp_path)
     report = fidelity_report(tiny, cfg, table, tmp_path, n=6, progress=False, wandb="offline",
                              measurer=FakeMeasurer(tiny, cfg))
-    import time
-
-    for _ in range(100):  # wandb-core may still be writing the offline run file after finish() returns
-        logged = {k: v for row in read_wandb_history(tmp_path) for k, v in row.items()}
-        if "latency/heldout/nrows" in logged:
-            break
-        time.sleep(0.1)
+    history = wandb_when(tmp_path, lambda h: any("latency/heldout/nrows" in row for row in h))
+    logged = {k: v for row in history for k, v in row.items()}
     assert logged["latency/within_10pct"] == report["prediction"]["within_10pct"]
     assert logged["latency/flops_kendall_tau"] == report["proxies"]["flops_kendall_tau"]
     assert logged["latency/heldout/nrows"] == 6 and logged["latency/predicted_vs_measured/_type"] == "image-file"

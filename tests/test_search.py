@@ -16,7 +16,7 @@ from hwnas.search.objectives import Constraint, Objective, ObjectiveError, Objec
 from hwnas.search.optuna_engine import OptunaEngine
 from hwnas.search.pareto import Candidate, ParetoFront, hypervolume, non_dominated
 from hwnas.search_space import SearchSpace, SearchSpaceConfig
-from tests.tiny import page_text
+from tests.tiny import page_text, wandb_when
 
 SPACE = SearchSpace(SearchSpaceConfig())
 
@@ -262,10 +262,9 @@ def test_search_config_errors_name_the_field():
 def test_search_stage_logs_tables_plots_and_files(tmp_path):
     """run_search on analytic objectives: front files, plots, and the W&B offline run holding the
     candidate and front tables with the right row counts."""
-    import time
 
     from hwnas.core.plotting import remote_resources
-    from hwnas.core.tracking import config_hash, read_wandb_history, read_wandb_records, read_wandb_runs
+    from hwnas.core.tracking import config_hash, read_wandb_records, read_wandb_runs
     from hwnas.search.stage import run_search
 
     cfg = SearchConfig(objectives=["params", "flops"], constraints=["memory <= 1MiB"], engine="random", algorithm="random",
@@ -277,12 +276,9 @@ def test_search_stage_logs_tables_plots_and_files(tmp_path):
         assert (out / name).exists(), name
     front = json.loads((out / "front.json").read_text())
     assert summary["candidates"] == 60 and len(front["front"]) == summary["front_size"]
-    rows, deadline = [], time.time() + 30
-    while time.time() < deadline:
-        rows = [r for r in read_wandb_history(out) if "search/candidates/nrows" in r]
-        if rows:
-            break
-        time.sleep(0.5)
+    wanted = ("search/candidates/nrows", "hypervolume", "search/html/front_")
+    history = wandb_when(out, lambda h: all(any(k.startswith(w) for r in h for k in r) for w in wanted))
+    rows = [r for r in history if "search/candidates/nrows" in r]
     assert rows, "no W&B row with the candidates table"
     assert rows[0]["search/candidates/nrows"] == 60
     assert rows[0]["search/front/nrows"] == summary["front_size"]
@@ -291,7 +287,7 @@ def test_search_stage_logs_tables_plots_and_files(tmp_path):
     assert rows[0]["search/choices/nrows"] == len(choices["rows"]) == sum(len(SPACE.choices[d]) for d in
                                                                           ("norm", "placement", "attention", "ffn", "weight_bits"))
     assert choices["front_size"] == summary["front_size"]
-    hv = [r["hypervolume"] for r in read_wandb_history(out) if "hypervolume" in r]
+    hv = [r["hypervolume"] for r in history if "hypervolume" in r]
     assert hv and hv[-1] == pytest.approx(summary["hypervolume"])
     # plots that read on their own and open offline: units on the axes, the experiment in the title, the reference point
     front_page, hv_page = page_text(out / "front_params_vs_flops.html"), page_text(out / "hypervolume.html")
@@ -310,7 +306,7 @@ def test_search_stage_logs_tables_plots_and_files(tmp_path):
     assert front_art["name"] == "exp1-front" and {"candidates.csv", "front.csv", "front.json"} <= set(front_art["files"])
     tables = {a["files"][0].split("/")[-1]: a for a in run["artifacts"] if a["type"] == "run_table"}
     assert {"front.table.json", "candidates.table.json"} <= set(tables)
-    assert any(k.startswith("search/html/front_") for r in read_wandb_history(out) for k in r)  # the interactive plots
+    assert any(k.startswith("search/html/front_") for r in history for k in r)  # the interactive plots
 
 
 def test_wandb_tables_hold_every_front_member_and_a_bounded_sample_of_candidates():

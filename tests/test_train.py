@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +14,13 @@ from safetensors.torch import load_file
 
 import hwnas.supernet.train as train_mod
 from hwnas.core.rundir import RunDirError
-from hwnas.core.tracking import read_wandb_history, read_wandb_records, read_wandb_runs
+from hwnas.core.tracking import read_wandb_records, read_wandb_runs
 from hwnas.search_space import SearchSpace, SearchSpaceConfig
 from hwnas.supernet.config import TrainConfig
 from hwnas.supernet.data import Corpus, CorpusError
 from hwnas.supernet.evaluate import evaluate
 from hwnas.supernet.train import SandwichSampler, Trainer, TrainingError, load_supernet, lr_at, train
+from tests.tiny import wandb_when
 
 TINY = SearchSpaceConfig(
     depth=[1, 2], embed_dim=[16, 32], head_dim=8, block_size=32,
@@ -93,12 +93,7 @@ def test_training_learns_and_logs_to_wandb_offline(tmp_path, text_dir):
     steps = [r for r in rows if "loss_largest" in r]
     assert steps[-1]["loss_largest"] < steps[0]["loss_largest"] - 0.5
     assert summary["val_bpb_largest"] < summary["unigram_entropy_bpb"] + 1.0
-    history, deadline = [], time.time() + 30
-    while time.time() < deadline:  # W&B's writer process may flush the offline file just after finish() returns
-        history = read_wandb_history(tmp_path / "run")
-        if any("val_bpb_smallest" in h for h in history):
-            break
-        time.sleep(0.5)
+    history = wandb_when(tmp_path / "run", lambda h: any("val_bpb_smallest" in row for row in h))
     logged = set().union(*history)
     for key in ["loss_largest", "loss_smallest", "loss_random", "lr", "tokens_per_s", "grad_norm", "val_bpb_largest", "val_bpb_smallest"]:
         assert key in logged, key

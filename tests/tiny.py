@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -117,3 +118,14 @@ def perturbed_supernet(cfg, scale: float | dict[str, float] | None = None):
 def page_text(path: Path) -> str:
     """An HTML plot's source with plotly's JSON escapes (\\u002f, \\u00d7) decoded, for text checks."""
     return re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), path.read_text(encoding="utf-8"))
+
+
+def wandb_when(run_dir: Path, ready, read=None, timeout: float = 60):
+    """What `read` (the offline W&B history, by default) finds under `run_dir` once `ready` holds of it:
+    wandb-core may still be writing the run file after `finish()` returns. Past `timeout`, what it finds."""
+    from hwnas.core.tracking import read_wandb_history
+
+    read, deadline = read or read_wandb_history, time.monotonic() + timeout
+    while not ready(found := read(run_dir)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return found

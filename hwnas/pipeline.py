@@ -7,8 +7,10 @@ partial latency tables, appended evaluation records, the Optuna study). `<run_di
 records, per finished stage, a hash of the config it read (`stage_inputs`): changing a section re-runs
 that stage and every stage that reads its outputs (`READS`: editing `train` re-runs predictors, search
 and export, never the latency tables); keys that only change reporting (`wandb`) re-run nothing.
-Each finished stage's entry also records the config file and its `--set` overrides, and
-`<run_dir>/config.yaml` holds the resolved config the last stage ran with.
+Each finished stage's entry also records that config itself (so a re-run names the key that
+changed), the config file and its `--set` overrides, and `<run_dir>/config.yaml` holds the resolved
+config the last stage ran with. A stage recorded before a config field existed still counts as done
+while that field is at the value hwnas had before it (`core.rundir.FIELDS_ADDED`).
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import combinations
 from typing import Any
 
 from hwnas.core.errors import HwnasError
 from hwnas.core.io import atomic_path, atomic_write_json, atomic_write_text
 from hwnas.core.manifest import Manifest
+from hwnas.core.rundir import FIELDS_ADDED, first_difference, lookup
 
 from .config import ExperimentConfig, resolved_yaml
 from .stages import STAGES
@@ -58,6 +62,55 @@ def stage_inputs(cfg: ExperimentConfig, stage: str) -> dict[str, Any]:
         todo += [d for d in READS[name] if d not in sections]
     return {"seed": cfg.seed, "search_space": dump["search_space"],
             **{n: {k: v for k, v in dump[n].items() if k not in REPORTING} for n in STAGES if n in sections and n in dump}}
+
+
+def _path(dotted: str) -> list[str]:
+    return dotted.split(".")
+
+
+def _holds(doc: dict[str, Any], dotted: str) -> bool:
+    *parents, leaf = _path(dotted)
+    for part in parents:
+        doc = doc.get(part) if isinstance(doc, dict) else None
+    return isinstance(doc, dict) and leaf in doc
+
+
+def _without(doc: dict[str, Any], dotted: str) -> dict[str, Any]:
+    head, *rest = _path(dotted)
+    if not rest:
+        return {k: v for k, v in doc.items() if k != head}
+    return {**doc, head: _without(doc[head], ".".join(rest))}
+
+
+def _with_added(doc: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    head, *rest = _path(dotted)
+    if not rest:
+        return {head: value, **doc}
+    return {**doc, head: _with_added(doc[head], ".".join(rest), value)} if isinstance(doc.get(head), dict) else doc
+
+
+def as_recorded(inputs: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """`inputs` as an earlier hwnas may have recorded them: as they are, then without each set of the
+    fields added since (`FIELDS_ADDED`) that hold the value hwnas had before them."""
+    added = [k for k, v in FIELDS_ADDED.items() if _holds(inputs, k) and lookup(inputs, k) == v]
+    for n in range(len(added) + 1):
+        for dropped in combinations(added, n):
+            doc = inputs
+            for key in dropped:
+                doc = _without(doc, key)
+            yield doc
+
+
+def config_change(recorded: dict[str, Any], inputs: dict[str, Any]) -> str:
+    """The first key whose value differs between a stage's recorded config and `inputs`, as
+    "key: <there> there, <here> now" (fields added since are read as hwnas had them before)."""
+    for key, value in FIELDS_ADDED.items():
+        if not _holds(recorded, key):
+            recorded = _with_added(recorded, key, value)
+    where = first_difference(recorded, inputs)
+    if where is None:
+        return "its config changed since it ran"
+    return f"{where}: {lookup(recorded, where)!r} when it ran, {lookup(inputs, where)!r} now"
 
 
 @dataclass
@@ -99,14 +152,19 @@ class Pipeline:
                      "its outputs")
         return {"stages": {}}
 
-    def complete(self, stage: Step, state: dict[str, Any]) -> bool:
+    def why_run(self, stage: Step, state: dict[str, Any], ran: set[str]) -> str | None:
+        """Why `stage` must run (None: it is complete and is skipped)."""
         done = state["stages"].get(stage.name)
-        if not done or done.get("config") != _hash(stage_inputs(self.cfg, stage.name)):
-            return False
+        if not done:
+            return "not run before"
+        if ran & set(READS[stage.name]):
+            return f"it reads what {', '.join(s for s in READS[stage.name] if s in ran)} made again"
+        inputs = stage_inputs(self.cfg, stage.name)
+        if done.get("config") not in {_hash(doc) for doc in as_recorded(inputs)}:
+            recorded = done.get("inputs")
+            return config_change(recorded, inputs) if isinstance(recorded, dict) else "its config changed since it ran"
         why = stage.damaged()
-        if why:
-            self.log(f"[{stage.name}] finished before, but its outputs are not intact: {why}")
-        return why is None
+        return f"it finished before, but its outputs are not intact: {why}" if why else None
 
     # --- the stages -------------------------------------------------------------------------------
     def stages(self) -> list[Step]:
@@ -123,14 +181,16 @@ class Pipeline:
         state = self.state()
         ran: set[str] = set()
         for stage in self.stages():
-            if not ran & set(READS[stage.name]) and self.complete(stage, state):
+            why = self.why_run(stage, state, ran)
+            if why is None:
                 self.log(f"[{stage.name}] complete, skipped")
                 continue
             ran.add(stage.name)  # the stages that read its outputs run again too
-            self.log(f"[{stage.name}] running")
+            self.log(f"[{stage.name}] running ({why})")
             t0 = time.perf_counter()
             result = stage.run()
-            state["stages"][stage.name] = {"config": _hash(stage_inputs(self.cfg, stage.name)),
+            inputs = stage_inputs(self.cfg, stage.name)
+            state["stages"][stage.name] = {"config": _hash(inputs), "inputs": inputs,
                                            "seconds": time.perf_counter() - t0, "finished": time.time(),
                                            "config_file": self.cfg.origin["file"], "overrides": self.cfg.origin["overrides"],
                                            "result": result if _jsonable(result) else None}

@@ -309,7 +309,7 @@ def test_a_resumed_run_of_a_damaged_stage_reruns_it(tiny_run):
     proc = hwnas("run", str(config), "--no-progress")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "[train] complete, skipped" in proc.stdout and "[latency] complete, skipped" in proc.stdout
-    assert "[predictors] finished before, but its outputs are not intact" in proc.stdout
+    assert "[predictors] running (it finished before, but its outputs are not intact" in proc.stdout
     assert "[search] running" in proc.stdout and "[export] running" in proc.stdout
     Manifest.of(run, "predictors").verify("predictor.skops")
 

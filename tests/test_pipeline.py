@@ -130,3 +130,54 @@ def test_overrides_rerun_what_they_change_and_are_recorded_in_the_run_dir(tiny_r
     assert doc["search"]["budget"] == 160 and doc["export"]["sample_tokens"] == 4 and doc["predictors"]["cv_folds"] == 3
     summary = json.loads((rd / "search/summary.json").read_text())  # the budget caps the candidates (pymoo drops repeats)
     assert summary["algorithm"] == "nsga2" and 120 <= summary["candidates"] <= 160
+
+
+def test_stages_recorded_before_a_config_field_existed_are_still_done(tiny_run):
+    """A pipeline.json an older hwnas wrote: each stage's hash taken without the fields added since
+    (`FIELDS_ADDED`), and no recorded config. Every stage is still complete; a changed key then re-runs
+    the stages that read it, and the log names the key with its old and new value."""
+    from hwnas.config import load_config
+    from hwnas.core.rundir import FIELDS_ADDED
+    from hwnas.pipeline import _hash, _without, stage_inputs
+
+    config, rd = tiny_run
+    cfg = load_config(config)
+    state = json.loads((rd / "pipeline.json").read_text())
+    assert state["stages"]["search"]["inputs"] == stage_inputs(cfg, "search")  # what a re-run compares against
+    for stage, entry in state["stages"].items():
+        old = stage_inputs(cfg, stage)
+        for key in FIELDS_ADDED:
+            if key.split(".")[0] in old:
+                old = _without(old, key)
+        assert old != stage_inputs(cfg, stage)  # every stage reads the space, so each lost a field
+        entry["config"] = _hash(old)
+        del entry["inputs"]
+    (rd / "pipeline.json").write_text(json.dumps(state))
+    out = run(config)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for stage in ("train", "latency", "predictors", "search", "export"):
+        assert f"[{stage}] complete, skipped" in out.stdout
+    out = run(config, "--set", "search.budget=150")
+    assert "[search] running (its config changed since it ran)" in out.stdout, out.stdout  # no recorded config to name
+    assert "[export] running (it reads what search made again)" in out.stdout
+    out = run(config, "--set", "search.budget=160")  # recorded by this hwnas: the key is named
+    assert "[predictors] complete, skipped" in out.stdout
+    assert "[search] running (search.budget: 150 when it ran, 160 now)" in out.stdout, out.stdout
+
+
+def test_an_added_field_away_from_its_old_value_reruns_the_stages_that_read_it(tiny_run):
+    from hwnas.config import load_config
+    from hwnas.pipeline import Pipeline, _hash, _without, as_recorded, config_change, stage_inputs
+
+    config, rd = tiny_run
+    before = stage_inputs(load_config(config), "latency")
+    assert len(list(as_recorded(before))) == 2 ** 4  # positions, workloads, decode_context, n_user_view at their old values
+    decode = load_config(config, ["latency.workloads=[prefill, decode]"])
+    inputs = stage_inputs(decode, "latency")
+    assert _hash(_without(_without(before, "latency.workloads"), "search_space.positions")) not in {
+        _hash(doc) for doc in as_recorded(inputs)}
+    assert config_change(_without(before, "latency.workloads"), inputs) == \
+        "latency.workloads: ['prefill'] when it ran, ['prefill', 'decode'] now"
+    pipeline = Pipeline(decode, log=lambda _: None)
+    latency = next(s for s in pipeline.stages() if s.name == "latency")
+    assert pipeline.why_run(latency, pipeline.state(), set()).startswith("latency.workloads: ['prefill'] when it ran")

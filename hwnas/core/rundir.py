@@ -31,9 +31,19 @@ class RunDirError(HwnasError, ValueError):
     """A run directory that belongs to another experiment, or is not a run directory at all."""
 
 
-# search_space fields added after run records (run.json, checkpoints, predictor manifests) existed,
-# with the value every record made without them had: a record is read as if it named them
-SPACE_FIELDS_ADDED: dict[str, Any] = {"positions": "learned"}
+# config fields added after run records (run.json, checkpoints, predictor manifests, the pipeline's
+# stage records) existed, by dotted key, with the value that makes hwnas do what it did before the
+# field existed: a record made without one is read as if it named that value, so upgrading hwnas
+# neither orphans a run nor re-runs its finished stages. A new field whose default changes what a
+# stage makes does not belong here (the stages that read it should run again).
+FIELDS_ADDED: dict[str, Any] = {
+    "search_space.positions": "learned",
+    "latency.workloads": ["prefill"],
+    "latency.decode_context": None,
+    "latency.n_user_view": 0,
+}
+SPACE_FIELDS_ADDED: dict[str, Any] = {k.removeprefix("search_space."): v for k, v in FIELDS_ADDED.items()
+                                      if k.startswith("search_space.")}
 
 
 def recorded_space(space: Any) -> Any:
@@ -59,7 +69,8 @@ def first_difference(a: Any, b: Any, where: str = "") -> str | None:
     return None if a == b else (where or "value")
 
 
-def _lookup(doc: Any, path: str) -> Any:
+def lookup(doc: Any, path: str) -> Any:
+    """The value at a dotted path as `first_difference` names it (`a.b[2].c`), None where there is none."""
     import re
 
     for part in re.findall(r"[^.\[\]]+", path):
@@ -147,7 +158,7 @@ def _check_owner(path: Path, ours: dict[str, Any], write: bool) -> None:
     recorded = recorded_space(theirs.get("search_space"))
     where = first_difference(recorded, ours["search_space"])
     if where is not None:
-        there, here = _lookup(recorded, where), _lookup(ours["search_space"], where)
+        there, here = lookup(recorded, where), lookup(ours["search_space"], where)
         raise RunDirError(f"{path.parent}: belongs to {owner} with another search space (search_space.{where}: "
                           f"{there!r} there, {here!r} in this config); {advice}")
     learnt = {k: ours[k] for k in ("name", "seed") if ours[k] is not None and theirs.get(k) is None}

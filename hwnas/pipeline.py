@@ -160,7 +160,7 @@ class Pipeline:
         if ran & set(READS[stage.name]):
             return f"it reads what {', '.join(s for s in READS[stage.name] if s in ran)} made again"
         inputs = stage_inputs(self.cfg, stage.name)
-        if done.get("config") not in {_hash(doc) for doc in as_recorded(inputs)}:
+        if str(done.get("config")) not in {_hash(doc) for doc in as_recorded(inputs)}:  # str: a damaged entry
             recorded = done.get("inputs")
             return config_change(recorded, inputs) if isinstance(recorded, dict) else "its config changed since it ran"
         why = stage.damaged()

@@ -181,3 +181,8 @@ def test_an_added_field_away_from_its_old_value_reruns_the_stages_that_read_it(t
     pipeline = Pipeline(decode, log=lambda _: None)
     latency = next(s for s in pipeline.stages() if s.name == "latency")
     assert pipeline.why_run(latency, pipeline.state(), set()).startswith("latency.workloads: ['prefill'] when it ran")
+    state = pipeline.state()
+    state["stages"]["latency"] |= {"config": ["a list"], "inputs": "a string"}  # a damaged entry: runs again, no traceback
+    assert pipeline.why_run(latency, state, set()) == "its config changed since it ran"
+    state["stages"]["latency"] |= {"inputs": {"latency": 3}}
+    assert pipeline.why_run(latency, state, set()).startswith("latency: 3 when it ran, {")

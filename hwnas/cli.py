@@ -83,6 +83,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from hwnas.report import print_front
 
     cfg = prepare_run(args.config, args.set)
+    if args.dry_run:
+        Pipeline(cfg, progress=False).dry_run()
+        return 0
     Pipeline(cfg, progress=not args.no_progress).run()
     rd = cfg.run_path
     print_front(rd / "search")
@@ -133,6 +136,8 @@ def _space_arguments(p: argparse.ArgumentParser) -> None:
 def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="experiment YAML")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--dry-run", action="store_true", help="print which stages would run and why (the config key that "
+                   "changed, a re-made input, damaged outputs) and which are complete; runs and writes nothing")
     add_set(p)
 
 

@@ -133,7 +133,9 @@ class Pipeline:
         self.state_path = self.run_dir / "pipeline.json"
 
     # --- state --------------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
+    def state(self, dry: bool = False) -> dict[str, Any]:
+        """The finished stages' records (pipeline.json). An unreadable record is kept beside the
+        new one as `.damaged` (not with `dry`: a dry run writes nothing)."""
         if self.state_path.exists() and not self.state_path.is_file():
             raise HwnasError(f"{self.state_path}: exists and is not a file (hwnas records the finished stages there); "
                              "move it away")
@@ -146,6 +148,9 @@ class Pipeline:
             except (OSError, ValueError):
                 pass
             kept = self.state_path.with_name(self.state_path.name + ".damaged")
+            if dry:
+                self.log(f"{self.state_path}: unreadable; a run would keep it as {kept.name} and re-check every stage")
+                return {"stages": {}}
             with atomic_path(kept) as tmp:  # the damaged record stays readable beside the new one
                 shutil.copyfile(self.state_path, tmp)
             self.log(f"{self.state_path}: unreadable (kept as {kept.name}); re-checking every stage, each resuming from "
@@ -158,7 +163,7 @@ class Pipeline:
         if not done:
             return "not run before"
         if ran & set(READS[stage.name]):
-            return f"it reads what {', '.join(s for s in READS[stage.name] if s in ran)} made again"
+            return f"it reads the outputs of {', '.join(s for s in READS[stage.name] if s in ran)}, made again in this run"
         inputs = stage_inputs(self.cfg, stage.name)
         if str(done.get("config")) not in {_hash(doc) for doc in as_recorded(inputs)}:  # str: a damaged entry
             recorded = done.get("inputs")
@@ -176,16 +181,33 @@ class Pipeline:
 
         return [Step(name, runner(name), stage.outputs(self.cfg)) for name, stage in STAGES.items()]
 
+    def plan(self, state: dict[str, Any]) -> list[tuple[Step, str | None]]:
+        """Each stage with why it runs (None: it is complete and skipped), in order: a stage that runs
+        makes the stages reading its outputs run too."""
+        ran: set[str] = set()
+        out = []
+        for stage in self.stages():
+            why = self.why_run(stage, state, ran)
+            if why is not None:
+                ran.add(stage.name)
+            out.append((stage, why))
+        return out
+
+    def dry_run(self) -> list[tuple[str, str | None]]:
+        """What `run` would do, logged and returned as (stage, why it runs or None), writing nothing."""
+        self.cfg.check_run_dir()
+        plan = [(stage.name, why) for stage, why in self.plan(self.state(dry=True))]
+        for name, why in plan:
+            self.log(f"[{name}] complete, would be skipped" if why is None else f"[{name}] would run ({why})")
+        return plan
+
     def run(self) -> dict[str, Any]:
         self.cfg.check_run_dir()
         state = self.state()
-        ran: set[str] = set()
-        for stage in self.stages():
-            why = self.why_run(stage, state, ran)
+        for stage, why in self.plan(state):
             if why is None:
                 self.log(f"[{stage.name}] complete, skipped")
                 continue
-            ran.add(stage.name)  # the stages that read its outputs run again too
             self.log(f"[{stage.name}] running ({why})")
             t0 = time.perf_counter()
             result = stage.run()

@@ -159,7 +159,7 @@ def test_stages_recorded_before_a_config_field_existed_are_still_done(tiny_run):
         assert f"[{stage}] complete, skipped" in out.stdout
     out = run(config, "--set", "search.budget=150")
     assert "[search] running (its config changed since it ran)" in out.stdout, out.stdout  # no recorded config to name
-    assert "[export] running (it reads what search made again)" in out.stdout
+    assert "[export] running (it reads the outputs of search, made again in this run)" in out.stdout
     out = run(config, "--set", "search.budget=160")  # recorded by this hwnas: the key is named
     assert "[predictors] complete, skipped" in out.stdout
     assert "[search] running (search.budget: 150 when it ran, 160 now)" in out.stdout, out.stdout
@@ -186,3 +186,30 @@ def test_an_added_field_away_from_its_old_value_reruns_the_stages_that_read_it(t
     assert pipeline.why_run(latency, state, set()) == "its config changed since it ran"
     state["stages"]["latency"] |= {"inputs": {"latency": 3}}
     assert pipeline.why_run(latency, state, set()).startswith("latency: 3 when it ran, {")
+
+
+def test_a_dry_run_says_what_would_run_and_why_and_writes_nothing(tiny_run):
+    from tests.tiny import digest
+
+    config, rd = tiny_run
+    before = digest(rd)
+    out = run(config, "--dry-run", "--set", "predictors.cv_folds=4")
+    assert out.returncode == 0, out.stderr[-2000:]
+    made_again = "(it reads the outputs of {}, made again in this run)"
+    assert out.stdout.splitlines() == [
+        "[train] complete, would be skipped", "[latency] complete, would be skipped",
+        "[predictors] would run (predictors.cv_folds: 3 when it ran, 4 now)",
+        f"[search] would run {made_again.format('predictors')}", f"[export] would run {made_again.format('search')}"]
+    assert digest(rd) == before
+    (rd / "search/front.json").unlink()  # outputs no longer intact
+    out = run(config, "--dry-run")
+    assert out.stdout.splitlines()[3:] == [
+        f"[search] would run (it finished before, but its outputs are not intact: {rd / 'search/front.json'}: missing "
+        f"(listed in {rd / 'search/manifest.json'}); run `hwnas search CONFIG` to write it again)",
+        f"[export] would run {made_again.format('search')}"]
+    (rd / "pipeline.json").write_text("{")  # an unreadable record is left as it is
+    before = digest(rd)
+    out = run(config, "--dry-run")
+    assert out.returncode == 0 and "unreadable; a run would keep it as pipeline.json.damaged" in out.stdout
+    assert all(line.endswith("would run (not run before)") for line in out.stdout.splitlines()[1:]), out.stdout
+    assert digest(rd) == before and not (rd / "pipeline.json.damaged").exists()

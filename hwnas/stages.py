@@ -102,7 +102,8 @@ class SearchResult(StageResult):
     def lines(self, cfg):
         r = self.record
         return [f"searched {r['candidates']} candidates in {r['seconds']:.1f} s ({r['candidates_per_second']:.0f}/s); "
-                f"hypervolume {r['hypervolume']:.4g}"]
+                f"hypervolume {r['hypervolume']:.4g}",
+                *(f"{name}: the front was not re-measured here: {why}" for name, why in r.get("not_validated", {}).items())]
 
 
 @dataclass(frozen=True)

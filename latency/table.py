@@ -36,7 +36,7 @@ from hwnas.search_space import ArchConfig, ModelDims, SearchSpace
 
 from .correction import Correction, fit_correction
 from .errors import TableError
-from .fingerprint import check_fingerprint, device_fingerprint
+from .fingerprint import check_fingerprint, device_fingerprint, fingerprint_diff
 from .keys import arch_keys
 from .protocol import STATISTICS, Measurement, Protocol
 from .speed import SpeedWindow
@@ -296,9 +296,17 @@ class LatencyTable:
                              f"the file was altered or damaged after it was written{_REMAKE}")
         table = cls.from_payload(doc["payload"], str(path))
         if check_device:
-            here = device_fingerprint(table.device, table.fingerprint.get("threads", 1), table.fingerprint.get("dtype", "float32"))
-            check_fingerprint(table.fingerprint, here, table.backend, strict, f"latency table {path}")
+            check_fingerprint(table.fingerprint, table.here(), table.backend, strict, f"latency table {path}")
         return table
+
+    def here(self) -> dict[str, Any]:
+        """This machine's fingerprint, taken as the table's was (its device, threads and dtype)."""
+        return device_fingerprint(self.device, self.fingerprint.get("threads", 1), self.fingerprint.get("dtype", "float32"))
+
+    def elsewhere(self) -> list[str]:
+        """How the machine the table was measured on differs from this one ('field: table X, here Y'
+        for each field that decides a measurement); empty: measured on a machine like this one."""
+        return fingerprint_diff(self.fingerprint, self.here(), self.backend)
 
 
 WORKLOADS = ("prefill", "decode")

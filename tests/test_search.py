@@ -499,3 +499,35 @@ def test_two_experiments_on_one_storage_keep_their_own_studies(tiny_run, tmp_pat
     named = search.model_copy(update={"study_name": "mine"})
     run_search(cfg.search_space, named, run, seed=0, name="tiny", progress=False)
     assert "mine" in {s.study_name for s in optuna.get_all_study_summaries(storage)}
+
+
+def test_a_table_measured_on_another_machine_is_not_re_timed_here(tiny_run):
+    """A latency folder copied from the target machine: the search predicts that machine's latency
+    and does not compare the front against timings taken here, where they would not hold; it says
+    so. The loss is still validated."""
+    import warnings
+
+    from hwnas.core.manifest import Manifest
+    from hwnas.latency.errors import FingerprintWarning
+    from hwnas.latency.table import FORMAT, LatencyTable, content_hash
+    from tests.tiny import hwnas
+
+    config, run = tiny_run
+    path = run / "latency/cpu-torch.json"
+    doc = json.loads(path.read_text())
+    doc["payload"]["fingerprint"] |= {"cpu": "Imagined ARM board", "machine": "aarch64"}
+    path.write_text(json.dumps({"format": FORMAT, "sha256": content_hash(doc["payload"]), "payload": doc["payload"]}))
+    Manifest.of(run, "latency").add(path.name)  # copied with its folder's manifest, as a whole latency/ folder is
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FingerprintWarning)
+        assert LatencyTable.load(path).elsewhere()[0].startswith("cpu: table 'Imagined ARM board', here ")
+    proc = hwnas("search", str(config), "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "latency@cpu/torch: the front was not re-measured here: its table was measured on another machine (cpu: table " \
+           "'Imagined ARM board', here " in proc.stdout
+    summary = json.loads((run / "search/summary.json").read_text())
+    assert list(summary["not_validated"]) == ["latency@cpu/torch"]
+    assert "machine: table 'aarch64', here " in summary["not_validated"]["latency@cpu/torch"]
+    rows = json.loads((run / "search/validation.json").read_text())["rows"]
+    assert len(rows) == 2 and all("measured:loss" in r and "measured:latency@cpu/torch" not in r for r in rows)
+    assert "Imagined ARM board" in summary["measured_on"]["cpu/torch"]

@@ -212,8 +212,8 @@ def export_model(config: Any, overrides: Overrides = None, *, pick: str | int | 
 
 def run(config: Any, overrides: Overrides = None, *, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """The whole pipeline (`hwnas run`): each stage in a fresh process, finished ones skipped, an
-    interrupted one resumed. Returns the pipeline's state (pipeline.json): per stage, the hash of
-    the config it read, its seconds and its JSON record."""
+    interrupted one resumed. Returns the pipeline's state (pipeline.json): per stage, the config it
+    read and its hash, its seconds and its JSON record."""
     from .pipeline import Pipeline
 
     return Pipeline(prepare_run(config, overrides), progress=progress, log=log).run()

@@ -103,7 +103,7 @@ def as_recorded(inputs: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 def config_change(recorded: dict[str, Any], inputs: dict[str, Any]) -> str:
     """The first key whose value differs between a stage's recorded config and `inputs`, as
-    "key: <there> there, <here> now" (fields added since are read as hwnas had them before)."""
+    "key: <recorded> when it ran, <now> now" (fields added since are read as hwnas had them before)."""
     for key, value in FIELDS_ADDED.items():
         if not _holds(recorded, key):
             recorded = _with_added(recorded, key, value)

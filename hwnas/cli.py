@@ -184,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    from hwnas.core.errors import warning_line
+
+    warnings.formatwarning = warning_line  # one line each, here and in the stages' processes (`core.isolate`)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -84,3 +84,28 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def _warn() -> int:
+    import warnings
+
+    from hwnas.latency.errors import FingerprintWarning
+
+    warnings.warn("latency table t.json was measured on another device\n(cpu: a, here b)", FingerprintWarning, stacklevel=1)
+    warnings.warn("overflow somewhere", RuntimeWarning, stacklevel=1)
+    return 1
+
+
+def test_the_cli_s_one_line_warnings_hold_in_the_isolated_process_too(capfd, monkeypatch):
+    import warnings
+
+    from hwnas.core.errors import warning_line
+
+    monkeypatch.setattr(warnings, "formatwarning", warning_line)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert run_isolated(_warn) == 1
+    err = capfd.readouterr().err
+    assert "hwnas: warning: latency table t.json was measured on another device (cpu: a, here b)\n" in err
+    assert "hwnas: warning: overflow somewhere (RuntimeWarning)\n" in err
+    assert "warnings.warn(" not in err and "test_isolate.py" not in err  # no source line, no file name

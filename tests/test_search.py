@@ -523,6 +523,8 @@ def test_a_table_measured_on_another_machine_is_not_re_timed_here(tiny_run):
         assert LatencyTable.load(path).elsewhere()[0].startswith("cpu: table 'Imagined ARM board', here ")
     proc = hwnas("search", str(config), "--no-progress")
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"hwnas: warning: latency table {path} was measured on another device (cpu: table 'Imagined ARM board'" in proc.stderr
+    assert "LatencyTable.load(" not in proc.stderr  # one line, no source line under it
     assert "latency@cpu/torch: the front was not re-measured here: its table was measured on another machine (cpu: table " \
            "'Imagined ARM board', here " in proc.stdout
     summary = json.loads((run / "search/summary.json").read_text())

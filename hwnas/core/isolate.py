@@ -25,10 +25,11 @@ import pickle
 import signal
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from typing import Any
 
-from .errors import HwnasError
+from .errors import HwnasError, warning_line
 
 
 def die_with_parent(parent: int) -> None:
@@ -47,8 +48,10 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _child(conn, parent: int, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+def _child(conn, parent: int, fn: Callable[..., Any], args: tuple, kwargs: dict, formatwarning=None) -> None:
     die_with_parent(parent)
+    if formatwarning is not None:  # warnings look as they do in the parent (the CLI's one line each)
+        warnings.formatwarning = formatwarning
     try:
         result = ("ok", fn(*args, **kwargs))
     except BaseException as exc:  # noqa: BLE001  (everything goes back to the parent)
@@ -86,7 +89,8 @@ class Isolated:
         ctx = mp.get_context("spawn")
         self.name = getattr(fn, "__name__", str(fn))
         self._recv, send = ctx.Pipe(duplex=False)
-        self.process = ctx.Process(target=_child, args=(send, os.getpid(), fn, args, kwargs), daemon=False)
+        shown = warnings.formatwarning if warnings.formatwarning is warning_line else None
+        self.process = ctx.Process(target=_child, args=(send, os.getpid(), fn, args, kwargs, shown), daemon=False)
         self.process.start()
         send.close()
 

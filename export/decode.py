@@ -173,8 +173,11 @@ def decode_table_rows(run_dir, subnet: Subnet, graphs: dict[str, bytes], threads
         context, stat = timing.workload["context"], timing.statistic
         step, inputs = decode_step(subnet.cpu().float().eval(), context, timing.workload["batch_size"],
                                    backend_class(backend).position_input, seed)
+        foreign = timing.foreign_note(subnet.arch)  # predicts another machine: nothing here compares
+        notes += [foreign] if foreign else []
         base = {"backend": backend, "context": context, "batch_size": timing.workload["batch_size"], "threads": timing.threads,
-                "statistic": stat, "predicted_ms": timing.predict_ms(subnet.arch), **timing.anchored_prediction(subnet.arch)}
+                "statistic": stat, "predicted_ms": None if foreign else timing.predict_ms(subnet.arch),
+                **({} if foreign else timing.anchored_prediction(subnet.arch))}
         label = "model.safetensors (real low-bit kernels)" if backend == "torch" else "the table's form (its bits)"
         rows.append({**base, "model": label, "measured_ms": 1e3 * timing.time_module(step, inputs).value(stat)})
         if backend == "onnxruntime":

@@ -104,7 +104,10 @@ def _latency_section(r: dict[str, Any]) -> list[str]:
     front_lat = {k: val for k, val in r["front_objectives"].items() if k.startswith("latency@")}
     if front_lat:
         out += ["", "The search's front value: " + ", ".join(f"{k} {val:.3f} ms" for k, val in front_lat.items()) + "."]
-    if not any(row["predicted_ms"] for row in lat["rows"]):
+    if lat.get("foreign_tables"):
+        out += ["", f"The run's tables {', '.join(lat['foreign_tables'])} predict another machine (notes below): the "
+                "timings here are not compared with them."]
+    elif not any(row["predicted_ms"] for row in lat["rows"]):
         out += ["", "No latency table in the run: only re-measured values (run `hwnas latency CONFIG` for predictions)."]
     out += ["", "The exported graph takes any sequence length (its `seq` axis is dynamic); the table timed the same "
             "kernels at the table's length with that length fixed in the graph, so small differences are expected."]

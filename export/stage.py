@@ -224,16 +224,20 @@ def _measure_latency(run_dir: Path, arch: ArchConfig, subnet: Subnet, form, fp32
     from hwnas.latency.errors import LatencyError
     from hwnas.latency.session import TableTiming, add_ratios
 
-    rows, notes, protocols = [], [], {}
+    rows, notes, protocols, foreign_tables = [], [], {}, []
     for backend in ("torch", "onnxruntime"):
         timing = TableTiming(run_dir, "cpu", backend, block_size, cfg.threads, cfg.latency_max_seconds)
         notes += timing.notes
         predicted, spread = None, {}
         if timing.table is not None:
             try:
-                predicted = timing.predict_ms(arch)
-                spread = {f"predicted_{s}_ms": timing.predict_ms(arch, s) for s in ("median", "p90")}
-                spread |= timing.anchored_prediction(arch)
+                if foreign := timing.foreign_note(arch):  # predicts another machine: nothing here compares
+                    notes.append(foreign)
+                    foreign_tables.append(str(timing.path.relative_to(run_dir)))
+                else:
+                    predicted = timing.predict_ms(arch)
+                    spread = {f"predicted_{s}_ms": timing.predict_ms(arch, s) for s in ("median", "p90")}
+                    spread |= timing.anchored_prediction(arch)
             except LatencyError as e:
                 notes.append(f"{backend} table unusable: {e}")
         protocols[backend] = timing.protocol.to_dict()
@@ -261,7 +265,7 @@ def _measure_latency(run_dir: Path, arch: ArchConfig, subnet: Subnet, form, fp32
             m = timing.time_call(lambda s=sess, f=feeds: s.run(None, f))
             rows.append({**base, "model": label, "file": file, "predicted_ms": predicted if match else None,
                          **(spread if match else {}), **_timed(m, stat)})
-    return {"rows": add_ratios(rows), "notes": notes, "protocols": protocols}
+    return {"rows": add_ratios(rows), "notes": notes, "protocols": protocols, "foreign_tables": foreign_tables}
 
 
 # --- the stage --------------------------------------------------------------------------------------

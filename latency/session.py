@@ -281,6 +281,7 @@ class TableTiming:
             except LatencyError as e:
                 self.notes.append(f"{backend} table unusable: {e}")
         t = self.table
+        self.elsewhere = t.elsewhere() if t else []  # how the table's machine differs from this one
         protocol = t.protocol if t else Protocol.from_config(defaults)
         self.protocol = replace(protocol, max_seconds=min(protocol.max_seconds, max_seconds)) if max_seconds else protocol
         self.workload = dict(t.workload) if t else {"batch_size": defaults.batch_size, "seq_len": defaults.seq_len or block_size}
@@ -295,6 +296,14 @@ class TableTiming:
         if table is None:
             return None
         return table.for_statistic(statistic or table.statistic).predict_ms(arch)
+
+    def foreign_note(self, arch: ArchConfig) -> str | None:
+        """For a table measured on another machine: a note with its prediction for `arch` there, which
+        a timing here does not compare with (None: no table, or one measured on a machine like this)."""
+        if self.table is None or not self.elsewhere:
+            return None
+        return (f"{self.backend} table: measured on another machine ({'; '.join(self.elsewhere)}); it predicts "
+                f"{self.predict_ms(arch):.3f} ms there, not compared with the timing here")
 
     def speed_now(self, space_config=None, seed: int = 0) -> float | None:
         """Time the table's speed reference subnet here, as the table times subnets (its backend,

@@ -338,6 +338,35 @@ def test_export_writes_a_verified_model(run_dir, exported):
     assert ops_["MatMulNBits"] == 2 + 2 * 2 and ops_.get("MatMulInteger", 0) + ops_.get("DynamicQuantizeMatMul", 0) == 2 + 2 + 2 + 3
 
 
+
+def test_a_table_measured_on_another_machine_is_not_compared_with_timings_here(run_dir, tmp_path):
+    """The run's torch tables came from the deployment target: the export states their prediction
+    there in a note and leaves it out of the comparison with its timings here (prefill and decode);
+    the ONNX Runtime tables, measured here, are compared as before."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    for workload in ("prefill", "decode"):
+        path = table_path(run, "cpu", "torch", workload)
+        table = LatencyTable.load(path)
+        table.fingerprint = table.fingerprint | {"cpu": "Imagined ARM board", "machine": "aarch64"}
+        table.save(path, Manifest.of(run, "latency"))
+    report = run_export(run, "min loss", out_dir=tmp_path / "shipped", cfg=FAST.model_copy(update={"decode": True}), progress=False)
+    lat, dec = report["latency"], report["decode"]["tables"]
+    assert lat["foreign_tables"] == ["latency/cpu-torch.json"]
+    torch_row, *ort_rows = lat["rows"]
+    assert torch_row["predicted_ms"] is None and torch_row["measured_over_predicted"] is None and "speed_now" not in torch_row
+    assert ort_rows[-1]["predicted_ms"] is not None and ort_rows[-1]["measured_over_predicted"] is not None
+    n = len(arch_keys(COVERING[0])) - 1
+    there = "torch table: measured on another machine (cpu: table 'Imagined ARM board', here "
+    (note,) = [x for x in lat["notes"] if x.startswith(there)]
+    assert note.endswith(f"it predicts {0.1 + n * 0.4:.3f} ms there, not compared with the timing here")
+    assert dec["rows"][0]["backend"] == "torch" and dec["rows"][0]["predicted_ms"] is None
+    assert dec["rows"][1]["predicted_ms"] is not None and any(x.startswith(there) for x in dec["notes"])
+    text = (tmp_path / "shipped/report.md").read_text()
+    assert "The run's tables latency/cpu-torch.json predict another machine" in text and "No latency table" not in text
+
 def test_fresh_latency_times_the_written_files_as_loaded(exported):
     from hwnas.export.fresh import _fresh_latency
 

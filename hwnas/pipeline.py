@@ -27,7 +27,7 @@ from typing import Any
 from hwnas.core.errors import HwnasError
 from hwnas.core.io import atomic_path, atomic_write_json, atomic_write_text
 from hwnas.core.manifest import Manifest
-from hwnas.core.rundir import FIELDS_ADDED, first_difference, lookup
+from hwnas.core.rundir import FIELDS_ADDED, first_difference, lookup, recorded_config
 
 from .config import ExperimentConfig, resolved_yaml
 from .stages import STAGES
@@ -82,13 +82,6 @@ def _without(doc: dict[str, Any], dotted: str) -> dict[str, Any]:
     return {**doc, head: _without(doc[head], ".".join(rest))}
 
 
-def _with_added(doc: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
-    head, *rest = _path(dotted)
-    if not rest:
-        return {head: value, **doc}
-    return {**doc, head: _with_added(doc[head], ".".join(rest), value)} if isinstance(doc.get(head), dict) else doc
-
-
 def as_recorded(inputs: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """`inputs` as an earlier hwnas may have recorded them: as they are, then without each set of the
     fields added since (`FIELDS_ADDED`) that hold the value hwnas had before them."""
@@ -104,9 +97,7 @@ def as_recorded(inputs: dict[str, Any]) -> Iterator[dict[str, Any]]:
 def config_change(recorded: dict[str, Any], inputs: dict[str, Any]) -> str:
     """The first key whose value differs between a stage's recorded config and `inputs`, as
     "key: <recorded> when it ran, <now> now" (fields added since are read as hwnas had them before)."""
-    for key, value in FIELDS_ADDED.items():
-        if not _holds(recorded, key):
-            recorded = _with_added(recorded, key, value)
+    recorded = recorded_config(recorded)
     where = first_difference(recorded, inputs)
     if where is None:
         return "its config changed since it ran"

@@ -76,6 +76,8 @@ class LatencyTable:
     # the speed reference timed where the table is used (`anchored`; never saved): None, the build's speed
     speed_now: Measurement | None = field(default=None, compare=False)
     _factors: dict[str, list[float]] = field(default_factory=dict, init=False, repr=False, compare=False)
+    # `elsewhere()`, found once (by `load`, which compares the fingerprints anyway); None: not yet
+    _elsewhere: list[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     # --- speed -----------------------------------------------------------------------------------
     def add_speed_window(self, window: SpeedWindow, keys: list[str]) -> int:
@@ -296,7 +298,7 @@ class LatencyTable:
                              f"the file was altered or damaged after it was written{_REMAKE}")
         table = cls.from_payload(doc["payload"], str(path))
         if check_device:
-            check_fingerprint(table.fingerprint, table.here(), table.backend, strict, f"latency table {path}")
+            table._elsewhere = check_fingerprint(table.fingerprint, table.here(), table.backend, strict, f"latency table {path}")
         return table
 
     def here(self) -> dict[str, Any]:
@@ -306,7 +308,9 @@ class LatencyTable:
     def elsewhere(self) -> list[str]:
         """How the machine the table was measured on differs from this one ('field: table X, here Y'
         for each field that decides a measurement); empty: measured on a machine like this one."""
-        return fingerprint_diff(self.fingerprint, self.here(), self.backend)
+        if self._elsewhere is None:
+            self._elsewhere = fingerprint_diff(self.fingerprint, self.here(), self.backend)
+        return self._elsewhere
 
 
 WORKLOADS = ("prefill", "decode")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -179,30 +180,33 @@ def reference_point(space: SearchSpace, objectives: ObjectiveSet, cfg: SearchCon
     return 1.1 * F.max(axis=0)
 
 
+def measured_elsewhere(names: list[str], tables: dict[str, Any]) -> dict[str, str]:
+    """The latencies among `names` whose table (`tables`, by table key) was measured on another
+    machine, with how it differs: timings taken here would not check them."""
+    out = {}
+    for name in names:
+        table = tables.get(table_key(name)) if name.startswith("latency@") else None
+        if table is not None and (diff := table.elsewhere()):
+            out[name] = f"its table was measured on another machine ({'; '.join(diff)})"
+    return out
+
+
 def validate_front(space: SearchSpace, front: ParetoFront, cfg: SearchConfig, run_dir: Path, latency_cfg=None,
-                   real_loss: RealLoss | None = None, tables: dict[str, Any] | None = None,
-                   skipped: dict[str, str] | None = None) -> list[dict[str, Any]]:
+                   real_loss: RealLoss | None = None, skip: Iterable[str] = ()) -> list[dict[str, Any]]:
     """Evaluate up to `validate_top` front members (spread along it) for real: validation loss on
-    the supernet (`real_loss`, made here if None), latency measured on the extracted subnet. A
-    latency whose table (`tables`, by table key) was measured on another machine is not re-timed
-    here, where it would not hold: `skipped` gets the objective and why."""
+    the supernet (`real_loss`, made here if None), latency measured on the extracted subnet (but
+    for the latencies in `skip`: those `measured_elsewhere`)."""
     members = pick_spread(front.members(), cfg.validate_top, set())
     if not members:
         return []
     if real_loss is None and "loss" in front.objective_names:
         real_loss = RealLoss(space, run_dir)
-    latency_names = [n for n in front.objective_names if n.startswith("latency@")]
+    latency_names = [n for n in front.objective_names if n.startswith("latency@") and n not in skip]
     measured_ms: dict[str, dict[str, float]] = {}
     if latency_cfg is not None:
         from hwnas.latency.session import measure_in_fresh_process
 
         for name in latency_names:  # timed as the table was, by a process with no history
-            table = (tables or {}).get(table_key(name))
-            elsewhere = table.elsewhere() if table is not None else []
-            if elsewhere:
-                if skipped is not None:
-                    skipped[name] = f"its table was measured on another machine ({'; '.join(elsewhere)})"
-                continue
             device, runtime, workload = split_table_key(table_key(name))
             measured_ms[name] = {k: 1e3 * v for k, v in measure_in_fresh_process(
                 space.config, latency_cfg, run_dir, device, runtime, [c.arch for c in members], workload,
@@ -259,8 +263,10 @@ def _run_search(space_cfg: SearchSpaceConfig, cfg: SearchConfig, run_dir: Path, 
     manifest = Manifest.of(run_dir, "search")
     manifest.forget(*SEARCH_FILES)
     paths = front.save(out)
-    tables, not_validated = latency_tables(space, cfg, run_dir), {}
-    validation = validate_front(space, front, cfg, run_dir, latency_cfg, real_loss, tables, not_validated)
+    tables = latency_tables(space, cfg, run_dir)
+    # objective -> why the front was not re-measured on it here
+    not_validated = measured_elsewhere(objectives.names, tables) if cfg.validate_top and latency_cfg is not None else {}
+    validation = validate_front(space, front, cfg, run_dir, latency_cfg, real_loss, skip=not_validated)
     manifest.write_json("validation.json", {"rows": validation})
     write_study(space, cfg, run_dir, study, front, validation)  # for optuna-dashboard
     choices = choices_report(space, [c.arch for c in front.members()], tables, seed)
@@ -271,7 +277,7 @@ def _run_search(space_cfg: SearchSpaceConfig, cfg: SearchConfig, run_dir: Path, 
         "constraints": objectives.constraint_names, "seconds": seconds, "candidates_per_second": len(front.candidates) / max(seconds, 1e-9),
         "validated": len(validation), "experiment": name or experiment_name(run_dir), "units": objectives.units(),
         "measured_on": {t: describe(table.fingerprint) for t, table in tables.items()},
-        "not_validated": not_validated,  # objective -> why the front was not re-measured on it here
+        "not_validated": not_validated,
     }
     manifest.write_json("summary.json", summary)
     plots = write_plots(out)

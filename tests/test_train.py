@@ -106,11 +106,19 @@ def test_training_learns_and_logs_to_wandb_offline(tmp_path, text_dir):
     assert any(t.startswith("config-") and len(t) == 19 for t in run["tags"])
     # a file that wandb-core is still writing, or one damaged, reads as the records before the cut
     (path,) = (tmp_path / "run").rglob("*.wandb")
-    whole, data = read_wandb_records(tmp_path / "run"), path.read_bytes()
-    for cut in sorted({7, 8, 20, len(data) // 3, len(data) // 2, len(data) - 1, *range(len(data) - 40, len(data))}):
-        (tmp_path / "torn").mkdir(exist_ok=True)
+    data = path.read_bytes()  # one snapshot: the reads below do not race wandb-core's writes
+    (tmp_path / "torn").mkdir()
+    (tmp_path / "torn/run-x.wandb").write_bytes(data)
+    whole = read_wandb_records(tmp_path / "torn")
+    assert len(whole) > 10
+    counts = []
+    for cut in sorted({7, 8, 20, len(data) // 3, len(data) // 2, *range(len(data) - 40, len(data))}):
         (tmp_path / "torn/run-x.wandb").write_bytes(data[:cut])
-        assert read_wandb_records(tmp_path / "torn") == whole[:len(read_wandb_records(tmp_path / "torn"))]
+        records = read_wandb_records(tmp_path / "torn")
+        assert records == whole[:len(records)]
+        counts.append(len(records))
+    # more of the file, more records: none before the first full one, all but the last one byte short
+    assert counts == sorted(counts) and counts[0] == 0 and counts[4] > 0 and counts[-1] >= len(whole) - 1
     flipped = bytearray(data)
     flipped[len(data) // 2] ^= 0xFF
     (tmp_path / "torn/run-x.wandb").write_bytes(bytes(flipped))

@@ -42,14 +42,32 @@ FIELDS_ADDED: dict[str, Any] = {
     "latency.decode_context": None,
     "latency.n_user_view": 0,
 }
-SPACE_FIELDS_ADDED: dict[str, Any] = {k.removeprefix("search_space."): v for k, v in FIELDS_ADDED.items()
-                                      if k.startswith("search_space.")}
+
+
+def recorded_config(doc: Any, under: str = "") -> Any:
+    """A config as a record made by an earlier hwnas reads (`under`: the dotted key of the section
+    `doc` is, "" for a whole config): each field added since (`FIELDS_ADDED`) that it lacks, where
+    its section is there, filled in at the value hwnas had before the field existed."""
+    prefix = f"{under}." if under else ""
+    for key, value in FIELDS_ADDED.items():
+        if key.startswith(prefix):
+            doc = _filled(doc, key[len(prefix):].split("."), value)
+    return doc
+
+
+def _filled(doc: Any, path: list[str], value: Any) -> Any:
+    if not isinstance(doc, dict):
+        return doc
+    head, *rest = path
+    if not rest:
+        return doc if head in doc else {**doc, head: value}
+    return {**doc, head: _filled(doc[head], rest, value)} if head in doc else doc
 
 
 def recorded_space(space: Any) -> Any:
-    """A search-space section as recorded (JSON), with the fields added since filled in as earlier
-    hwnas had them (`SPACE_FIELDS_ADDED`), so that upgrading hwnas does not orphan a run."""
-    return {**SPACE_FIELDS_ADDED, **space} if isinstance(space, dict) else space
+    """A search-space section as recorded (JSON), read as `recorded_config` reads it, so that upgrading
+    hwnas does not orphan a run."""
+    return recorded_config(space, "search_space")
 
 
 def first_difference(a: Any, b: Any, where: str = "") -> str | None:
